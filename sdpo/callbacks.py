@@ -1,0 +1,74 @@
+"""Typed records and callbacks the engines (trainer, test-time solver) report through.
+
+The job queue implements these to persist progress and to cancel; the CLI implements them with a progress
+bar and files. Every hook is optional.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Attempt:
+    """One scored response (a training rollout or a test-time attempt)."""
+
+    round: int
+    index: int
+    response: str
+    code: str | None
+    reward: float
+    passed: int
+    total: int
+    feedback: str | None
+    tokens: int
+    seconds: float
+    hidden_passed: int | None = None
+    hidden_total: int | None = None
+    task_id: str | None = None
+
+
+@dataclass
+class Callbacks:
+    on_attempts: Callable[[list[Attempt]], None] | None = None
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None
+    on_checkpoint: Callable[[int, str, str], None] | None = None  # (step, path, kind "lora"|"full")
+    should_stop: Callable[[], bool] | None = None
+
+    def attempts(self, attempts: list[Attempt]) -> None:
+        if self.on_attempts and attempts:
+            self.on_attempts(attempts)
+
+    def metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if self.on_metrics:
+            self.on_metrics(step, metrics)
+
+    def checkpoint(self, step: int, path: str, kind: str) -> None:
+        if self.on_checkpoint:
+            self.on_checkpoint(step, path, kind)
+
+    def stop_requested(self) -> bool:
+        return bool(self.should_stop and self.should_stop())
+
+
+@dataclass
+class CallbackList(Callbacks):
+    """Fan one event out to several callback sets (e.g. DB persistence + progress bar)."""
+
+    children: list[Callbacks] = field(default_factory=list)
+
+    def attempts(self, attempts):
+        for c in self.children:
+            c.attempts(attempts)
+
+    def metrics(self, step, metrics):
+        for c in self.children:
+            c.metrics(step, metrics)
+
+    def checkpoint(self, step, path, kind):
+        for c in self.children:
+            c.checkpoint(step, path, kind)
+
+    def stop_requested(self):
+        return any(c.stop_requested() for c in self.children)

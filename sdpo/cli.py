@@ -30,5 +30,82 @@ def make_tiny_model_cmd(
     typer.echo(str(path))
 
 
+@data_app.command("import-lcb")
+def import_lcb_cmd(
+    files: list[str] = typer.Argument(..., help="LiveCodeBench code_generation_lite JSONL file(s)."),
+    out: str = typer.Option(..., "--out", help="Directory for train.jsonl, test.jsonl and problems.jsonl."),
+    since: str | None = typer.Option(None, "--since", help="Keep contests on/after this ISO date."),
+    until: str | None = typer.Option(None, "--until", help="Keep contests before this ISO date."),
+    cutoff: str | None = typer.Option(
+        None, "--cutoff", help="Split questions by contest date (before -> train). Default: split tests."
+    ),
+    split_tests: float = typer.Option(0.5, "--split-tests", help="Fraction of each question's tests for training."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Import LiveCodeBench rows (public + private tests, decoded safely) into train/test/problem files."""
+    from pathlib import Path
+
+    from sdpo.config import ConfigError
+    from sdpo.data.lcb import LcbError, import_lcb, parse_date
+
+    for f in files:
+        if not Path(f).is_file():
+            fail(f"{f}: no such file")
+    for name, value in (("--since", since), ("--until", until), ("--cutoff", cutoff)):
+        if value is not None:
+            try:
+                parse_date(value)
+            except ValueError as e:
+                fail(f"{name}: {e}; expected e.g. 2025-02-01")
+    try:
+        summary = import_lcb(files, out, since=since, until=until, cutoff=cutoff,
+                             split_tests_fraction=split_tests, seed=seed)
+    except ConfigError as e:
+        fail(f"--split-tests: {str(e).split(': ', 1)[1]}")
+    except LcbError as e:
+        fail(str(e))
+    for line in summary.lines():
+        typer.echo(line)
+
+
+@app.command("make-toy-model")
+def make_toy_model_cmd(
+    out: str = typer.Option(..., "--out", help="Directory to write the checkpoint to."),
+    seed: int = typer.Option(0, "--seed"),
+    minutes: float = typer.Option(20.0, "--minutes", help="Training time budget (used when --steps is not set)."),
+    steps: int | None = typer.Option(None, "--steps", help="Exact number of optimizer steps (reproducible)."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for training."),
+    examples: int = typer.Option(40_000, "--examples", help="Size of the pretraining corpus."),
+    eval_problems: int = typer.Option(32, "--eval-problems", help="Held-out easy and hard problems to report "
+                                      "on after training (0 = skip)."),
+    samples: int = typer.Option(4, "--samples", help="Samples per problem for the sampled solve rate."),
+) -> None:
+    """Train the toy-world model from scratch on CPU (issue 10) and report what it learned."""
+    import json
+    from pathlib import Path
+
+    from sdpo.config import ConfigError
+    from sdpo.toy.pretrain import ToyModelConfig, make_toy_model
+
+    try:
+        cfg = ToyModelConfig(seed=seed, minutes=minutes, steps=steps, threads=threads, n_examples=examples)
+    except ConfigError as e:
+        fail(str(e))
+    if eval_problems < 0 or samples < 1:
+        fail(f"--eval-problems must be >= 0 and --samples >= 1 (got {eval_problems}, {samples})")
+    path = make_toy_model(out, cfg, log=typer.echo)
+    if eval_problems:
+        from sdpo.models import load_model_and_tokenizer
+        from sdpo.toy.generator import splits
+        from sdpo.toy.measure import format_report, report
+
+        model, tokenizer = load_model_and_tokenizer(path)
+        held = splits(0, eval_problems, eval_problems, seed=seed)
+        rep = report(model, tokenizer, held["test"], held["hard"], samples=samples, seed=seed)
+        (Path(path) / "toy_eval.json").write_text(json.dumps(rep, indent=1) + "\n")
+        typer.echo(format_report(rep))
+    typer.echo(str(path))
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()

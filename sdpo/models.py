@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as _hf_logging
+
+_hf_logging.disable_progress_bar()
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -74,3 +77,29 @@ def chat_ids(tokenizer, messages: list[dict[str, str]], *, add_generation_prompt
     if isinstance(out, dict) or hasattr(out, "keys"):
         out = out["input_ids"]
     return list(out)
+
+
+def data_dir() -> Path:
+    """``SDPO_DATA_DIR`` (default ``var/`` in the working directory): where built models live."""
+    import os
+
+    return Path(os.environ.get("SDPO_DATA_DIR") or "var")
+
+
+def default_model_path() -> Path:
+    """The model used when none is configured: ``SDPO_MODEL`` if set; else the toy model
+    (``sdpo make-toy-model``) under the data dir when it has been built; else the tiny model, built on first
+    use (seconds, no download)."""
+    import os
+
+    if os.environ.get("SDPO_MODEL"):
+        return Path(os.environ["SDPO_MODEL"])
+    toy = data_dir() / "models" / "toy"
+    if (toy / "config.json").exists():
+        return toy
+    tiny = data_dir() / "models" / "tiny"
+    if not (tiny / "config.json").exists():
+        from sdpo.tiny import make_tiny_model
+
+        make_tiny_model(tiny, seed=0)
+    return tiny

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -40,7 +41,8 @@ def _corpus() -> list[str]:
     return texts
 
 
-def train_tokenizer(vocab_size: int = 2048):
+def train_tokenizer(vocab_size: int = 2048, corpus: Iterable[str] | None = None):
+    """Byte-level BPE tokenizer with the ChatML template, trained on ``corpus`` (default: ``_corpus()``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -52,7 +54,7 @@ def train_tokenizer(vocab_size: int = 2048):
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus() if corpus is None else corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"],

@@ -1,0 +1,103 @@
+"""The Celery side of the service, configured from settings; no task code lives here.
+
+``make_celery`` is used both by the worker (``workers.celery_app`` adds the tasks to it) and by callers that
+only enqueue (UI, CLI): jobs are sent by task *name*, so ``backend`` never imports ``workers``.
+Broker defaults to Celery's filesystem transport under ``<data_dir>/broker`` (no server); production uses
+Redis. Job tasks are ``acks_late`` with ``reject_on_worker_lost`` and a prefetch of one, on one queue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from backend.settings import Settings
+
+TASK_NAMES = {"solve": "workers.tasks.run_solve_job", "train": "workers.tasks.run_train_job"}
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Transport options: folders for the filesystem broker, the visibility timeout for Redis."""
+    if settings.broker_url.startswith("filesystem://"):
+        queue_dir = settings.broker_dir / "queue"
+        processed = settings.broker_dir / "processed"
+        for d in (queue_dir, processed):
+            Path(d).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(queue_dir),
+            "data_folder_out": str(queue_dir),
+            "processed_folder": str(processed),
+            "store_processed": False,
+        }
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": max(1, int(settings.heartbeat_interval_s)),
+            "unacked_restore_throttle": 1,
+        }
+    return {}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app bound to the configured broker, routing job tasks to ``settings.queue``."""
+    app = Celery("sdpo", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        broker_transport_options=broker_transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue,
+        task_queues=[Queue(settings.queue, routing_key=settings.queue)],
+        task_routes={name: {"queue": settings.queue} for name in TASK_NAMES.values()},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+        # Workers on a filesystem broker cannot receive broadcasts; don't try.
+        worker_enable_remote_control=not settings.broker_url.startswith("filesystem://"),
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    return app
+
+
+class JobQueue:
+    """Sends job tasks by name and reports queue length; one instance per process is enough."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None):
+        self.settings = settings
+        self.app = app or make_celery(settings)
+
+    def enqueue(self, kind: str, job_id: int, task_id: str) -> None:
+        """Send ``run_<kind>_job(job_id)`` with the given task id to the job queue."""
+        self.app.send_task(TASK_NAMES[kind], args=[job_id], task_id=task_id, queue=self.settings.queue)
+
+    def revoke(self, task_id: str) -> None:
+        """Best-effort revoke of a queued task (brokers without broadcast ignore it; the DB flag rules)."""
+        if self.app.conf.worker_enable_remote_control:
+            try:
+                self.app.control.revoke(task_id)
+            except Exception:  # noqa: BLE001 - revoke is an optimisation; cancellation is the DB flag
+                pass
+
+    def length(self) -> int:
+        """Messages waiting in the job queue (not counting the ones workers hold)."""
+        with self.app.connection_for_write() as conn:
+            channel = conn.default_channel
+            _, count, _ = channel.queue_declare(queue=self.settings.queue, durable=True, auto_delete=False)
+            return int(count)
+
+    def ping(self) -> None:
+        """Raise if the broker cannot be reached."""
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+
+    def purge(self) -> int:
+        """Drop every waiting message of the job queue (tests, admin); returns how many."""
+        with self.app.connection_for_write() as conn:
+            return int(conn.default_channel.queue_purge(self.settings.queue) or 0)

@@ -1,0 +1,724 @@
+"""SDPO and GRPO losses (arXiv 2601.20802, Sec. 3 and App. on implementation), as pure tensor functions.
+
+Shapes: B sequences, T response positions, V vocabulary entries, H hidden size. Logits are already aligned to
+response positions: position ``t`` predicts ``response_ids[:, t]``.
+
+Memory. The SDPO loss never materialises a full-vocabulary log-softmax of either side. Positions are
+processed in chunks of rows; per chunk the student/teacher log-softmax, the top-k support, the
+per-position divergence and *its gradient* with respect to the student logits are computed at once
+(the loss is a fixed linear aggregation of per-token terms whose weights are known before the forward
+pass, so the gradient can be formed eagerly, like fused linear-cross-entropy kernels). The only
+[B, T, V] tensor this module allocates is the gradient of the student logits, which autograd needs anyway.
+The from-hidden variant goes further and never holds [B, T, V] at all: logits are formed per chunk from
+``hidden @ lm_head_weight.T`` and their gradient is pushed straight into the hidden states and the weight.
+
+Aggregation (``loss_agg_mode``), with ``mask = response_mask * sample_mask[:, None]``:
+
+* ``token-mean``: sum(mask * l) / max(sum(mask), 1).
+* ``seq-mean-token-sum``: mean over *active* sequences (at least one unmasked token) of sum_t mask * l.
+* ``seq-mean-token-mean``: mean over active sequences of sum_t mask * l / sum_t mask.
+* ``seq-mean-token-sum-norm``: sum(mask * l) / T, T = the padded response length (mask.shape[-1]); this is
+  verl's default constant ("max response length"), so that the loss scale does not depend on the batch.
+
+Counting only active sequences in the seq-mean modes (rather than all B rows, as older verl does) keeps
+``sample_mask`` (samples without a teacher context) from diluting the loss, consistent with token-mean.
+The denominators of every mode are clamped to at least 1, so a fully masked batch gives a zero loss that is
+still connected to the graph (backward works and yields zero gradients).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sdpo.config import LOSS_AGG_MODES, SelfDistillationConfig
+
+__all__ = [
+    "aggregate_loss",
+    "aggregation_weights",
+    "group_advantages",
+    "grpo_loss",
+    "sdpo_loss",
+    "sdpo_loss_from_hidden",
+    "token_logprobs",
+    "token_logprobs_from_hidden",
+]
+
+#: Bytes of one [rows, V] float32 chunk for the logits path (rows = CHUNK_BYTES // (4 V), at least 1).
+CHUNK_BYTES = 8 * 2**20
+#: Default number of positions per chunk for the from-hidden paths (matmul efficiency vs. memory).
+HIDDEN_CHUNK_ROWS = 256
+#: Upper clamp of the top-k log-mass before forming the tail bucket (reference value).
+TAIL_LOG_MASS_MAX = -1e-7
+#: Clamp of the log importance ratio (reference value).
+LOG_RATIO_CLAMP = 20.0
+
+# Rows of the per-token statistics tensor returned by the chunked kernels.
+_DIV, _ISW, _CLIPPED, _ENT, _TOPK_MASS, _N_STATS = 0, 1, 2, 3, 4, 5
+
+
+# --------------------------------------------------------------------------------------------------
+# Aggregation
+# --------------------------------------------------------------------------------------------------
+
+def aggregation_weights(mask: Tensor, loss_agg_mode: str, dtype: torch.dtype | None = None) -> Tensor:
+    """Weights ``w`` [B, T] such that the aggregated loss is ``sum(w * per_token_loss)``.
+
+    mask: [B, T], 0/1 (or non-negative weights). See the module docstring for the four modes.
+    """
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"loss_agg_mode={loss_agg_mode!r}; allowed values are {', '.join(LOSS_AGG_MODES)}")
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be [B, T], got shape {tuple(mask.shape)}")
+    m = mask.to(dtype or torch.float32)
+    if loss_agg_mode == "token-mean":
+        return m / m.sum().clamp(min=1.0)
+    if loss_agg_mode == "seq-mean-token-sum-norm":
+        return m / max(m.shape[-1], 1)
+    row = m.sum(-1)
+    n_seq = (row > 0).sum().to(m.dtype).clamp(min=1.0)
+    if loss_agg_mode == "seq-mean-token-sum":
+        return m / n_seq
+    return m / row.clamp(min=1.0)[:, None] / n_seq  # seq-mean-token-mean
+
+
+def aggregate_loss(per_token: Tensor, mask: Tensor, loss_agg_mode: str = "token-mean") -> Tensor:
+    """Aggregate a [B, T] per-token loss under ``mask`` [B, T]; masked entries never contribute (even NaN)."""
+    w = aggregation_weights(mask, loss_agg_mode, per_token.dtype)
+    return (torch.where(w != 0, per_token, torch.zeros_like(per_token)) * w).sum()
+
+
+# --------------------------------------------------------------------------------------------------
+# Divergences on (log-)distributions, summed over the last dimension
+# --------------------------------------------------------------------------------------------------
+
+def _kl(logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(p || q) = sum p (log p - log q) over the last dim (same convention as F.kl_div(log_target=True))."""
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def _divergence(ls: Tensor, lt: Tensor, alpha: float) -> Tensor:
+    """Generalised Jensen-Shannon divergence of student ``ls`` and teacher ``lt`` log-probs [..., K] -> [...].
+
+    alpha == 0: KL(teacher || student); alpha == 1: KL(student || teacher); otherwise with
+    M = log((1 - alpha) p_s + alpha p_t): (1 - alpha) KL(s || M) + alpha KL(t || M).
+    """
+    if alpha == 0.0:
+        return _kl(lt, ls)
+    if alpha == 1.0:
+        return _kl(ls, lt)
+    mix = torch.logaddexp(ls + math.log(1.0 - alpha), lt + math.log(alpha))
+    return (1.0 - alpha) * _kl(ls, mix) + alpha * _kl(lt, mix)
+
+
+def _with_tail(lp: Tensor) -> Tensor:
+    """Append the bucket log(1 - sum exp(lp)) to top-k log-probs [..., k] -> [..., k + 1]."""
+    log_mass = torch.logsumexp(lp, dim=-1, keepdim=True).clamp(max=TAIL_LOG_MASS_MAX)
+    return torch.cat([lp, torch.log(-torch.expm1(log_mass))], dim=-1)
+
+
+def _renormalise(lp: Tensor) -> Tensor:
+    return lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The chunk kernel shared by the logits and the from-hidden paths
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Plan:
+    mode: str
+    topk: int | None
+    add_tail: bool
+    alpha: float
+    temperature: float
+    is_clip: float | None
+    need_grad: bool
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _sdpo_chunk(
+    s_logits: Tensor, t_logits: Tensor, ids: Tensor, weight: Tensor, old: Tensor | None,
+    rollout_w: Tensor | None, plan: _Plan, grad_out: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """SDPO on one chunk of c positions.
+
+    s_logits, t_logits: [c, V] raw logits (any float dtype); ids: [c] sampled tokens; weight: [c] aggregation
+    weights (0 = masked); old / rollout_w: [c] or None. grad_out: [c, V] compute-dtype buffer receiving
+    d(sum(weight * loss))/d(s_logits) when plan.need_grad. Returns (weighted loss sum, stats [_N_STATS, c]).
+    """
+    cd = _compute_dtype(s_logits.dtype)
+    temp = plan.temperature
+    x = s_logits.to(cd)
+    if temp != 1.0:
+        x = x / temp
+    # Student: one fused softmax, written straight into the gradient buffer when there is one. The
+    # log-normaliser comes from the arg-max entry, lse = max(x) - log(max(p)), which is as accurate as
+    # log_softmax (p_max >= 1/V never underflows) and saves a full exp pass; log-probs are x[idx] - lse.
+    p = torch.softmax(x, dim=-1, out=grad_out) if grad_out is not None else torch.softmax(x, dim=-1)
+    lse = x.amax(dim=-1) - torch.log(p.amax(dim=-1))
+    entropy = lse - torch.linalg.vecdot(p, x)   # NaN where a logit is -inf (excluded from the metric)
+    tx = t_logits.to(cd)
+    if temp != 1.0:
+        tx = tx / temp
+    lpt = torch.log_softmax(tx, dim=-1)
+    del tx
+    y = ids[:, None]
+    full = plan.mode == "logit" and plan.topk is None
+    idx = None
+    if plan.mode == "token":
+        sel_s, sel_t = x.gather(1, y) - lse[:, None], lpt.gather(1, y)
+    elif plan.topk is not None:
+        top = torch.topk(x, plan.topk, dim=-1, sorted=False)
+        idx = torch.cat([top.indices, y], dim=1)
+        sel_s = torch.cat([top.values, x.gather(1, y)], dim=1) - lse[:, None]
+        sel_t = lpt.gather(1, idx)
+    else:
+        sel_s, sel_t = x - lse[:, None], lpt
+    del x, lpt
+
+    stats = torch.zeros(_N_STATS, s_logits.shape[0], dtype=cd, device=s_logits.device)
+    with torch.enable_grad():
+        leaf = sel_s.detach().requires_grad_(plan.need_grad)
+        lp_y = leaf.gather(1, y).squeeze(1) if full else leaf[:, -1]
+        lt_y = sel_t.gather(1, y).squeeze(1) if full else sel_t[:, -1]
+        if plan.mode == "token":
+            div = (lp_y - lt_y).detach()
+            per_token = div * lp_y
+        else:
+            if full:
+                ls_d, lt_d = leaf, sel_t
+            else:
+                ls_k, lt_k = leaf[:, :-1], sel_t[:, :-1]
+                stats[_TOPK_MASS] = torch.logsumexp(ls_k.detach(), dim=-1).exp()
+                prep = _with_tail if plan.add_tail else _renormalise
+                ls_d, lt_d = prep(ls_k), prep(lt_k)
+            per_token = _divergence(ls_d, lt_d, plan.alpha)
+            div = per_token.detach()
+        stats[_DIV] = div
+        if plan.is_clip is not None:
+            ratio = torch.exp((lp_y.detach() - old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+            stats[_CLIPPED] = (ratio > plan.is_clip).to(cd)
+            ratio = ratio.clamp(max=plan.is_clip)
+            per_token = per_token * ratio
+            stats[_ISW] = ratio
+        else:
+            stats[_ISW] = 1.0
+            stats[_CLIPPED] = 0.0
+        if rollout_w is not None:
+            per_token = per_token * rollout_w
+        total = (torch.where(weight != 0, per_token, torch.zeros_like(per_token)) * weight).sum()
+        g = torch.autograd.grad(total, leaf)[0] if plan.need_grad else None
+    del sel_s, sel_t
+    stats[_ENT] = entropy
+    if g is not None:
+        # d/dx of sum_j g_j logp_j(x / T) = (g - (sum_j g_j) softmax) / T, scattered when g is on a subset.
+        g = g / temp
+        p.mul_(-g.sum(-1, keepdim=True))
+        if full:
+            p.add_(g)
+        else:
+            p.scatter_add_(1, idx if idx is not None else y, g)
+    return total.detach(), stats
+
+
+def _row_blocks(active: Tensor, B: int, T: int, rows: int):
+    """Yield (b, t0, t1, any_active) for blocks of at most ``rows`` positions of each sequence."""
+    act = active.detach().to("cpu", torch.bool)
+    for b in range(B):
+        for t0 in range(0, T, rows):
+            t1 = min(T, t0 + rows)
+            yield b, t0, t1, bool(act[b, t0:t1].any())
+
+
+def _opt_rows(x: Tensor | None, b: int, t0: int, t1: int) -> Tensor | None:
+    return None if x is None else x[b, t0:t1]
+
+
+class _SdpoFromLogits(torch.autograd.Function):
+    """Chunked SDPO on [B, T, V] logits; the student-logit gradient is formed during the forward pass."""
+
+    @staticmethod
+    def forward(ctx, student, teacher, ids, weight, old, rollout_w, plan: _Plan, rows: int):
+        B, T, V = student.shape
+        cd = _compute_dtype(student.dtype)
+        grad = torch.empty((B, T, V), dtype=student.dtype, device=student.device) if plan.need_grad else None
+        total = torch.zeros((), dtype=cd, device=student.device)
+        stats = torch.zeros(_N_STATS, B, T, dtype=cd, device=student.device)
+        for b, t0, t1, any_active in _row_blocks(weight != 0, B, T, rows):
+            if not any_active:
+                if grad is not None:
+                    grad[b, t0:t1].zero_()
+                continue
+            buf = None
+            if grad is not None:
+                buf = grad[b, t0:t1] if grad.dtype == cd else torch.empty((t1 - t0, V), dtype=cd,
+                                                                          device=student.device)
+            part, st = _sdpo_chunk(student[b, t0:t1], teacher[b, t0:t1], ids[b, t0:t1], weight[b, t0:t1],
+                                   _opt_rows(old, b, t0, t1), _opt_rows(rollout_w, b, t0, t1), plan, buf)
+            if grad is not None and buf.data_ptr() != grad[b, t0:t1].data_ptr():
+                grad[b, t0:t1].copy_(buf)
+            total += part
+            stats[:, b, t0:t1] = st
+        ctx.grad = grad
+        ctx.mark_non_differentiable(stats)
+        return total, stats
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_stats):
+        grad = ctx.grad
+        if grad is None:
+            raise RuntimeError("sdpo_loss: backward called twice or on a loss computed without grad; "
+                               "recompute the loss (retain_graph is not supported)")
+        ctx.grad = None  # hand the buffer over so autograd can store it as .grad without a copy
+        return _scaled(grad, grad_loss), None, None, None, None, None, None, None
+
+
+def _scaled(grad: Tensor, grad_loss: Tensor) -> Tensor:
+    if grad_loss.device.type == "cpu" and float(grad_loss) == 1.0:
+        return grad
+    return grad.mul_(grad_loss.to(grad.dtype))
+
+
+class _SdpoFromHidden(torch.autograd.Function):
+    """Chunked SDPO on hidden states: logits = hidden @ weight.T per chunk, never [B, T, V]."""
+
+    @staticmethod
+    def forward(ctx, s_hidden, t_hidden, weight_mat, ids, agg_w, old, rollout_w, plan: _Plan, rows: int):
+        B, T, H = s_hidden.shape
+        V = weight_mat.shape[0]
+        cd = _compute_dtype(s_hidden.dtype)
+        dev = s_hidden.device
+        want_h = plan.need_grad and ctx.needs_input_grad[0]
+        want_w = plan.need_grad and ctx.needs_input_grad[2]
+        g_h = torch.zeros_like(s_hidden) if want_h else None
+        g_w = torch.zeros((V, H), dtype=cd, device=dev) if want_w else None
+        total = torch.zeros((), dtype=cd, device=dev)
+        stats = torch.zeros(_N_STATS, B, T, dtype=cd, device=dev)
+        for b, t0, t1, any_active in _row_blocks(agg_w != 0, B, T, rows):
+            if not any_active:
+                continue
+            h = s_hidden[b, t0:t1]
+            s_logits = h @ weight_mat.T
+            t_logits = t_hidden[b, t0:t1].to(weight_mat.dtype) @ weight_mat.T
+            buf = torch.empty((t1 - t0, V), dtype=cd, device=dev) if plan.need_grad else None
+            part, st = _sdpo_chunk(s_logits, t_logits, ids[b, t0:t1], agg_w[b, t0:t1],
+                                   _opt_rows(old, b, t0, t1), _opt_rows(rollout_w, b, t0, t1), plan, buf)
+            del s_logits, t_logits
+            total += part
+            stats[:, b, t0:t1] = st
+            if buf is not None:
+                g_logits = buf.to(weight_mat.dtype)
+                if g_h is not None:
+                    g_h[b, t0:t1] = g_logits @ weight_mat
+                if g_w is not None:
+                    g_w.addmm_(buf.T, h.to(cd))
+        ctx.grads = (g_h, None if g_w is None else g_w.to(weight_mat.dtype))
+        ctx.mark_non_differentiable(stats)
+        return total, stats
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_stats):
+        if ctx.grads is None:
+            raise RuntimeError("sdpo_loss_from_hidden: backward called twice (retain_graph is not supported)")
+        g_h, g_w = ctx.grads
+        ctx.grads = None
+        g_h = None if g_h is None else _scaled(g_h, grad_loss)
+        g_w = None if g_w is None else _scaled(g_w, grad_loss)
+        return g_h, None, g_w, None, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Public SDPO entry points
+# --------------------------------------------------------------------------------------------------
+
+def _check_inputs(
+    B: int, T: int, V: int, response_ids: Tensor, response_mask: Tensor, cfg: SelfDistillationConfig,
+    old_logprobs: Tensor | None, sample_mask: Tensor | None, rollout_is_weights: Tensor | None,
+) -> None:
+    if not isinstance(cfg, SelfDistillationConfig):
+        raise TypeError(f"cfg must be a SelfDistillationConfig, got {type(cfg).__name__}")
+    if cfg.mode == "token" and cfg.alpha != 1.0:
+        raise ValueError(f"mode='token' supports only alpha=1.0 (reverse KL), got alpha={cfg.alpha!r}; "
+                         "use mode='logit' for other values")
+    if cfg.mode not in ("logit", "token"):
+        raise ValueError(f"mode={cfg.mode!r}; allowed values are 'logit', 'token'")
+    if cfg.loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"loss_agg_mode={cfg.loss_agg_mode!r}; allowed values are {', '.join(LOSS_AGG_MODES)}")
+    if cfg.mode == "logit" and cfg.distillation_topk is not None and cfg.distillation_topk > V:
+        raise ValueError(f"distillation_topk={cfg.distillation_topk} exceeds the vocabulary size {V}; "
+                         "use a smaller k or None for full-vocabulary distillation")
+    for name, t, shape in (("response_ids", response_ids, (B, T)), ("response_mask", response_mask, (B, T)),
+                           ("old_logprobs", old_logprobs, (B, T)), ("sample_mask", sample_mask, (B,)),
+                           ("rollout_is_weights", rollout_is_weights, (B, T))):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if cfg.is_clip is not None and old_logprobs is None:
+        raise ValueError(f"cfg.is_clip={cfg.is_clip!r} needs old_logprobs (the sampler's log-probs of "
+                         "response_ids); pass them or set is_clip=None")
+
+
+def _prepare(
+    response_ids: Tensor, response_mask: Tensor, cfg: SelfDistillationConfig, cd: torch.dtype,
+    old_logprobs: Tensor | None, sample_mask: Tensor | None, rollout_is_weights: Tensor | None,
+    need_grad: bool,
+):
+    mask = response_mask.to(cd)
+    if sample_mask is not None:
+        mask = mask * sample_mask.to(device=mask.device, dtype=cd)[:, None]
+    ids = torch.where(response_mask != 0, response_ids, torch.zeros_like(response_ids)).long()
+    agg_w = aggregation_weights(mask, cfg.loss_agg_mode, cd)
+    old = old_logprobs.detach().to(cd) if (cfg.is_clip is not None) else None
+    rw = rollout_is_weights.detach().to(cd) if rollout_is_weights is not None else None
+    plan = _Plan(mode=cfg.mode, topk=cfg.distillation_topk if cfg.mode == "logit" else None,
+                 add_tail=cfg.distillation_add_tail, alpha=float(cfg.alpha),
+                 temperature=float(cfg.temperature), is_clip=cfg.is_clip, need_grad=need_grad)
+    return mask, ids, agg_w, old, rw, plan
+
+
+def _metrics(loss: Tensor, stats: Tensor, mask: Tensor, cfg: SelfDistillationConfig) -> dict[str, float]:
+    active = mask != 0
+    n = int(active.sum())
+
+    def mean(row: int) -> float:
+        ok = active & torch.isfinite(stats[row])
+        k = int(ok.sum())
+        return float(torch.where(ok, stats[row], torch.zeros_like(stats[row])).sum() / k) if k else 0.0
+
+    out = {
+        "sdpo/loss": float(loss.detach()),
+        "sdpo/kl_mean": mean(_DIV),
+        "sdpo/entropy_mean": mean(_ENT),
+        "sdpo/active_tokens": float(n),
+    }
+    if cfg.is_clip is not None:
+        out["sdpo/is_ratio_mean"] = mean(_ISW)
+        out["sdpo/is_clip_fraction"] = mean(_CLIPPED)
+    if cfg.mode == "logit" and cfg.distillation_topk is not None:
+        out["sdpo/topk_mass_mean"] = mean(_TOPK_MASS)
+    return out
+
+
+def sdpo_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    cfg: SelfDistillationConfig,
+    *,
+    old_logprobs: Tensor | None = None,
+    sample_mask: Tensor | None = None,
+    rollout_is_weights: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Self-distillation loss of SDPO (paper Sec. 3; reference lasgroup/SDPO ``compute_self_distillation_loss``).
+
+    student_logits: [B, T, V], position t predicts response_ids[:, t]; teacher_logits: [B, T, V] (never
+    receives a gradient); response_ids: [B, T] int; response_mask: [B, T] 0/1; old_logprobs: [B, T] sampler
+    log-probs of response_ids (required when ``cfg.is_clip`` is set); sample_mask: [B] (0 for samples without
+    a teacher context); rollout_is_weights: [B, T] extra per-token weights (detached).
+    chunk_size: positions per chunk (default: ``CHUNK_BYTES // (4 V)``).
+
+    Semantics, in order: both logits / cfg.temperature; top-k support = the student's top-k per position,
+    true log-probs of both sides at it (full-vocabulary normalisation), plus a tail bucket per side
+    (``distillation_add_tail``) or renormalised; full log-softmax when ``distillation_topk`` is None; the
+    generalised JSD (``_divergence``) summed over the support; or in ``mode="token"`` the per-token
+    (logp_s(y) - logp_t(y)).detach() * logp_s(y); times the clipped, detached IS ratio
+    exp(clamp(logp_s(y) - old, -20, 20)).clamp(max=is_clip) and ``rollout_is_weights``; aggregated with
+    ``cfg.loss_agg_mode`` under ``response_mask * sample_mask[:, None]`` (see the module docstring).
+
+    Returns (scalar loss, metrics): ``sdpo/loss``, ``sdpo/kl_mean`` (mean per-token divergence on the
+    support; in token mode logp_s(y) - logp_t(y)), ``sdpo/entropy_mean`` (student, full vocabulary),
+    ``sdpo/active_tokens``, and when applicable ``sdpo/is_ratio_mean`` (clipped ratio),
+    ``sdpo/is_clip_fraction`` and ``sdpo/topk_mass_mean`` (student probability inside the top-k).
+    The gradient is computed during the forward pass; calling backward twice is not supported.
+    """
+    if student_logits.dim() != 3 or teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"student_logits and teacher_logits must both be [B, T, V]; got "
+                         f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
+    B, T, V = student_logits.shape
+    _check_inputs(B, T, V, response_ids, response_mask, cfg, old_logprobs, sample_mask, rollout_is_weights)
+    cd = _compute_dtype(student_logits.dtype)
+    need_grad = torch.is_grad_enabled() and student_logits.requires_grad
+    mask, ids, agg_w, old, rw, plan = _prepare(response_ids, response_mask, cfg, cd, old_logprobs,
+                                               sample_mask, rollout_is_weights, need_grad)
+    rows = chunk_size or max(1, CHUNK_BYTES // (4 * V))
+    loss, stats = _SdpoFromLogits.apply(student_logits, teacher_logits.detach(), ids, agg_w, old, rw,
+                                        plan, rows)
+    return loss, _metrics(loss, stats, mask, cfg)
+
+
+def sdpo_loss_from_hidden(
+    student_hidden: Tensor,
+    teacher_hidden: Tensor,
+    lm_head_weight: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    cfg: SelfDistillationConfig,
+    *,
+    old_logprobs: Tensor | None = None,
+    sample_mask: Tensor | None = None,
+    rollout_is_weights: Tensor | None = None,
+    chunk_size: int = HIDDEN_CHUNK_ROWS,
+) -> tuple[Tensor, dict[str, float]]:
+    """``sdpo_loss`` on logits ``hidden @ lm_head_weight.T`` without ever holding [B, T, V] logits.
+
+    student_hidden, teacher_hidden: [B, T, H] final hidden states aligned to response positions (teacher gets
+    no gradient); lm_head_weight: [V, H] (tied or not; no bias). Gradients flow to ``student_hidden`` and
+    ``lm_head_weight``. Same values and gradients as ``sdpo_loss(student_hidden @ W.T, teacher_hidden @ W.T,
+    ...)`` up to floating-point summation order. chunk_size: positions per chunk ([chunk_size, V] logits
+    are formed at a time).
+    """
+    if student_hidden.dim() != 3 or teacher_hidden.shape != student_hidden.shape:
+        raise ValueError(f"student_hidden and teacher_hidden must both be [B, T, H]; got "
+                         f"{tuple(student_hidden.shape)} and {tuple(teacher_hidden.shape)}")
+    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != student_hidden.shape[-1]:
+        raise ValueError(f"lm_head_weight must be [V, H] with H={student_hidden.shape[-1]}, "
+                         f"got {tuple(lm_head_weight.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    B, T, _ = student_hidden.shape
+    V = lm_head_weight.shape[0]
+    _check_inputs(B, T, V, response_ids, response_mask, cfg, old_logprobs, sample_mask, rollout_is_weights)
+    cd = _compute_dtype(student_hidden.dtype)
+    need_grad = torch.is_grad_enabled() and (student_hidden.requires_grad or lm_head_weight.requires_grad)
+    mask, ids, agg_w, old, rw, plan = _prepare(response_ids, response_mask, cfg, cd, old_logprobs,
+                                               sample_mask, rollout_is_weights, need_grad)
+    loss, stats = _SdpoFromHidden.apply(student_hidden, teacher_hidden.detach(), lm_head_weight, ids, agg_w,
+                                        old, rw, plan, chunk_size)
+    return loss, _metrics(loss, stats, mask, cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-token log-probs (GRPO ratio, IS weights, old log-probs)
+# --------------------------------------------------------------------------------------------------
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log softmax(logits / T)[ids], chunked; the softmax is recomputed per chunk in backward."""
+
+    @staticmethod
+    def forward(ctx, logits, ids, temperature: float, rows: int):
+        B, T, V = logits.shape
+        cd = _compute_dtype(logits.dtype)
+        out = torch.empty((B, T), dtype=cd, device=logits.device)
+        lse = torch.empty((B, T), dtype=cd, device=logits.device)
+        for b in range(B):
+            for t0 in range(0, T, rows):
+                t1 = min(T, t0 + rows)
+                x = logits[b, t0:t1].to(cd)
+                if temperature != 1.0:
+                    x = x / temperature
+                lse[b, t0:t1] = torch.logsumexp(x, dim=-1)
+                out[b, t0:t1] = x.gather(1, ids[b, t0:t1, None]).squeeze(1) - lse[b, t0:t1]
+        ctx.save_for_backward(logits, ids, lse)
+        ctx.temperature, ctx.rows = temperature, rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, ids, lse = ctx.saved_tensors
+        temp, rows = ctx.temperature, ctx.rows
+        B, T, V = logits.shape
+        cd = lse.dtype
+        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        for b in range(B):
+            for t0 in range(0, T, rows):
+                t1 = min(T, t0 + rows)
+                x = logits[b, t0:t1].to(cd)
+                if temp != 1.0:
+                    x = x / temp
+                g = grad_out[b, t0:t1].to(cd) / temp
+                p = torch.exp(x - lse[b, t0:t1, None]).mul_(-g[:, None])
+                p.scatter_add_(1, ids[b, t0:t1, None], g[:, None])
+                grad[b, t0:t1] = p
+        return grad, None, None, None
+
+
+class _TokenLogprobsFromHidden(torch.autograd.Function):
+    """log softmax(hidden @ W.T / T)[ids], chunked; logits are recomputed per chunk in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight_mat, ids, temperature: float, rows: int):
+        B, T, _ = hidden.shape
+        cd = _compute_dtype(hidden.dtype)
+        out = torch.empty((B, T), dtype=cd, device=hidden.device)
+        lse = torch.empty((B, T), dtype=cd, device=hidden.device)
+        for b in range(B):
+            for t0 in range(0, T, rows):
+                t1 = min(T, t0 + rows)
+                x = (hidden[b, t0:t1] @ weight_mat.T).to(cd)
+                if temperature != 1.0:
+                    x = x / temperature
+                lse[b, t0:t1] = torch.logsumexp(x, dim=-1)
+                out[b, t0:t1] = x.gather(1, ids[b, t0:t1, None]).squeeze(1) - lse[b, t0:t1]
+        ctx.save_for_backward(hidden, weight_mat, ids, lse)
+        ctx.temperature, ctx.rows = temperature, rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight_mat, ids, lse = ctx.saved_tensors
+        temp, rows = ctx.temperature, ctx.rows
+        B, T, H = hidden.shape
+        cd = lse.dtype
+        g_h = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        g_w = torch.zeros(weight_mat.shape, dtype=cd, device=hidden.device) if ctx.needs_input_grad[1] else None
+        for b in range(B):
+            for t0 in range(0, T, rows):
+                t1 = min(T, t0 + rows)
+                h = hidden[b, t0:t1]
+                x = (h @ weight_mat.T).to(cd)
+                if temp != 1.0:
+                    x = x / temp
+                g = grad_out[b, t0:t1].to(cd) / temp
+                p = x.sub_(lse[b, t0:t1, None]).exp_()
+                p.mul_(-g[:, None]).scatter_add_(1, ids[b, t0:t1, None], g[:, None])
+                g_logits = p.to(weight_mat.dtype)
+                if g_h is not None:
+                    g_h[b, t0:t1] = g_logits @ weight_mat
+                if g_w is not None:
+                    g_w.addmm_(p.T, h.to(cd))
+        return g_h, None if g_w is None else g_w.to(weight_mat.dtype), None, None, None
+
+
+def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0, *,
+                   chunk_size: int | None = None) -> Tensor:
+    """Log-probs of ``ids`` [B, T] under softmax(logits / temperature), logits [B, T, V] -> [B, T].
+
+    Chunked over positions: no full log-softmax is held; backward recomputes the softmax per chunk and
+    allocates only the [B, T, V] gradient. Output dtype: float32 (float64 for float64 logits).
+    """
+    if logits.dim() != 3 or tuple(ids.shape) != tuple(logits.shape[:2]):
+        raise ValueError(f"logits must be [B, T, V] and ids [B, T]; got {tuple(logits.shape)}, {tuple(ids.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    rows = chunk_size or max(1, CHUNK_BYTES // (4 * logits.shape[-1]))
+    return _TokenLogprobs.apply(logits, ids.long(), float(temperature), rows)
+
+
+def token_logprobs_from_hidden(hidden: Tensor, lm_head_weight: Tensor, ids: Tensor, temperature: float = 1.0,
+                               *, chunk_size: int = HIDDEN_CHUNK_ROWS) -> Tensor:
+    """``token_logprobs(hidden @ lm_head_weight.T, ids, temperature)`` without holding [B, T, V] logits.
+
+    hidden: [B, T, H]; lm_head_weight: [V, H]; ids: [B, T] -> [B, T]. Gradients flow to hidden and weight.
+    """
+    if hidden.dim() != 3 or tuple(ids.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(f"hidden must be [B, T, H] and ids [B, T]; got {tuple(hidden.shape)}, {tuple(ids.shape)}")
+    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"lm_head_weight must be [V, H] with H={hidden.shape[-1]}, got {tuple(lm_head_weight.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return _TokenLogprobsFromHidden.apply(hidden, lm_head_weight, ids.long(), float(temperature), chunk_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# GRPO
+# --------------------------------------------------------------------------------------------------
+
+def grpo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    *,
+    clip_ratio_low: float = 0.2,
+    clip_ratio_high: float = 0.2,
+    clip_ratio_c: float = 3.0,
+    loss_agg_mode: str = "token-mean",
+    sample_mask: Tensor | None = None,
+    rollout_is_weights: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """PPO clipped surrogate with dual clip (GRPO policy loss; verl ``compute_policy_loss`` semantics).
+
+    logprobs, old_logprobs: [B, T] current / sampler log-probs of the response tokens; advantages: [B, T] or
+    [B] (broadcast over T); response_mask: [B, T]; sample_mask: [B]; rollout_is_weights: [B, T] (detached).
+    ratio = exp(clamp(logprobs - old, -20, 20)); l1 = -A ratio; l2 = -A clamp(ratio, 1 - low, 1 + high);
+    l = max(l1, l2); for A < 0 additionally l = min(l, -A c) (dual clip, c > 1).
+    Metrics: grpo/loss, grpo/clip_fraction (l2 > l1), grpo/clip_fraction_lower (dual clip active),
+    grpo/approx_kl (mean old - new), grpo/ratio_mean.
+    """
+    if logprobs.shape != old_logprobs.shape or logprobs.shape != response_mask.shape or logprobs.dim() != 2:
+        raise ValueError(f"logprobs, old_logprobs and response_mask must all be [B, T]; got "
+                         f"{tuple(logprobs.shape)}, {tuple(old_logprobs.shape)}, {tuple(response_mask.shape)}")
+    if not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 (dual clip), got {clip_ratio_c!r}")
+    if clip_ratio_low < 0 or clip_ratio_high < 0:
+        raise ValueError(f"clip ratios must be >= 0, got low={clip_ratio_low!r}, high={clip_ratio_high!r}")
+    if advantages.dim() == 1:
+        advantages = advantages[:, None].expand_as(logprobs)
+    if advantages.shape != logprobs.shape:
+        raise ValueError(f"advantages must be [B] or [B, T], got {tuple(advantages.shape)}")
+    dtype = logprobs.dtype
+    mask = response_mask.to(dtype)
+    if sample_mask is not None:
+        mask = mask * sample_mask.to(dtype)[:, None]
+    adv = advantages.detach().to(dtype)
+    log_ratio = (logprobs - old_logprobs.detach().to(dtype)).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    l1 = -adv * ratio
+    l2 = -adv * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+    clipped = torch.maximum(l1, l2)
+    l3 = -adv * clip_ratio_c
+    per_token = torch.where(adv < 0, torch.minimum(clipped, l3), clipped)
+    if rollout_is_weights is not None:
+        per_token = per_token * rollout_is_weights.detach().to(dtype)
+    loss = aggregate_loss(per_token, mask, loss_agg_mode)
+
+    active = mask != 0
+    n = max(int(active.sum()), 1)
+
+    def mean(x: Tensor) -> float:
+        return float(torch.where(active, x.detach().to(dtype), torch.zeros((), dtype=dtype)).sum() / n)
+
+    metrics = {
+        "grpo/loss": float(loss.detach()),
+        "grpo/clip_fraction": mean((l2 > l1).to(dtype)),
+        "grpo/clip_fraction_lower": mean(((clipped > l3) & (adv < 0)).to(dtype)),
+        "grpo/approx_kl": mean(-log_ratio),
+        "grpo/ratio_mean": mean(ratio),
+    }
+    return loss, metrics
+
+
+def group_advantages(rewards: Tensor, group_ids: Tensor | Sequence[Hashable], norm_by_std: bool = True,
+                     eps: float = 1e-6) -> Tensor:
+    """GRPO outcome advantages (paper Sec. 2): reward minus its group's mean, over (std + eps) when norm_by_std.
+
+    rewards: [N]; group_ids: [N] tensor or a sequence of hashable ids (e.g. prompt uids). The std is the
+    unbiased sample std (as verl). Members of single-sample groups get advantage 0 (no baseline exists;
+    verl would leave their raw reward). Returns [N] in rewards' float dtype (float32 for integer rewards).
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be [N], got shape {tuple(rewards.shape)}")
+    n = rewards.shape[0]
+    if len(group_ids) != n:
+        raise ValueError(f"group_ids has {len(group_ids)} entries for {n} rewards")
+    out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
+    if n == 0:
+        return torch.zeros(0, dtype=out_dtype, device=rewards.device)
+    if isinstance(group_ids, Tensor):
+        inverse = torch.unique(group_ids.reshape(-1), return_inverse=True)[1].to(rewards.device)
+    else:
+        first: dict[Hashable, int] = {}
+        inverse = torch.tensor([first.setdefault(g, len(first)) for g in group_ids], device=rewards.device)
+    r = rewards.to(torch.float64)
+    n_groups = int(inverse.max()) + 1
+    count = torch.zeros(n_groups, dtype=torch.float64, device=r.device).index_add_(0, inverse, torch.ones_like(r))
+    mean = torch.zeros_like(count).index_add_(0, inverse, r) / count
+    centred = r - mean[inverse]
+    adv = centred
+    if norm_by_std:
+        sq = torch.zeros_like(count).index_add_(0, inverse, centred * centred)
+        std = (sq / (count - 1).clamp(min=1)).sqrt()
+        adv = centred / (std[inverse] + eps)
+    adv = torch.where(count[inverse] > 1, adv, torch.zeros_like(adv))
+    return adv.to(out_dtype)

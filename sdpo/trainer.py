@@ -1,0 +1,479 @@
+"""SDPO / GRPO training runs (paper Sec. 3-4) on any local HF checkpoint, full or LoRA.
+
+``train(cfg, callbacks)`` is one loop that reads top to bottom in numbered steps; the update itself lives in
+``sdpo.update.policy_update`` (shared with test-time self-distillation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdpo.callbacks import Attempt, Callbacks
+from sdpo.config import ConfigError, _choice, _number, build_dataclass
+from sdpo.data.tasks import Task
+from sdpo.rollout.base import SamplingParams
+from sdpo.update import ScoredBatch, UpdateConfig, policy_update
+
+SAMPLERS = ("auto", "hf", "vllm")
+SCHEDULES = ("constant", "cosine")
+DATASETS = ("humaneval",)
+DISTRIBUTED = ("none", "ddp", "fsdp")
+
+
+@dataclass
+class TrainConfig(UpdateConfig):
+    """A training run. Inherits the update settings (loss, lr, self_distillation, ...) from UpdateConfig.
+
+    model_path: local HF checkpoint (None = ``sdpo.models.default_model_path()``, the tiny/toy model).
+    dataset: "humaneval", or None with ``train_file`` (+ optional ``test_file``) in the lasgroup JSONL format.
+    train_batch_size: questions per step; n: rollouts per question (a group).
+    val_every / save_every: steps between validation / checkpoints (0 = only at the end).
+    val_k: samples per validation question (val/avg@k = mean reward over them).
+    """
+
+    model_path: str | None = None
+    out_dir: str = "runs/train"
+    seed: int = 0
+    dataset: str | None = None
+    train_file: str | None = None
+    test_file: str | None = None
+    val_fraction: float = 0.2
+    adapter: str = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None
+    max_steps: int = 10
+    train_batch_size: int = 4
+    n: int = 8
+    max_new_tokens: int = 256
+    max_prompt_len: int = 2048
+    top_p: float = 1.0
+    top_k: int | None = None
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    dense_reward: bool = False
+    val_every: int = 0
+    val_k: int = 4
+    val_temperature: float = 1.0
+    val_max_questions: int | None = 32
+    save_every: int = 0
+    resume_from: str | None = None
+    sampler: str = "auto"
+    sampler_batch_size: int = 16
+    gpu_memory_utilization: float = 0.5
+    device: str = "auto"
+    dtype: str = "auto"
+    distributed: str = "none"
+    progress: bool = True
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dataset is not None:
+            _choice("dataset", self.dataset, DATASETS)
+            if self.train_file is not None:
+                raise ConfigError("train_file", "set either dataset or train_file, not both")
+        elif self.train_file is None:
+            raise ConfigError("dataset", "no data: set dataset='humaneval' or train_file=PATH (lasgroup JSONL)")
+        for name in ("train_file", "test_file"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise ConfigError(name, f"file not found: {value}")
+        if self.model_path is not None and not (Path(self.model_path) / "config.json").is_file():
+            raise ConfigError("model_path", f"no Hugging Face checkpoint (config.json) at {self.model_path}")
+        if self.resume_from is not None and not (Path(self.resume_from) / "trainer_state.pt").is_file():
+            raise ConfigError("resume_from", f"no checkpoint (trainer_state.pt) at {self.resume_from}")
+        _choice("adapter", self.adapter, ("full", "lora"))
+        _number("lora_r", self.lora_r, lo=1, integer=True)
+        _number("lora_alpha", self.lora_alpha, lo=1, integer=True)
+        _number("lora_dropout", self.lora_dropout, lo=0.0, hi=1.0, hi_open=True)
+        _number("val_fraction", self.val_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        for name in ("max_steps", "train_batch_size", "n", "max_new_tokens", "max_prompt_len", "val_k",
+                     "sampler_batch_size"):
+            _number(name, getattr(self, name), lo=1, integer=True)
+        for name in ("warmup_steps", "val_every", "save_every", "seed"):
+            _number(name, getattr(self, name), lo=0, integer=True)
+        _number("top_p", self.top_p, lo=0.0, hi=1.0, lo_open=True)
+        if self.top_k is not None:
+            _number("top_k", self.top_k, lo=1, integer=True)
+        _number("val_temperature", self.val_temperature, lo=0.0)
+        if self.val_max_questions is not None:
+            _number("val_max_questions", self.val_max_questions, lo=1, integer=True)
+        _choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        _choice("sampler", self.sampler, SAMPLERS)
+        _number("gpu_memory_utilization", self.gpu_memory_utilization, lo=0.0, hi=1.0, lo_open=True)
+        _choice("device", self.device, ("auto", "cpu", "cuda"))
+        _choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        _choice("distributed", self.distributed, DISTRIBUTED)
+        if self.distributed == "fsdp" and not torch.cuda.is_available():
+            raise ConfigError("distributed", "fsdp needs CUDA GPUs; use 'ddp' (gloo on CPU) or 'none'")
+        if self.mini_batch_size is not None and self.mini_batch_size > self.train_batch_size * self.n:
+            raise ConfigError("mini_batch_size", f"got {self.mini_batch_size}; must be <= train_batch_size * n "
+                              f"= {self.train_batch_size * self.n} samples per step")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return build_dataclass(cls, dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` (YAML-typed value, dotted keys for nesting: self_distillation.alpha=1.0)."""
+    import yaml
+
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(key, f"cannot parse value {raw!r}: {e}") from None
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(key, f"{p} is not a mapping")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML run config, apply ``--set`` overrides, validate everything (no model is loaded)."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError("config", f"file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError("config", f"invalid YAML in {path}: {e}") from None
+    return TrainConfig.from_dict(apply_overrides(data, overrides or []))
+
+
+@dataclass
+class TrainResult:
+    out_dir: str
+    steps: int
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    checkpoints: list[str] = field(default_factory=list)
+    stopped: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------
+
+def load_data(cfg: TrainConfig) -> tuple[list[Task], list[Task]]:
+    """Train and validation tasks for ``cfg`` (errors name file, line and field)."""
+    from sdpo.data import lasgroup
+
+    if cfg.dataset == "humaneval":
+        from sdpo.data import humaneval
+
+        return lasgroup.split_tasks(humaneval.load_tasks(), cfg.val_fraction, cfg.seed)
+    train = lasgroup.load_jsonl(cfg.train_file)
+    if not train:
+        raise ConfigError("train_file", f"{cfg.train_file} holds no rows")
+    test = lasgroup.load_jsonl(cfg.test_file) if cfg.test_file else []
+    return train, test
+
+
+class TaskStream:
+    """Endless seeded pass over the training questions; ``position`` (questions consumed) is the resume state."""
+
+    def __init__(self, tasks: list[Task], seed: int, position: int = 0):
+        self.tasks, self.seed, self.position = tasks, seed, position
+
+    def next(self, k: int) -> list[Task]:
+        out = []
+        for _ in range(k):
+            epoch, i = divmod(self.position, len(self.tasks))
+            order = list(range(len(self.tasks)))
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+            out.append(self.tasks[order[i]])
+            self.position += 1
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pieces the loop calls
+# ---------------------------------------------------------------------------------------------------
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda requested but torch.cuda.is_available() is False")
+    return torch.device(cfg.device)
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_policy(cfg: TrainConfig):
+    """Load model + tokenizer and apply the adapter; returns (model, tokenizer, model_path)."""
+    from sdpo.adapters import apply_adapter
+    from sdpo.models import default_model_path, load_model_and_tokenizer
+
+    path = cfg.model_path or str(default_model_path())
+    device = _device(cfg)
+    model, tokenizer = load_model_and_tokenizer(path, dtype=cfg.dtype, device=device)
+    model = apply_adapter(model, cfg.adapter, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                          target_modules=cfg.lora_target_modules)
+    return model, tokenizer, path
+
+
+def make_optimizer(model, cfg: UpdateConfig, *, warmup_steps: int = 0, total_steps: int = 1,
+                   schedule: str = "constant"):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def score_rollouts(tasks: list[Task], rollouts, n: int, *, sparse: bool):
+    """Reward + feedback for rollout ``i`` of question ``i // n``."""
+    from sdpo.envs import score_many
+
+    per_rollout = [tasks[r.prompt_index] for r in rollouts]
+    return score_many(per_rollout, [r.text for r in rollouts], [r.truncated for r in rollouts], sparse=sparse)
+
+
+def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int) -> dict[str, float]:
+    """val/avg@k: mean reward over k samples of each validation question (all its tests); val/pass@k."""
+    tasks = tasks[: cfg.val_max_questions] if cfg.val_max_questions else tasks
+    if not tasks:
+        return {}
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.val_temperature,
+                            top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed * 7919 + step)
+    rollouts = sampler.generate([t.messages for t in tasks], cfg.val_k, params)
+    full = [t if t.hidden_tests is None else _with_tests(t, t.hidden_tests) for t in tasks]
+    scores = score_rollouts(full, rollouts, cfg.val_k, sparse=True)
+    rewards = [s.reward for s in scores]
+    solved = [max(rewards[i * cfg.val_k:(i + 1) * cfg.val_k]) for i in range(len(tasks))]
+    return {f"val/avg@{cfg.val_k}": sum(rewards) / len(rewards),
+            f"val/pass@{cfg.val_k}": sum(1.0 for s in solved if s >= 1.0) / len(tasks),
+            "val/response_length_mean": sum(len(r.response_ids) for r in rollouts) / len(rollouts)}
+
+
+def _with_tests(task: Task, tests) -> Task:
+    from dataclasses import replace
+
+    return replace(task, tests=tests)
+
+
+def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, scheduler, teacher,
+                    stream: TaskStream, cfg: TrainConfig) -> tuple[Path, str]:
+    """``out_dir/checkpoints/step_N/``: weights (adapter/ or model/), trainer_state.pt (optimizer, scheduler,
+    teacher state, RNG states, step, data position), config.yaml. Written to a temp dir, then renamed."""
+    import shutil
+
+    import yaml
+
+    from sdpo.adapters import save_weights
+
+    final = out_dir / "checkpoints" / f"step_{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _, kind = save_weights(model, tokenizer, tmp)
+    torch.save({
+        "step": step, "position": stream.position, "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "teacher": teacher.state_dict() if teacher is not None else None,
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "adapter": kind,
+    }, tmp / "trainer_state.pt")
+    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final, kind
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, teacher) -> dict[str, Any]:
+    from sdpo.adapters import is_lora, load_adapter_weights
+
+    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    if (state["adapter"] == "lora") != is_lora(model):
+        raise ConfigError("resume_from", f"checkpoint {path} is {state['adapter']!r}, this run's adapter differs")
+    if is_lora(model):
+        load_adapter_weights(model, path / "adapter")
+    else:
+        from safetensors.torch import load_model
+
+        load_model(model, str(path / "model" / "model.safetensors"), strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if teacher is not None and state["teacher"] is not None:
+        teacher.load_state_dict(state["teacher"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"].get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state
+
+
+class _Sinks:
+    """metrics.jsonl (always), a tqdm bar and TensorBoard when asked for and installed."""
+
+    def __init__(self, out_dir: Path, cfg: TrainConfig, start_step: int):
+        self.file = (out_dir / "metrics.jsonl").open("a")
+        self.bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True)
+        self.tb = None
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed: a null sink
+                self.tb = None
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("reward/mean", "loss") if k in metrics})
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
+    import yaml
+
+    from sdpo.envs.code import extract_code
+    from sdpo.rollout.select import make_sampler
+    from sdpo.teacher import make_teacher
+
+    callbacks = callbacks or Callbacks()
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _set_seed(cfg.seed)
+
+    # 0. Setup: data, policy (+ adapter), teacher, optimizer, sampler; resume if asked.
+    train_tasks, val_tasks = load_data(cfg)
+    model, tokenizer, _ = build_policy(cfg)
+    teacher = make_teacher(cfg.self_distillation, model) if cfg.loss in ("sdpo", "hybrid") else None
+    optimizer, scheduler = make_optimizer(model, cfg, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
+                                          schedule=cfg.lr_schedule)
+    stream = TaskStream(train_tasks, cfg.seed)
+    start = 0
+    if cfg.resume_from:
+        state = load_checkpoint(Path(cfg.resume_from), model, optimizer, scheduler, teacher)
+        start, stream.position = state["step"], state["position"]
+    sampler = make_sampler(cfg.sampler, model, tokenizer, batch_size=cfg.sampler_batch_size,
+                           max_prompt_len=cfg.max_prompt_len, adapter=cfg.adapter,
+                           gpu_memory_utilization=cfg.gpu_memory_utilization)
+    sinks = _Sinks(out_dir, cfg, start)
+    result = TrainResult(out_dir=str(out_dir), steps=start)
+    try:
+        for step in range(start + 1, cfg.max_steps + 1):
+            if callbacks.stop_requested():
+                result.stopped = True
+                break
+            t0 = time.perf_counter()
+
+            # 1. Sample n rollouts for each of train_batch_size questions.
+            tasks = stream.next(cfg.train_batch_size)
+            params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                    top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed * 100_003 + step)
+            rollouts = sampler.generate([t.messages for t in tasks], cfg.n, params)
+            t_sample = time.perf_counter()
+
+            # 2. Reward + feedback from each question's environment.
+            scores = score_rollouts(tasks, rollouts, cfg.n, sparse=not cfg.dense_reward)
+            t_score = time.perf_counter()
+            callbacks.attempts([
+                Attempt(round=step, index=i, response=r.text,
+                        code=extract_code(r.text) if tasks[r.prompt_index].kind == "code" else None, reward=s.reward,
+                        passed=s.passed, total=s.total, feedback=s.feedback, tokens=len(r.response_ids),
+                        seconds=0.0, task_id=tasks[r.prompt_index].id)
+                for i, (r, s) in enumerate(zip(rollouts, scores, strict=True))])
+
+            # 3-6. Advantages, teacher contexts + teacher logits, losses, optimizer steps (sdpo.update).
+            batch = ScoredBatch(prompts=[tasks[r.prompt_index].messages for r in rollouts], rollouts=rollouts,
+                                rewards=[s.reward for s in scores], feedback=[s.feedback for s in scores],
+                                group_ids=[r.prompt_index for r in rollouts])
+            update_metrics = policy_update(model, optimizer, teacher, tokenizer, batch, cfg, seed=cfg.seed + step)
+            scheduler.step()
+
+            # 7. Teacher update, once per step (EMA; no-op for live / trust-region).
+            if teacher is not None:
+                teacher.update(model)
+            sampler.update_weights(model)
+            t_update = time.perf_counter()
+
+            # 8. Metrics.
+            n_tokens = sum(len(r.response_ids) for r in rollouts)
+            rewards = batch.rewards
+            metrics = {
+                "reward/mean": sum(rewards) / len(rewards),
+                "reward/acc": sum(1.0 for x in rewards if x >= cfg.self_distillation.success_reward_threshold)
+                / len(rewards),
+                "response/length_mean": n_tokens / len(rollouts),
+                "response/truncated_fraction": sum(r.truncated for r in rollouts) / len(rollouts),
+                **update_metrics,
+                "lr": scheduler.get_last_lr()[0],
+                "perf/sample_s": t_sample - t0, "perf/score_s": t_score - t_sample,
+                "perf/update_s": t_update - t_score, "perf/step_s": t_update - t0,
+                "perf/tokens_per_s": n_tokens / max(t_update - t0, 1e-9),
+            }
+
+            # 9. Validation every val_every steps (and at the end); checkpoint every save_every steps.
+            last = step == cfg.max_steps
+            if val_tasks and ((cfg.val_every and step % cfg.val_every == 0) or last):
+                metrics.update(validate(sampler, val_tasks, cfg, step))
+            sinks.log(step, metrics)
+            callbacks.metrics(step, metrics)
+            result.steps, result.last_metrics = step, metrics
+            if (cfg.save_every and step % cfg.save_every == 0) or last:
+                path, kind = save_checkpoint(out_dir, step, model, tokenizer, optimizer, scheduler, teacher,
+                                             stream, cfg)
+                result.checkpoints.append(str(path))
+                callbacks.checkpoint(step, str(path), kind)
+    finally:
+        sinks.close()
+    return result

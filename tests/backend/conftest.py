@@ -1,0 +1,44 @@
+"""Database fixtures on real servers: a migrated SQLite file in a tmp dir and a fresh PostgreSQL database
+(created on 127.0.0.1:5432 from the ``test`` database, dropped afterwards). Tests never touch ``var/``."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from backend.db import make_engine, make_session_factory
+from backend.migrate import upgrade
+from backend.settings import Settings
+from tests.backend.pgutil import create_pg_database, drop_pg_database
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch) -> Settings:
+    for key in list(os.environ):
+        if key.startswith("SDPO_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SDPO_DATA_DIR", str(tmp_path / "data"))
+    return Settings()
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db(request, tmp_path):
+    """A migrated database (both backends) as a session factory; each test gets an empty one."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        url = create_pg_database()
+    upgrade(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+    if request.param == "postgres":
+        drop_pg_database(url)

@@ -1,0 +1,301 @@
+"""Job services on real SQLite and PostgreSQL databases, with a real filesystem broker for the queue."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from backend.db import session_scope
+from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
+from backend.models import Job, utcnow
+from backend.queue import JobQueue
+from backend.schemas import AttemptIn, ParsedProblem
+from backend.services import jobs as J
+from backend.services.problems import create_problem
+
+
+class FieldError(ValueError):
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def validate(kind: str, config: dict) -> dict:
+    """A stand-in engine config: budget (int >= 1) and lr (> 0), unknown keys refused."""
+    known = {"budget": 4, "lr": 1e-5} if kind == "solve" else {"max_steps": 2}
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise FieldError(unknown[0], f"unknown key; known keys are {', '.join(known)}")
+    cfg = {**known, **config}
+    if kind == "solve" and (not isinstance(cfg["budget"], int) or cfg["budget"] < 1):
+        raise FieldError("budget", f"got {cfg['budget']!r}; must be an integer >= 1")
+    return cfg
+
+
+def parse(data: dict) -> ParsedProblem:
+    tests = data["tests"]
+    return ParsedProblem(statement=data["statement"], data=data,
+                         n_public_tests=sum(t.get("public", True) for t in tests),
+                         n_hidden_tests=sum(not t.get("public", True) for t in tests))
+
+
+PROBLEM = {"statement": "# Double\nPrint twice the input.", "tests": [
+    {"input": "2\n", "output": "4\n"}, {"input": "5\n", "output": "10\n", "public": False}]}
+
+
+@pytest.fixture
+def queue(settings):
+    q = JobQueue(settings)
+    yield q
+
+
+@pytest.fixture
+def problem_id(db, settings):
+    with session_scope(db) as s:
+        return create_problem(s, data=PROBLEM, validate=parse, settings=settings).id
+
+
+def submit(s, queue, problem_id, **config):
+    return J.submit_job(s, kind="solve", config=config, validate=validate, enqueue=queue.enqueue,
+                        problem_id=problem_id, model="tiny")
+
+
+def test_problem_is_stored_with_title_and_counts(db, problem_id):
+    with session_scope(db) as s:
+        from backend.services.problems import get_problem
+        p = get_problem(s, problem_id=problem_id)
+        assert (p.title, p.n_public_tests, p.n_hidden_tests) == ("Double", 1, 1)
+
+
+@pytest.mark.parametrize("data, field, text", [
+    ('{"statement": "x", "tests": [', "problem", "not valid JSON"),
+    ({"statement": "x" * 20_001, "tests": [{"input": "", "output": ""}]}, "statement", "at most 20000"),
+    ({"statement": "  ", "tests": [{"input": "", "output": ""}]}, "statement", "empty"),
+    ({"statement": "x", "tests": [{"input": "", "output": "", "public": False}]}, "tests", "no public test"),
+    ({"statement": "x"}, "problem", "tests"),
+    ([1, 2], "problem", "expected a JSON object"),
+])
+def test_malformed_problem_is_refused(db, settings, data, field, text):
+    with session_scope(db) as s:
+        with pytest.raises(InvalidInput) as e:
+            create_problem(s, data=data, validate=parse, settings=settings)
+        assert e.value.field == field and text in e.value.message
+
+
+def test_submit_stores_and_enqueues(db, queue, problem_id):
+    with session_scope(db) as s:
+        job = submit(s, queue, problem_id, budget=3)
+        assert (job.status, job.kind, job.config, job.label) == ("queued", "solve", {"budget": 3, "lr": 1e-5}, "Double")
+        assert job.task_id
+    assert queue.length() == 1
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(kind="solve", config={"budget": 0}), "budget"),
+    (dict(kind="solve", config={"budgte": 3}), "budgte"),
+    (dict(kind="solve", config="budget=3"), "config"),
+    (dict(kind="sleep", config={}), "kind"),
+    (dict(kind="solve", config={}, problem_id=999), "problem_id"),
+    (dict(kind="solve", config={}, problem_id=None), "problem_id"),
+    (dict(kind="train", config={}, dataset_id=42), "dataset_id"),
+    (dict(kind="train", config={}, gpus=0), "gpus"),
+])
+def test_invalid_submission_stores_and_queues_nothing(db, queue, problem_id, kwargs, field):
+    kwargs.setdefault("problem_id", problem_id if kwargs["kind"] == "solve" else None)
+    with session_scope(db) as s:
+        with pytest.raises(InvalidInput) as e:
+            J.submit_job(s, validate=validate, enqueue=queue.enqueue, **kwargs)
+        assert e.value.field == field
+    with session_scope(db) as s:
+        assert J.count_jobs(s) == 0
+    assert queue.length() == 0
+
+
+def test_enqueue_failure_marks_the_job_failed(db, problem_id):
+    def broken(kind, job_id, task_id):
+        raise ConnectionError("broker down")
+
+    with session_scope(db) as s:
+        with pytest.raises(EnqueueError, match="broker down"):
+            J.submit_job(s, kind="solve", config={}, validate=validate, enqueue=broken, problem_id=problem_id)
+    with session_scope(db) as s:
+        (job,) = J.list_jobs(s)
+        assert job.status == "failed" and "broker down" in job.error
+
+
+def test_state_machine_claim_takeover_and_finish(db, queue, problem_id):
+    with session_scope(db) as s:
+        job_id = submit(s, queue, problem_id).id
+    with session_scope(db) as s:
+        assert J.claim_job(s, job_id=job_id, worker_id="w1", takeover_after_s=30) is J.Claim.START
+    with session_scope(db) as s:
+        job = J.get_job(s, job_id=job_id)
+        assert (job.status, job.worker_id) == ("running", "w1") and job.started_at is not None
+        # a live worker's job is not taken
+        assert J.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30) is J.Claim.WAIT
+        with pytest.raises(IllegalTransition, match="running -> queued"):
+            J.transition(s, job=job, to="queued")
+    with session_scope(db) as s:  # w1 goes silent
+        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
+    with session_scope(db) as s:
+        assert J.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30) is J.Claim.RESUME
+        assert J.get_job(s, job_id=job_id).resumes == 1
+    with session_scope(db) as s:
+        assert not J.heartbeat(s, job_id=job_id, worker_id="w1")  # w1 lost it
+        assert J.heartbeat(s, job_id=job_id, worker_id="w2")
+        assert not J.finish_job(s, job_id=job_id, worker_id="w1", status="succeeded")
+        assert J.finish_job(s, job_id=job_id, worker_id="w2", status="succeeded", result={"solved": True})
+    with session_scope(db) as s:
+        job = J.get_job(s, job_id=job_id)
+        assert (job.status, job.result) == ("succeeded", {"solved": True}) and job.finished_at >= job.started_at
+        assert J.claim_job(s, job_id=job_id, worker_id="w3", takeover_after_s=30) is J.Claim.SKIP
+        with pytest.raises(IllegalTransition, match="terminal"):
+            J.transition(s, job=job, to="running")
+
+
+def test_cancel_queued_running_and_finished(db, queue, problem_id):
+    with session_scope(db) as s:
+        a, b = submit(s, queue, problem_id).id, submit(s, queue, problem_id).id
+    with session_scope(db) as s:
+        assert J.cancel_job(s, job_id=a).status == "cancelled"
+        J.claim_job(s, job_id=b, worker_id="w", takeover_after_s=30)
+    with session_scope(db) as s:
+        assert not J.cancel_requested(s, job_id=b)
+        job = J.cancel_job(s, job_id=b)
+        assert job.status == "running" and job.cancel_requested
+    with session_scope(db) as s:
+        assert J.cancel_requested(s, job_id=b)
+        assert J.claim_job(s, job_id=a, worker_id="w", takeover_after_s=30) is J.Claim.SKIP
+        with pytest.raises(IllegalTransition):
+            J.cancel_job(s, job_id=a)
+        with pytest.raises(NotFound):
+            J.cancel_job(s, job_id=12345)
+
+
+def _attempt(r: int, i: int, passed: int = 0) -> AttemptIn:
+    return AttemptIn(round=r, index=i, response=f"r{r}i{i}", code="print(1)", reward=passed / 2,
+                     passed_public=passed, total_public=2, passed_hidden=0, total_hidden=1,
+                     feedback="wrong answer", tokens=10, seconds=0.1)
+
+
+def test_attempts_are_idempotent_and_ordered(db, queue, problem_id):
+    with session_scope(db) as s:
+        job_id = submit(s, queue, problem_id).id
+    with session_scope(db) as s:
+        assert J.record_attempts(s, job_id=job_id, attempts=[_attempt(1, 0), _attempt(0, 1), _attempt(0, 0, 2)]) == 3
+    with session_scope(db) as s:  # a redelivered job reports round 1 again, plus a new one
+        assert J.record_attempts(s, job_id=job_id, attempts=[_attempt(1, 0), _attempt(1, 1)]) == 1
+    with session_scope(db) as s:
+        rows = J.list_attempts(s, job_id=job_id)
+        assert [(a.round, a.index) for a in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        assert rows[0].problem_id == problem_id and rows[0].passed_public == 2
+        assert J.count_attempts(s, job_id=job_id) == 4 and J.next_round(s, job_id=job_id) == 2
+        newest = max(a.id for a in rows)
+        assert J.list_attempts(s, job_id=job_id, after_id=newest) == []
+        d = J.job_detail(s, job_id=job_id)
+        assert (d.n_attempts, d.best_passed_public) == (4, 2)
+
+
+def test_metrics_checkpoints_and_detail(db, queue, problem_id, tmp_path):
+    with session_scope(db) as s:
+        job_id = submit(s, queue, problem_id).id
+    ck = tmp_path / "ck" / "step_2"
+    ck.mkdir(parents=True)
+    (ck / "adapter.safetensors").write_bytes(b"x" * 1000)
+    with session_scope(db) as s:
+        J.append_metrics(s, job_id=job_id, step=1, metrics={"reward/mean": 0.25, "loss": 1.5})
+        J.append_metrics(s, job_id=job_id, step=2, metrics={"reward/mean": 0.5})
+        J.append_metrics(s, job_id=job_id, step=2, metrics={"reward/mean": 0.75})  # resumed step overwrites
+        J.register_checkpoint(s, job_id=job_id, step=2, kind="lora", path=str(ck))
+        with pytest.raises(InvalidInput, match="kind"):
+            J.register_checkpoint(s, job_id=job_id, step=3, kind="half", path=str(ck))
+        with pytest.raises(InvalidInput, match="does not exist"):
+            J.register_checkpoint(s, job_id=job_id, step=3, kind="lora", path=str(tmp_path / "nope"))
+    with session_scope(db) as s:
+        assert J.metric_series(s, job_id=job_id) == {"loss": [(1, 1.5)], "reward/mean": [(1, 0.25), (2, 0.75)]}
+        d = J.job_detail(s, job_id=job_id)
+        assert (d.last_step, d.last_metrics) == (2, {"reward/mean": 0.75})
+        assert [(c.step, c.kind, c.bytes) for c in d.checkpoints] == [(2, "lora", 1000)]
+        assert J.latest_checkpoint(s, job_id=job_id).path == str(ck)
+
+
+def test_reaper_fails_silent_jobs_with_a_reason(db, queue, problem_id):
+    with session_scope(db) as s:
+        stale, fresh = submit(s, queue, problem_id).id, submit(s, queue, problem_id).id
+        for j in (stale, fresh):
+            J.claim_job(s, job_id=j, worker_id=f"host:{j}", takeover_after_s=5)
+    with session_scope(db) as s:
+        s.execute(update(Job).where(Job.id == stale).values(heartbeat_at=utcnow() - timedelta(seconds=100)))
+    with session_scope(db) as s:
+        assert J.reap_stale(s, timeout_s=60) == [stale]
+    with session_scope(db) as s:
+        job = J.get_job(s, job_id=stale)
+        assert job.status == "failed" and f"worker host:{stale} stopped heart-beating" in job.error
+        assert J.get_job(s, job_id=fresh).status == "running"
+        assert J.reap_stale(s, timeout_s=60) == []
+
+
+def test_list_filter_search_delete_rerun(db, queue, problem_id, settings):
+    with session_scope(db) as s:
+        ids = [submit(s, queue, problem_id, budget=b).id for b in (1, 2, 3)]
+        J.submit_job(s, kind="train", config={"max_steps": 5}, validate=validate, enqueue=queue.enqueue,
+                     label="humaneval", model="qwen")
+        J.cancel_job(s, job_id=ids[0])
+    with session_scope(db) as s:
+        assert [j.id for j in J.list_jobs(s, kind="solve")] == ids[::-1]
+        assert [j.id for j in J.list_jobs(s, status="cancelled")] == [ids[0]]
+        assert [j.kind for j in J.list_jobs(s, search="HUMANEV")] == ["train"]
+        assert [j.id for j in J.list_jobs(s, search=str(ids[1]))] == [ids[1]]
+        assert len(J.list_jobs(s, status=["queued", "cancelled"], limit=2)) == 2
+        assert J.count_jobs(s, kind="train") == 1
+        assert J.jobs_by_status(s)["queued"] == 3
+        with pytest.raises(InvalidInput, match="status"):
+            J.list_jobs(s, status="done")
+    folder = settings.job_dir(ids[0])
+    folder.mkdir(parents=True)
+    (folder / "adapter.bin").write_bytes(b"1")
+    with session_scope(db) as s:
+        J.record_attempts(s, job_id=ids[0], attempts=[_attempt(0, 0)])
+        with pytest.raises(InvalidInput, match="cancel it"):
+            J.delete_job(s, job_id=ids[1], jobs_dir=settings.jobs_dir)
+        J.delete_job(s, job_id=ids[0], jobs_dir=settings.jobs_dir)
+    with session_scope(db) as s:
+        with pytest.raises(NotFound):
+            J.get_job(s, job_id=ids[0])
+        assert J.count_attempts(s, job_id=ids[0]) == 0 and not folder.exists()
+        new = J.rerun_job(s, job_id=ids[2], validate=validate, enqueue=queue.enqueue)
+        assert (new.config, new.problem_id, new.model, new.status) == ({"budget": 3, "lr": 1e-5}, problem_id,
+                                                                       "tiny", "queued")
+
+
+def test_100_concurrent_submissions(db, queue, problem_id):
+    """100 threads submit at once: exactly 100 jobs and 100 messages, no id twice."""
+    errors: list[BaseException] = []
+    ids: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(20)
+
+    def worker(n: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(5):
+                with session_scope(db) as s:
+                    jid = submit(s, queue, problem_id, budget=1 + n % 3).id
+                with lock:
+                    ids.append(jid)
+        except BaseException as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(ids) == len(set(ids)) == 100
+    with session_scope(db) as s:
+        assert J.count_jobs(s, status="queued") == 100
+    assert queue.length() == 100

@@ -1,0 +1,510 @@
+"""SDPO / GRPO losses against float64 references written here straight from the formulas (paper Sec. 3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sdpo.config import ConfigError, SelfDistillationConfig
+from sdpo.losses import (
+    group_advantages,
+    grpo_loss,
+    sdpo_loss,
+    sdpo_loss_from_hidden,
+    token_logprobs,
+    token_logprobs_from_hidden,
+)
+
+AGG_MODES = ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+ALPHAS = [0.0, 0.3, 0.5, 1.0]
+SUPPORTS = {"topk-tail": (5, True), "topk-renorm": (5, False), "full": (None, True)}
+
+
+# ------------------------------------------------------------------------------------------------
+# float64 reference, written from the formulas with full tensors
+# ------------------------------------------------------------------------------------------------
+
+def ref_aggregate(per_token, mask, mode):
+    B, T = mask.shape
+    if mode == "token-mean":
+        return (per_token * mask).sum() / max(float(mask.sum()), 1.0)
+    if mode == "seq-mean-token-sum-norm":
+        return (per_token * mask).sum() / T
+    seq_values = []
+    for b in range(B):
+        n = float(mask[b].sum())
+        if n == 0:
+            continue
+        s = (per_token[b] * mask[b]).sum()
+        seq_values.append(s if mode == "seq-mean-token-sum" else s / n)
+    if not seq_values:
+        return (per_token * mask).sum() * 0.0
+    return torch.stack(seq_values).sum() / len(seq_values)
+
+
+def ref_sdpo(s, t, ids, rmask, cfg, old=None, smask=None, rw=None):
+    s = s / cfg.temperature
+    t = t / cfg.temperature
+    ls_full = torch.log_softmax(s, -1)
+    lt_full = torch.log_softmax(t, -1)
+    lp_y = ls_full.gather(-1, ids[..., None]).squeeze(-1)
+    lt_y = lt_full.gather(-1, ids[..., None]).squeeze(-1)
+    if cfg.mode == "token":
+        per = (lp_y - lt_y).detach() * lp_y
+    else:
+        if cfg.distillation_topk is not None:
+            idx = torch.topk(s, cfg.distillation_topk, dim=-1).indices
+            ls = torch.gather(s, -1, idx) - torch.logsumexp(s, -1, keepdim=True)
+            lt = torch.gather(t, -1, idx) - torch.logsumexp(t, -1, keepdim=True)
+            if cfg.distillation_add_tail:
+                def tail(x):
+                    m = torch.clamp(torch.logsumexp(x, -1, keepdim=True), max=-1e-7)
+                    return torch.cat([x, torch.log(-torch.expm1(m))], -1)
+                ls, lt = tail(ls), tail(lt)
+            else:
+                ls = ls - torch.logsumexp(ls, -1, keepdim=True)
+                lt = lt - torch.logsumexp(lt, -1, keepdim=True)
+        else:
+            ls, lt = ls_full, lt_full
+        ps, pt = ls.exp(), lt.exp()
+        a = cfg.alpha
+        if a == 0.0:
+            per = (pt * (lt - ls)).sum(-1)
+        elif a == 1.0:
+            per = (ps * (ls - lt)).sum(-1)
+        else:
+            m = torch.log((1 - a) * ps + a * pt)
+            per = (1 - a) * (ps * (ls - m)).sum(-1) + a * (pt * (lt - m)).sum(-1)
+    if cfg.is_clip is not None:
+        ratio = torch.exp(torch.clamp(lp_y.detach() - old, -20, 20)).clamp(max=cfg.is_clip)
+        per = per * ratio
+    if rw is not None:
+        per = per * rw
+    mask = rmask.to(s.dtype)
+    if smask is not None:
+        mask = mask * smask[:, None].to(s.dtype)
+    return ref_aggregate(per, mask, cfg.loss_agg_mode)
+
+
+def make_batch(dtype=torch.float64, B=3, T=7, V=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(B, T, V, generator=g, dtype=torch.float64) * 3).to(dtype)
+    t = (torch.randn(B, T, V, generator=g, dtype=torch.float64) * 3).to(dtype)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    rmask = torch.ones(B, T)
+    rmask[1, 4:] = 0          # a padded sequence
+    rmask[2, 1] = 0           # a hole
+    with torch.no_grad():
+        lp = torch.log_softmax(s.double() / 0.7, -1).gather(-1, ids[..., None]).squeeze(-1)
+    old = (lp + torch.randn(B, T, generator=g, dtype=torch.float64) * 1.0).to(dtype)
+    smask = torch.tensor([1.0, 1.0, 0.0][:B] + [1.0] * max(0, B - 3))
+    rw = (torch.rand(B, T, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    return s, t, ids, rmask, old, smask, rw
+
+
+def rel_err(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+
+
+def check_against_reference(cfg, dtype, *, use_sample_mask=True, use_rw=True, chunk_size=2, tol=1e-6):
+    s, t, ids, rmask, old, smask, rw = make_batch(dtype)
+    kwargs = dict(old_logprobs=old if cfg.is_clip is not None else None,
+                  sample_mask=smask if use_sample_mask else None, rollout_is_weights=rw if use_rw else None)
+    s1 = s.clone().requires_grad_()
+    loss, metrics = sdpo_loss(s1, t, ids, rmask, cfg, chunk_size=chunk_size, **kwargs)
+    loss.backward()
+    s2 = s.double().clone().requires_grad_()
+    ref = ref_sdpo(s2, t.double(), ids, rmask, cfg, old=kwargs["old_logprobs"] if cfg.is_clip else None,
+                   smask=kwargs["sample_mask"], rw=None if not use_rw else rw.double())
+    ref.backward()
+    assert abs(loss.item() - ref.item()) <= tol * max(abs(ref.item()), 1e-12), (loss.item(), ref.item())
+    assert rel_err(s1.grad, s2.grad) < tol
+    assert math.isclose(metrics["sdpo/loss"], loss.item(), rel_tol=1e-12)
+    return loss, metrics, s1.grad
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference comparisons
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("agg", AGG_MODES)
+@pytest.mark.parametrize("is_clip", [None, 2.0])
+@pytest.mark.parametrize("support", list(SUPPORTS))
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_logit_mode_matches_float64_reference(alpha, support, is_clip, agg):
+    k, tail = SUPPORTS[support]
+    cfg = SelfDistillationConfig(alpha=alpha, distillation_topk=k, distillation_add_tail=tail, is_clip=is_clip,
+                                 temperature=0.7, loss_agg_mode=agg)
+    loss, metrics, grad = check_against_reference(cfg, torch.float64)
+    assert loss.item() > 0
+    assert grad[2].abs().max() == 0  # sample_mask = 0 for sample 2
+    assert grad[1, 4:].abs().max() == 0  # padding
+
+
+@pytest.mark.parametrize("agg", AGG_MODES)
+@pytest.mark.parametrize("is_clip", [None, 2.0])
+def test_token_mode_matches_float64_reference(is_clip, agg):
+    cfg = SelfDistillationConfig(mode="token", alpha=1.0, is_clip=is_clip, temperature=0.7, loss_agg_mode=agg)
+    check_against_reference(cfg, torch.float64)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("support", list(SUPPORTS))
+def test_float32_matches_float64_reference(alpha, support):
+    k, tail = SUPPORTS[support]
+    cfg = SelfDistillationConfig(alpha=alpha, distillation_topk=k, distillation_add_tail=tail, temperature=0.7)
+    check_against_reference(cfg, torch.float32, tol=1e-4, chunk_size=None)
+
+
+@pytest.mark.parametrize("use_sample_mask,use_rw", [(False, False), (True, False), (False, True)])
+def test_optional_weights(use_sample_mask, use_rw):
+    cfg = SelfDistillationConfig(alpha=0.5, distillation_topk=5, is_clip=2.0, temperature=1.0)
+    check_against_reference(cfg, torch.float64, use_sample_mask=use_sample_mask, use_rw=use_rw, chunk_size=3)
+
+
+def test_rollout_weights_and_is_ratio_scale_the_loss():
+    s, t, ids, rmask, old, _, _ = make_batch()
+    cfg = SelfDistillationConfig(alpha=1.0, distillation_topk=5, is_clip=None)
+    base, _ = sdpo_loss(s, t, ids, rmask, cfg)
+    doubled, _ = sdpo_loss(s, t, ids, rmask, cfg, rollout_is_weights=torch.full(ids.shape, 2.0, dtype=s.dtype))
+    assert torch.allclose(doubled, 2 * base, rtol=1e-12)
+    # old_logprobs far below the current ones: every ratio clips at is_clip
+    cfg_is = SelfDistillationConfig(alpha=1.0, distillation_topk=5, is_clip=1.5)
+    clipped, m = sdpo_loss(s, t, ids, rmask, cfg_is, old_logprobs=torch.full(ids.shape, -1e4, dtype=s.dtype))
+    assert torch.allclose(clipped, 1.5 * base, rtol=1e-12)
+    assert m["sdpo/is_clip_fraction"] == 1.0
+    assert m["sdpo/is_ratio_mean"] == pytest.approx(1.5)
+
+
+def test_metrics_are_namespaced_floats():
+    s, t, ids, rmask, old, smask, _ = make_batch()
+    cfg = SelfDistillationConfig(alpha=0.5, distillation_topk=5, is_clip=2.0, temperature=0.7)
+    _, m = sdpo_loss(s, t, ids, rmask, cfg, old_logprobs=old, sample_mask=smask)
+    assert set(m) >= {"sdpo/loss", "sdpo/kl_mean", "sdpo/is_ratio_mean", "sdpo/is_clip_fraction",
+                      "sdpo/entropy_mean", "sdpo/topk_mass_mean", "sdpo/active_tokens"}
+    assert all(isinstance(v, float) and math.isfinite(v) for v in m.values())
+    assert 0.0 < m["sdpo/is_clip_fraction"] < 1.0
+    assert m["sdpo/active_tokens"] == float((rmask * smask[:, None]).sum())
+    # entropy of the temperature-scaled student, averaged over active tokens
+    mask = (rmask * smask[:, None]).bool()
+    lp = torch.log_softmax(s / 0.7, -1)
+    ent = -(lp.exp() * lp).sum(-1)[mask].mean()
+    assert m["sdpo/entropy_mean"] == pytest.approx(float(ent), rel=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hand-computed cases (2-token vocabulary)
+# ------------------------------------------------------------------------------------------------
+
+def _two_token(alpha, k, tail=True, mode="logit"):
+    s = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[[math.log(3.0), 0.0]]], dtype=torch.float64)   # p_t = (0.75, 0.25)
+    cfg = SelfDistillationConfig(mode=mode, alpha=alpha, distillation_topk=k, distillation_add_tail=tail,
+                                 is_clip=None)
+    loss, _ = sdpo_loss(s, t, torch.tensor([[1]]), torch.ones(1, 1), cfg)
+    loss.backward()
+    return loss.item(), s.grad[0, 0]
+
+
+PS = (1 / (1 + math.exp(-1)), 1 / (1 + math.exp(1)))
+PT = (0.75, 0.25)
+
+
+@pytest.mark.parametrize("k", [None, 1])  # top-1 + tail is the whole 2-token distribution
+def test_two_token_reverse_kl_and_gradient(k):
+    loss, grad = _two_token(1.0, k)
+    kl = sum(p * math.log(p / q) for p, q in zip(PS, PT))
+    assert loss == pytest.approx(kl, rel=1e-12)
+    # d KL(s||t) / d logit_i = p_i (log p_i - log q_i - KL)
+    expected = [PS[i] * (math.log(PS[i] / PT[i]) - kl) for i in range(2)]
+    assert grad.tolist() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("k", [None, 1])
+def test_two_token_forward_kl_and_jsd(k):
+    loss0, grad0 = _two_token(0.0, k)
+    assert loss0 == pytest.approx(sum(q * math.log(q / p) for p, q in zip(PS, PT)), rel=1e-12)
+    # d KL(t||s) / d logit_i = p_i - q_i
+    assert grad0.tolist() == pytest.approx([PS[0] - PT[0], PS[1] - PT[1]], rel=1e-10)
+    loss5, _ = _two_token(0.5, k)
+    m = [(p + q) / 2 for p, q in zip(PS, PT)]
+    jsd = 0.5 * sum(p * math.log(p / mi) for p, mi in zip(PS, m)) + 0.5 * sum(
+        q * math.log(q / mi) for q, mi in zip(PT, m))
+    assert loss5 == pytest.approx(jsd, rel=1e-12)
+
+
+def test_two_token_renormalised_top1_is_zero():
+    loss, grad = _two_token(0.5, 1, tail=False)  # both sides renormalise to the single entry (1.0)
+    assert loss == pytest.approx(0.0, abs=1e-15)
+    assert grad.abs().max() < 1e-15
+
+
+def test_two_token_token_mode():
+    loss, grad = _two_token(1.0, None, mode="token")   # y = 1
+    d = math.log(PS[1]) - math.log(PT[1])
+    assert loss == pytest.approx(d * math.log(PS[1]), rel=1e-12)
+    # d/dlogit of d.detach() * log p_s(y) = d (onehot(y) - p_s)
+    assert grad.tolist() == pytest.approx([d * (0 - PS[0]), d * (1 - PS[1])], rel=1e-10)
+
+
+def test_tail_bucket_when_topk_holds_all_mass():
+    # k = V: the top-k mass is 1, the clamp keeps the tail finite at log(-expm1(-1e-7))
+    s = torch.randn(1, 2, 4, dtype=torch.float64, requires_grad=True)
+    cfg = SelfDistillationConfig(alpha=1.0, distillation_topk=4, is_clip=None)
+    loss, _ = sdpo_loss(s, s.detach().clone(), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2), cfg)
+    loss.backward()
+    assert torch.isfinite(loss) and abs(loss.item()) < 1e-12
+    assert torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_tail_clamp_on_one_side(alpha):
+    # The teacher puts ~1e-9 on the student's 4th token: its top-3 log-mass (-7e-10) is clamped to -1e-7,
+    # so its tail bucket is log(1e-7), not log(7e-10); the student's tail is unclamped.
+    s = torch.tensor([[[0.0, 0.0, 0.0, -2.0]]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[[0.0, 0.0, 0.0, -20.0]]], dtype=torch.float64)
+    cfg = SelfDistillationConfig(alpha=alpha, distillation_topk=3, is_clip=None)
+    ids, mask = torch.tensor([[0]]), torch.ones(1, 1)
+    loss, _ = sdpo_loss(s, t, ids, mask, cfg)
+    loss.backward()
+    p_tail_s = math.exp(-2) / (3 + math.exp(-2))
+    ls = [math.log((1 - p_tail_s) / 3)] * 3 + [math.log(p_tail_s)]
+    lt = [-math.log(3 + math.exp(-20))] * 3 + [math.log(-math.expm1(-1e-7))]
+    if alpha == 1.0:
+        expected = sum(math.exp(a) * (a - b) for a, b in zip(ls, lt))
+    elif alpha == 0.0:
+        expected = sum(math.exp(b) * (b - a) for a, b in zip(ls, lt))
+    else:
+        mix = [math.log(0.5 * math.exp(a) + 0.5 * math.exp(b)) for a, b in zip(ls, lt)]
+        expected = 0.5 * sum(math.exp(a) * (a - m) for a, m in zip(ls, mix)) + 0.5 * sum(
+            math.exp(b) * (b - m) for b, m in zip(lt, mix))
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    y = s.detach().clone().requires_grad_()
+    ref_sdpo(y, t, ids, mask, cfg).backward()
+    assert rel_err(s.grad, y.grad) < 1e-9
+
+
+# ------------------------------------------------------------------------------------------------
+# Masks and errors
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("agg", AGG_MODES)
+@pytest.mark.parametrize("mode", ["logit", "token"])
+def test_all_zero_mask_gives_connected_zero_loss(agg, mode):
+    s, t, ids, _, old, _, _ = make_batch()
+    s = s.clone().requires_grad_()
+    cfg = SelfDistillationConfig(mode=mode, alpha=1.0, distillation_topk=5, is_clip=2.0, loss_agg_mode=agg)
+    loss, m = sdpo_loss(s, t, ids, torch.zeros(ids.shape), cfg, old_logprobs=old)
+    assert loss.requires_grad and loss.item() == 0.0
+    loss.backward()
+    assert s.grad is not None and s.grad.abs().max() == 0
+    assert m["sdpo/active_tokens"] == 0.0 and m["sdpo/kl_mean"] == 0.0
+    # the same through the sample mask
+    s.grad = None
+    loss, _ = sdpo_loss(s, t, ids, torch.ones(ids.shape), cfg, old_logprobs=old, sample_mask=torch.zeros(3))
+    loss.backward()
+    assert loss.item() == 0.0 and s.grad.abs().max() == 0
+
+
+def test_masked_positions_may_hold_padding_ids():
+    s, t, ids, rmask, _, _, _ = make_batch()
+    ids = ids.clone()
+    ids[1, 4:] = -100   # padding id outside the vocabulary, masked
+    loss, _ = sdpo_loss(s, t, ids, rmask, SelfDistillationConfig(distillation_topk=5, is_clip=None))
+    assert torch.isfinite(loss)
+
+
+def test_token_mode_rejects_alpha_other_than_one():
+    with pytest.raises(ConfigError, match="alpha"):
+        SelfDistillationConfig(mode="token", alpha=0.5)
+    cfg = SelfDistillationConfig(mode="token", alpha=1.0, is_clip=None)
+    cfg.alpha = 0.5   # mutated after validation: the loss checks again
+    s, t, ids, rmask, _, _, _ = make_batch()
+    with pytest.raises(ValueError, match="alpha"):
+        sdpo_loss(s, t, ids, rmask, cfg)
+
+
+def test_is_clip_requires_old_logprobs():
+    s, t, ids, rmask, _, _, _ = make_batch()
+    with pytest.raises(ValueError, match="old_logprobs"):
+        sdpo_loss(s, t, ids, rmask, SelfDistillationConfig(distillation_topk=5, is_clip=2.0))
+
+
+def test_shape_and_topk_errors():
+    s, t, ids, rmask, _, _, _ = make_batch()
+    cfg = SelfDistillationConfig(distillation_topk=5, is_clip=None)
+    with pytest.raises(ValueError, match="response_mask"):
+        sdpo_loss(s, t, ids, rmask[:, :3], cfg)
+    with pytest.raises(ValueError, match="distillation_topk"):
+        sdpo_loss(s, t, ids, rmask, SelfDistillationConfig(is_clip=None, distillation_topk=51))
+
+
+def test_chunking_does_not_change_results():
+    s, t, ids, rmask, old, smask, rw = make_batch(torch.float32, B=3, T=9, V=300)
+    cfg = SelfDistillationConfig(alpha=0.5, is_clip=2.0)
+    grads, losses = [], []
+    for chunk in (1, 4, None):
+        x = s.clone().requires_grad_()
+        loss, _ = sdpo_loss(x, t, ids, rmask, cfg, old_logprobs=old, sample_mask=smask, rollout_is_weights=rw,
+                            chunk_size=chunk)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(x.grad)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6) and losses[0] == pytest.approx(losses[2], rel=1e-6)
+    assert rel_err(grads[0], grads[2]) < 1e-6 and rel_err(grads[1], grads[2]) < 1e-6
+
+
+def test_loss_scaling_and_composition_in_autograd():
+    s, t, ids, rmask, _, _, _ = make_batch()
+    cfg = SelfDistillationConfig(alpha=0.3, distillation_topk=5, is_clip=None)
+    x = s.clone().requires_grad_()
+    loss, _ = sdpo_loss(x, t, ids, rmask, cfg)
+    (3.0 * loss + (x ** 2).sum() * 0.0).backward()
+    y = s.clone().requires_grad_()
+    ref_sdpo(y, t, ids, rmask, cfg).mul(3.0).backward()
+    assert rel_err(x.grad, y.grad) < 1e-10
+
+
+def test_bfloat16_logits_run_and_return_bfloat16_gradients():
+    s, t, ids, rmask, _, _, _ = make_batch()
+    x = s.to(torch.bfloat16).requires_grad_()
+    cfg = SelfDistillationConfig(alpha=0.5, distillation_topk=5, is_clip=None)
+    loss, _ = sdpo_loss(x, t.to(torch.bfloat16), ids, rmask, cfg)
+    loss.backward()
+    assert loss.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
+    ref = ref_sdpo(x.detach().double(), t.to(torch.bfloat16).double(), ids, rmask, cfg)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fused from-hidden path and token log-probs
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cfg_kwargs", [
+    dict(alpha=0.5, distillation_topk=5, is_clip=2.0, temperature=0.7),
+    dict(alpha=1.0, distillation_topk=None, is_clip=None),
+    dict(alpha=0.0, distillation_topk=5, distillation_add_tail=False, is_clip=2.0,
+         loss_agg_mode="seq-mean-token-mean"),
+    dict(mode="token", alpha=1.0, is_clip=2.0),
+])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_fused_from_hidden_equals_unfused(cfg_kwargs, dtype, tol):
+    g = torch.Generator().manual_seed(1)
+    B, T, H, V = 3, 7, 16, 50
+    hs = torch.randn(B, T, H, generator=g, dtype=torch.float64).to(dtype)
+    ht = torch.randn(B, T, H, generator=g, dtype=torch.float64).to(dtype)
+    w = (torch.randn(V, H, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    _, _, ids, rmask, old, smask, rw = make_batch(dtype, B=B, T=T, V=V)
+    cfg = SelfDistillationConfig(**cfg_kwargs)
+    kw = dict(old_logprobs=old, sample_mask=smask, rollout_is_weights=rw)
+
+    h1, w1 = hs.clone().requires_grad_(), w.clone().requires_grad_()
+    loss_f, m_f = sdpo_loss_from_hidden(h1, ht, w1, ids, rmask, cfg, chunk_size=4, **kw)
+    loss_f.backward()
+    h2, w2 = hs.clone().requires_grad_(), w.clone().requires_grad_()
+    loss_u, m_u = sdpo_loss(h2 @ w2.T, ht @ w2.T.detach(), ids, rmask, cfg, **kw)
+    loss_u.backward()
+    assert loss_f.item() == pytest.approx(loss_u.item(), rel=tol)
+    assert rel_err(h1.grad, h2.grad) < tol
+    assert rel_err(w1.grad, w2.grad) < tol
+    assert m_f.keys() == m_u.keys()
+    assert all(m_f[k] == pytest.approx(m_u[k], rel=tol, abs=1e-12) for k in m_f)
+
+
+def test_fused_teacher_hidden_gets_no_gradient():
+    hs = torch.randn(1, 4, 8, requires_grad=True)
+    ht = torch.randn(1, 4, 8, requires_grad=True)
+    w = torch.randn(20, 8, requires_grad=True)
+    loss, _ = sdpo_loss_from_hidden(hs, ht, w, torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4),
+                                    SelfDistillationConfig(is_clip=None, distillation_topk=3))
+    loss.backward()
+    assert ht.grad is None and hs.grad is not None and w.grad is not None
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_token_logprobs_match_log_softmax(temperature):
+    s, _, ids, _, _, _, _ = make_batch()
+    x = s.clone().requires_grad_()
+    lp = token_logprobs(x, ids, temperature, chunk_size=2)
+    weights = torch.randn(ids.shape, dtype=torch.float64)
+    (lp * weights).sum().backward()
+    y = s.clone().requires_grad_()
+    ref = torch.log_softmax(y / temperature, -1).gather(-1, ids[..., None]).squeeze(-1)
+    (ref * weights).sum().backward()
+    assert rel_err(lp, ref) < 1e-12 and rel_err(x.grad, y.grad) < 1e-12
+
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(3, 7, 16, dtype=torch.float64, generator=g)
+    w = torch.randn(50, 16, dtype=torch.float64, generator=g)
+    h1, w1 = h.clone().requires_grad_(), w.clone().requires_grad_()
+    lp_f = token_logprobs_from_hidden(h1, w1, ids, temperature, chunk_size=3)
+    (lp_f * weights).sum().backward()
+    h2, w2 = h.clone().requires_grad_(), w.clone().requires_grad_()
+    lp_u = torch.log_softmax((h2 @ w2.T) / temperature, -1).gather(-1, ids[..., None]).squeeze(-1)
+    (lp_u * weights).sum().backward()
+    assert rel_err(lp_f, lp_u) < 1e-12
+    assert rel_err(h1.grad, h2.grad) < 1e-10 and rel_err(w1.grad, w2.grad) < 1e-10
+
+
+# ------------------------------------------------------------------------------------------------
+# GRPO
+# ------------------------------------------------------------------------------------------------
+
+def test_grpo_loss_hand_computed():
+    # (advantage, ratio) -> per-token loss, gradient d loss / d logprob (before the 1/5 token mean)
+    # (+1, 1.5): max(-1.5, -1.2) = -1.2, clipped -> grad 0
+    # (+1, 0.5): max(-0.5, -0.8) = -0.5, grad -A r = -0.5
+    # (-1, 1.5): max(1.5, 1.2) = 1.5; dual clip min(1.5, 3) = 1.5, grad 1.5
+    # (-1, 5.0): max(5, 1.2) = 5; dual clip min(5, 3) = 3 -> grad 0
+    # (-1, 0.5): max(0.5, 0.8) = 0.8 clipped -> grad 0
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0, -1.0]], dtype=torch.float64)
+    ratio = torch.tensor([[1.5, 0.5, 1.5, 5.0, 0.5]], dtype=torch.float64)
+    old = torch.tensor([[-1.0, -2.0, -0.5, -3.0, -1.5]], dtype=torch.float64)
+    lp = (old + ratio.log()).requires_grad_()
+    loss, m = grpo_loss(lp, old, adv, torch.ones(1, 5))
+    loss.backward()
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.5 + 3.0 + 0.8) / 5, rel=1e-12)
+    assert lp.grad[0].tolist() == pytest.approx([0.0, -0.5 / 5, 1.5 / 5, 0.0, 0.0], abs=1e-12)
+    assert m["grpo/clip_fraction"] == pytest.approx(2 / 5)
+    assert m["grpo/clip_fraction_lower"] == pytest.approx(1 / 5)
+    assert m["grpo/approx_kl"] == pytest.approx(float(-ratio.log().mean()), rel=1e-12)
+
+
+def test_grpo_loss_masks_aggregation_and_weights():
+    g = torch.Generator().manual_seed(3)
+    lp = torch.randn(3, 4, generator=g, dtype=torch.float64).requires_grad_()
+    old = lp.detach() + 0.1 * torch.randn(3, 4, generator=g, dtype=torch.float64)
+    adv = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    rmask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.float64)
+    smask = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    rw = torch.rand(3, 4, generator=g, dtype=torch.float64)
+    ratio = torch.exp(lp - old)
+    a = adv[:, None]
+    per = torch.maximum(-a * ratio, -a * ratio.clamp(0.8, 1.3))
+    per = torch.where(a < 0, torch.minimum(per, -a * 3.0), per) * rw
+    for agg in AGG_MODES:
+        loss, _ = grpo_loss(lp, old, adv, rmask, clip_ratio_high=0.3, loss_agg_mode=agg, sample_mask=smask,
+                            rollout_is_weights=rw)
+        ref = ref_aggregate(per, rmask * smask[:, None], agg)
+        assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
+    with pytest.raises(ValueError, match="clip_ratio_c"):
+        grpo_loss(lp, old, adv, rmask, clip_ratio_c=1.0)
+
+
+def test_group_advantages_hand_computed():
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.5, 0.3, 0.3])
+    groups = ["a", "a", "a", "b", "c", "c"]
+    adv = group_advantages(rewards, groups)
+    std_a = math.sqrt(1 / 3)  # unbiased std of (1, 0, 1)
+    expected = [(1 / 3) / (std_a + 1e-6), (-2 / 3) / (std_a + 1e-6), (1 / 3) / (std_a + 1e-6), 0.0, 0.0, 0.0]
+    assert adv.tolist() == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert group_advantages(rewards, groups, norm_by_std=False).tolist() == pytest.approx(
+        [1 / 3, -2 / 3, 1 / 3, 0.0, 0.0, 0.0], abs=1e-7)
+    # tensor group ids, integer rewards, interleaved groups
+    adv_t = group_advantages(torch.tensor([2, 0, 4, 4]), torch.tensor([7, 3, 7, 3]), norm_by_std=False)
+    assert adv_t.dtype == torch.float32 and adv_t.tolist() == [-1.0, -2.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="group_ids"):
+        group_advantages(rewards, groups[:3])

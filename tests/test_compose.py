@@ -1,0 +1,79 @@
+"""docker-compose.yml is parsed and checked: every service can be built or pulled, the SDPO services get the
+production settings, dependencies wait for the right conditions, the worker reserves a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+SDPO_SERVICES = ("migrate", "app", "worker")
+
+
+def test_expected_services():
+    assert set(SERVICES) == {"redis", "postgres", "migrate", "app", "worker"}
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_has_an_image_or_build(name):
+    svc = SERVICES[name]
+    assert "image" in svc or "build" in svc
+    if "build" in svc:
+        dockerfile = ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]
+        assert dockerfile.is_file(), dockerfile
+
+
+@pytest.mark.parametrize("name", SDPO_SERVICES)
+def test_sdpo_services_get_postgres_and_redis(name):
+    env = SERVICES[name]["environment"]
+    assert env["SDPO_DATABASE_URL"].startswith("postgresql+psycopg://") and "@postgres:5432/" in env["SDPO_DATABASE_URL"]
+    assert env["SDPO_BROKER_URL"].startswith("redis://redis:6379/")
+    assert env["SDPO_DATA_DIR"] == "/data"
+
+
+def test_postgres_has_env_and_healthcheck_and_redis_healthcheck():
+    pg = SERVICES["postgres"]
+    assert {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"} <= set(pg["environment"])
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+    assert "ping" in SERVICES["redis"]["healthcheck"]["test"]
+
+
+def test_migrate_is_one_shot_after_postgres():
+    m = SERVICES["migrate"]
+    assert m["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert m["command"] == ["alembic", "upgrade", "head"] and m["restart"] == "no"
+
+
+@pytest.mark.parametrize("name", ["app", "worker"])
+def test_app_and_worker_wait_for_migrations_and_servers(name):
+    deps = SERVICES[name]["depends_on"]
+    assert deps["migrate"]["condition"] == "service_completed_successfully"
+    assert deps["postgres"]["condition"] == "service_healthy"
+    assert deps["redis"]["condition"] == "service_healthy"
+
+
+def test_worker_reserves_a_gpu_and_app_requires_auth():
+    w = SERVICES["worker"]
+    (device,) = w["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == 1
+    assert "CUDA_VISIBLE_DEVICES" in w["environment"]
+    assert w["command"] == ["sdpo", "worker"]
+    app = SERVICES["app"]
+    assert app["environment"]["SDPO_HOST"] == "0.0.0.0" and "SDPO_AUTH" in app["environment"]
+
+
+def test_settings_accept_the_compose_environment(monkeypatch):
+    """The app service's environment is a valid Settings (not refused as unsafe)."""
+    from backend.settings import Settings
+
+    env = dict(SERVICES["app"]["environment"], SDPO_AUTH="admin:secret")
+    for k, v in env.items():
+        if k.startswith("SDPO_"):
+            monkeypatch.setenv(k, str(v).replace("${POSTGRES_PASSWORD:-sdpo}", "sdpo").replace(
+                "${SDPO_MODEL:-/data/models/tiny}", "/data/models/tiny"))
+    s = Settings()
+    assert s.host == "0.0.0.0" and s.broker_url == "redis://redis:6379/0"

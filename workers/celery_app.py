@@ -1,0 +1,94 @@
+"""The worker's Celery app: ``backend.queue.make_celery`` (same config as the enqueuing side) plus the job
+tasks, and worker lifecycle hooks that register the worker in the database and run the reaper.
+
+Start a worker with ``sdpo worker`` (one job at a time; one worker per GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import cache
+
+from celery import signals
+
+from backend.db import session_scope
+from backend.queue import make_celery
+from backend.services.jobs import reap_stale
+from backend.services.workers import register_worker, remove_worker, touch_worker
+from backend.settings import get_settings
+from workers.runner import WorkerContext
+
+log = logging.getLogger("sdpo.worker")
+
+app = make_celery(get_settings())
+app.conf.include = ["workers.tasks"]
+
+
+@cache
+def context() -> WorkerContext:
+    """This process's settings, session factory and worker id (built once, on first use)."""
+    return WorkerContext.from_settings(get_settings())
+
+
+def gpu_info() -> dict:
+    """What the System view shows about this worker's accelerators."""
+    try:
+        import torch
+
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return {"torch": torch.__version__, "cuda": torch.version.cuda, "gpus": gpus}
+    except Exception as e:  # noqa: BLE001 - informational only
+        return {"error": str(e)}
+
+
+class Presence(threading.Thread):
+    """Keeps the worker's row fresh and fails jobs whose worker stopped heart-beating (any worker's)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="sdpo-presence", daemon=True)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        ctx = context()
+        while not self.stopped.wait(ctx.settings.heartbeat_interval_s):
+            try:
+                with session_scope(ctx.sessions) as s:
+                    touch_worker(s, worker_id=ctx.worker_id)
+                with session_scope(ctx.sessions) as s:
+                    for job_id in reap_stale(s, timeout_s=ctx.settings.heartbeat_timeout_s):
+                        log.warning("job %s failed: its worker stopped heart-beating", job_id)
+            except Exception:  # noqa: BLE001 - retried next tick
+                log.exception("presence tick failed")
+
+
+_presence: Presence | None = None
+
+
+@signals.worker_ready.connect
+def _on_ready(**_kwargs) -> None:
+    global _presence
+    import os
+    import socket
+
+    ctx = context()
+    with session_scope(ctx.sessions) as s:
+        register_worker(s, worker_id=ctx.worker_id, hostname=socket.gethostname(), pid=os.getpid(),
+                        queue=ctx.settings.queue, info=gpu_info())
+    with session_scope(ctx.sessions) as s:
+        reap_stale(s, timeout_s=ctx.settings.heartbeat_timeout_s)
+    _presence = Presence()
+    _presence.start()
+    log.info("worker %s ready on queue %s", ctx.worker_id, ctx.settings.queue)
+
+
+@signals.worker_shutdown.connect
+def _on_shutdown(**_kwargs) -> None:
+    if _presence is not None:
+        _presence.stopped.set()
+    ctx = context()
+    try:
+        with session_scope(ctx.sessions) as s:
+            remove_worker(s, worker_id=ctx.worker_id)
+    except Exception:  # noqa: BLE001 - best effort at shutdown
+        log.exception("could not deregister worker %s", ctx.worker_id)

@@ -1,0 +1,98 @@
+"""Where the engines (``sdpo``) meet the services (``backend``): validation callables for the services and
+conversions between the engines' records and the database's.
+
+The services never import ``sdpo``; they take these functions as arguments:
+
+* ``validate_config(kind, config)`` builds the engine's own config dataclass (``sdpo.ttt.SolveConfig`` or
+  ``sdpo.trainer.TrainConfig``), so a job is accepted exactly when the engine would accept it, and returns
+  the normalized config (every field, defaults filled) that is stored on the job;
+* ``parse_problem(data)`` parses with ``sdpo.data.problem.Problem.parse``.
+
+Both re-raise engine errors as ``backend.errors.InvalidInput`` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from backend.errors import InvalidInput
+from backend.schemas import AttemptIn, ParsedProblem
+
+# Keys of a train config that the worker sets per job (the job's folder, its resume point); a submitted
+# config may not choose them.
+TRAIN_RUNTIME_KEYS = ("out_dir", "run_dir", "resume_from")
+
+
+def _field_error(e: Exception, default: str) -> InvalidInput:
+    """``ConfigError`` carries ``.field``; other engine ``ValueError``s start with ``"field: "``."""
+    field = getattr(e, "field", None)
+    message = str(e)
+    if field is None:
+        head, sep, rest = message.partition(": ")
+        if sep and head and " " not in head:
+            field, message = head, rest
+        else:
+            field = default
+    elif message.startswith(f"{field}: "):
+        message = message[len(field) + 2:]
+    return InvalidInput(field, message)
+
+
+def _to_dict(cfg: Any) -> dict[str, Any]:
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
+
+
+def build_solve_config(config: dict[str, Any]):
+    from sdpo.ttt import SolveConfig
+
+    return SolveConfig.from_dict(dict(config))
+
+
+def build_train_config(config: dict[str, Any], **runtime: Any):
+    from sdpo.trainer import TrainConfig
+
+    return TrainConfig.from_dict({**config, **{k: v for k, v in runtime.items() if v is not None}})
+
+
+def validate_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Build the engine config of ``kind`` from ``config``; return it normalized, or raise ``InvalidInput``."""
+    try:
+        if kind == "solve":
+            return _to_dict(build_solve_config(config))
+        if kind == "train":
+            for key in TRAIN_RUNTIME_KEYS:
+                if config.get(key):
+                    raise InvalidInput(key, "is set by the worker for each job (the job's folder); leave it out")
+            normalized = _to_dict(build_train_config(config))
+            for key in TRAIN_RUNTIME_KEYS:
+                normalized.pop(key, None)
+            return normalized
+    except InvalidInput:
+        raise
+    except (ValueError, TypeError) as e:
+        raise _field_error(e, "config") from None
+    raise InvalidInput("kind", f"got {kind!r}; allowed values are 'solve', 'train'")
+
+
+def parse_problem(data: dict[str, Any]) -> ParsedProblem:
+    """Parse a problem with the engine's format; returns what the problem service stores and checks."""
+    from sdpo.data.problem import Problem
+
+    try:
+        problem = Problem.parse(data)
+    except (ValueError, TypeError) as e:
+        raise _field_error(e, "problem") from None
+    hidden = len(problem.hidden_tests) if problem.hidden_tests is not None else 0
+    return ParsedProblem(title=problem.title, statement=problem.statement, n_public_tests=len(problem.tests),
+                         n_hidden_tests=hidden, data=problem.to_dict())
+
+
+def attempt_in(a: Any) -> AttemptIn:
+    """``sdpo.callbacks.Attempt`` -> the service's ``AttemptIn``."""
+    return AttemptIn(
+        round=a.round, index=a.index, response=a.response, code=a.code, reward=float(a.reward),
+        passed_public=a.passed, total_public=a.total, passed_hidden=a.hidden_passed,
+        total_hidden=a.hidden_total, feedback=a.feedback, tokens=a.tokens, seconds=float(a.seconds),
+        task_id=a.task_id,
+    )

@@ -1,0 +1,251 @@
+"""Running one job inside a worker: claim it, heart-beat, run the engine with callbacks that commit
+progress as it happens, honour cancellation, and record how it ended.
+
+Crash safety (issue 6):
+* a message redelivered for a job that is still ``running`` under a worker that stopped heart-beating is
+  taken over (``Claim.RESUME``): a train job restarts from its last registered checkpoint, a solve job
+  continues after the attempts already in the database (``start_attempt``);
+* attempts are inserted idempotently on (job, round, index), so nothing committed is duplicated;
+* if no redelivery comes, the reaper (``backend.services.jobs.reap_stale``, run by every worker and by
+  ``sdpo jobs list``) fails the job with the reason once its heartbeat is older than the timeout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.db import session_factory_from_settings, session_scope
+from backend.services import jobs as J
+from backend.services.workers import touch_worker
+from backend.settings import Settings
+from workers.engine import attempt_in, build_solve_config, build_train_config
+
+log = logging.getLogger("sdpo.worker")
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process needs to run jobs: its settings, a session factory and its id."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    worker_id: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerContext:
+        return cls(settings=settings, sessions=session_factory_from_settings(settings),
+                   worker_id=f"{socket.gethostname()}:{os.getpid()}")
+
+
+class JobHeartbeat:
+    """Background thread refreshing the job's heartbeat; ``lost`` is set when the job stops being ours
+    (reaped, taken over, deleted)."""
+
+    def __init__(self, ctx: WorkerContext, job_id: int):
+        self.ctx, self.job_id = ctx, job_id
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def start(self) -> JobHeartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.ctx.settings.heartbeat_interval_s):
+            try:
+                with session_scope(self.ctx.sessions) as s:
+                    ours = J.heartbeat(s, job_id=self.job_id, worker_id=self.ctx.worker_id)
+                    touch_worker(s, worker_id=self.ctx.worker_id, current_job_id=self.job_id if ours else None)
+                if not ours:
+                    log.warning("job %s is no longer ours (reaped, taken over or deleted); stopping", self.job_id)
+                    self.lost.set()
+                    return
+            except Exception:  # noqa: BLE001 - a DB hiccup must not kill the job; the next beat retries
+                log.exception("heartbeat of job %s failed", self.job_id)
+
+
+class DbCallbacks:
+    """``sdpo.callbacks.Callbacks`` hooks that commit each event in its own transaction."""
+
+    def __init__(self, ctx: WorkerContext, job_id: int, heartbeat: JobHeartbeat):
+        self.ctx, self.job_id, self.heartbeat = ctx, job_id, heartbeat
+        self.cancelled = False
+
+    def on_attempts(self, attempts: list[Any]) -> None:
+        with session_scope(self.ctx.sessions) as s:
+            J.record_attempts(s, job_id=self.job_id, attempts=[attempt_in(a) for a in attempts])
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        with session_scope(self.ctx.sessions) as s:
+            J.append_metrics(s, job_id=self.job_id, step=step, metrics=metrics)
+
+    def on_checkpoint(self, step: int, path: str, kind: str) -> None:
+        with session_scope(self.ctx.sessions) as s:
+            J.register_checkpoint(s, job_id=self.job_id, step=step, kind=kind, path=path)
+
+    def should_stop(self) -> bool:
+        if self.heartbeat.lost.is_set():
+            return True
+        with session_scope(self.ctx.sessions) as s:
+            self.cancelled = J.cancel_requested(s, job_id=self.job_id)
+        return self.cancelled
+
+    def as_callbacks(self):
+        from sdpo.callbacks import Callbacks
+
+        return Callbacks(on_attempts=self.on_attempts, on_metrics=self.on_metrics,
+                         on_checkpoint=self.on_checkpoint, should_stop=self.should_stop)
+
+
+def ensure_model(path: str, settings: Settings) -> Path:
+    """Return a model folder, building the default tiny model on first use (atomically, under a lock)."""
+    p = Path(path)
+    if (p / "config.json").exists() or p.resolve() != settings.default_model_path.resolve():
+        return p
+    import fcntl
+
+    from sdpo.tiny import make_tiny_model
+
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p.parent / ".tiny.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (p / "config.json").exists():
+            tmp = p.parent / f".tiny-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            make_tiny_model(tmp, seed=0)
+            os.replace(tmp, p)
+    return p
+
+
+def _result_dict(result: Any) -> dict[str, Any]:
+    if result is None:
+        return {}
+    if dataclasses.is_dataclass(result):
+        out = {}
+        for f in dataclasses.fields(result):
+            v = getattr(result, f.name)
+            if isinstance(v, int | float | str | bool | type(None)):
+                out[f.name] = v
+            elif isinstance(v, Path):
+                out[f.name] = str(v)
+            elif isinstance(v, dict) and all(isinstance(x, int | float | str | bool) for x in v.values()):
+                out[f.name] = dict(v)
+        return out
+    return {"value": str(result)}
+
+
+def claim(ctx: WorkerContext, job_id: int) -> J.Claim:
+    """Claim the job; while another worker heart-beats it, wait up to a takeover period, then give up."""
+    deadline = time.monotonic() + ctx.settings.takeover_after_s + 2 * ctx.settings.heartbeat_interval_s
+    while True:
+        with session_scope(ctx.sessions) as s:
+            c = J.claim_job(s, job_id=job_id, worker_id=ctx.worker_id,
+                            takeover_after_s=ctx.settings.takeover_after_s)
+        if c is not J.Claim.WAIT:
+            return c
+        if time.monotonic() > deadline:
+            log.info("job %s is held by a live worker; leaving it to that worker", job_id)
+            return J.Claim.SKIP
+        time.sleep(ctx.settings.heartbeat_interval_s)
+
+
+def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
+    """Run job ``job_id`` to its end; returns how it ended ("succeeded", "cancelled", "failed", "skipped",
+    "lost"). Never raises for engine errors: they end the job ``failed`` with the error text."""
+    # 1. Claim the job (or learn it is finished, cancelled, deleted or held by a live worker).
+    c = claim(ctx, job_id)
+    if c is J.Claim.SKIP:
+        return "skipped"
+    log.info("job %s: %s on %s", job_id, "resuming" if c is J.Claim.RESUME else "starting", ctx.worker_id)
+    # 2. Heart-beat while we work.
+    heartbeat = JobHeartbeat(ctx, job_id).start()
+    callbacks = DbCallbacks(ctx, job_id, heartbeat)
+    status, error, result = "succeeded", None, None
+    try:
+        # 3. Run the engine with callbacks that commit as they go.
+        with session_scope(ctx.sessions) as s:
+            job = J.get_job(s, job_id=job_id)
+            if job.kind != kind:
+                raise ValueError(f"job {job_id} is a {job.kind} job, not {kind}")
+            problem_data = job.problem.data if job.problem is not None else None
+            config, model = dict(job.config), job.model
+            start_attempt = J.count_attempts(s, job_id=job_id)
+            next_round = J.next_round(s, job_id=job_id)
+            ck = J.latest_checkpoint(s, job_id=job_id)
+            resume_from = ck.path if ck is not None else None
+        job_dir = ctx.settings.job_dir(job_id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        if kind == "solve":
+            result = run_solve(ctx, config=config, model=model, problem_data=problem_data, job_dir=job_dir,
+                               callbacks=callbacks, start_attempt=start_attempt, start_round=next_round)
+        else:
+            result = run_train(ctx, config=config, model=model, job_dir=job_dir, callbacks=callbacks,
+                               resume_from=resume_from)
+        # 4. Decide how it ended.
+        if heartbeat.lost.is_set():
+            return "lost"
+        if callbacks.cancelled or callbacks.should_stop():
+            status, error = "cancelled", "cancelled by the user"
+    except Exception as e:  # noqa: BLE001 - the job records the failure; the worker lives on
+        log.exception("job %s failed", job_id)
+        tb = traceback.format_exception(type(e), e, e.__traceback__)
+        status, error = "failed", f"{type(e).__name__}: {e}\n\n{''.join(tb[-6:])}"
+    finally:
+        heartbeat.stop()
+    if heartbeat.lost.is_set():
+        return "lost"
+    with session_scope(ctx.sessions) as s:
+        done = J.finish_job(s, job_id=job_id, worker_id=ctx.worker_id, status=status, error=error,
+                            result=_result_dict(result))
+        touch_worker(s, worker_id=ctx.worker_id, current_job_id=None)
+    return status if done else "lost"
+
+
+def run_solve(ctx: WorkerContext, *, config: dict[str, Any], model: str, problem_data: dict[str, Any] | None,
+              job_dir: Path, callbacks: DbCallbacks, start_attempt: int, start_round: int) -> Any:
+    """Test-time solve of one problem (``sdpo.ttt.solve``), continuing after ``start_attempt`` attempts."""
+    from sdpo.ttt import solve
+
+    from sdpo.data.problem import Problem
+    from sdpo.models import load_model_and_tokenizer
+    from sdpo.rollout.hf import HFSampler
+
+    if problem_data is None:
+        raise ValueError("the job's problem was deleted")
+    problem = Problem.parse(problem_data)
+    cfg = build_solve_config(config)
+    path = ensure_model(model or ctx.settings.model, ctx.settings)
+    lm, tokenizer = load_model_and_tokenizer(path)
+    sampler = HFSampler(lm, tokenizer)
+    return solve(problem, lm, tokenizer, sampler, cfg, callbacks.as_callbacks(), out_dir=str(job_dir),
+                 start_attempt=start_attempt)
+
+
+def run_train(ctx: WorkerContext, *, config: dict[str, Any], model: str, job_dir: Path, callbacks: DbCallbacks,
+              resume_from: str | None) -> Any:
+    """A training run (``sdpo.trainer.train``) writing into the job's folder, resumed from its checkpoint."""
+    from sdpo.trainer import train
+
+    config = dict(config)
+    if model:
+        config["model_path"] = model
+    config["model_path"] = str(ensure_model(config.get("model_path") or ctx.settings.model, ctx.settings))
+    cfg = build_train_config(config, out_dir=str(job_dir), resume_from=resume_from)
+    return train(cfg, callbacks.as_callbacks())

@@ -206,7 +206,7 @@ def worker_time(args) -> dict:
     loss_b, grads_b = run_once("baseline", inp)
     loss_o, grads_o = run_once("ours", inp)
     grad_rel = max(float((go.float() - gb.float()).abs().max() / gb.float().abs().max())
-                   for go, gb in zip(grads_o, grads_b))
+                   for go, gb in zip(grads_o, grads_b, strict=True))
     return {
         "ours_s": statistics.median(times["ours"]),
         "baseline_s": statistics.median(times["baseline"]),

@@ -107,5 +107,78 @@ def make_toy_model_cmd(
     typer.echo(str(path))
 
 
+@app.command("train")
+def train_cmd(
+    config: str = typer.Option(None, "--config", help="YAML run config (see configs/)."),
+    set_: list[str] = typer.Option([], "--set", help="Override: key=value (dotted keys for nesting)."),
+    out: str = typer.Option(None, "--out", help="Run directory (default: the config's out_dir)."),
+) -> None:
+    """Train with SDPO / GRPO / hybrid. The whole config is validated before any model is loaded."""
+    from sdpo.config import ConfigError
+    from sdpo.trainer import load_config, train
+
+    overrides = list(set_) + ([f"out_dir={out}"] if out else [])
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        fail(str(e))
+    typer.echo(f"run directory: {cfg.out_dir}")
+    result = train(cfg)
+    typer.echo(f"done: {result.steps} steps; metrics in {cfg.out_dir}/metrics.jsonl; "
+               f"checkpoints: {', '.join(result.checkpoints) or 'none'}")
+
+
+@app.command("check")
+def check_cmd(
+    tests: str = typer.Option(..., "--tests", help="TestSpec JSON file (LiveCodeBench / lasgroup format)."),
+    response: str = typer.Option(..., "--response", help="Model response (markdown with a ```python block)."),
+    dense: bool = typer.Option(False, "--dense", help="Run every test; reward = fraction passed."),
+    truncated: bool = typer.Option(False, "--truncated", help="The response was cut at the length limit."),
+) -> None:
+    """Run a response against unit tests in the sandbox and print the CodeResult as JSON."""
+    import json
+    from pathlib import Path
+
+    from sdpo.envs.code import evaluate
+    from sdpo.envs.sandbox import SandboxUnavailable
+
+    try:
+        spec_text = Path(tests).read_text(encoding="utf-8")
+        text = Path(response).read_text(encoding="utf-8")
+    except OSError as e:
+        fail(f"cannot read input: {e}")
+    try:
+        result = evaluate(text, spec_text, sparse=not dense, truncated=truncated)
+    except SandboxUnavailable as e:
+        fail(str(e))
+    except ValueError as e:
+        fail(f"invalid tests in {tests}: {e}")
+    typer.echo(json.dumps(result.to_dict(), indent=2))
+
+
+sandbox_app = typer.Typer(no_args_is_help=True, help="Code sandbox service.")
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("serve")
+def sandbox_serve_cmd(
+    socket_path: str = typer.Option(..., "--socket", help="Unix socket path to listen on (created mode 0600)."),
+    slots: int = typer.Option(0, "--slots", help="Concurrent executors (0 = number of CPUs)."),
+) -> None:
+    """Serve the sandbox pool on a unix socket (clients: sdpo.envs.sandbox.SandboxClient)."""
+    from sdpo.config import ConfigError
+    from sdpo.envs.sandbox import SandboxConfig, SandboxUnavailable, serve
+
+    try:
+        cfg = SandboxConfig(slots=slots)
+    except ConfigError as e:
+        fail(str(e))
+    typer.echo(f"sandbox serving on {socket_path}")
+    try:
+        serve(socket_path, cfg)
+    except SandboxUnavailable as e:
+        fail(str(e))
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()

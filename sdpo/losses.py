@@ -29,7 +29,7 @@ still connected to the graph (backward works and yields zero gradients).
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -145,18 +145,22 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _sdpo_chunk(
-    s_logits: Tensor, t_logits: Tensor, ids: Tensor, weight: Tensor, old: Tensor | None,
+    s_logits: Tensor, teacher: Callable[[], Tensor], ids: Tensor, weight: Tensor, old: Tensor | None,
     rollout_w: Tensor | None, plan: _Plan, grad_out: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """SDPO on one chunk of c positions.
 
-    s_logits, t_logits: [c, V] raw logits (any float dtype); ids: [c] sampled tokens; weight: [c] aggregation
-    weights (0 = masked); old / rollout_w: [c] or None. grad_out: [c, V] compute-dtype buffer receiving
-    d(sum(weight * loss))/d(s_logits) when plan.need_grad. Returns (weighted loss sum, stats [_N_STATS, c]).
+    s_logits: [c, V] raw student logits (any float dtype); teacher(): the [c, V] teacher logits, produced only
+    once the student's [c, V] temporaries are gone (keeps at most three [c, V] tensors alive); ids: [c]
+    sampled tokens; weight: [c] aggregation weights (0 = masked); old / rollout_w: [c] or None. grad_out:
+    [c, V] compute-dtype buffer receiving d(sum(weight * loss))/d(s_logits) when plan.need_grad.
+    Returns (weighted loss sum, stats [_N_STATS, c]).
     """
     cd = _compute_dtype(s_logits.dtype)
+    c = s_logits.shape[0]
     temp = plan.temperature
     x = s_logits.to(cd)
+    del s_logits  # when the caller passed a temporary (from-hidden path) this frees it as soon as x does
     if temp != 1.0:
         x = x / temp
     # Student: one fused softmax, written straight into the gradient buffer when there is one. The
@@ -165,26 +169,27 @@ def _sdpo_chunk(
     p = torch.softmax(x, dim=-1, out=grad_out) if grad_out is not None else torch.softmax(x, dim=-1)
     lse = x.amax(dim=-1) - torch.log(p.amax(dim=-1))
     entropy = lse - torch.linalg.vecdot(p, x)   # NaN where a logit is -inf (excluded from the metric)
-    tx = t_logits.to(cd)
-    if temp != 1.0:
-        tx = tx / temp
-    lpt = torch.log_softmax(tx, dim=-1)
-    del tx
     y = ids[:, None]
     full = plan.mode == "logit" and plan.topk is None
     idx = None
     if plan.mode == "token":
-        sel_s, sel_t = x.gather(1, y) - lse[:, None], lpt.gather(1, y)
+        sel_s = x.gather(1, y) - lse[:, None]
     elif plan.topk is not None:
         top = torch.topk(x, plan.topk, dim=-1, sorted=False)
         idx = torch.cat([top.indices, y], dim=1)
         sel_s = torch.cat([top.values, x.gather(1, y)], dim=1) - lse[:, None]
-        sel_t = lpt.gather(1, idx)
     else:
-        sel_s, sel_t = x - lse[:, None], lpt
-    del x, lpt
+        sel_s = x - lse[:, None]
+    del x
+    tx = teacher().to(cd)
+    if temp != 1.0:
+        tx = tx / temp
+    lpt = torch.log_softmax(tx, dim=-1)
+    del tx
+    sel_t = lpt if full else lpt.gather(1, y if idx is None else idx)
+    del lpt
 
-    stats = torch.zeros(_N_STATS, s_logits.shape[0], dtype=cd, device=s_logits.device)
+    stats = torch.zeros(_N_STATS, c, dtype=cd, device=ids.device)
     with torch.enable_grad():
         leaf = sel_s.detach().requires_grad_(plan.need_grad)
         lp_y = leaf.gather(1, y).squeeze(1) if full else leaf[:, -1]
@@ -261,7 +266,7 @@ class _SdpoFromLogits(torch.autograd.Function):
             if grad is not None:
                 buf = grad[b, t0:t1] if grad.dtype == cd else torch.empty((t1 - t0, V), dtype=cd,
                                                                           device=student.device)
-            part, st = _sdpo_chunk(student[b, t0:t1], teacher[b, t0:t1], ids[b, t0:t1], weight[b, t0:t1],
+            part, st = _sdpo_chunk(student[b, t0:t1], lambda b=b, t0=t0, t1=t1: teacher[b, t0:t1], ids[b, t0:t1], weight[b, t0:t1],
                                    _opt_rows(old, b, t0, t1), _opt_rows(rollout_w, b, t0, t1), plan, buf)
             if grad is not None and buf.data_ptr() != grad[b, t0:t1].data_ptr():
                 grad[b, t0:t1].copy_(buf)
@@ -306,12 +311,11 @@ class _SdpoFromHidden(torch.autograd.Function):
             if not any_active:
                 continue
             h = s_hidden[b, t0:t1]
-            s_logits = h @ weight_mat.T
-            t_logits = t_hidden[b, t0:t1].to(weight_mat.dtype) @ weight_mat.T
+            ht = t_hidden[b, t0:t1].to(weight_mat.dtype)
             buf = torch.empty((t1 - t0, V), dtype=cd, device=dev) if plan.need_grad else None
-            part, st = _sdpo_chunk(s_logits, t_logits, ids[b, t0:t1], agg_w[b, t0:t1],
+            # logits are passed as temporaries so that the kernel can free them early
+            part, st = _sdpo_chunk(h @ weight_mat.T, lambda ht=ht: ht @ weight_mat.T, ids[b, t0:t1], agg_w[b, t0:t1],
                                    _opt_rows(old, b, t0, t1), _opt_rows(rollout_w, b, t0, t1), plan, buf)
-            del s_logits, t_logits
             total += part
             stats[:, b, t0:t1] = st
             if buf is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number
+from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
 from sdpo.losses import (
     aggregation_weights,
     group_advantages,
@@ -69,7 +69,8 @@ class UpdateConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.self_distillation, dict):
-            self.self_distillation = SelfDistillationConfig.from_dict(self.self_distillation)
+            self.self_distillation = build_dataclass(SelfDistillationConfig, self.self_distillation,
+                                                     prefix="self_distillation.")
         if not isinstance(self.self_distillation, SelfDistillationConfig):
             raise ConfigError("self_distillation", f"expected a mapping, got {self.self_distillation!r}")
         _choice("loss", self.loss, LOSSES)

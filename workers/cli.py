@@ -308,6 +308,74 @@ def jobs_cancel(job_id: int = typer.Argument(...)) -> None:
         typer.echo(f"job {job.id} {'cancelled' if job.status == 'cancelled' else 'cancelling'}")
 
 
+# ---------------------------------------------------------------------------------------------- serve
+def lcb_problem(row: dict[str, Any]) -> dict[str, Any]:
+    """A pasted LiveCodeBench row -> problem dict: public test cases as ``tests``, all cases as hidden tests."""
+    from sdpo.data.lcb import decode_test_cases, row_to_task
+    from sdpo.data.problem import Problem
+
+    task = row_to_task(row, where="pasted row")
+    n_public = len(decode_test_cases(row.get("public_test_cases") or "[]"))
+    if n_public == 0:
+        raise ValueError("public_test_cases: the row has no public test case to give feedback with")
+    spec = task.tests.to_dict()
+    public = {**spec, "inputs": spec["inputs"][:n_public], "outputs": spec["outputs"][:n_public]}
+    problem = Problem.from_task(task)
+    return {**problem.to_dict(), "tests": public, "hidden_tests": spec}
+
+
+def engine_hooks():
+    """The engine callables the web app validates with (``app`` imports only ``backend``)."""
+    from app.context import EngineHooks
+    from workers.engine import parse_problem, validate_config
+
+    return EngineHooks(validate_config=validate_config, parse_problem=parse_problem, parse_lcb=lcb_problem)
+
+
+@app.command("serve")
+def serve_cmd(
+    worker: bool = typer.Option(True, "--worker/--no-worker", help="Also start one job worker."),
+) -> None:
+    """Run SDPO Studio: default model, migrations, one worker, then the web app on SDPO_HOST:SDPO_PORT."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from backend.migrate import upgrade
+
+    def _interrupt(signum, frame):  # SIGTERM stops the app like Ctrl-C, so the worker is stopped too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    # 1. A model: SDPO_MODEL, else the default (the tiny model is built on first use, no download).
+    if not os.environ.get("SDPO_MODEL"):
+        from sdpo.models import default_model_path
+
+        os.environ["SDPO_MODEL"] = str(default_model_path())
+    settings = _settings()
+    # 2. The database schema.
+    upgrade(settings.database_url)
+    # 3. One worker process (stopped when the app exits).
+    proc = None
+    if worker:
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker"], env=os.environ.copy())
+    try:
+        # 4. The web app (blocks until Ctrl-C).
+        from app.main import launch
+
+        typer.echo(f"SDPO Studio on http://{settings.host}:{settings.port} (model {settings.model})")
+        launch(settings, engine_hooks())
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -187,14 +187,13 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
             problem_data = job.problem.data if job.problem is not None else None
             config, model = dict(job.config), job.model
             start_attempt = J.count_attempts(s, job_id=job_id)
-            next_round = J.next_round(s, job_id=job_id)
             ck = J.latest_checkpoint(s, job_id=job_id)
             resume_from = ck.path if ck is not None else None
         job_dir = ctx.settings.job_dir(job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
         if kind == "solve":
             result = run_solve(ctx, config=config, model=model, problem_data=problem_data, job_dir=job_dir,
-                               callbacks=callbacks, start_attempt=start_attempt, start_round=next_round)
+                               callbacks=callbacks, start_attempt=start_attempt)
         else:
             result = run_train(ctx, config=config, model=model, job_dir=job_dir, callbacks=callbacks,
                                resume_from=resume_from)
@@ -219,23 +218,20 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
 
 
 def run_solve(ctx: WorkerContext, *, config: dict[str, Any], model: str, problem_data: dict[str, Any] | None,
-              job_dir: Path, callbacks: DbCallbacks, start_attempt: int, start_round: int) -> Any:
-    """Test-time solve of one problem (``sdpo.ttt.solve``), continuing after ``start_attempt`` attempts."""
-    from sdpo.ttt import solve
-
+              job_dir: Path, callbacks: DbCallbacks, start_attempt: int) -> Any:
+    """Test-time solve of one problem (``sdpo.ttt.solve_from_config``: device, dtype and sampler from the
+    config), continuing after the ``start_attempt`` attempts already committed (always a round boundary:
+    a round's attempts are committed together)."""
     from sdpo.data.problem import Problem
-    from sdpo.models import load_model_and_tokenizer
-    from sdpo.rollout.hf import HFSampler
+    from sdpo.ttt import solve_from_config
 
     if problem_data is None:
         raise ValueError("the job's problem was deleted")
     problem = Problem.parse(problem_data)
     cfg = build_solve_config(config)
     path = ensure_model(model or ctx.settings.model, ctx.settings)
-    lm, tokenizer = load_model_and_tokenizer(path)
-    sampler = HFSampler(lm, tokenizer)
-    return solve(problem, lm, tokenizer, sampler, cfg, callbacks.as_callbacks(), out_dir=str(job_dir),
-                 start_attempt=start_attempt)
+    return solve_from_config(problem, cfg, callbacks.as_callbacks(), model_path=path, out_dir=job_dir,
+                             start_attempt=start_attempt)
 
 
 def run_train(ctx: WorkerContext, *, config: dict[str, Any], model: str, job_dir: Path, callbacks: DbCallbacks,

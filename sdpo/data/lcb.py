@@ -363,7 +363,11 @@ def import_lcb(paths: Sequence[str | Path], out_dir: str | Path, *, since: datet
         for task in iter_tasks(paths, since=since, until=until, duplicates=dups):
             counts["rows"] += 1
             (reduced,), _ = split_tests([task], split_tests_fraction, seed)
-            put("problems", Problem.from_task(reduced).to_dict())
+            try:
+                problem = Problem.from_task(reduced)
+            except ValueError as e:  # e.g. a statement over the problem size limit
+                raise LcbError(f"question_id {task.meta['idx']}: not a valid problem: {e}") from None
+            put("problems", problem.to_dict())
             if lo_cut is None:
                 train, test = replace(reduced, hidden_tests=None), task
             elif parse_date(task.meta["contest_date"]) < lo_cut:

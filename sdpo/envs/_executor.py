@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import errno
 import fcntl
 import json
 import os
@@ -45,6 +44,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT = 1, 2, 4, 32
 MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 4096, 8192, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 
+VISIBLE_TOP_LEVEL = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc", "sys", "tmp"}
 MAX_FRAME = 1 << 30
 REPORT_CAP = 16 << 20
 STACK_BYTES = 256 << 20
@@ -59,7 +59,6 @@ PRELUDE_MODULES = (
 for _m in PRELUDE_MODULES:
     __import__(_m)
 import builtins  # noqa: E402
-import io  # noqa: E402
 import traceback  # noqa: E402
 
 # --------------------------------------------------------------------------------------------- value codec
@@ -214,7 +213,10 @@ def setup_namespaces(cfg: dict) -> list[str]:
             _mount("tmpfs", shared, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
     keep = [os.path.realpath(p) for p in cfg["keep"] if os.path.isdir(p)]
     hidden = []
-    for raw in cfg["hide"]:
+    # Everything at the top level that is not the operating system is covered (the data of this machine:
+    # /work, /opt, /srv, /var, /home, /root, /run, ...); the Python installation is bound back read-only.
+    top = [f"/{n}" for n in sorted(os.listdir("/")) if n not in VISIBLE_TOP_LEVEL]
+    for raw in list(cfg["hide"]) + top:
         if not os.path.isdir(raw) or os.path.islink(raw):
             continue
         h = os.path.realpath(raw)
@@ -290,6 +292,14 @@ def reap() -> None:
             return
         if pid == 0:
             return
+
+
+def _has_children() -> bool:
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 def kill_orphans() -> None:
@@ -396,10 +406,17 @@ def _report_error(chan: int, exc: BaseException) -> None:
 
 
 def _std_streams() -> None:
-    sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", errors="surrogateescape", closefd=False)
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)
     sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False)
     sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False,
                                        buffering=1)
+
+
+def _thread_stack() -> None:
+    """New threads get 16 MiB stacks (not RLIMIT_STACK, which would eat the address-space limit)."""
+    import _thread
+
+    _thread.stack_size(16 << 20)
 
 
 def _flush() -> None:
@@ -414,6 +431,7 @@ def run_solution(job: dict, chan: int) -> int:
     """Run the solution for one stdin/functional test in this (already confined) process; exit code."""
     sys.set_int_max_str_digits(0)
     sys.setrecursionlimit(50000)
+    _thread_stack()
     _std_streams()
     functional = job["mode"] == "functional"
     g = _prelude_globals("solution" if functional else "__main__")
@@ -458,6 +476,7 @@ sys.set_int_max_str_digits(0)
 sys.setrecursionlimit(50000)
 ns = {}
 exec(compile(sys.argv[1], "<codec>", "exec"), ns)
+ns["_thread_stack"]()
 enc, dec, write_line, error_info, std = (ns["encode_value"], ns["decode_value"], ns["write_line"],
     ns["error_info"], ns["_std_streams"])
 src = b"".join(iter(lambda: os.read(5, 1 << 20), b"")).decode("utf-8", "surrogateescape")
@@ -678,10 +697,10 @@ class Executor:
                 return self._run_assert(job, scratch)
             return self._run_plain(job, scratch)
         finally:
-            if self.strong:
+            reap()
+            if _has_children():  # defensive: _supervise already swept
+                kill_uid(self.uid) if self.strong else kill_orphans()
                 reap()
-            else:
-                kill_orphans()
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _run_plain(self, job: dict, scratch: str) -> dict:
@@ -754,7 +773,7 @@ class Executor:
             if all(p in status for p in must_exit):
                 if end_seconds is None:
                     end_seconds = time.monotonic() - t0
-                    self._kill_all(pids)
+                    self._kill_all(pids, status)
                 if not open_fds:
                     break
                 drain_deadline = time.monotonic() + 1.0
@@ -764,7 +783,7 @@ class Executor:
             if now >= deadline:
                 timed_out = True
                 end_seconds = now - t0
-                self._kill_all(pids)
+                self._kill_all(pids, status)
                 break
             events = poller.poll(max(1, int((deadline - now) * 1000) + 1))
             for fd, _ in events:
@@ -772,8 +791,11 @@ class Executor:
                     p = pidfds.pop(fd)
                     poller.unregister(fd)
                     os.close(fd)
-                    _, st = os.waitpid(p, 0)
-                    status[p] = st
+                    if p not in status:
+                        try:
+                            status[p] = os.waitpid(p, 0)[1]
+                        except ChildProcessError:
+                            status[p] = 0
                 elif fd in open_fds:
                     k = open_fds[fd]
                     chunk = os.read(fd, 1 << 16)
@@ -791,7 +813,7 @@ class Executor:
                         if totals[k] > limit and not killed_for_output:
                             killed_for_output = True
                             end_seconds = time.monotonic() - t0
-                            self._kill_all(pids)
+                            self._kill_all(pids, status)
             if killed_for_output:
                 break
         for fd in list(pidfds):
@@ -820,16 +842,36 @@ class Executor:
             "report": bytes(bufs["report"]).decode("utf-8", "replace"),
         }
 
-    def _kill_all(self, pids: list[int]) -> None:
+    def _kill_all(self, pids: list[int], status: dict[int, int]) -> None:
+        """SIGKILL the process groups, collect the main processes, then everything left of the slot.
+
+        Orphans are re-parented to this process (a child sub-reaper), so when it has no children left
+        nothing the test started survives; only otherwise is the per-uid sweep needed.
+        """
         for p in pids:
             try:
                 os.killpg(p, signal.SIGKILL)
             except OSError:
                 pass
-        if self.strong:
-            kill_uid(self.uid)
-            if len(pids) > 1:
-                kill_uid(self.checker_uid)
+        for p in pids:
+            if p not in status:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+                try:
+                    status[p] = os.waitpid(p, 0)[1]
+                except ChildProcessError:
+                    status[p] = 0
+        reap()
+        if _has_children():
+            if self.strong:
+                kill_uid(self.uid)
+                if len(pids) > 1:
+                    kill_uid(self.checker_uid)
+            else:
+                kill_orphans()
+            reap()
 
     @staticmethod
     def _drain(poller, open_fds, bufs, caps, overflow, deadline) -> None:

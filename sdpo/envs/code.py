@@ -305,7 +305,7 @@ def values_equal(got: Any, expected: Any) -> bool:
         return type(got) in (int, float) and got == expected
     if isinstance(expected, str):
         return type(got) is str and got == expected
-    if isinstance(expected, list):
+    if isinstance(expected, (list, tuple)):
         return (type(got) in (list, tuple) and len(got) == len(expected)
                 and all(values_equal(g, e) for g, e in zip(got, expected, strict=True)))
     if isinstance(expected, dict):
@@ -314,12 +314,27 @@ def values_equal(got: Any, expected: Any) -> bool:
     return False
 
 
+def _displayable(value: Any, depth: int = 0) -> Any:
+    """Make a decoded value JSON-dumpable for display (huge ints summarised, tuples as lists)."""
+    if depth > 50:
+        return "…"
+    if isinstance(value, bool) or value is None or isinstance(value, (float, str)):
+        return value
+    if isinstance(value, int):
+        return value if value.bit_length() < 13000 else f"<integer of about {int(value.bit_length() * 0.30103)} digits>"
+    if isinstance(value, (list, tuple)):
+        return [_displayable(v, depth + 1) for v in value[:1000]]
+    if isinstance(value, dict):
+        return {str(_displayable(k, depth + 1)): _displayable(v, depth + 1) for k, v in list(value.items())[:1000]}
+    return repr(_displayable(list(value), depth + 1) if isinstance(value, (set, frozenset)) else value)
+
+
 def _to_json_text(value: Any) -> str:
     """Display a decoded value as JSON (tuples as lists, other non-JSON values by repr)."""
     try:
-        return json.dumps(value, default=repr)
+        return json.dumps(_displayable(value), default=repr)
     except (ValueError, TypeError, RecursionError):
-        return repr(value)
+        return "<value>"
 
 
 # --------------------------------------------------------------------------------------------- judging

@@ -267,17 +267,23 @@ class SandboxPool:
         self.close()
 
 
-_default: SandboxPool | None = None
+_default: Sandbox | None = None
 _default_lock = threading.Lock()
 
 
-def default_pool() -> SandboxPool:
-    """The process-wide pool (started on first use, closed at exit). ``SDPO_SANDBOX_SOCKET`` set: a client."""
+def default_pool() -> Sandbox:
+    """The process-wide sandbox, created on first use: a ``SandboxClient`` when ``SDPO_SANDBOX_SOCKET`` names
+    a running ``sdpo sandbox serve`` socket, else an embedded ``SandboxPool`` (closed at exit)."""
     global _default
     with _default_lock:
         if _default is None:
-            _default = SandboxPool()
-            atexit.register(_default.close)
+            path = os.environ.get("SDPO_SANDBOX_SOCKET")
+            if path:
+                _default = SandboxClient(path)
+            else:
+                pool = SandboxPool()
+                atexit.register(pool.close)
+                _default = pool
         return _default
 
 

@@ -34,8 +34,10 @@ from typing import Any
 
 from sdpo.envs.base import Score
 
-_ACTION_RE = re.compile(r"(?<![\w])Action[ \t]*:[ \t]*([^\s]+)")
-_INPUT_RE = re.compile(r"(?<![\w])Action[ \t]+Input[ \t]*:[ \t]*")
+# "Action: name" / "Action Input: {...}", tolerating markdown emphasis such as "**Action:** name".
+_ACTION_RE = re.compile(r"(?<![\w])Action[ \t*]*:[ \t*]*([^\s*]+)")
+_INPUT_RE = re.compile(r"(?<![\w])Action[ \t]+Input[ \t*]*:[ \t*]*")
+_FORMAT_RE = re.compile(r"Action[ \t*]*:.*\n[ \t*]*Action[ \t]+Input[ \t*]*:")
 _DECODER = json.JSONDecoder()
 _FEEDBACK_VALUE_CHARS = 200
 
@@ -154,6 +156,6 @@ def score(response: str, answer: str | list[dict[str, Any]], *, feedback: bool =
             "pred_actions": pred_actions,
             "pred_inputs": pred_inputs,
             "input_errors": errors,
-            "format_ok": bool(re.search(r"Action[ \t]*:.*\n[ \t]*Action[ \t]+Input[ \t]*:", response)),
+            "format_ok": bool(_FORMAT_RE.search(response)),
         },
     )

@@ -64,8 +64,8 @@ def rollout_is_weights(
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not (
         0.0 < float(threshold) < float("inf")
     ):
-        raise ConfigError("rollout_is_threshold", f"got {threshold!r}; expected a positive finite number (the "
-                          "reference uses 2.0)")
+        raise ConfigError("rollout_correction_threshold",
+                          f"got {threshold!r}; expected a positive finite number (the reference uses 2.0)")
     if trainer_logprobs.shape != sampler_logprobs.shape or trainer_logprobs.shape != mask.shape:
         raise ValueError(
             "rollout_is_weights: trainer_logprobs, sampler_logprobs and mask must have the same shape; got "

@@ -19,6 +19,13 @@ loaded (``skip_tokenizer_init``). Per-token log-probs are those of the sampled t
 top-k / top-p (``logprobs_mode="processed_logprobs"``, as the reference's rollout config), which is what
 ``Rollout.logprobs`` promises and what rollout correction compares with the trainer.
 
+Scope: single-GPU jobs (the engine shares the trainer's GPU; multi-process ddp/fsdp jobs use the HF
+sampler). Full-weight pushes send the trainer's ``named_parameters()`` to vLLM's ``load_weights``, which
+expects checkpoint names: right for dense architectures (Qwen2/Qwen3, Llama, ...), where transformers'
+in-memory names are the checkpoint's; MoE models whose experts transformers fuses in memory are not covered.
+LoRA adapters are served by vLLM's LoRA kernels, which support the attention and MLP projections (the
+default ``sdpo.adapters`` targets), not ``modules_to_save``.
+
 Every vLLM API used here was read from the v0.32.0 wheel's source; the file is cited next to each use.
 ``vllm`` is imported only inside functions, so this module imports without it.
 """
@@ -55,6 +62,10 @@ def vllm_unavailable_reason() -> str | None:
     if not torch.cuda.is_available():
         return "vllm is installed but no CUDA GPU is visible (torch.cuda.is_available() is False); " \
                "vLLM sampling needs an NVIDIA GPU with CUDA, use sampler: hf on this machine"
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        return "this is a multi-process (ddp/fsdp) job; the colocated vLLM sampler serves single-GPU jobs " \
+               "(distributed: none), use sampler: hf here"
     return None
 
 
@@ -133,6 +144,14 @@ def _policy_adapter(model) -> str:
     return active if isinstance(active, str) else active[0]
 
 
+def _cuda_device_of(model) -> torch.device:
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        raise ConfigError("adapter", f"'full' pushes weights to vLLM over CUDA IPC, but the model is on {device}; "
+                          "move it to the GPU first")
+    return device
+
+
 def _local_checkpoint(name: Any) -> Path | None:
     if isinstance(name, (str, Path)) and str(name) and (Path(name) / "config.json").exists():
         return Path(name)
@@ -189,6 +208,8 @@ class VLLMSampler:
         if opts.adapter == "full" and _is_peft(model):
             raise ConfigError("adapter", "got 'full' but the model is a PEFT model; use adapter='lora' (or "
                               "merge the adapter first)")
+        if opts.adapter == "full":
+            _cuda_device_of(model)  # fail before an engine is started
         self.tokenizer = tokenizer
         self._own_work_dir = opts.work_dir is None
         self.work_dir = Path(opts.work_dir or tempfile.mkdtemp(prefix="sdpo-vllm-"))
@@ -207,7 +228,11 @@ class VLLMSampler:
         self.llm = self._build_engine(model, dtype)
         # The engine must sample from the trainer's *current* policy from the first call: publish the adapter
         # (LoRA) or push the weights (full; they may differ from the checkpoint on disk after a resume).
-        self.update_weights(model)
+        try:
+            self.update_weights(model)
+        except BaseException:
+            self.close()
+            raise
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -297,10 +322,14 @@ class VLLMSampler:
         self._wake()
         self._evict_stale_loras()
         prompt_ids = [self._prompt_ids(messages) for messages in prompts]
-        # vllm/sampling_params.py (v0.32.0): ``logprobs=0`` returns the sampled token's log-prob only;
-        # ``top_k=0`` disables top-k; ``detokenize=False`` because we decode with our tokenizer.
+        # vllm/sampling_params.py (v0.32.0) refuses n > 1 with greedy decoding (temperature < 1e-5), so a
+        # greedy group is sent as n requests of one completion each.
+        greedy = params.temperature < 1e-5
+        copies, per_request = (n, 1) if greedy else (1, n)
+        # ``logprobs=0`` returns the sampled token's log-prob only; ``top_k=0`` disables top-k;
+        # ``detokenize=False`` because we decode with our tokenizer.
         sp = VSamplingParams(
-            n=n,
+            n=per_request,
             temperature=float(params.temperature),
             top_p=float(params.top_p),
             top_k=int(params.top_k) if params.top_k else 0,
@@ -313,16 +342,17 @@ class VLLMSampler:
         # vllm/inputs/llm.py: ``TokensPrompt(prompt_token_ids=...)``; vllm/entrypoints/llm.py:
         # ``generate(prompts, sampling_params, *, use_tqdm, lora_request)`` returns outputs in prompt order.
         outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], sp,
+            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids for _ in range(copies)], sp,
             use_tqdm=False, lora_request=self._lora_request,
         )
         rollouts: list[Rollout] = []
-        for i, (ids, out) in enumerate(zip(prompt_ids, outputs, strict=True)):
+        for k, out in enumerate(outputs):
+            i = k // copies
             completions = sorted(out.outputs, key=lambda c: c.index)
-            if len(completions) != n:
-                raise RuntimeError(f"vLLM returned {len(completions)} completions for prompt {i}, expected {n}")
-            for c in completions:
-                rollouts.append(self._to_rollout(ids, c, i))
+            if len(completions) != per_request:
+                raise RuntimeError(f"vLLM returned {len(completions)} completions for prompt {i}, "
+                                   f"expected {per_request}")
+            rollouts.extend(self._to_rollout(prompt_ids[i], c, i) for c in completions)
         if self.options.enable_sleep:
             self._sleep()
         return rollouts
@@ -408,10 +438,7 @@ class VLLMSampler:
         from vllm.distributed.weight_transfer import ModuleSource, WeightTransferTrainerFactory
         from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
 
-        device = next(model.parameters()).device
-        if device.type != "cuda":
-            raise ConfigError("adapter", f"'full' pushes weights over CUDA IPC, but the model is on {device}; "
-                              "move it to the GPU first")
+        device = _cuda_device_of(model)
         if "weights" in self._sleeping_tags:
             # Level-2 sleep dropped the weights; re-allocate them (vllm/entrypoints/llm.py ``wake_up(tags)``),
             # the KV cache stays released until the next generation.

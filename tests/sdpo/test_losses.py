@@ -216,7 +216,7 @@ PT = (0.75, 0.25)
 @pytest.mark.parametrize("k", [None, 1])  # top-1 + tail is the whole 2-token distribution
 def test_two_token_reverse_kl_and_gradient(k):
     loss, grad = _two_token(1.0, k)
-    kl = sum(p * math.log(p / q) for p, q in zip(PS, PT))
+    kl = sum(p * math.log(p / q) for p, q in zip(PS, PT, strict=True))
     assert loss == pytest.approx(kl, rel=1e-12)
     # d KL(s||t) / d logit_i = p_i (log p_i - log q_i - KL)
     expected = [PS[i] * (math.log(PS[i] / PT[i]) - kl) for i in range(2)]
@@ -226,13 +226,13 @@ def test_two_token_reverse_kl_and_gradient(k):
 @pytest.mark.parametrize("k", [None, 1])
 def test_two_token_forward_kl_and_jsd(k):
     loss0, grad0 = _two_token(0.0, k)
-    assert loss0 == pytest.approx(sum(q * math.log(q / p) for p, q in zip(PS, PT)), rel=1e-12)
+    assert loss0 == pytest.approx(sum(q * math.log(q / p) for p, q in zip(PS, PT, strict=True)), rel=1e-12)
     # d KL(t||s) / d logit_i = p_i - q_i
     assert grad0.tolist() == pytest.approx([PS[0] - PT[0], PS[1] - PT[1]], rel=1e-10)
     loss5, _ = _two_token(0.5, k)
-    m = [(p + q) / 2 for p, q in zip(PS, PT)]
-    jsd = 0.5 * sum(p * math.log(p / mi) for p, mi in zip(PS, m)) + 0.5 * sum(
-        q * math.log(q / mi) for q, mi in zip(PT, m))
+    m = [(p + q) / 2 for p, q in zip(PS, PT, strict=True)]
+    jsd = 0.5 * sum(p * math.log(p / mi) for p, mi in zip(PS, m, strict=True)) + 0.5 * sum(
+        q * math.log(q / mi) for q, mi in zip(PT, m, strict=True))
     assert loss5 == pytest.approx(jsd, rel=1e-12)
 
 
@@ -274,13 +274,13 @@ def test_tail_clamp_on_one_side(alpha):
     ls = [math.log((1 - p_tail_s) / 3)] * 3 + [math.log(p_tail_s)]
     lt = [-math.log(3 + math.exp(-20))] * 3 + [math.log(-math.expm1(-1e-7))]
     if alpha == 1.0:
-        expected = sum(math.exp(a) * (a - b) for a, b in zip(ls, lt))
+        expected = sum(math.exp(a) * (a - b) for a, b in zip(ls, lt, strict=True))
     elif alpha == 0.0:
-        expected = sum(math.exp(b) * (b - a) for a, b in zip(ls, lt))
+        expected = sum(math.exp(b) * (b - a) for a, b in zip(ls, lt, strict=True))
     else:
-        mix = [math.log(0.5 * math.exp(a) + 0.5 * math.exp(b)) for a, b in zip(ls, lt)]
-        expected = 0.5 * sum(math.exp(a) * (a - m) for a, m in zip(ls, mix)) + 0.5 * sum(
-            math.exp(b) * (b - m) for b, m in zip(lt, mix))
+        mix = [math.log(0.5 * math.exp(a) + 0.5 * math.exp(b)) for a, b in zip(ls, lt, strict=True)]
+        expected = 0.5 * sum(math.exp(a) * (a - m) for a, m in zip(ls, mix, strict=True)) + 0.5 * sum(
+            math.exp(b) * (b - m) for b, m in zip(lt, mix, strict=True))
     assert loss.item() == pytest.approx(expected, rel=1e-9)
     y = s.detach().clone().requires_grad_()
     ref_sdpo(y, t, ids, mask, cfg).backward()

@@ -233,3 +233,11 @@ def test_imported_problems_pass_with_reference_solutions_and_fail_with_wrong_one
     assert wrong.reward < 1.0 and wrong.feedback
     wrong = code.evaluate(PLAIN_FUNCTION_SOLUTION.replace("k * sum", "sum"), func_task.tests)
     assert wrong.reward == 0.0 and wrong.feedback
+
+
+def test_oversized_statement_is_a_row_error(tmp_path):
+    row = stdin_row("big")
+    row["question_content"] = "x" * 100_001
+    with pytest.raises(LcbError, match="question_id big: not a valid problem: statement: 100001 bytes"):
+        import_lcb([_write(tmp_path / "t.jsonl", [row])], tmp_path / "o")
+    assert not (tmp_path / "o").exists()

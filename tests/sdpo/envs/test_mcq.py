@@ -42,3 +42,21 @@ def test_normalize_choice_is_whole_text_when_no_single_letter():
 def test_bad_ground_truth_is_rejected():
     with pytest.raises(ValueError, match="answer"):
         score("<answer>A</answer>", "")
+
+
+def test_real_sciknoweval_rows():
+    import json
+    from pathlib import Path
+
+    roots = (Path(__file__).resolve().parents[3] / ".." / "shared", Path("/work/shared"))
+    root = next((r / "datasets" for r in roots if (r / "datasets").is_dir()), None)
+    if root is None:
+        pytest.skip("shared datasets not available")
+    rows = [json.loads(line) for line in (root / "sciknoweval_chemistry_test.jsonl").read_text().splitlines()]
+    assert len(rows) == 210
+    for row in rows:
+        right = f"<reasoning>\nthink\n</reasoning>\n<answer>\n{row['answer']}\n</answer>"
+        wrong_letter = "ABCD"[("ABCD".index(row["answer"]) + 1) % 4]
+        assert score(right, row["answer"]).reward == 1.0
+        assert score(right.replace(f"\n{row['answer']}\n</answer>", f"\n{wrong_letter}\n</answer>"),
+                     row["answer"]).reward == 0.0

@@ -109,3 +109,10 @@ def test_real_tooluse_rows_ground_truth_as_response_scores_one_and_a_change_scor
         assert score(text, row["answer"]).reward == 1.0, row["idx"]
         dropped = "\n".join(text.splitlines()[:-2])  # drop the last call
         assert score(dropped, row["answer"]).reward == 0.0, row["idx"]
+
+
+def test_markdown_emphasis_around_the_keywords_is_tolerated():
+    gt = json.dumps([{"Action": "getX", "Action_Input": '{"a": 1}'}])
+    for text in ('**Action:** getX\n**Action Input:** {"a": 1}', '**Action**: `getX`\n**Action Input**: {"a": 1}'):
+        s = score(text, gt)
+        assert s.reward == 1.0 and s.details["format_ok"], text

@@ -112,7 +112,7 @@ def test_fully_masked_batch_returns_zero_weights():
 @pytest.mark.parametrize("threshold", [0.0, -1.0, float("inf"), float("nan"), True, "2"])
 def test_rejects_bad_threshold(threshold):
     trainer, sampler, mask = random_case(0)
-    with pytest.raises(ConfigError, match="rollout_is_threshold"):
+    with pytest.raises(ConfigError, match="rollout_correction_threshold"):
         rollout_is_weights(trainer, sampler, mask, threshold=threshold)
 
 

@@ -125,3 +125,15 @@ def test_importing_the_module_does_not_import_vllm():
             "print('vllm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_multi_process_jobs_do_not_get_the_colocated_engine(monkeypatch, tiny):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: object() if name == "vllm" else real_find_spec(name, *a, **k))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **k: 2)
+    assert resolve_sampler_kind("auto") == "hf"
+    with pytest.raises(ConfigError, match="single-GPU jobs"):
+        resolve_sampler_kind("vllm")

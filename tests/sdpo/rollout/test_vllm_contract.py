@@ -88,6 +88,11 @@ def test_generate_full_update_and_logprobs(model_and_tokenizer):
         assert sampler.llm.llm_engine.is_sleeping()
         assert_matches_trainer(model, before)
 
+        # greedy groups (vLLM itself refuses n > 1 at temperature 0): n identical rollouts per prompt
+        greedy = sampler.generate(PROMPTS, 2, SamplingParams(max_new_tokens=8, temperature=0.0))
+        assert [r.prompt_index for r in greedy] == [0, 0, 1, 1]
+        assert greedy[0].response_ids == greedy[1].response_ids and greedy[2].response_ids == greedy[3].response_ids
+
         # rollout correction on these rollouts: ratios near 1, almost nothing truncated
         t = max(len(r.response_ids) for r in before)
         pad = lambda rows: torch.tensor([row + [0.0] * (t - len(row)) for row in rows])  # noqa: E731
@@ -110,12 +115,10 @@ def test_generate_full_update_and_logprobs(model_and_tokenizer):
 
 
 def test_lora_update_changes_outputs_and_evicts_old_adapters(model_and_tokenizer):
-    from peft import LoraConfig, get_peft_model
+    from sdpo.adapters import apply_adapter
 
     base, tokenizer = model_and_tokenizer
-    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    model = get_peft_model(base, config)
+    model = apply_adapter(base, "lora", r=8, alpha=16)  # the trainer's LoRA (peft, adapter "default")
     sampler = VLLMSampler(model, tokenizer, adapter="lora", **ENGINE)
     try:
         before = sampler.generate(PROMPTS, 2, SAMPLE)

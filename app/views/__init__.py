@@ -1,0 +1,1 @@
+"""The pages of the app: Solve, Train, History, Compare, System."""

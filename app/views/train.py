@@ -1,0 +1,359 @@
+"""Train page: dataset (built-in HumanEval, an uploaded JSONL with a size limit, a server path, or a
+registered dataset), algorithm, adapter, hyperparameters with presets; then the live run view: line plots of
+reward, validation avg@k, loss, response length and the SDPO fractions, a log tail, checkpoints with download
+links, and Cancel.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+import yaml
+
+from app.context import AppContext
+from app.views.common import (
+    deep_merge,
+    error_md,
+    is_terminal,
+    ok_md,
+    parse_value,
+    parse_yaml_mapping,
+    status_line,
+)
+from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
+from backend.services import datasets as D
+from backend.services import jobs as J
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+# label -> config file in configs/ (written with the trainer, issue 4)
+PRESETS = {
+    "tiny CPU (plumbing check, < 2 min)": "tiny_cpu.yaml",
+    "rich feedback (LiveCodeBench setting)": "sdpo_rich_feedback.yaml",
+    "no feedback (demonstrations only)": "sdpo_no_feedback.yaml",
+    "GRPO baseline": "grpo.yaml",
+}
+# Keys the page sets itself (dataset selector, worker-owned folders); a preset's values for them are dropped.
+NOT_FROM_PRESET = ("dataset", "train_file", "test_file", "out_dir", "run_dir", "resume_from", "model_path")
+FIELDS = (
+    ("max_steps", "steps"),
+    ("train_batch_size", "questions per step"),
+    ("n", "rollouts per question (n)"),
+    ("lr", "learning rate"),
+    ("max_new_tokens", "max new tokens"),
+    ("val_every", "validate every (steps, 0 = never)"),
+    ("save_every", "checkpoint every (steps, 0 = at the end only)"),
+)
+DATASET_SOURCES = [("Built-in HumanEval", "humaneval"), ("Upload JSONL", "upload"), ("Server path", "path"),
+                   ("Registered dataset", "registered")]
+PLOTS = (
+    ("reward", "Reward (reward/mean)", lambda n: n in ("reward/mean", "reward/acc")),
+    ("val", "Validation avg@k", lambda n: n.startswith("val/")),
+    ("loss", "Loss", lambda n: n == "loss" or n.startswith("loss/")),
+    ("length", "Response length", lambda n: n.startswith("response/length")),
+    ("sdpo", "SDPO fractions", lambda n: n.startswith("sdpo/")),
+)
+PLOT_COLUMNS = ["step", "value", "metric"]
+
+
+def load_preset(label: str) -> dict[str, Any]:
+    """The preset's config (from ``configs/``) without the keys the page owns; {} when the file is absent."""
+    path = CONFIGS_DIR / PRESETS.get(label, "")
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {k: v for k, v in data.items() if k not in NOT_FROM_PRESET}
+
+
+def preset_form(preset: dict[str, Any]) -> tuple[str, str, list[str], str]:
+    """(loss, adapter, field texts, the rest as YAML) of a preset."""
+    rest = dict(preset)
+    loss = rest.pop("loss", "sdpo")
+    adapter = rest.pop("adapter", "lora")
+    values = ["" if rest.get(k) is None else str(rest.pop(k)) for k, _ in FIELDS]
+    return loss, adapter, values, yaml.safe_dump(rest, sort_keys=False) if rest else ""
+
+
+# -------------------------------------------------------------------------------------------- handlers
+def build_train_config(*, loss: str, adapter: str, fields: dict[str, Any], extra_yaml: str) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"loss": loss, "adapter": adapter}
+    for key, raw in fields.items():
+        value = parse_value(raw)
+        if value is not None:
+            cfg[key] = value
+    return deep_merge(cfg, parse_yaml_mapping("extra settings", extra_yaml))
+
+
+def submit(ctx: AppContext, *, source: str, config: dict[str, Any], upload_path: str | None = None,
+           dataset_name: str = "", server_path: str = "", registered: str | None = None, model: str = "") -> int:
+    """Resolve the dataset (uploading or registering it in the same transaction) and queue the run.
+
+    On ``InvalidInput`` nothing is stored or queued and an uploaded file is removed again.
+    """
+    created_folder: Path | None = None
+    try:
+        with ctx.session() as s:
+            dataset_id, label = None, "humaneval"
+            if source == "humaneval":
+                config = {**config, "dataset": "humaneval", "train_file": None, "test_file": None}
+            elif source in ("upload", "path", "registered"):
+                if source == "upload":
+                    if not upload_path:
+                        raise InvalidInput("file", "no file uploaded; choose a .jsonl file")
+                    size = os.path.getsize(upload_path)
+                    if size > ctx.settings.max_upload_bytes:
+                        raise InvalidInput("file", f"{size} bytes; uploads are limited to "
+                                           f"{ctx.settings.max_upload_bytes} bytes (SDPO_MAX_UPLOAD_BYTES); register "
+                                           "a server path for larger datasets")
+                    name = (dataset_name or "").strip() or Path(upload_path).stem
+                    ds = D.upload_dataset(s, name=name, content=Path(upload_path).read_bytes(), settings=ctx.settings)
+                    created_folder = Path(ds.path)
+                elif source == "path":
+                    if not (server_path or "").strip():
+                        raise InvalidInput("path", "is empty; give a JSONL file or folder on the server")
+                    name = (dataset_name or "").strip() or Path(server_path.strip()).stem
+                    ds = D.register_dataset(s, name=name, path=server_path.strip())
+                else:
+                    if not registered:
+                        raise InvalidInput("dataset", "choose a registered dataset")
+                    ds = D.get_dataset_by_name(s, name=registered)
+                dataset_id, label = ds.id, ds.name
+                config = {**config, **D.dataset_config(ds)}
+            else:
+                raise InvalidInput("dataset", f"got {source!r}; choose one of humaneval, upload, path, registered")
+            job = J.submit_job(s, kind="train", config=config, validate=ctx.hooks.validate_config,
+                               enqueue=ctx.queue.enqueue, dataset_id=dataset_id, model=(model or "").strip(),
+                               label=label)
+            return job.id
+    except NotFound as e:
+        raise InvalidInput("dataset", str(e)) from None
+    except BaseException:
+        if created_folder is not None:
+            shutil.rmtree(created_folder, ignore_errors=True)
+        raise
+
+
+@dataclass
+class TrainSnapshot:
+    status_md: str
+    terminal: bool
+    cancellable: bool
+    plots: dict[str, pd.DataFrame]
+    log: str
+    checkpoints: pd.DataFrame
+    checkpoint_choices: list[tuple[str, int]]
+    signature: tuple
+
+
+def snapshot(ctx: AppContext, job_id: int) -> TrainSnapshot:
+    with ctx.session() as s:
+        d = J.job_detail(s, job_id=job_id)
+        series = J.metric_series(s, job_id=job_id)
+    line = status_line(d)
+    steps = d.config.get("max_steps")
+    if d.last_step is not None:
+        line += f" · step {d.last_step + 1 if d.last_step is not None else 0}" + (f" / {steps}" if steps else "")
+    plots = {}
+    for key, _, match in PLOTS:
+        rows = [[step, value, name] for name, pts in sorted(series.items()) if match(name) for step, value in pts]
+        plots[key] = pd.DataFrame(rows, columns=PLOT_COLUMNS)
+    log_lines = []
+    by_step: dict[int, list[str]] = {}
+    for name, pts in sorted(series.items()):
+        for step, value in pts:
+            by_step.setdefault(step, []).append(f"{name}={value:.4g}")
+    for step in sorted(by_step)[-30:]:
+        log_lines.append(f"step {step}: " + "  ".join(by_step[step]))
+    for c in d.checkpoints:
+        log_lines.append(f"checkpoint step {c.step} ({c.kind}, {c.bytes / 1e6:.1f} MB) -> {c.path}")
+    if d.error:
+        log_lines.append(f"[{d.status}] {d.error}")
+    ck = pd.DataFrame([[c.step, c.kind, f"{c.bytes / 1e6:.1f} MB", c.path] for c in d.checkpoints],
+                      columns=["step", "kind", "size", "path"])
+    return TrainSnapshot(
+        status_md=line, terminal=is_terminal(d.status),
+        cancellable=d.status in ("queued", "running") and not d.cancel_requested, plots=plots,
+        log="\n".join(log_lines) or "(no output yet)", checkpoints=ck,
+        checkpoint_choices=[(f"step {c.step} ({c.kind})", c.id) for c in d.checkpoints],
+        signature=(d.id, d.status, d.cancel_requested, d.last_step, len(d.checkpoints), d.error),
+    )
+
+
+def checkpoint_zip(ctx: AppContext, job_id: int, checkpoint_id: int) -> str:
+    """Zip a checkpoint folder into ``<jobs_dir>/<id>/downloads/`` (once) and return the zip's path."""
+    with ctx.session() as s:
+        ck = next((c for c in J.list_checkpoints(s, job_id=job_id) if c.id == checkpoint_id), None)
+        if ck is None:
+            raise InvalidInput("checkpoint", f"checkpoint {checkpoint_id} of job {job_id} not found")
+        src, step, kind = Path(ck.path), ck.step, ck.kind
+    if not src.exists():
+        raise InvalidInput("checkpoint", f"{src} no longer exists on the server")
+    out_dir = ctx.settings.job_dir(job_id) / "downloads"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"job{job_id}-step{step}-{kind}.zip"
+    if not out.exists():
+        tmp = out.with_suffix(".part")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+            for f in files:
+                z.write(f, f.relative_to(src.parent))
+        tmp.replace(out)
+    return str(out)
+
+
+# ------------------------------------------------------------------------------------------------ page
+@dataclass
+class TrainHandles:
+    job_id: gr.Number
+    open_fn: Any
+    open_outputs: list
+    registered: gr.Dropdown
+
+
+def _dataset_choices(ctx: AppContext) -> list[str]:
+    with ctx.session() as s:
+        return [d.name for d in D.list_datasets(s)]
+
+
+def build(ctx: AppContext) -> TrainHandles:
+    first = next(iter(PRESETS))
+    loss0, adapter0, values0, extra0 = preset_form(load_preset(first))
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            gr.Markdown("### Dataset")
+            source = gr.Radio(DATASET_SOURCES, value="humaneval", label="Dataset", elem_id="train-source")
+            with gr.Group(visible=False) as upload_group:
+                upload = gr.File(label=f"JSONL file (lasgroup format, at most {ctx.settings.max_upload_bytes:,} "
+                                 "bytes)", file_types=[".jsonl", ".json"], type="filepath", elem_id="train-upload")
+            with gr.Group(visible=False) as path_group:
+                server_path = gr.Textbox(label="Path on the server (a .jsonl file, or a folder with train.jsonl "
+                                         "and test.jsonl)", elem_id="train-path")
+            with gr.Group(visible=False) as name_group:
+                dataset_name = gr.Textbox(label="Dataset name (to find it again)", elem_id="train-dataset-name")
+            with gr.Group(visible=False) as registered_group:
+                registered = gr.Dropdown(_dataset_choices(ctx), label="Registered dataset",
+                                         elem_id="train-registered")
+
+            def on_source(v):
+                return (gr.Group(visible=v == "upload"), gr.Group(visible=v == "path"),
+                        gr.Group(visible=v in ("upload", "path")), gr.Group(visible=v == "registered"))
+
+            source.change(on_source, source, [upload_group, path_group, name_group, registered_group],
+                          api_visibility="private", queue=False)
+            gr.Markdown("### Algorithm")
+            with gr.Row():
+                loss = gr.Radio(["sdpo", "grpo", "hybrid"], value=loss0, label="Algorithm", elem_id="train-loss")
+                adapter = gr.Radio([("LoRA", "lora"), ("Full", "full")], value=adapter0, label="Adapter",
+                                   elem_id="train-adapter")
+            model = gr.Textbox(label="Model", placeholder=f"default: {ctx.settings.model}", elem_id="train-model")
+        with gr.Column(scale=3):
+            gr.Markdown("### Hyperparameters")
+            preset = gr.Dropdown(list(PRESETS), value=first, label="Preset", elem_id="train-preset")
+            with gr.Row():
+                boxes = [gr.Textbox(label=label, value=v, elem_id=f"train-{key.replace('_', '-')}", min_width=140)
+                         for (key, label), v in zip(FIELDS, values0, strict=True)]
+            extra = gr.Code(language="yaml", label="Other settings (YAML; self_distillation.* etc.)", value=extra0,
+                            lines=8, elem_id="train-extra")
+            submit_btn = gr.Button("Start training", variant="primary", elem_id="train-submit")
+            message = gr.HTML(elem_id="train-message")
+
+    def on_preset(label):
+        l_, a_, vals, rest = preset_form(load_preset(label))
+        return (l_, a_, *vals, rest)
+
+    preset.change(on_preset, preset, [loss, adapter, *boxes, extra], api_visibility="private", queue=False)
+
+    gr.Markdown("---\n### Run")
+    with gr.Row():
+        job_id = gr.Number(label="Job id", precision=0, value=None, elem_id="train-job-id", scale=1)
+        open_btn = gr.Button("Open", elem_id="train-open", scale=0)
+        cancel_btn = gr.Button("Cancel run", variant="stop", visible=False, elem_id="train-cancel", scale=0)
+    status = gr.Markdown("No run yet: start one, or open one from History.", elem_id="train-status")
+    plots = {}
+    with gr.Row():
+        for key, title, _ in PLOTS[:3]:
+            plots[key] = gr.LinePlot(value=pd.DataFrame(columns=PLOT_COLUMNS), x="step", y="value", color="metric",
+                                     title=title, height=240, elem_id=f"train-plot-{key}")
+    with gr.Row():
+        for key, title, _ in PLOTS[3:]:
+            plots[key] = gr.LinePlot(value=pd.DataFrame(columns=PLOT_COLUMNS), x="step", y="value", color="metric",
+                                     title=title, height=240, elem_id=f"train-plot-{key}")
+    with gr.Row(equal_height=False):
+        log = gr.Textbox(label="Log (last steps)", lines=10, max_lines=10, interactive=False, autoscroll=True,
+                         elem_id="train-log")
+        with gr.Column():
+            checkpoints = gr.Dataframe(value=pd.DataFrame(columns=["step", "kind", "size", "path"]),
+                                       interactive=False, label="Checkpoints", elem_id="train-checkpoints")
+            with gr.Row():
+                ck_pick = gr.Dropdown([], label="Checkpoint", elem_id="train-ck-pick")
+                ck_btn = gr.Button("Prepare download", elem_id="train-ck-zip")
+            ck_file = gr.File(label="Download", interactive=False, elem_id="train-ck-file")
+    timer = gr.Timer(2.0, active=False)
+    signature = gr.State(None)
+    view_outputs = [status, cancel_btn, *plots.values(), log, checkpoints, ck_pick, timer, signature]
+
+    def render(jid: Any, last_sig: Any = None) -> tuple:
+        if jid is None or jid == "":
+            return (gr.skip(),) * len(view_outputs)
+        try:
+            snap = snapshot(ctx, int(jid))
+        except NotFound:
+            empty = pd.DataFrame(columns=PLOT_COLUMNS)
+            return (error_md(f"job {int(jid)} not found"), gr.Button(visible=False), *([empty] * len(plots)), "",
+                    pd.DataFrame(columns=["step", "kind", "size", "path"]), gr.Dropdown(choices=[]),
+                    gr.Timer(active=False), None)
+        same = last_sig is not None and tuple(last_sig) == snap.signature
+        skip = gr.skip()
+        return (
+            snap.status_md, gr.Button(visible=snap.cancellable),
+            *[(skip if same else snap.plots[k]) for k in plots],
+            skip if same else snap.log,
+            skip if same else snap.checkpoints,
+            skip if same else gr.Dropdown(choices=snap.checkpoint_choices),
+            gr.Timer(active=not snap.terminal), list(snap.signature),
+        )
+
+    def on_submit(source_v, upload_v, name_v, path_v, registered_v, loss_v, adapter_v, model_v, extra_v, *field_v):
+        try:
+            cfg = build_train_config(loss=loss_v, adapter=adapter_v, extra_yaml=extra_v,
+                                     fields={k: v for (k, _), v in zip(FIELDS, field_v, strict=True)})
+            jid = submit(ctx, source=source_v, config=cfg, upload_path=upload_v, dataset_name=name_v,
+                         server_path=path_v, registered=registered_v, model=model_v)
+        except (InvalidInput, EnqueueError) as e:
+            return error_md(str(e)), gr.skip(), gr.skip()
+        return ok_md(f"Job {jid} queued."), jid, gr.Dropdown(choices=_dataset_choices(ctx))
+
+    submit_btn.click(on_submit, [source, upload, dataset_name, server_path, registered, loss, adapter, model, extra,
+                                 *boxes], [message, job_id, registered], api_name="submit_train",
+                     ).success(render, [job_id], view_outputs, api_visibility="private")
+    open_btn.click(render, [job_id], view_outputs, api_visibility="private")
+    job_id.submit(render, [job_id], view_outputs, api_visibility="private")
+    timer.tick(render, [job_id, signature], view_outputs, api_visibility="private", show_progress="hidden")
+
+    def on_cancel(jid):
+        try:
+            with ctx.session() as s:
+                job = J.cancel_job(s, job_id=int(jid), revoke=ctx.queue.revoke)
+                return ok_md(f"Job {job.id} {'cancelled' if job.status == 'cancelled' else 'cancelling…'}")
+        except (NotFound, IllegalTransition, TypeError) as e:
+            return error_md(str(e))
+
+    cancel_btn.click(on_cancel, [job_id], [message], api_visibility="private").then(
+        render, [job_id], view_outputs, api_visibility="private")
+
+    def on_zip(jid, ck_id):
+        if jid is None or ck_id is None:
+            return None, error_md("choose a checkpoint first")
+        try:
+            return checkpoint_zip(ctx, int(jid), int(ck_id)), ""
+        except InvalidInput as e:
+            return None, error_md(str(e))
+
+    ck_btn.click(on_zip, [job_id, ck_pick], [ck_file, message], api_visibility="private")
+    return TrainHandles(job_id=job_id, open_fn=render, open_outputs=view_outputs, registered=registered)

@@ -1,0 +1,140 @@
+"""Sandbox throughput: the executor pool vs a naive per-test ``multiprocessing.Process`` runner.
+
+Both runners judge the same solutions on the same stdin tests with the same rules (tests of one solution in
+order, stopping at the first failure as sparse training does) and must produce identical verdicts. The naive
+runner forks the calling process once per test case (as reference harnesses do); the caller here optionally
+holds a trainer-sized heap (``--caller-mb``), which is what forking costs in a real trainer.
+
+    python bench/sandbox.py [--solutions 48] [--tests 8] [--slots 2] [--caller-mb 2048]
+
+Prints executions/s of both, their ratio, and a line for bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing as mp
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sdpo.envs.code import TestSpec, evaluate_many, stdout_matches  # noqa: E402
+from sdpo.envs.sandbox import SandboxConfig, SandboxPool  # noqa: E402
+
+CORRECT = "n, k = map(int, input().split())\nprint(sum(i * k for i in range(n)))"
+WRONG_LATE = "n, k = map(int, input().split())\nprint(sum(i * k for i in range(n)) + (n > 60))"
+CRASH = "n, k = map(int, input().split())\nprint(sum(i * k for i in range(n)) // (n - 70))"
+WRONG_EARLY = "n, k = map(int, input().split())\nprint(n * k)"
+PROGRAMS = [CORRECT, CORRECT, WRONG_LATE, CRASH, WRONG_EARLY, CORRECT]
+
+
+def make_workload(n_solutions: int, n_tests: int) -> tuple[list[str], list[TestSpec]]:
+    inputs = [f"{10 * (i + 1)} {i + 2}\n" for i in range(n_tests)]
+    outputs = [str(sum(j * (i + 2) for j in range(10 * (i + 1)))) for i in range(n_tests)]
+    spec = TestSpec(inputs=inputs, outputs=outputs, time_limit=6.0)
+    codes = [PROGRAMS[i % len(PROGRAMS)] for i in range(n_solutions)]
+    return codes, [spec] * n_solutions
+
+
+# ------------------------------------------------------------------------------------------- naive runner
+
+
+def _naive_child(code: str, inp: str, conn) -> None:
+    sys.stdin = io.StringIO(inp)
+    out = io.StringIO()
+    sys.stdout = out
+    try:
+        exec(compile(code, "<solution>", "exec"), {"__name__": "__main__"})
+        conn.send(("ok", out.getvalue()))
+    except SystemExit as e:
+        conn.send(("ok" if e.code in (None, 0) else "error", out.getvalue()))
+    except BaseException as e:  # noqa: BLE001 - the naive runner reports every failure
+        conn.send(("error", repr(e)))
+
+
+def naive_verdicts(code: str, spec: TestSpec) -> list[str]:
+    ctx = mp.get_context("fork")
+    verdicts = []
+    for inp, exp in zip(spec.inputs, spec.outputs, strict=True):
+        r, w = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_naive_child, args=(code, inp, w))
+        p.start()
+        w.close()
+        p.join(spec.time_limit)
+        if p.is_alive():
+            p.kill()
+            p.join()
+            verdicts.append("time_limit")
+        else:
+            status, out = r.recv() if r.poll() else ("error", "")
+            if status != "ok":
+                verdicts.append("runtime_error")
+            else:
+                verdicts.append("passed" if stdout_matches(out, exp) else "wrong_answer")
+        r.close()
+        if verdicts[-1] != "passed":
+            break
+    return verdicts
+
+
+def run_naive(codes: list[str], specs: list[TestSpec], width: int) -> list[list[str]]:
+    with ThreadPoolExecutor(max_workers=width) as ex:
+        return list(ex.map(naive_verdicts, codes, specs))
+
+
+def run_pool(pool: SandboxPool, codes: list[str], specs: list[TestSpec]) -> list[list[str]]:
+    responses = [f"```python\n{c}\n```" for c in codes]
+    return [[t.verdict for t in r.tests] for r in evaluate_many(responses, specs, sandbox=pool)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--solutions", type=int, default=48)
+    ap.add_argument("--tests", type=int, default=8)
+    ap.add_argument("--slots", type=int, default=2)
+    ap.add_argument("--caller-mb", type=int, default=2048,
+                    help="heap held by the calling process (a trainer's weights/optimizer), touched")
+    args = ap.parse_args()
+    if args.tests < 8:
+        ap.error("--tests must be >= 8 (the workload's failures happen at tests 6-8)")
+
+    codes, specs = make_workload(args.solutions, args.tests)
+    pool = SandboxPool(SandboxConfig(slots=args.slots))
+    run_pool(pool, codes[:4], specs[:4])  # warm-up
+    heap = bytearray(args.caller_mb << 20)
+    heap[:: 4096] = b"\1" * len(range(0, len(heap), 4096))  # touch every page, like live weights
+
+    t0 = time.perf_counter()
+    ours = run_pool(pool, codes, specs)
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    naive = run_naive(codes, specs, args.slots)
+    t_naive = time.perf_counter() - t0
+    mode = "strong" if pool.info.get("strong") else "weak"
+    pool.close()
+    del heap
+
+    if ours != naive:
+        bad = [i for i, (a, b) in enumerate(zip(ours, naive, strict=True)) if a != b]
+        raise SystemExit(f"verdicts differ for solutions {bad[:5]}: {ours[bad[0]]} vs {naive[bad[0]]}")
+    executions = sum(len(v) for v in ours)
+    eps_ours, eps_naive = executions / t_ours, executions / t_naive
+    ratio = eps_ours / eps_naive
+    print(f"workload: {args.solutions} solutions x {args.tests} tests, {executions} executions "
+          f"(sparse: stop at first failure), width {args.slots}, caller heap {args.caller_mb} MiB, "
+          f"{os.cpu_count()} CPUs")
+    print(f"sandbox pool ({mode} isolation):          "
+          f"{eps_ours:8.1f} executions/s")
+    print(f"naive multiprocessing.Process per test:      {eps_naive:8.1f} executions/s")
+    print(f"ratio: {ratio:.2f}x (identical verdicts: yes)")
+    print(f"README: | sandbox | {args.solutions}x{args.tests} stdin tests, {args.slots} slots, caller "
+          f"{args.caller_mb} MiB | {eps_ours:.0f} exec/s vs naive {eps_naive:.0f} exec/s | {ratio:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

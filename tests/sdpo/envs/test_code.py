@@ -1,0 +1,364 @@
+"""Code environment: TestSpec parsing, code extraction, LiveCodeBench-style comparison, feedback text, and
+correct programs that naive harnesses reject (run in the real sandbox)."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import pytest
+
+from sdpo.envs.code import (
+    FORMAT_MESSAGE,
+    TRUNCATION_MESSAGE,
+    CodeResult,
+    TestSpec,
+    evaluate,
+    evaluate_many,
+    extract_code,
+    stdout_matches,
+    values_equal,
+)
+from sdpo.envs.sandbox import SandboxConfig, SandboxPool
+
+
+@pytest.fixture(scope="module")
+def pool():
+    cfg = SandboxConfig(slots=3) if os.geteuid() == 0 else SandboxConfig(slots=3, isolation="weak")
+    p = SandboxPool(cfg)
+    yield p
+    p.close()
+
+
+def py(code: str) -> str:
+    return f"Here is my solution.\n\n```python\n{textwrap.dedent(code).strip()}\n```\n"
+
+
+# --------------------------------------------------------------------------------------------- TestSpec
+
+
+def test_parse_dict_json_and_roundtrip():
+    d = {"inputs": ["1\n"], "outputs": ["2\n"], "fn_name": None}
+    spec = TestSpec.parse(json.dumps(d))
+    assert spec.testtype == "stdin" and len(spec) == 1 and spec.time_limit == 6.0
+    assert TestSpec.parse(spec.to_dict()) == spec
+    assert TestSpec.parse(spec) is spec
+
+
+def test_parse_functional_defaults_and_lcb_case_list():
+    spec = TestSpec.parse({"inputs": ["[1, 2]"], "outputs": ["3"], "fn_name": "add"})
+    assert spec.testtype == "functional"
+    lcb = {
+        "public_test_cases": json.dumps([{"input": "[1, 2]\n3", "output": "4", "testtype": "functional"}]),
+        "metadata": json.dumps({"func_name": "twoSum"}),
+    }
+    spec = TestSpec.parse(lcb)
+    assert (spec.testtype, spec.fn_name, spec.inputs, spec.outputs) == ("functional", "twoSum", ["[1, 2]\n3"], ["4"])
+    apps = {"input_output": json.dumps({"inputs": ["5\n"], "outputs": ["25\n"]})}
+    assert TestSpec.parse(apps).inputs == ["5\n"]
+
+
+def test_parse_assert_spec():
+    spec = TestSpec.parse({"testtype": "assert", "fn_name": "f", "assert_code": "def check(c):\n    assert c() == 1\n"})
+    assert len(spec) == 1 and spec.inputs == []
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ("{not json", "tests"),
+        ({"inputs": ["1"], "outputs": []}, "outputs"),
+        ({"inputs": "1", "outputs": ["1"]}, "inputs"),
+        ({"inputs": ["1"], "outputs": ["1"], "testtype": "exotic"}, "testtype"),
+        ({"inputs": ["1"], "outputs": ["1"], "testtype": "functional"}, "fn_name"),
+        ({"inputs": ["1"], "outputs": ["1"], "time_limit": -1}, "time_limit"),
+        ({"testtype": "assert", "fn_name": "f"}, "assert_code"),
+        ({"inputs": [], "outputs": []}, "inputs"),
+        ({"test_cases": [{"input": 1}]}, "test_cases"),
+        (42, "tests"),
+    ],
+)
+def test_parse_errors_name_the_field(bad, field):
+    with pytest.raises(ValueError, match=rf"^{field}"):
+        TestSpec.parse(bad)
+
+
+# --------------------------------------------------------------------------------------------- extraction
+
+
+def test_extract_code_last_python_block_wins():
+    r = "```python\na = 1\n```\ntext\n```\nuntagged\n```\n```py\nb = 2\n```\n"
+    assert extract_code(r) == "b = 2\n"
+    assert extract_code("```\nonly untagged\n```") == "only untagged\n"
+    assert extract_code("```cpp\nint main(){}\n```") is None
+    assert extract_code("no code at all") is None
+    assert extract_code("```python\nprint(1)\n") is None  # cut off before the closing fence
+
+
+# --------------------------------------------------------------------------------------------- comparison
+
+
+@pytest.mark.parametrize(
+    "out, exp, ok",
+    [
+        ("3\n", "3", True),
+        ("1 2   \n3\n\n\n", "1 2\n3", True),
+        ("0.3333333333\n", "0.333333", True),
+        ("1.0\n", "1", True),
+        ("1000000001\n", "1000000000", False),  # integers compare exactly, no tolerance
+        ("0.5\n", "0.6", False),
+        ("1 2\n", "1\n2", False),
+        ("yes", "YES", False),
+        ("007", "7", True),
+        ("nan", "nan", True),
+        ("-0", "0", True),
+    ],
+)
+def test_stdout_matches(out, exp, ok):
+    assert stdout_matches(out, exp) is ok
+
+
+@pytest.mark.parametrize(
+    "got, exp, ok",
+    [
+        ((1, 2), [1, 2], True),
+        ([1, [2, 3]], [1, (2, 3)], True),
+        (True, 1, False),
+        (1, True, False),
+        (2, 2.0, True),
+        (None, 0, False),
+        ("1", 1, False),
+        ({"a": 1}, {"a": 1}, True),
+        ({1: 1}, {"1": 1}, False),
+        ({1, 2}, [1, 2], False),
+    ],
+)
+def test_values_equal_exact_json_types(got, exp, ok):
+    assert values_equal(got, exp) is ok
+
+
+# --------------------------------------------------------------------------------------------- feedback
+
+
+def test_format_error_and_truncation_notice():
+    spec = {"inputs": ["1"], "outputs": ["1"]}
+    r = evaluate("I think the answer is 1", spec)
+    assert (r.reward, r.passed, r.total, r.tests[0].verdict, r.feedback) == (0.0, 0, 1, "format_error", FORMAT_MESSAGE)
+    r = evaluate("```python\nprint(1", spec, truncated=True)
+    assert r.feedback == TRUNCATION_MESSAGE
+
+
+def test_wrong_answer_feedback_shortest_two_first(pool):
+    spec = {"inputs": ["2 2\n", "10 20\n", "2 3\n", "100 200\n"], "outputs": ["4\n", "30\n", "5\n", "300\n"]}
+    r = evaluate(py("a, b = map(int, input().split())\nprint(a * b)"), spec, sparse=False, sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["passed", "wrong_answer", "wrong_answer", "wrong_answer"]
+    assert r.reward == pytest.approx(0.25) and r.passed == 1 and r.total == 4
+    fb = r.feedback
+    assert fb.startswith("Your code produced a wrong answer on 3 of the 4 tests run (4 in total).")
+    # The two shortest failing cases (tests 3 and 2), shortest first; test 4 is left out.
+    assert fb.index("Test 3:") < fb.index("Test 2:") and "Test 4:" not in fb
+    assert "Input:\n```\n2 3\n```\nOutput:\n```\n6\n```\nExpected:\n```\n5\n```" in fb
+
+
+def test_sparse_stops_at_first_failure_dense_runs_all(pool):
+    spec = {"inputs": ["1", "2", "3"], "outputs": ["1", "0", "3"]}
+    resp = py("print(input())")
+    sparse = evaluate(resp, spec, sandbox=pool)
+    assert [t.verdict for t in sparse.tests] == ["passed", "wrong_answer"] and sparse.reward == 0.0
+    dense = evaluate(resp, spec, sparse=False, sandbox=pool)
+    assert len(dense.tests) == 3 and dense.reward == pytest.approx(2 / 3)
+    assert evaluate(resp, spec, sparse=True, stop_at_first_failure=False, sandbox=pool).passed == 2
+
+
+def test_runtime_error_feedback_has_message_and_last_input(pool):
+    spec = {"inputs": ["4", "0", "x"], "outputs": ["0.25", "inf", "?"]}
+    r = evaluate(py("n = int(input())\nprint(1 / n)"), spec, sparse=False, sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["passed", "runtime_error", "runtime_error"]
+    assert r.feedback.startswith("Your code raised a runtime error on test 2 of 3.")
+    assert "ZeroDivisionError: division by zero (line 2 of your code)" in r.feedback
+    assert r.feedback.endswith("Last executed input:\n```\n0\n```")
+
+
+def test_time_limit_feedback(pool):
+    spec = {"inputs": ["1", "2"], "outputs": ["1", "2"], "time_limit": 0.5}
+    r = evaluate(py("import time\nn = int(input())\nif n == 2:\n    time.sleep(5)\nprint(n)"), spec, sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["passed", "time_limit"]
+    assert r.feedback.startswith("Your code exceeded the time limit (0.5 s) on test 2 of 2.")
+
+
+def test_feedback_truncates_values_and_caps_length(pool):
+    big = "\n".join(str(i) for i in range(5000))
+    spec = {"inputs": [big, big], "outputs": ["x" * 3000, "y" * 3000]}
+    r = evaluate(py("import sys\nprint(sys.stdin.read())"), spec, sparse=False, sandbox=pool)
+    assert len(r.feedback) <= 2000
+    assert "more lines)" in r.feedback and " …" in r.feedback
+
+
+def test_score_conversion(pool):
+    r = evaluate(py("print(2)"), {"inputs": ["1"], "outputs": ["2"]}, sandbox=pool)
+    s = r.score()
+    assert (s.reward, s.feedback, s.passed, s.total, s.details["verdicts"]) == (1.0, None, 1, 1, ["passed"])
+    assert isinstance(r, CodeResult) and r.to_dict()["tests"][0]["verdict"] == "passed"
+
+
+# --------------------------------------------------------------------------------------------- faithful
+
+
+BIG = "9" * 5000
+CORRECT = [
+    ("stdin_buffer", "import sys\ndata = sys.stdin.buffer.read().split()\nprint(sum(map(int, data)))",
+     {"inputs": ["1 2\n3\n"], "outputs": ["6"]}),
+    ("open_fd0", "print(sum(int(x) for x in open(0).read().split()))", {"inputs": ["4 5\n"], "outputs": ["9"]}),
+    ("os_read_fd0", "import os\nprint(os.read(0, 100).decode().strip()[::-1])", {"inputs": ["abc\n"], "outputs": ["cba"]}),
+    ("print_then_sys_exit", "import sys\nprint(input())\nsys.exit(0)", {"inputs": ["7"], "outputs": ["7"]}),
+    ("print_then_exit_builtin", "print(input())\nexit()", {"inputs": ["8"], "outputs": ["8"]}),
+    ("import_os_getcwd_and_tempfile", """
+import os, tempfile
+with open("scratch.txt", "w") as f:
+    f.write(input())
+with tempfile.NamedTemporaryFile("w+") as t:
+    t.write("x"); t.flush()
+print(open("scratch.txt").read(), os.path.exists("scratch.txt"))""", {"inputs": ["hi"], "outputs": ["hi True"]}),
+    ("main_guard", "def main():\n    print(int(input()) + 1)\nif __name__ == '__main__':\n    main()",
+     {"inputs": ["1"], "outputs": ["2"]}),
+    ("big_int_5000_digits", "n = int(input())\nprint(n + 1)", {"inputs": [BIG], "outputs": ["1" + "0" * 5000]}),
+    ("deep_recursion", """
+import sys
+sys.setrecursionlimit(10**6)
+def depth(n):
+    return 0 if n == 0 else 1 + depth(n - 1)
+print(depth(int(input())))""", {"inputs": ["100000"], "outputs": ["100000"]}),
+    ("threading_stack_size_trick", """
+import sys, threading
+sys.setrecursionlimit(1 << 25)
+threading.stack_size(1 << 26)
+def main():
+    def f(n):
+        return n if n == 0 else f(n - 1)
+    print(f(50000))
+t = threading.Thread(target=main)
+t.start(); t.join()""", {"inputs": [""], "outputs": ["0"]}),
+    ("fast_io_many_lines", """
+import sys
+input = sys.stdin.readline
+n = int(input())
+out = [str(int(input()) * 2) for _ in range(n)]
+sys.stdout.write("\\n".join(out) + "\\n")""",
+     {"inputs": ["20000\n" + "\n".join(map(str, range(20000))) + "\n"],
+      "outputs": ["\n".join(str(2 * i) for i in range(20000))]}),
+    ("trailing_spaces_no_newline", "import sys\nsys.stdout.write('1 2 3   \\n4  ')",
+     {"inputs": [""], "outputs": ["1 2 3\n4\n"]}),
+    ("float_tolerance", "print(1 / 3)", {"inputs": [""], "outputs": ["0.333333333"]}),
+    ("input_until_eof", """
+total = 0
+while True:
+    try:
+        total += int(input())
+    except EOFError:
+        break
+print(total)""", {"inputs": ["1\n2\n3\n"], "outputs": ["6"]}),
+    ("fork_and_wait", """
+import os
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print("done")""", {"inputs": [""], "outputs": ["done"]}),
+    ("utf8_output", "print(input() + ' é ✓')", {"inputs": ["ok"], "outputs": ["ok é ✓"]}),
+    ("numpy_available", "import numpy as np\nprint(int(np.arange(int(input())).sum()))",
+     {"inputs": ["10"], "outputs": ["45"]}),
+    ("leetcode_class_solution_typing", """
+class Solution:
+    def twoSum(self, nums: List[int], target: int) -> List[int]:
+        seen = {}
+        for i, x in enumerate(nums):
+            if target - x in seen:
+                return [seen[target - x], i]
+            seen[x] = i""", {"inputs": ["[2, 7, 11, 15]\n9"], "outputs": ["[0, 1]"], "fn_name": "twoSum"}),
+    ("functional_tuple_for_list_and_spaces_in_args", "def split(s: str):\n    return tuple(s.split(' '))",
+     {"inputs": ['"a b c"'], "outputs": ['["a", "b", "c"]'], "fn_name": "split"}),
+    ("functional_big_int_result", "def big(n):\n    return 10 ** n",
+     {"inputs": ["6000"], "outputs": ["1" + "0" * 6000], "fn_name": "big"}),
+    ("functional_prints_are_ignored", "def f(x):\n    print('debug', x)\n    return x * 2",
+     {"inputs": ["21"], "outputs": ["42"], "fn_name": "f"}),
+    ("functional_collections_without_import", """
+class Solution:
+    def count(self, s):
+        return Counter(s).most_common(1)[0][1]""", {"inputs": ['"abca"'], "outputs": ["2"], "fn_name": "count"}),
+    ("assert_with_helper_from_prompt", """
+import math
+def poly(xs, x):
+    return sum(c * math.pow(x, i) for i, c in enumerate(xs))
+def find_zero(xs):
+    lo, hi = -1e3, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if poly(xs, lo) * poly(xs, mid) <= 0:
+            hi = mid
+        else:
+            lo = mid
+    return lo""", {"testtype": "assert", "fn_name": "find_zero", "assert_code": textwrap.dedent("""
+        def check(candidate):
+            import math
+            for coeffs in ([1, 2], [-6, 11, -6, 1], [3, -4]):
+                x = candidate(list(coeffs))
+                assert math.fabs(poly(coeffs, x)) < 1e-4
+        """)}),
+    ("assert_tuple_result", "def pair(a, b):\n    return (b, a)",
+     {"testtype": "assert", "fn_name": "pair",
+      "assert_code": "def check(candidate):\n    assert candidate(1, 2) == (2, 1)\n    assert candidate('x', []) == ([], 'x')\n"}),
+]
+
+
+def test_enough_correct_programs():
+    assert len(CORRECT) >= 15
+
+
+@pytest.fixture(scope="module")
+def correct_results(pool):
+    return evaluate_many([py(code) for _, code, _ in CORRECT], [spec for _, _, spec in CORRECT], sandbox=pool)
+
+
+@pytest.mark.parametrize("i", range(len(CORRECT)), ids=[c[0] for c in CORRECT])
+def test_correct_programs_pass(correct_results, i):
+    r = correct_results[i]
+    assert r.reward == 1.0, (r.tests[0].verdict, r.tests[0].message, r.tests[0].stdout[:200], r.feedback)
+
+
+def test_assert_mutation_fails_with_feedback(pool):
+    spec = {"testtype": "assert", "fn_name": "add",
+            "assert_code": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n"}
+    r = evaluate(py("def add(a, b):\n    return None"), spec, sandbox=pool)
+    assert r.tests[0].verdict == "wrong_answer" and r.reward == 0.0
+    assert "assert candidate(1, 2) == 3" in r.feedback and "add(1, 2) returned None" in r.feedback
+    r = evaluate(py("def add(a, b):\n    raise KeyError('boom')"), spec, sandbox=pool)
+    assert r.tests[0].verdict == "runtime_error" and "KeyError: 'boom'" in r.feedback
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_check_prints_code_result_json(tmp_path, pool, monkeypatch):
+    from typer.testing import CliRunner
+
+    import sdpo.envs.sandbox as sb
+    from sdpo.cli import app
+
+    monkeypatch.setattr(sb, "_default", pool)
+    tests = tmp_path / "T.json"
+    tests.write_text(json.dumps({"inputs": ["2", "3"], "outputs": ["4", "10"]}))
+    resp = tmp_path / "R.md"
+    resp.write_text(py("n = int(input())\nprint(n * n)"))
+    runner = CliRunner()
+    out = runner.invoke(app, ["check", "--tests", str(tests), "--response", str(resp), "--dense"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["reward"] == 0.5 and data["passed"] == 1 and data["total"] == 2
+    assert [t["verdict"] for t in data["tests"]] == ["passed", "wrong_answer"]
+    out = runner.invoke(app, ["check", "--tests", str(tests), "--response", str(resp)])
+    assert json.loads(out.stdout)["reward"] == 0.0
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"inputs": ["1"]}')
+    out = runner.invoke(app, ["check", "--tests", str(bad), "--response", str(resp)])
+    assert out.exit_code == 2 and "outputs" in out.output

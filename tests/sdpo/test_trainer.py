@@ -1,0 +1,301 @@
+"""Trainer and policy update: config validation, exact gradient accumulation, evidence that SDPO distils
+context into weights, that GRPO learns a verifiable task, and exact resume (teacher state included)."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from sdpo.config import ConfigError, SelfDistillationConfig
+from sdpo.models import chat_ids, load_model_and_tokenizer
+from sdpo.reprompt import build_teacher_messages
+from sdpo.rollout.base import Rollout, SamplingParams
+from sdpo.rollout.hf import HFSampler
+from sdpo.teacher import make_teacher
+from sdpo.trainer import TrainConfig, load_config, make_optimizer, train
+from sdpo.update import ScoredBatch, UpdateConfig, policy_update
+
+P = [{"role": "user", "content": "Print hello."}]
+DEMO = "```python\nprint('hello')\n```"
+
+
+def _encode(tok, messages, response):
+    return chat_ids(tok, messages), tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def _mean_logp(model, tok, messages, response) -> float:
+    p, r = _encode(tok, messages, response)
+    with torch.no_grad():
+        logits = model(torch.tensor([p + r])).logits[0, len(p) - 1:-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(r)[:, None]).mean().item()
+
+
+def _rollout(tok, messages, response, prompt_index=0):
+    p, r = _encode(tok, messages, response)
+    return Rollout(prompt_ids=p, response_ids=r, text=response, logprobs=[0.0] * len(r), truncated=False,
+                   prompt_index=prompt_index)
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"^loss: got 'ppo'; allowed values are 'sdpo', 'grpo', 'hybrid'"):
+        TrainConfig(dataset="humaneval", loss="ppo")
+    with pytest.raises(ConfigError, match="^dataset: no data"):
+        TrainConfig()
+    with pytest.raises(ConfigError, match="^train_file: file not found"):
+        TrainConfig(train_file=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ConfigError, match="^model_path: no Hugging Face checkpoint"):
+        TrainConfig(dataset="humaneval", model_path=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^self_distillation\.alpha"):
+        load_config(None, ["dataset=humaneval", "self_distillation.alpha=2"])
+    with pytest.raises(ConfigError, match="^mini_batch_size"):
+        TrainConfig(dataset="humaneval", train_batch_size=1, n=2, mini_batch_size=3)
+    cfg = load_config(None, ["dataset=humaneval", "loss=hybrid", "max_steps=3", "self_distillation.alpha=1.0"])
+    assert (cfg.loss, cfg.max_steps, cfg.self_distillation.alpha) == ("hybrid", 3, 1.0)
+
+
+def test_cli_rejects_bad_config_before_loading_a_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from sdpo.cli import app
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"dataset: humaneval\nmodel_path: {tmp_path / 'nope'}\nlr: -1\n")
+    res = CliRunner().invoke(app, ["train", "--config", str(cfg)])
+    assert res.exit_code == 2
+    assert "lr: got -1" in res.output
+
+
+def test_shipped_configs_validate(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "p", "kind": "mcq", "answer": "A"}\n')
+    for f in sorted((root / "configs").glob("*.yaml")):
+        over = [] if "dataset: humaneval" in f.read_text() else [f"train_file={data}", f"test_file={data}"]
+        cfg = load_config(str(f), over)
+        assert cfg.max_steps >= 1, f.name
+    rich = load_config(str(root / "configs/sdpo_rich_feedback.yaml"), [f"train_file={data}", f"test_file={data}"])
+    sd = rich.self_distillation
+    assert (rich.n, rich.lr, sd.distillation_topk, sd.alpha, sd.teacher_update_rate, sd.is_clip,
+            sd.max_reprompt_len) == (8, 1e-6, 20, 1.0, 0.01, 2.0, 10240)
+
+
+# ------------------------------------------------------------------------- gradient accumulation
+
+
+@pytest.mark.parametrize("loss,agg", [("sdpo", "token-mean"), ("sdpo", "seq-mean-token-mean"),
+                                      ("grpo", "token-mean"), ("hybrid", "seq-mean-token-sum")])
+def test_micro_batching_gives_the_mini_batch_gradient(tiny_model_path, loss, agg):
+    """Accumulated micro-batch gradients equal the full-batch gradient (SGD makes the update linear in it)."""
+    model, tok = load_model_and_tokenizer(tiny_model_path)
+    model = model.double()
+    responses = ["```python\nprint(1)\n```", "x = 1", "print('a b c d e f')", "no", "```python\nprint(2)\n```",
+                 "while True: pass"]
+    rewards = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    feedback = [None, "Wrong answer", None, "Runtime error", None, None]
+    group_ids = [0, 0, 0, 1, 1, 1]
+    prompts = [P, P, P, [{"role": "user", "content": "Print 2."}]] * 1 + [[{"role": "user", "content": "Print 2."}]] * 2
+    rollouts = [_rollout(tok, prompts[i], responses[i], group_ids[i]) for i in range(6)]
+    batch = ScoredBatch(prompts, rollouts, rewards, feedback, group_ids)
+    sd = SelfDistillationConfig(distillation_topk=10, alpha=0.5, is_clip=None, loss_agg_mode=agg,
+                                teacher_regularization="live")
+    deltas = []
+    for micro in (6, 4, 1):
+        m = copy.deepcopy(model)
+        cfg = UpdateConfig(loss=loss, self_distillation=sd, micro_batch_size=micro, max_grad_norm=1e9,
+                           rollout_correction_threshold=None)
+        before = [p.detach().clone() for p in m.parameters()]
+        opt = torch.optim.SGD(m.parameters(), lr=1.0)
+        policy_update(m, opt, make_teacher(sd, m), tok, batch, cfg)
+        deltas.append(torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), before)]))
+    scale = float(deltas[0].abs().max())
+    assert scale > 0
+    for d in deltas[1:]:
+        # float64 model; the log-prob kernels work in float32 per chunk, hence 1e-6 of the update's scale
+        torch.testing.assert_close(d, deltas[0], rtol=1e-5, atol=1e-6 * scale)
+
+
+# ------------------------------------------------------------------------------ it learns
+
+
+@pytest.fixture(scope="module")
+def copy_model(tiny_model_path):
+    """The tiny model, briefly taught the two contexts SDPO relies on: with the demonstration in the
+    reprompt context it answers with the demonstration; without it, with something else."""
+    model, tok = load_model_and_tokenizer(tiny_model_path)
+    torch.manual_seed(0)
+    sd = SelfDistillationConfig()
+    demo_ctx = build_teacher_messages([P, P], [DEMO, DEMO], [1.0, 1.0], [0, 0], [None, None], sd)[0].messages
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = 0.0
+        for msgs, resp in ((demo_ctx, DEMO), (P, "I do not know.")):
+            p, r = _encode(tok, msgs, resp)
+            logits = model(torch.tensor([p + r])).logits[0, len(p) - 1:-1]
+            loss = loss + torch.nn.functional.cross_entropy(logits, torch.tensor(r))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert _mean_logp(model, tok, demo_ctx, DEMO) > -0.2  # the teacher context knows the answer
+    assert _mean_logp(model, tok, P, DEMO) < -3.0  # the student does not
+    return model, tok
+
+
+def _distil_steps(model, tok, loss, steps=5):
+    sd = SelfDistillationConfig(distillation_topk=20, alpha=1.0, is_clip=None, teacher_update_rate=0.05)
+    cfg = UpdateConfig(loss=loss, lr=1e-3, self_distillation=sd, micro_batch_size=8,
+                       rollout_correction_threshold=None)
+    teacher = make_teacher(sd, model)
+    opt, _ = make_optimizer(model, cfg)
+    sampler = HFSampler(model, tok)
+    for step in range(steps):
+        samples = sampler.generate([P], 6, SamplingParams(max_new_tokens=16, seed=step))
+        rollouts = [_rollout(tok, P, DEMO), _rollout(tok, P, DEMO)] + samples
+        # every attempt passes (an easy question): GRPO's group advantages are all zero
+        batch = ScoredBatch([P] * 8, rollouts, [1.0] * 8, [None] * 8, [0] * 8)
+        policy_update(model, opt, teacher, tok, batch, cfg)
+        teacher.update(model)
+
+
+def test_sdpo_distils_the_demonstration_into_the_weights_where_grpo_has_no_signal(copy_model):
+    base, tok = copy_model
+    before = _mean_logp(base, tok, P, DEMO)
+    sdpo_model = copy.deepcopy(base)
+    _distil_steps(sdpo_model, tok, "sdpo")
+    grpo_model = copy.deepcopy(base)
+    _distil_steps(grpo_model, tok, "grpo")
+    sdpo_gain = _mean_logp(sdpo_model, tok, P, DEMO) - before
+    grpo_gain = _mean_logp(grpo_model, tok, P, DEMO) - before
+    # measured: about +3.1 nats/token for SDPO after 5 steps; GRPO exactly 0 (zero advantages)
+    assert sdpo_gain > 1.5, sdpo_gain
+    assert abs(grpo_gain) < 1e-6, grpo_gain
+
+
+def test_grpo_raises_reward_on_an_easy_verifiable_task(tiny_model_path):
+    """Reward 1 when the first response token has an even id (about half the vocabulary)."""
+    model, tok = load_model_and_tokenizer(tiny_model_path)
+    cfg = UpdateConfig(loss="grpo", lr=1e-2, micro_batch_size=16, rollout_correction_threshold=None)
+    opt, _ = make_optimizer(model, cfg)
+    sampler = HFSampler(model, tok)
+
+    def reward(r):
+        return 1.0 if r.response_ids[0] % 2 == 0 else 0.0
+
+    def mean_reward(seed):
+        rs = sampler.generate([P, P], 32, SamplingParams(max_new_tokens=1, seed=seed))
+        return sum(map(reward, rs)) / len(rs)
+
+    start = mean_reward(1000)
+    for step in range(10):
+        rs = sampler.generate([P, P], 8, SamplingParams(max_new_tokens=1, seed=step))
+        batch = ScoredBatch([P] * 16, rs, [reward(r) for r in rs], [None] * 16, [r.prompt_index for r in rs])
+        policy_update(model, opt, None, tok, batch, cfg)
+    end = mean_reward(1000)
+    assert end > start + 0.25, (start, end)
+
+
+# --------------------------------------------------------------------------- runs and resume
+
+TASKS = [
+    {"prompt": "Read an integer n and print n*2.", "kind": "code",
+     "tests": json.dumps({"inputs": ["2\n", "5\n"], "outputs": ["4\n", "10\n"], "testtype": "stdin"})},
+    {"prompt": "Read a line and print it reversed.", "kind": "code",
+     "tests": json.dumps({"inputs": ["abc\n"], "outputs": ["cba\n"], "testtype": "stdin"})},
+    {"prompt": "Which letter comes first?\nA: a\nB: b", "kind": "mcq", "answer": "A"},
+]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    f = tmp_path / "train.jsonl"
+    f.write_text("".join(json.dumps(t) + "\n" for t in TASKS))
+    return f
+
+
+def _cfg(tiny_model_path, dataset, out, **kw):
+    base = dict(model_path=str(tiny_model_path), train_file=str(dataset), test_file=str(dataset),
+                out_dir=str(out), train_batch_size=2, n=2, max_new_tokens=12, micro_batch_size=2, val_k=1,
+                lr=1e-3, progress=False, seed=3,
+                self_distillation=SelfDistillationConfig(distillation_topk=10, teacher_update_rate=0.2))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _metrics(path):
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_resume_reproduces_the_uninterrupted_run(tiny_model_path, dataset, tmp_path, adapter):
+    full = train(_cfg(tiny_model_path, dataset, tmp_path / "a", adapter=adapter, max_steps=4, save_every=2))
+    assert full.steps == 4
+    ckpt = tmp_path / "a" / "checkpoints" / "step_2"
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 2 and state["position"] == 4 and state["teacher"] is not None
+    assert (ckpt / ("adapter" if adapter == "lora" else "model")).is_dir()
+    # interrupted after step 2, resumed in a new run directory
+    resumed = train(_cfg(tiny_model_path, dataset, tmp_path / "b", adapter=adapter, max_steps=4, save_every=2,
+                         resume_from=str(ckpt)))
+    assert resumed.steps == 4
+    a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
+    assert sorted(b) == [3, 4]
+    for step in (3, 4):
+        assert a[step].keys() == b[step].keys()
+        for k in a[step]:
+            assert a[step][k] == pytest.approx(b[step][k], rel=1e-5, abs=1e-7), (step, k)
+    # the teacher checkpointed at step 4 is identical in both runs (EMA state survived the resume)
+    ta = torch.load(tmp_path / "a/checkpoints/step_4/trainer_state.pt", weights_only=False)["teacher"]
+    tb = torch.load(tmp_path / "b/checkpoints/step_4/trainer_state.pt", weights_only=False)["teacher"]
+    flat_a = {k: v for k, v in _flatten(ta)}
+    flat_b = {k: v for k, v in _flatten(tb)}
+    assert flat_a.keys() == flat_b.keys() and flat_a
+    for k in flat_a:
+        torch.testing.assert_close(flat_a[k], flat_b[k], rtol=1e-5, atol=1e-7)
+
+
+def _flatten(obj, prefix=""):
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flatten(v, f"{prefix}.{k}")
+
+
+@pytest.mark.slow
+def test_checkpoints_reload_into_a_fresh_model(tiny_model_path, dataset, tmp_path):
+    from peft import PeftModel
+
+    from sdpo.trainer import build_policy
+
+    ids = torch.tensor([chat_ids(load_model_and_tokenizer(tiny_model_path)[1], P)])
+    for adapter in ("lora", "full"):
+        cfg = _cfg(tiny_model_path, dataset, tmp_path / adapter, adapter=adapter, max_steps=1, lr=1e-2)
+        calls = []
+        from sdpo.callbacks import Callbacks
+
+        res = train(cfg, Callbacks(on_checkpoint=lambda *a: calls.append(a)))
+        ckpt = tmp_path / adapter / "checkpoints" / "step_1"
+        assert calls == [(1, str(ckpt), adapter)] and res.checkpoints == [str(ckpt)]
+        # the trained weights, rebuilt from scratch + checkpoint, give the same logits as the trainer's resume path
+        model, _, _ = build_policy(cfg)
+        from sdpo.trainer import load_checkpoint
+
+        opt, sched = make_optimizer(model, cfg)
+        load_checkpoint(ckpt, model, opt, sched, None)
+        with torch.no_grad():
+            trained = model(ids).logits
+            base = load_model_and_tokenizer(tiny_model_path)[0](ids).logits
+        assert not torch.allclose(trained, base)
+        if adapter == "lora":
+            reloaded = PeftModel.from_pretrained(load_model_and_tokenizer(tiny_model_path)[0], str(ckpt / "adapter"))
+        else:
+            reloaded = load_model_and_tokenizer(ckpt / "model")[0]
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded(ids).logits, trained, rtol=1e-5, atol=1e-5)

@@ -180,5 +180,95 @@ def sandbox_serve_cmd(
         fail(str(e))
 
 
+@app.command("solve")
+def solve_cmd(
+    problem: str = typer.Option(None, "--problem", help="Problem JSON file (title, statement, tests, ...)."),
+    lcb: str = typer.Option(None, "--lcb", help="LiveCodeBench JSONL file to take the problem from."),
+    question_id: str = typer.Option(None, "--question-id", help="With --lcb: the row's question_id."),
+    strategy: str = typer.Option("sdpo", "--strategy", help="sdpo | best_of_k | multiturn."),
+    budget: int = typer.Option(64, "--budget", help="Attempts in all."),
+    model: str = typer.Option(None, "--model", help="Local HF checkpoint (default: SDPO_MODEL / toy / tiny)."),
+    set_: list[str] = typer.Option([], "--set", help="SolveConfig override: key=value (dotted keys nest)."),
+    out: str = typer.Option("runs/solve", "--out", help="Directory for result.json, attempts.jsonl, weights."),
+) -> None:
+    """Test-time solve of one problem (issue 5): SDPO on the problem, or the best-of-k / multi-turn baselines."""
+    import json
+    from pathlib import Path
+
+    from sdpo.config import ConfigError
+    from sdpo.trainer import apply_overrides
+
+    # 1. Problem and settings, all validated before the model is loaded.
+    if (problem is None) == (lcb is None):
+        fail("give exactly one of --problem FILE or --lcb FILE --question-id ID")
+    try:
+        if problem is not None:
+            from sdpo.data.problem import load_problem
+
+            if not Path(problem).is_file():
+                fail(f"--problem: no such file: {problem}")
+            prob = load_problem(problem)
+        else:
+            from sdpo.data.lcb import find_problem
+
+            if not question_id:
+                fail("--question-id: required with --lcb")
+            if not Path(lcb).is_file():
+                fail(f"--lcb: no such file: {lcb}")
+            try:
+                prob = find_problem([lcb], question_id)
+            except KeyError as e:
+                fail(f"--question-id: {e.args[0]}")
+    except ValueError as e:  # Problem.parse / LcbError: the message starts with the field
+        fail(f"problem: {e}")
+    if model is not None and not (Path(model) / "config.json").is_file():
+        fail(f"--model: no Hugging Face checkpoint (config.json) at {model}")
+    try:
+        from sdpo.ttt import SolveConfig
+
+        cfg = SolveConfig.from_dict(apply_overrides({"strategy": strategy, "budget": budget}, list(set_)))
+    except ConfigError as e:
+        fail(str(e))
+
+    # 2. Run, writing attempts.jsonl as rounds finish, with a progress bar over the budget.
+    from tqdm import tqdm
+
+    from sdpo.callbacks import Callbacks
+    from sdpo.ttt import solve_from_config
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    attempts_file = (out_dir / "attempts.jsonl").open("w", encoding="utf-8")
+    bar = tqdm(total=cfg.budget, desc=f"solve ({cfg.strategy})", unit="attempt", dynamic_ncols=True)
+
+    def on_attempts(attempts) -> None:
+        for a in attempts:
+            attempts_file.write(json.dumps({
+                "round": a.round, "index": a.index, "reward": a.reward, "passed": a.passed, "total": a.total,
+                "hidden_passed": a.hidden_passed, "hidden_total": a.hidden_total, "feedback": a.feedback,
+                "code": a.code}) + "\n")
+        attempts_file.flush()
+        bar.update(len(attempts))
+        bar.set_postfix(best=f"{max(a.reward for a in attempts):.2f}")
+
+    try:
+        result = solve_from_config(prob, cfg, Callbacks(on_attempts=on_attempts), model_path=model, out_dir=out_dir)
+    finally:
+        bar.close()
+        attempts_file.close()
+
+    # 3. result.json and the solution.
+    (out_dir / "result.json").write_text(json.dumps({
+        "strategy": result.strategy, "budget": result.budget, "attempts_used": result.attempts_used,
+        "discovered_at": result.discovered_at, "solution": result.solution, "rounds": result.rounds,
+    }, indent=1) + "\n", encoding="utf-8")
+    if result.discovered_at is not None:
+        typer.echo(f"solved at attempt {result.discovered_at} of {result.budget}:\n")
+        typer.echo(f"```python\n{(result.solution or '').rstrip()}\n```")
+    else:
+        typer.echo(f"no solution found in {result.attempts_used} attempts")
+    typer.echo(f"results in {out_dir}/result.json, attempts in {out_dir}/attempts.jsonl")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()

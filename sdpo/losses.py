@@ -51,7 +51,7 @@ __all__ = [
 #: Bytes of one [rows, V] float32 chunk for the logits path (rows = CHUNK_BYTES // (4 V), at least 1).
 CHUNK_BYTES = 8 * 2**20
 #: Default number of positions per chunk for the from-hidden paths (matmul efficiency vs. memory).
-HIDDEN_CHUNK_ROWS = 256
+HIDDEN_CHUNK_ROWS = 128
 #: Upper clamp of the top-k log-mass before forming the tail bucket (reference value).
 TAIL_LOG_MASS_MAX = -1e-7
 #: Clamp of the log importance ratio (reference value).

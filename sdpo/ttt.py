@@ -196,6 +196,7 @@ class _Scored:
     feedback: str | None
     hidden_passed: int | None = None
     hidden_total: int | None = None
+    has_hidden: bool = False
 
     @property
     def public_pass(self) -> bool:
@@ -203,7 +204,11 @@ class _Scored:
 
     @property
     def discovered(self) -> bool:
-        return self.public_pass and (self.hidden_total is None or self.hidden_passed == self.hidden_total)
+        if not self.public_pass:
+            return False
+        if not self.has_hidden:
+            return True
+        return self.hidden_total is not None and self.hidden_passed == self.hidden_total
 
 
 def score_attempts(task, rollouts: list[Rollout]) -> list[_Scored]:
@@ -215,7 +220,8 @@ def score_attempts(task, rollouts: list[Rollout]) -> list[_Scored]:
 
     scores = score_many([task] * len(rollouts), [r.text for r in rollouts], [r.truncated for r in rollouts],
                         sparse=True)
-    out = [_Scored(r, extract_code(r.text), s.reward, s.passed, s.total, s.feedback)
+    has_hidden = task.hidden_tests is not None
+    out = [_Scored(r, extract_code(r.text), s.reward, s.passed, s.total, s.feedback, has_hidden=has_hidden)
            for r, s in zip(rollouts, scores, strict=True)]
     if task.hidden_tests is None:
         return out

@@ -40,7 +40,7 @@ import time
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT = 1, 2, 4, 32
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 4096, 8192, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 
@@ -211,6 +211,11 @@ def setup_namespaces(cfg: dict) -> list[str]:
     for shared in ("/var/tmp", "/dev/shm"):
         if os.path.isdir(shared) and not os.path.islink(shared):
             _mount("tmpfs", shared, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    try:  # other users' processes (their command lines, environments) become invisible
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
+        enforced.append("/proc with hidepid=2")
+    except OSError as e:
+        enforced.append(f"host /proc visible ({e.strerror})")
     keep = [os.path.realpath(p) for p in cfg["keep"] if os.path.isdir(p)]
     hidden = []
     # Everything at the top level that is not the operating system is covered (the data of this machine:
@@ -522,6 +527,16 @@ def _check_line(exc: BaseException, source: str) -> str | None:
     return None
 
 
+def codec_source() -> str:
+    """The few helpers the fresh solution interpreter of an ``assert`` test needs, as source text."""
+    import inspect
+
+    parts = [encode_value, Opaque, _float, decode_value, write_line, _describe, error_info, _std_streams,
+             _thread_stack]
+    head = "import builtins, json, os, sys, traceback\n\n"
+    return head + "\n\n".join(inspect.getsource(f) for f in parts)
+
+
 class CandidateError(Exception):
     """The solution raised (or died) while the trusted check called it."""
 
@@ -607,8 +622,7 @@ class Executor:
         self.enforced: list[str] = []
         self.uid = self.checker_uid = None
         self.runs = 0
-        with open(__file__, encoding="utf-8") as f:
-            self.source = f.read()
+        self.source = codec_source()  # read now: the file is hidden once the namespaces are set up
         if self.strong:
             if os.geteuid() != 0:
                 raise RuntimeError("strong isolation needs root (to switch to per-slot uids and create "

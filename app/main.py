@@ -18,6 +18,7 @@ import gradio as gr
 from app.auth import make_auth
 from app.context import AppContext, EngineHooks
 from app.views import compare, history, solve, system, train
+from app.views.common import job_id_of
 from backend.errors import NotFound
 from backend.services import jobs as J
 from backend.settings import Settings
@@ -27,6 +28,13 @@ CSS = """
               padding: 8px 12px; margin-top: 6px; white-space: pre-wrap; }
 .sdpo-ok { color: #05603a; background: #ecfdf3; border: 1px solid #6ce9a6; border-radius: 6px;
            padding: 8px 12px; margin-top: 6px; }
+.sdpo-badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600; font-size: 0.9em; }
+.sdpo-queued { background: #eef4ff; color: #3538cd; }
+.sdpo-running { background: #fffaeb; color: #b54708; }
+.sdpo-succeeded { background: #ecfdf3; color: #05603a; }
+.sdpo-failed { background: #fef3f2; color: #b42318; }
+.sdpo-cancelled { background: #f2f4f7; color: #344054; }
+.sdpo-dot-ok { color: #12b76a; } .sdpo-dot-bad { color: #f04438; } .sdpo-dot-warn { color: #f79009; }
 """
 TITLE = "SDPO Studio"
 
@@ -65,6 +73,7 @@ def build_app(settings: Settings, hooks: EngineHooks, *, ctx: AppContext | None 
         compare_tab.select(compare_refresh.fn, None, compare_refresh.outputs, api_visibility="private")
 
         def on_open(jid):
+            jid = job_id_of(jid)
             if jid is None:
                 return gr.skip(), gr.skip(), gr.skip()
             kind = history.job_kind(ctx, int(jid))
@@ -75,9 +84,9 @@ def build_app(settings: Settings, hooks: EngineHooks, *, ctx: AppContext | None 
             gr.Warning(f"job {int(jid)} not found")
             return gr.skip(), gr.skip(), gr.skip()
 
-        h.open_btn.click(on_open, h.selected, [tabs, s.job_id, t.job_id], api_visibility="private").then(
-            s.open_fn, [s.job_id], s.open_outputs, api_visibility="private").then(
-            t.open_fn, [t.job_id], t.open_outputs, api_visibility="private")
+        opened = h.open_btn.click(on_open, h.selected, [tabs, s.job_id, t.job_id], api_visibility="private")
+        s.refresh(opened.then(s.open_fn, [s.job_id], s.open_outputs, api_visibility="private"))
+        t.refresh(opened.then(t.open_fn, [t.job_id], t.open_outputs, api_visibility="private"))
 
         gr.api(_typed_job_status_fn(ctx), api_name="job_status",
                api_description="Status and details of a job by id.")

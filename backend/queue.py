@@ -24,13 +24,16 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_url.startswith("filesystem://"):
         queue_dir = settings.broker_dir / "queue"
         processed = settings.broker_dir / "processed"
-        for d in (queue_dir, processed):
+        control = settings.broker_dir / "control"
+        for d in (queue_dir, processed, control):
             Path(d).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(queue_dir),
             "data_folder_out": str(queue_dir),
             "processed_folder": str(processed),
+            "control_folder": str(control),  # broadcast (inspect/revoke); default would be ./control
             "store_processed": False,
+            "polling_interval": 0.5,
         }
     if settings.broker_url.startswith(("redis://", "rediss://")):
         return {

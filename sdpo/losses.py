@@ -1,4 +1,4 @@
-"""SDPO and GRPO losses (arXiv 2601.20802, Sec. 3 and App. on implementation), as pure tensor functions.
+"""SDPO and GRPO losses (arXiv 2601.20802, Sec. 2-3; reference lasgroup/SDPO), as pure tensor functions.
 
 Shapes: B sequences, T response positions, V vocabulary entries, H hidden size. Logits are already aligned to
 response positions: position ``t`` predicts ``response_ids[:, t]``.
@@ -8,7 +8,9 @@ processed in chunks of rows; per chunk the student/teacher log-softmax, the top-
 per-position divergence and *its gradient* with respect to the student logits are computed at once
 (the loss is a fixed linear aggregation of per-token terms whose weights are known before the forward
 pass, so the gradient can be formed eagerly, like fused linear-cross-entropy kernels). The only
-[B, T, V] tensor this module allocates is the gradient of the student logits, which autograd needs anyway.
+[B, T, V] tensor this module allocates is the gradient of the student logits, which autograd needs anyway
+(the student's softmax is written straight into it). Consequence: ``backward`` may run once per loss
+(``retain_graph`` reuse raises a clear error).
 The from-hidden variant goes further and never holds [B, T, V] at all: logits are formed per chunk from
 ``hidden @ lm_head_weight.T`` and their gradient is pushed straight into the hidden states and the weight.
 
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 #: Bytes of one [rows, V] float32 chunk for the logits path (rows = CHUNK_BYTES // (4 V), at least 1).
-CHUNK_BYTES = 8 * 2**20
+CHUNK_BYTES = 32 * 2**20
 #: Default number of positions per chunk for the from-hidden paths (matmul efficiency vs. memory).
 HIDDEN_CHUNK_ROWS = 128
 #: Upper clamp of the top-k log-mass before forming the tail bucket (reference value).
@@ -266,8 +268,9 @@ class _SdpoFromLogits(torch.autograd.Function):
             if grad is not None:
                 buf = grad[b, t0:t1] if grad.dtype == cd else torch.empty((t1 - t0, V), dtype=cd,
                                                                           device=student.device)
-            part, st = _sdpo_chunk(student[b, t0:t1], lambda b=b, t0=t0, t1=t1: teacher[b, t0:t1], ids[b, t0:t1], weight[b, t0:t1],
-                                   _opt_rows(old, b, t0, t1), _opt_rows(rollout_w, b, t0, t1), plan, buf)
+            part, st = _sdpo_chunk(student[b, t0:t1], lambda b=b, t0=t0, t1=t1: teacher[b, t0:t1],
+                                   ids[b, t0:t1], weight[b, t0:t1], _opt_rows(old, b, t0, t1),
+                                   _opt_rows(rollout_w, b, t0, t1), plan, buf)
             if grad is not None and buf.data_ptr() != grad[b, t0:t1].data_ptr():
                 grad[b, t0:t1].copy_(buf)
             total += part
@@ -314,8 +317,9 @@ class _SdpoFromHidden(torch.autograd.Function):
             ht = t_hidden[b, t0:t1].to(weight_mat.dtype)
             buf = torch.empty((t1 - t0, V), dtype=cd, device=dev) if plan.need_grad else None
             # logits are passed as temporaries so that the kernel can free them early
-            part, st = _sdpo_chunk(h @ weight_mat.T, lambda ht=ht: ht @ weight_mat.T, ids[b, t0:t1], agg_w[b, t0:t1],
-                                   _opt_rows(old, b, t0, t1), _opt_rows(rollout_w, b, t0, t1), plan, buf)
+            part, st = _sdpo_chunk(h @ weight_mat.T, lambda ht=ht: ht @ weight_mat.T, ids[b, t0:t1],
+                                   agg_w[b, t0:t1], _opt_rows(old, b, t0, t1), _opt_rows(rollout_w, b, t0, t1),
+                                   plan, buf)
             total += part
             stats[:, b, t0:t1] = st
             if buf is not None:
@@ -512,36 +516,28 @@ class _TokenLogprobs(torch.autograd.Function):
         B, T, V = logits.shape
         cd = _compute_dtype(logits.dtype)
         out = torch.empty((B, T), dtype=cd, device=logits.device)
-        lse = torch.empty((B, T), dtype=cd, device=logits.device)
         for b in range(B):
             for t0 in range(0, T, rows):
                 t1 = min(T, t0 + rows)
-                x = logits[b, t0:t1].to(cd)
-                if temperature != 1.0:
-                    x = x / temperature
-                lse[b, t0:t1] = torch.logsumexp(x, dim=-1)
-                out[b, t0:t1] = x.gather(1, ids[b, t0:t1, None]).squeeze(1) - lse[b, t0:t1]
-        ctx.save_for_backward(logits, ids, lse)
+                x = _scaled_logits(logits[b, t0:t1], cd, temperature)
+                out[b, t0:t1] = torch.log_softmax(x, dim=-1).gather(1, ids[b, t0:t1, None]).squeeze(1)
+        ctx.save_for_backward(logits, ids)
         ctx.temperature, ctx.rows = temperature, rows
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        logits, ids, lse = ctx.saved_tensors
+        logits, ids = ctx.saved_tensors
         temp, rows = ctx.temperature, ctx.rows
         B, T, V = logits.shape
-        cd = lse.dtype
-        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        cd = _compute_dtype(logits.dtype)
+        grad = torch.empty((B, T, V), dtype=logits.dtype, device=logits.device)
         for b in range(B):
             for t0 in range(0, T, rows):
                 t1 = min(T, t0 + rows)
-                x = logits[b, t0:t1].to(cd)
-                if temp != 1.0:
-                    x = x / temp
-                g = grad_out[b, t0:t1].to(cd) / temp
-                p = torch.exp(x - lse[b, t0:t1, None]).mul_(-g[:, None])
-                p.scatter_add_(1, ids[b, t0:t1, None], g[:, None])
-                grad[b, t0:t1] = p
+                g = grad_out[b, t0:t1, None].to(cd) / temp
+                p = torch.softmax(_scaled_logits(logits[b, t0:t1], cd, temp), dim=-1)
+                grad[b, t0:t1] = p.mul_(-g).scatter_add_(1, ids[b, t0:t1, None], g)
         return grad, None, None, None
 
 
@@ -553,43 +549,40 @@ class _TokenLogprobsFromHidden(torch.autograd.Function):
         B, T, _ = hidden.shape
         cd = _compute_dtype(hidden.dtype)
         out = torch.empty((B, T), dtype=cd, device=hidden.device)
-        lse = torch.empty((B, T), dtype=cd, device=hidden.device)
         for b in range(B):
             for t0 in range(0, T, rows):
                 t1 = min(T, t0 + rows)
-                x = (hidden[b, t0:t1] @ weight_mat.T).to(cd)
-                if temperature != 1.0:
-                    x = x / temperature
-                lse[b, t0:t1] = torch.logsumexp(x, dim=-1)
-                out[b, t0:t1] = x.gather(1, ids[b, t0:t1, None]).squeeze(1) - lse[b, t0:t1]
-        ctx.save_for_backward(hidden, weight_mat, ids, lse)
+                x = _scaled_logits(hidden[b, t0:t1] @ weight_mat.T, cd, temperature)
+                out[b, t0:t1] = torch.log_softmax(x, dim=-1).gather(1, ids[b, t0:t1, None]).squeeze(1)
+        ctx.save_for_backward(hidden, weight_mat, ids)
         ctx.temperature, ctx.rows = temperature, rows
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight_mat, ids, lse = ctx.saved_tensors
+        hidden, weight_mat, ids = ctx.saved_tensors
         temp, rows = ctx.temperature, ctx.rows
         B, T, H = hidden.shape
-        cd = lse.dtype
+        cd = _compute_dtype(hidden.dtype)
         g_h = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         g_w = torch.zeros(weight_mat.shape, dtype=cd, device=hidden.device) if ctx.needs_input_grad[1] else None
         for b in range(B):
             for t0 in range(0, T, rows):
                 t1 = min(T, t0 + rows)
                 h = hidden[b, t0:t1]
-                x = (h @ weight_mat.T).to(cd)
-                if temp != 1.0:
-                    x = x / temp
-                g = grad_out[b, t0:t1].to(cd) / temp
-                p = x.sub_(lse[b, t0:t1, None]).exp_()
-                p.mul_(-g[:, None]).scatter_add_(1, ids[b, t0:t1, None], g[:, None])
-                g_logits = p.to(weight_mat.dtype)
+                g = grad_out[b, t0:t1, None].to(cd) / temp
+                p = torch.softmax(_scaled_logits(h @ weight_mat.T, cd, temp), dim=-1)
+                p.mul_(-g).scatter_add_(1, ids[b, t0:t1, None], g)
                 if g_h is not None:
-                    g_h[b, t0:t1] = g_logits @ weight_mat
+                    g_h[b, t0:t1] = p.to(weight_mat.dtype) @ weight_mat
                 if g_w is not None:
                     g_w.addmm_(p.T, h.to(cd))
         return g_h, None if g_w is None else g_w.to(weight_mat.dtype), None, None, None
+
+
+def _scaled_logits(x: Tensor, cd: torch.dtype, temperature: float) -> Tensor:
+    x = x.to(cd)
+    return x / temperature if temperature != 1.0 else x
 
 
 def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0, *,

@@ -2,6 +2,10 @@
 
 ``train(cfg, callbacks)`` is one loop that reads top to bottom in numbered steps; the update itself lives in
 ``sdpo.update.policy_update`` (shared with test-time self-distillation).
+
+Under ``torchrun --nproc_per_node=N`` the same loop is data-parallel (:mod:`sdpo.distributed`): each rank
+samples, scores and distils its own block of each step's questions; losses, gradients and metrics are reduced
+over ranks; rank 0 alone writes metrics.jsonl, config.yaml and checkpoints, and every rank resumes from them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from sdpo.callbacks import Attempt, Callbacks
 from sdpo.config import ConfigError, _choice, _number, build_dataclass
 from sdpo.data.tasks import Task
+from sdpo.distributed import SINGLE, DistContext, apply_fsdp, init_from_env, shard, shutdown
 from sdpo.rollout.base import SamplingParams
 from sdpo.update import ScoredBatch, UpdateConfig, policy_update
 
@@ -72,6 +77,8 @@ class TrainConfig(UpdateConfig):
     gpu_memory_utilization: float = 0.5
     device: str = "auto"
     dtype: str = "auto"
+    # "none" | "ddp" | "fsdp". Only matters under torchrun (WORLD_SIZE > 1), where "none" means "ddp";
+    # one process ignores it. "fsdp" (FSDP2) needs CUDA and is untested (see docs/scale-out.md).
     distributed: str = "none"
     progress: bool = True
     tensorboard: bool = False
@@ -265,21 +272,32 @@ def score_rollouts(tasks: list[Task], rollouts, n: int, *, sparse: bool):
     return score_many(per_rollout, [r.text for r in rollouts], [r.truncated for r in rollouts], sparse=sparse)
 
 
-def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int) -> dict[str, float]:
-    """val/avg@k: mean reward over k samples of each validation question (all its tests); val/pass@k."""
+def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
+             dist: DistContext = SINGLE) -> dict[str, float]:
+    """val/avg@k: mean reward over k samples of each validation question (all its tests); val/pass@k.
+
+    Data-parallel: each rank samples its block of the questions; sums are reduced over ranks."""
     tasks = tasks[: cfg.val_max_questions] if cfg.val_max_questions else tasks
     if not tasks:
         return {}
-    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.val_temperature,
-                            top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed * 7919 + step)
-    rollouts = sampler.generate([t.messages for t in tasks], cfg.val_k, params)
-    full = [t if t.hidden_tests is None else _with_tests(t, t.hidden_tests) for t in tasks]
-    scores = score_rollouts(full, rollouts, cfg.val_k, sparse=True)
-    rewards = [s.reward for s in scores]
-    solved = [max(rewards[i * cfg.val_k:(i + 1) * cfg.val_k]) for i in range(len(tasks))]
-    return {f"val/avg@{cfg.val_k}": sum(rewards) / len(rewards),
-            f"val/pass@{cfg.val_k}": sum(1.0 for s in solved if s >= 1.0) / len(tasks),
-            "val/response_length_mean": sum(len(r.response_ids) for r in rollouts) / len(rollouts)}
+    local = shard(tasks, dist)
+    sums = [0.0, 0.0, 0.0, 0.0]  # reward sum, solved questions, response tokens, questions
+    if local:
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.val_temperature,
+                                top_p=cfg.top_p, top_k=cfg.top_k,
+                                seed=cfg.seed * 7919 + step + 1_000_003 * dist.rank)
+        rollouts = sampler.generate([t.messages for t in local], cfg.val_k, params)
+        full = [t if t.hidden_tests is None else _with_tests(t, t.hidden_tests) for t in local]
+        scores = score_rollouts(full, rollouts, cfg.val_k, sparse=True)
+        rewards = [s.reward for s in scores]
+        solved = [max(rewards[i * cfg.val_k:(i + 1) * cfg.val_k]) for i in range(len(local))]
+        sums = [sum(rewards), sum(1.0 for s in solved if s >= 1.0),
+                float(sum(len(r.response_ids) for r in rollouts)), float(len(local))]
+    reward_sum, solved_sum, tokens, questions = (float(x) for x in dist.all_reduce(sums, "sum"))
+    samples = questions * cfg.val_k
+    return {f"val/avg@{cfg.val_k}": reward_sum / samples,
+            f"val/pass@{cfg.val_k}": solved_sum / questions,
+            "val/response_length_mean": tokens / samples}
 
 
 def _with_tests(task: Task, tests) -> Task:
@@ -288,10 +306,19 @@ def _with_tests(task: Task, tests) -> Task:
     return replace(task, tests=tests)
 
 
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
 def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, scheduler, teacher,
-                    stream: TaskStream, cfg: TrainConfig) -> tuple[Path, str]:
+                    stream: TaskStream, cfg: TrainConfig, rng_ranks: list[dict[str, Any]] | None = None
+                    ) -> tuple[Path, str]:
     """``out_dir/checkpoints/step_N/``: weights (adapter/ or model/), trainer_state.pt (optimizer, scheduler,
-    teacher state, RNG states, step, data position), config.yaml. Written to a temp dir, then renamed."""
+    teacher state, RNG states, step, data position), config.yaml. Written to a temp dir, then renamed.
+
+    rng_ranks: every data-parallel rank's RNG state (rank order), written by rank 0 alone (weights, optimizer
+    and teacher are identical replicas on every rank)."""
     import shutil
 
     import yaml
@@ -306,8 +333,7 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
     torch.save({
         "step": step, "position": stream.position, "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "teacher": teacher.state_dict() if teacher is not None else None,
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": _rng_state(), "rng_ranks": rng_ranks,
         "adapter": kind,
     }, tmp / "trainer_state.pt")
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -316,7 +342,9 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
     return final, kind
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, teacher) -> dict[str, Any]:
+def load_checkpoint(path: Path, model, optimizer, scheduler, teacher, rank: int = 0) -> dict[str, Any]:
+    """Restore a checkpoint into this process; ``rank`` picks its RNG state when the checkpoint holds one per
+    data-parallel rank (any other world size gets rank 0's)."""
     from sdpo.adapters import is_lora, load_adapter_weights
 
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
@@ -332,10 +360,12 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, teacher) -> dict[st
     scheduler.load_state_dict(state["scheduler"])
     if teacher is not None and state["teacher"] is not None:
         teacher.load_state_dict(state["teacher"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    if state["rng"].get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    ranks = state.get("rng_ranks") or []
+    rng = ranks[rank] if rank < len(ranks) else state["rng"]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     return state
 
 
@@ -381,6 +411,7 @@ class _Sinks:
 # ---------------------------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
+    """Run (or resume) a training run. Under torchrun every rank calls this; callbacks fire on rank 0."""
     import yaml
 
     from sdpo.envs.code import extract_code
@@ -388,73 +419,105 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     from sdpo.teacher import make_teacher
 
     callbacks = callbacks or Callbacks()
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    ctx = init_from_env(cfg.distributed, device=cfg.device)
+    if cfg.train_batch_size < ctx.world_size:
+        raise ConfigError("train_batch_size", f"got {cfg.train_batch_size}; must be >= the number of processes "
+                          f"({ctx.world_size}): each rank needs at least one question per step")
+    sampler_kind = cfg.sampler
+    if ctx.enabled:  # a colocated vLLM engine per rank is not supported: ranks generate with HF
+        if cfg.sampler == "vllm":
+            raise ConfigError("sampler", "got 'vllm' in a multi-process (torchrun) run; use 'hf' or 'auto' "
+                              "(auto picks hf there)")
+        sampler_kind = "hf"
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    ctx.barrier()
     _set_seed(cfg.seed)
 
-    # 0. Setup: data, policy (+ adapter), teacher, optimizer, sampler; resume if asked.
+    # 0. Setup: data, policy (+ adapter; identical replicas on every rank), teacher, optimizer, sampler;
+    #    resume if asked.
     train_tasks, val_tasks = load_data(cfg)
     model, tokenizer, _ = build_policy(cfg)
+    ctx.broadcast_parameters(model)
+    model = apply_fsdp(model, ctx)
+    if ctx.enabled:
+        _set_seed(cfg.seed + ctx.rank)
     teacher = make_teacher(cfg.self_distillation, model) if cfg.loss in ("sdpo", "hybrid") else None
     optimizer, scheduler = make_optimizer(model, cfg, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
                                           schedule=cfg.lr_schedule)
     stream = TaskStream(train_tasks, cfg.seed)
     start = 0
     if cfg.resume_from:
-        state = load_checkpoint(Path(cfg.resume_from), model, optimizer, scheduler, teacher)
+        state = load_checkpoint(Path(cfg.resume_from), model, optimizer, scheduler, teacher, rank=ctx.rank)
         start, stream.position = state["step"], state["position"]
-    sampler = make_sampler(cfg.sampler, model, tokenizer, batch_size=cfg.sampler_batch_size,
+    sampler = make_sampler(sampler_kind, model, tokenizer, batch_size=cfg.sampler_batch_size,
                            max_prompt_len=cfg.max_prompt_len, adapter=cfg.adapter,
                            gpu_memory_utilization=cfg.gpu_memory_utilization)
-    sinks = _Sinks(out_dir, cfg, start)
+    sinks = _Sinks(out_dir, cfg, start) if ctx.is_main else None
     result = TrainResult(out_dir=str(out_dir), steps=start)
     try:
         for step in range(start + 1, cfg.max_steps + 1):
-            if callbacks.stop_requested():
+            if ctx.all_reduce([float(callbacks.stop_requested())], "max")[0] > 0:  # every rank stops together
                 result.stopped = True
                 break
             t0 = time.perf_counter()
 
-            # 1. Sample n rollouts for each of train_batch_size questions.
-            tasks = stream.next(cfg.train_batch_size)
+            # 1. Sample n rollouts for each of this rank's questions (every rank draws the same global
+            #    train_batch_size questions and keeps its contiguous block; whole groups stay on one rank).
+            step_tasks = stream.next(cfg.train_batch_size)
+            tasks = shard(step_tasks, ctx)
             params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed * 100_003 + step)
+                                    top_p=cfg.top_p, top_k=cfg.top_k,
+                                    seed=cfg.seed * 100_003 + step + 1_000_003 * ctx.rank)
             rollouts = sampler.generate([t.messages for t in tasks], cfg.n, params)
             t_sample = time.perf_counter()
 
-            # 2. Reward + feedback from each question's environment.
+            # 2. Reward + feedback from each question's environment (on the rank that holds the rollouts).
             scores = score_rollouts(tasks, rollouts, cfg.n, sparse=not cfg.dense_reward)
             t_score = time.perf_counter()
-            callbacks.attempts([
+            attempts = [
                 Attempt(round=step, index=i, response=r.text,
                         code=extract_code(r.text) if tasks[r.prompt_index].kind == "code" else None, reward=s.reward,
                         passed=s.passed, total=s.total, feedback=s.feedback, tokens=len(r.response_ids),
                         seconds=0.0, task_id=tasks[r.prompt_index].id)
-                for i, (r, s) in enumerate(zip(rollouts, scores, strict=True))])
+                for i, (r, s) in enumerate(zip(rollouts, scores, strict=True))]
+            if ctx.enabled:
+                from dataclasses import replace
+
+                gathered = [a for part in ctx.all_gather_object(attempts) for a in part]
+                attempts = [replace(a, index=i) for i, a in enumerate(gathered)]
+            if ctx.is_main:
+                callbacks.attempts(attempts)
 
             # 3-6. Advantages, teacher contexts + teacher logits, losses, optimizer steps (sdpo.update).
             batch = ScoredBatch(prompts=[tasks[r.prompt_index].messages for r in rollouts], rollouts=rollouts,
                                 rewards=[s.reward for s in scores], feedback=[s.feedback for s in scores],
                                 group_ids=[r.prompt_index for r in rollouts])
-            update_metrics = policy_update(model, optimizer, teacher, tokenizer, batch, cfg, seed=cfg.seed + step)
+            update_metrics = policy_update(model, optimizer, teacher, tokenizer, batch, cfg, seed=cfg.seed + step,
+                                           dist=ctx)
             scheduler.step()
 
-            # 7. Teacher update, once per step (EMA; no-op for live / trust-region).
+            # 7. Teacher update, once per step (EMA; no-op for live / trust-region). Deterministic from the
+            #    replicas' identical weights, so the teachers stay identical across ranks too.
             if teacher is not None:
                 teacher.update(model)
             sampler.update_weights(model)
             t_update = time.perf_counter()
 
-            # 8. Metrics.
-            n_tokens = sum(len(r.response_ids) for r in rollouts)
+            # 8. Metrics (sums over ranks; perf/* are rank 0's wall times, tokens over all ranks).
             rewards = batch.rewards
+            thr = cfg.self_distillation.success_reward_threshold
+            n_tokens, n_correct, n_trunc, n_roll, reward_sum = (float(x) for x in ctx.all_reduce([
+                sum(len(r.response_ids) for r in rollouts), sum(1.0 for x in rewards if x >= thr),
+                sum(r.truncated for r in rollouts), len(rollouts), sum(rewards)], "sum"))
             metrics = {
-                "reward/mean": sum(rewards) / len(rewards),
-                "reward/acc": sum(1.0 for x in rewards if x >= cfg.self_distillation.success_reward_threshold)
-                / len(rewards),
-                "response/length_mean": n_tokens / len(rollouts),
-                "response/truncated_fraction": sum(r.truncated for r in rollouts) / len(rollouts),
+                "reward/mean": reward_sum / n_roll,
+                "reward/acc": n_correct / n_roll,
+                "response/length_mean": n_tokens / n_roll,
+                "response/truncated_fraction": n_trunc / n_roll,
                 **update_metrics,
                 "lr": scheduler.get_last_lr()[0],
                 "perf/sample_s": t_sample - t0, "perf/score_s": t_score - t_sample,
@@ -465,15 +528,23 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
             # 9. Validation every val_every steps (and at the end); checkpoint every save_every steps.
             last = step == cfg.max_steps
             if val_tasks and ((cfg.val_every and step % cfg.val_every == 0) or last):
-                metrics.update(validate(sampler, val_tasks, cfg, step))
-            sinks.log(step, metrics)
-            callbacks.metrics(step, metrics)
+                metrics.update(validate(sampler, val_tasks, cfg, step, ctx))
             result.steps, result.last_metrics = step, metrics
+            if ctx.is_main:
+                sinks.log(step, metrics)
+                callbacks.metrics(step, metrics)
             if (cfg.save_every and step % cfg.save_every == 0) or last:
-                path, kind = save_checkpoint(out_dir, step, model, tokenizer, optimizer, scheduler, teacher,
-                                             stream, cfg)
+                rng_ranks = ctx.all_gather_object(_rng_state()) if ctx.enabled else None
+                path = out_dir / "checkpoints" / f"step_{step}"
+                if ctx.is_main:
+                    path, kind = save_checkpoint(out_dir, step, model, tokenizer, optimizer, scheduler, teacher,
+                                                 stream, cfg, rng_ranks)
+                    callbacks.checkpoint(step, str(path), kind)
                 result.checkpoints.append(str(path))
-                callbacks.checkpoint(step, str(path), kind)
+                ctx.barrier()  # no rank moves on (or exits) before the checkpoint is on disk
     finally:
-        sinks.close()
+        if sinks is not None:
+            sinks.close()
+        if owns_group:
+            shutdown(ctx)
     return result

@@ -1,5 +1,5 @@
-"""Test-time self-distillation on one hard problem (SDPO, arXiv 2601.20802, Sec. 5 "test-time"; issue 5),
-with the two baselines it is compared against.
+"""Test-time self-distillation on one hard problem, with the two baselines it is compared against (SDPO,
+arXiv 2601.20802, the test-time discovery experiment; issue 5).
 
 ``solve(problem, model, tokenizer, sampler, cfg, callbacks)`` spends an attempt budget on one problem and
 stops at the first *discovery*: an attempt that passes every public test and then every hidden test (without
@@ -368,7 +368,7 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
                                       seed=round_seed(cfg, attempt) + step)
                     if teacher is not None:
                         teacher.update(model)
-                    extra.update({k_: v for k_, v in m.items()})
+                    extra.update(m)
                 sampler.update_weights(model)
                 if out is not None and getattr(model, "peft_config", None) is not None:
                     from sdpo.adapters import save_weights

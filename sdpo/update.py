@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
+from sdpo.distributed import SINGLE, DistContext
 from sdpo.losses import (
     aggregation_weights,
     group_advantages,
@@ -104,8 +105,8 @@ class ScoredBatch:
         return len(self.rollouts)
 
 
-def _pad(rows: list[list], value, dtype) -> torch.Tensor:
-    width = max(1, max(len(r) for r in rows))
+def _pad(rows: list[list], value, dtype, width: int | None = None) -> torch.Tensor:
+    width = width or max(1, max(len(r) for r in rows))
     out = torch.full((len(rows), width), value, dtype=dtype)
     for i, r in enumerate(rows):
         if r:
@@ -130,26 +131,55 @@ def _split_rows(n: int, size: int) -> list[torch.Tensor]:
     return [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def _acc_scale(mask_mini: torch.Tensor, rows: torch.Tensor, mode: str) -> float:
+def _agg_denominator(mask: torch.Tensor, mode: str) -> float:
+    """The batch-dependent normaliser of ``aggregation_weights(mask, mode)`` before clamping, additive over
+    data-parallel ranks: the token count (token-mean), the active-sequence count (seq-mean-token-sum,
+    seq-mean-token-mean); 0 for seq-mean-token-sum-norm, whose normaliser is the (global) padded width."""
+    if mode == "token-mean":
+        return float(mask.float().sum())
+    if mode == "seq-mean-token-sum-norm":
+        return 0.0
+    return float((mask.float().sum(-1) > 0).sum())
+
+
+def _acc_scale(mask_mini: torch.Tensor, rows: torch.Tensor, mode: str,
+               global_denominator: float | None = None) -> float:
     """Gradient-accumulation scale of a micro-batch: its share of the mini-batch's aggregation weights over
     its own (the loss functions normalise per micro-batch), so that accumulated micro-batch gradients equal the
-    gradient of the mini-batch loss exactly, in every ``loss_agg_mode``."""
-    w_mini = aggregation_weights(mask_mini, mode)[rows].sum()
-    w_micro = aggregation_weights(mask_mini[rows], mode).sum()
-    return 0.0 if float(w_micro) == 0.0 else float(w_mini / w_micro)
+    gradient of the mini-batch loss exactly, in every ``loss_agg_mode``.
+
+    global_denominator: ``_agg_denominator`` of the *global* mini-batch (summed over data-parallel ranks,
+    ``mask_mini`` being this rank's part); the weights are then those of the global mini-batch, so the sum over
+    ranks of the local gradients is the global mini-batch gradient. None = this process holds the whole batch."""
+    w_mini = aggregation_weights(mask_mini, mode, torch.float64)[rows].sum()
+    w_micro = aggregation_weights(mask_mini[rows], mode, torch.float64).sum()
+    if float(w_micro) == 0.0:
+        return 0.0
+    scale = float(w_mini / w_micro)
+    if global_denominator is not None and mode != "seq-mean-token-sum-norm":
+        scale *= max(_agg_denominator(mask_mini, mode), 1.0) / max(global_denominator, 1.0)
+    return scale
 
 
 @torch.no_grad()
-def _old_logprobs(model, batch, ids, mask, micro: int, temperature: float, fused: bool) -> torch.Tensor:
+def _old_logprobs(model, batch, ids, mask, micro: int, temperature: float, fused: bool,
+                  n_passes: int = 0) -> torch.Tensor:
+    """Log-probs of ``ids`` under ``model`` in micro-batches; at least ``n_passes`` forwards (extra ones repeat
+    row 0 and are discarded: under FSDP every rank must run the same number of forwards)."""
     out = torch.zeros(ids.shape, dtype=torch.float32)
-    for rows in _split_rows(len(ids), micro):
+    chunks = _split_rows(len(ids), micro)
+    chunks += [None] * max(0, n_passes - len(chunks))
+    for rows in chunks:
+        dummy = rows is None
+        rows = torch.tensor([0]) if dummy else rows
         mb = _trim(_index(batch, rows)).to(_device(model))
         if fused:
             lp = token_logprobs_from_hidden(response_hidden(model, mb), output_head(model).weight,
                                             ids[rows].to(_device(model)), temperature)
         else:
             lp = token_logprobs(response_logits(model, mb), ids[rows].to(_device(model)), temperature)
-        out[rows] = lp.float().cpu()
+        if not dummy:
+            out[rows] = lp.float().cpu()
     return out
 
 
@@ -157,28 +187,68 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _global_layout(ctx: DistContext, n: int) -> tuple[list[int], int]:
+    """Sample counts of every rank and this rank's offset in the global (rank-ordered) batch."""
+    sizes = [int(x) for x in ctx.all_gather_object(n)]
+    return sizes, sum(sizes[:ctx.rank])
+
+
+def _reduce_metrics(metrics: dict[str, list[float]], batch_keys: set[str], n: int, steps: int,
+                    ctx: DistContext) -> dict[str, float]:
+    """Means over all ranks: micro-batch metrics count once per micro-batch, batch-level ones (reprompt and
+    rollout-correction fractions) by their rank's sample count; "loss" is the sum over ranks of the scaled
+    micro-batch losses (globally normalised), per optimizer step."""
+    keys = sorted(set().union(*ctx.all_gather_object(sorted(k for k, v in metrics.items() if v))))
+    vec = []
+    for k in keys:
+        v = metrics.get(k, [])
+        if k == "loss":
+            vec += [sum(v), float(steps) if ctx.is_main else 0.0]
+        else:
+            w = float(n) if k in batch_keys else 1.0
+            vec += [sum(v) * w, len(v) * w]
+    tot = ctx.all_reduce(vec, "sum") if keys else torch.zeros(0)
+    return {k: float(tot[2 * i] / tot[2 * i + 1]) for i, k in enumerate(keys) if float(tot[2 * i + 1]) > 0}
+
+
 def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg: UpdateConfig, *,
-                  seed: int = 0) -> dict[str, float]:
+                  seed: int = 0, dist: DistContext | None = None) -> dict[str, float]:
     """Run ``cfg.ppo_epochs`` passes of mini-batch optimizer steps on ``batch``; return mean metrics.
 
     The teacher is *not* updated here (the caller does it once per training step, after all mini-batches).
+
+    dist: data parallelism (:mod:`sdpo.distributed`). ``batch`` is then this rank's block of the global batch
+    (ranks in order, whole groups per rank); mini-batches are slices of the *global* sample order, losses are
+    normalised by global aggregation weights and gradients summed over ranks, so every rank takes the same
+    optimizer step as one process holding the global batch. Every rank runs the same number of forward /
+    backward passes and collectives (zero-weight dummy micro-batches pad the ranks with fewer rows).
     """
+    ctx = dist or SINGLE
     sd = cfg.self_distillation
     device = _device(model)
     n = len(batch)
+    if n == 0:
+        raise ValueError("policy_update: empty batch (each data-parallel rank needs at least one sample)")
     use_sdpo = cfg.loss in ("sdpo", "hybrid")
     use_grpo = cfg.loss in ("grpo", "hybrid")
     metrics: dict[str, list[float]] = defaultdict(list)
+    batch_keys: set[str] = set()
+    sizes, offset = _global_layout(ctx, n)
+    n_global = sum(sizes)
 
-    # 1. Tensors: right-padded responses, sampler log-probs, student input layout.
-    response_ids = _pad([r.response_ids for r in batch.rollouts], tokenizer.pad_token_id, torch.long)
-    response_mask = _pad([[1] * len(r.response_ids) for r in batch.rollouts], 0, torch.long)
-    sampler_lp = _pad([r.logprobs for r in batch.rollouts], 0.0, torch.float32)
+    # 1. Tensors: right-padded responses (to the global width: seq-mean-token-sum-norm divides by it),
+    #    sampler log-probs, student input layout.
+    width = None
+    if ctx.enabled:
+        width = int(ctx.all_reduce([max(1, max(len(r.response_ids) for r in batch.rollouts))], "max")[0])
+    response_ids = _pad([r.response_ids for r in batch.rollouts], tokenizer.pad_token_id, torch.long, width)
+    response_mask = _pad([[1] * len(r.response_ids) for r in batch.rollouts], 0, torch.long, width)
+    sampler_lp = _pad([r.logprobs for r in batch.rollouts], 0.0, torch.float32, width)
     s_batch = student_inputs([r.prompt_ids for r in batch.rollouts], response_ids, response_mask,
                              tokenizer.pad_token_id)
     rewards = torch.tensor(batch.rewards, dtype=torch.float32)
 
-    # 2. GRPO advantages (per group of one question's rollouts).
+    # 2. GRPO advantages (per group of one question's rollouts; groups never straddle ranks).
     advantages = group_advantages(rewards, batch.group_ids, norm_by_std=cfg.norm_adv_by_std)
 
     # 3. Teacher contexts: successful sibling and/or feedback; samples with neither are masked out.
@@ -187,6 +257,7 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
                                           batch.group_ids, batch.feedback, sd)
         for k, v in reprompt_metrics(contexts, batch.rewards, batch.group_ids, batch.feedback, sd).items():
             metrics[k].append(v)
+            batch_keys.add(k)
         t_batch = tokenize_teacher_inputs(tokenizer, contexts, response_ids, response_mask,
                                           sd.max_reprompt_len, sd.reprompt_truncation)
         sample_mask = torch.tensor([float(c.distill_mask) for c in contexts])
@@ -194,35 +265,52 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
         sample_mask = torch.ones(n)
 
     # 4. Old log-probs under the policy before the first update (IS weights, PPO ratios, rollout correction).
+    n_passes = -(-max(sizes) // cfg.micro_batch_size)
     need_old = use_grpo or sd.is_clip is not None or cfg.rollout_correction_threshold is not None
     old_lp = _old_logprobs(model, s_batch, response_ids, response_mask, cfg.micro_batch_size, cfg.temperature,
-                           cfg.fused_lm_head) if need_old else None
+                           cfg.fused_lm_head, n_passes) if need_old else None
     old_lp_sd = old_lp
     if need_old and use_sdpo and sd.is_clip is not None and sd.temperature != cfg.temperature:
         old_lp_sd = _old_logprobs(model, s_batch, response_ids, response_mask, cfg.micro_batch_size,
-                                  sd.temperature, cfg.fused_lm_head)
+                                  sd.temperature, cfg.fused_lm_head, n_passes)
     rc_weights = None
     if cfg.rollout_correction_threshold is not None:
         rc_weights, rc_metrics = rollout_is_weights(old_lp, sampler_lp, response_mask,
                                                     cfg.rollout_correction_threshold)
         for k, v in rc_metrics.items():
             metrics[k].append(v)
+            batch_keys.add(k)
 
-    # 5. Mini-batch optimizer steps; micro-batch forward/backward with exact accumulation scaling.
-    mini = cfg.mini_batch_size or n
+    # 5. Mini-batch optimizer steps over the global sample order; micro-batch forward/backward with exact
+    #    accumulation scaling under the global mini-batch's aggregation weights; gradients summed over ranks.
+    mini = cfg.mini_batch_size or n_global
     rng = random.Random(seed)
     sd_mask = response_mask.float() * sample_mask[:, None]
+    params = [p for p in model.parameters() if p.requires_grad]
+    starts = [sum(sizes[:r]) for r in range(len(sizes))]
     model.train()
     for _epoch in range(cfg.ppo_epochs):
-        order = list(range(n))
-        if cfg.ppo_epochs > 1 or mini < n:
+        order = list(range(n_global))
+        if cfg.ppo_epochs > 1 or mini < n_global:
             rng.shuffle(order)
-        order_t = torch.tensor(order)
-        for start in range(0, n, mini):
-            mini_rows = order_t[start:start + mini].sort().values
+        for start in range(0, n_global, mini):
+            chosen = order[start:start + mini]
+            mini_rows = torch.tensor(sorted(g - offset for g in chosen if offset <= g < offset + n),
+                                     dtype=torch.long)
+            # every rank runs as many micro-batches as the rank with the most rows in this mini-batch
+            per_rank = [sum(1 for g in chosen if s0 <= g < s0 + sz) for s0, sz in zip(starts, sizes, strict=True)]
+            n_micro = max(-(-c // cfg.micro_batch_size) for c in per_rank)
+            denom = None
+            if ctx.enabled:
+                counts = [_agg_denominator(sd_mask[mini_rows], sd.loss_agg_mode),
+                          _agg_denominator(response_mask[mini_rows], sd.loss_agg_mode)]
+                denom = [float(x) for x in ctx.all_reduce(counts, "sum")]
             optimizer.zero_grad(set_to_none=True)
-            for local in _split_rows(len(mini_rows), cfg.micro_batch_size):
-                rows = mini_rows[local]
+            chunks: list[torch.Tensor | None] = list(_split_rows(len(mini_rows), cfg.micro_batch_size))
+            chunks += [None] * (n_micro - len(chunks))
+            for local in chunks:
+                dummy = local is None  # zero-weight pass: same forward/backward/collectives, no contribution
+                rows = torch.tensor([0]) if dummy else mini_rows[local]
                 mb = _trim(_index(s_batch, rows)).to(device)
                 ids = response_ids[rows].to(device)
                 rmask = response_mask[rows].to(device)
@@ -235,7 +323,8 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
                     s_logits = response_logits(model, mb)
                 if use_sdpo:
                     tb = _trim(_index(t_batch, rows)).to(device)
-                    scale = _acc_scale(sd_mask[mini_rows], local, sd.loss_agg_mode)
+                    scale = 0.0 if dummy else _acc_scale(sd_mask[mini_rows], local, sd.loss_agg_mode,
+                                                         denom[0] if denom else None)
                     kw = dict(old_logprobs=old_lp_sd[rows].to(device) if sd.is_clip is not None else None,
                               sample_mask=sample_mask[rows].to(device), rollout_is_weights=rcw)
                     if cfg.fused_lm_head:
@@ -245,34 +334,37 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
                         l_sd, m_sd = sdpo_loss(s_logits, teacher.logits(tb), ids, rmask, sd, **kw)
                     w = cfg.hybrid_weight if cfg.loss == "hybrid" else 1.0
                     total = total + w * scale * l_sd
-                    for k, v in m_sd.items():
-                        metrics[k].append(v)
+                    if not dummy:
+                        for k, v in m_sd.items():
+                            metrics[k].append(v)
                 if use_grpo:
                     if cfg.fused_lm_head:
                         lp = token_logprobs_from_hidden(s_hidden, head_w, ids, cfg.temperature)
                     else:
                         lp = token_logprobs(s_logits, ids, cfg.temperature)
-                    scale = _acc_scale(response_mask[mini_rows].float(), local, sd.loss_agg_mode)
+                    scale = 0.0 if dummy else _acc_scale(response_mask[mini_rows].float(), local,
+                                                         sd.loss_agg_mode, denom[1] if denom else None)
                     l_pg, m_pg = grpo_loss(lp, old_lp[rows].to(device), advantages[rows].to(device), rmask,
                                            clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
                                            clip_ratio_c=cfg.clip_ratio_c, loss_agg_mode=sd.loss_agg_mode,
                                            rollout_is_weights=rcw)
                     w = (1.0 - cfg.hybrid_weight) if cfg.loss == "hybrid" else 1.0
                     total = total + w * scale * l_pg
-                    for k, v in m_pg.items():
-                        metrics[k].append(v)
+                    if not dummy:
+                        for k, v in m_pg.items():
+                            metrics[k].append(v)
                 total.backward()
                 metrics["loss"].append(float(total.detach()))
-            params = [p for p in model.parameters() if p.requires_grad]
+            ctx.all_reduce_grads(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+                grad_norm = grad_norm.full_tensor()
             metrics["grad_norm"].append(float(grad_norm))
             if torch.isfinite(grad_norm):
                 optimizer.step()
             else:
                 metrics["update/skipped_nonfinite"].append(1.0)
             optimizer.zero_grad(set_to_none=True)
-    out = {k: float(sum(v) / len(v)) for k, v in metrics.items() if v}
     # "loss" is the sum of scaled micro-batch losses of each optimizer step; report it per optimizer step
-    steps = cfg.ppo_epochs * len(range(0, n, mini))
-    out["loss"] = float(sum(metrics["loss"]) / max(steps, 1))
-    return out
+    steps = cfg.ppo_epochs * len(range(0, n_global, mini))
+    return _reduce_metrics(metrics, batch_keys, n, max(steps, 1), ctx)

@@ -4,15 +4,59 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from backend.errors import InvalidInput
 from backend.models import TERMINAL_STATUSES
 from backend.schemas import JobDetail
 
-STATUS_ICONS = {"queued": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌", "cancelled": "⏹"}
+STATUS_ICONS = {"queued": "…", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "■"}
+
+
+def plot_frame(rows: Any, columns: Sequence[str]) -> pd.DataFrame:
+    """A long-format frame for ``gr.LinePlot``: (x, y, series). Typed even when empty (int x, float y, str
+    series) so the chart's axes are quantitative from the first render on."""
+    df = pd.DataFrame(list(rows), columns=list(columns))
+    return df.astype({columns[0]: "int64", columns[1]: "float64", columns[2]: "str"})
+
+
+def series_of(df: pd.DataFrame) -> list[str]:
+    """The series names (third column) of a plot frame, sorted."""
+    return sorted(df[df.columns[2]].unique().tolist()) if len(df) else []
+
+
+def legend_updates(legends: Any, n: int) -> tuple:
+    """Second phase of a plot refresh: ``gr.LinePlot(colors_in_legend=...)`` for each plot whose data changed.
+
+    Gradio's LinePlot builds its colour scale (which series are drawn) only when a prop other than the value
+    changes, and that rebuild reads the data of the *previous* update. So a view first sends the new values
+    (phase one), then, in a chained event, the series names as ``colors_in_legend`` (phase two), which rebuilds
+    the chart from the data it now holds. ``legends`` is None (nothing changed) or one list per plot.
+    """
+    import gradio as gr
+
+    if not legends:
+        return (gr.skip(),) * n if n > 1 else gr.skip()
+    out = tuple(gr.skip() if s is None else gr.LinePlot(colors_in_legend=list(s)) for s in legends)
+    return out if n > 1 else out[0]
+
+
+def job_id_of(value: Any) -> int | None:
+    """A job id from a number box (None, 0 or negative = no job)."""
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        return None
+    return v if v > 0 else None
+
+
+def badge(status: str) -> str:
+    """A coloured status label (CSS class ``sdpo-badge sdpo-<status>``)."""
+    return f'<span class="sdpo-badge sdpo-{html.escape(status)}">{STATUS_ICONS.get(status, "")} {html.escape(status)}</span>'
 
 
 def parse_value(raw: Any) -> Any:
@@ -128,7 +172,6 @@ def ok_md(message: str) -> str:
 
 def status_line(d: JobDetail) -> str:
     """'Job 3 · running · 12 s elapsed · ...' for the job views."""
-    icon = STATUS_ICONS.get(d.status, "")
     if d.started_at is None:
         from backend.models import utcnow
 
@@ -136,7 +179,7 @@ def status_line(d: JobDetail) -> str:
     else:
         verb = "took" if d.status in TERMINAL_STATUSES else "elapsed"
         timing = f"{verb} {fmt_duration(d.duration_s)}" if verb == "took" else f"{fmt_duration(d.duration_s)} {verb}"
-    parts = [f"**Job {d.id}** ({d.kind})", f"{icon} **{d.status}**", timing]
+    parts = [f"**Job {d.id}** ({d.kind})", badge(d.status), timing]
     if d.cancel_requested and d.status == "running":
         parts.append("cancelling…")
     if d.worker_id:

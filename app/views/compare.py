@@ -10,6 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from app.context import AppContext
+from app.views.common import legend_updates, plot_frame, series_of
 from backend.services import jobs as J
 from backend.services import ui as U
 
@@ -34,7 +35,7 @@ def training_overlay(ctx: AppContext, job_ids: Sequence[int], metric: str) -> pd
             job = J.get_job(s, job_id=int(jid))
             for p in J.list_metrics(s, job_id=job.id, names=[metric]):
                 rows.append([p.step, p.value, _label(job)])
-    return pd.DataFrame(rows, columns=TRAIN_COLUMNS)
+    return plot_frame(rows, TRAIN_COLUMNS)
 
 
 def discovery_overlay(ctx: AppContext, job_ids: Sequence[int]) -> pd.DataFrame:
@@ -45,7 +46,7 @@ def discovery_overlay(ctx: AppContext, job_ids: Sequence[int]) -> pd.DataFrame:
             job = J.get_job(s, job_id=int(jid))
             for n, pub, _ in U.discovery_curve(J.list_attempts(s, job_id=job.id)):
                 rows.append([n, pub, _label(job)])
-    return pd.DataFrame(rows, columns=SOLVE_COLUMNS)
+    return plot_frame(rows, SOLVE_COLUMNS)
 
 
 @dataclass
@@ -62,23 +63,35 @@ def build(ctx: AppContext) -> CompareHandles:
         metric = gr.Dropdown(["reward/mean"], value="reward/mean", allow_custom_value=True, label="Metric",
                              elem_id="compare-metric", scale=2)
         refresh_btn = gr.Button("Refresh lists", elem_id="compare-refresh", scale=0)
-    train_plot = gr.LinePlot(value=pd.DataFrame(columns=TRAIN_COLUMNS), x="step", y="value", color="run",
+    train_plot = gr.LinePlot(value=plot_frame([], TRAIN_COLUMNS), x="step", y="value", color="run",
                              height=300, elem_id="compare-train-plot")
     gr.Markdown("### Solve jobs")
     solves = gr.Dropdown(job_choices(ctx, "solve"), multiselect=True, label="Solve jobs", elem_id="compare-solves")
-    solve_plot = gr.LinePlot(value=pd.DataFrame(columns=SOLVE_COLUMNS), x="attempt", y="best tests passed",
+    solve_plot = gr.LinePlot(value=plot_frame([], SOLVE_COLUMNS), x="attempt", y="best tests passed",
                              color="job", height=300, elem_id="compare-solve-plot")
 
     def on_runs(ids, m):
         with ctx.session() as s:
             names = U.metric_names(s, job_ids=[int(i) for i in ids or []])
         m = m if m in names or not names else ("reward/mean" if "reward/mean" in names else names[0])
-        return gr.Dropdown(choices=names or ["reward/mean"], value=m), training_overlay(ctx, ids or [], m)
+        df = training_overlay(ctx, ids or [], m)
+        return gr.Dropdown(choices=names or ["reward/mean"], value=m), df, [series_of(df)]
 
-    runs.change(on_runs, [runs, metric], [metric, train_plot], api_visibility="private")
-    metric.change(lambda ids, m: training_overlay(ctx, ids or [], m), [runs, metric], train_plot,
-                  api_visibility="private")
-    solves.change(lambda ids: discovery_overlay(ctx, ids or []), solves, solve_plot, api_visibility="private")
+    def on_metric(ids, m):
+        df = training_overlay(ctx, ids or [], m)
+        return df, [series_of(df)]
+
+    def on_solves(ids):
+        df = discovery_overlay(ctx, ids or [])
+        return df, [series_of(df)]
+
+    train_legend, solve_legend = gr.State(None), gr.State(None)
+    runs.change(on_runs, [runs, metric], [metric, train_plot, train_legend], api_visibility="private").then(
+        lambda lg: legend_updates(lg, 1), train_legend, train_plot, api_visibility="private")
+    metric.input(on_metric, [runs, metric], [train_plot, train_legend], api_visibility="private").then(
+        lambda lg: legend_updates(lg, 1), train_legend, train_plot, api_visibility="private")
+    solves.change(on_solves, solves, [solve_plot, solve_legend], api_visibility="private").then(
+        lambda lg: legend_updates(lg, 1), solve_legend, solve_plot, api_visibility="private")
     def refresh_lists():
         return gr.Dropdown(choices=job_choices(ctx, "train")), gr.Dropdown(choices=job_choices(ctx, "solve"))
 

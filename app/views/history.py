@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from app.context import AppContext
-from app.views.common import STATUS_ICONS, error_md, fmt_duration, ok_md
+from app.views.common import STATUS_ICONS, error_md, fmt_duration, job_id_of, ok_md
 from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
 from backend.models import JOB_STATUSES
 from backend.schemas import JobSummary
@@ -67,7 +67,7 @@ def build(ctx: AppContext) -> HistoryHandles:
     table = gr.Dataframe(value=pd.DataFrame(columns=COLUMNS), interactive=False, max_height=420,
                          label="Jobs (click a row to select it)", elem_id="history-table")
     with gr.Row():
-        selected = gr.Number(label="Selected job", precision=0, value=None, elem_id="history-selected", scale=1)
+        selected = gr.Number(label="Selected job", precision=0, value=None, minimum=0, elem_id="history-selected", scale=1)
         open_btn = gr.Button("Open", variant="primary", elem_id="history-open", scale=0)
         rerun_btn = gr.Button("Re-run with same config", elem_id="history-rerun", scale=0)
         delete_btn = gr.Button("Delete…", variant="stop", elem_id="history-delete", scale=0)
@@ -99,6 +99,7 @@ def build(ctx: AppContext) -> HistoryHandles:
     table.select(on_select, table, selected, api_visibility="private")
 
     def on_rerun(jid):
+        jid = job_id_of(jid)
         if jid is None:
             return error_md("select a job first")
         try:
@@ -112,6 +113,7 @@ def build(ctx: AppContext) -> HistoryHandles:
         refresh, filters, table, api_visibility="private")
 
     def on_delete(jid):
+        jid = job_id_of(jid)
         if jid is None:
             return gr.Row(visible=False), "", error_md("select a job first")
         return (gr.Row(visible=True), f"Delete job **{int(jid)}** with its attempts, metrics, checkpoints and "
@@ -121,6 +123,9 @@ def build(ctx: AppContext) -> HistoryHandles:
     keep_btn.click(lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private")
 
     def on_confirm(jid):
+        jid = job_id_of(jid)
+        if jid is None:
+            return gr.Row(visible=False), error_md("select a job first"), gr.skip()
         try:
             with ctx.session() as s:
                 J.delete_job(s, job_id=int(jid), jobs_dir=ctx.settings.jobs_dir)

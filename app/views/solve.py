@@ -17,13 +17,17 @@ from app.context import AppContext
 from app.views.common import (
     deep_merge,
     error_md,
-    has_path,
     get_path,
+    has_path,
     is_terminal,
+    job_id_of,
+    legend_updates,
     ok_md,
     parse_int,
     parse_value,
     parse_yaml_mapping,
+    plot_frame,
+    series_of,
     set_path,
     status_line,
 )
@@ -108,6 +112,7 @@ class SolveSnapshot:
     attempts: pd.DataFrame
     attempt_ids: list[int]
     curve: pd.DataFrame
+    curve_max: int
     solution: str | None
     error: str | None
     signature: tuple
@@ -122,8 +127,9 @@ def snapshot(ctx: AppContext, job_id: int) -> SolveSnapshot:
         curve = U.discovery_curve(attempts)
         sol = U.solution_attempt(s, job_id=job_id)
         solution = sol.code if sol else None
-        n_hidden = attempts[0].total_hidden if attempts else None
-        n_public = attempts[0].total_public if attempts else None
+        problem = J.get_job(s, job_id=job_id).problem
+        n_public = problem.n_public_tests if problem else (attempts[0].total_public if attempts else 0)
+        n_hidden = problem.n_hidden_tests if problem else 0
     line = status_line(d)
     if rows:
         best = max(r.reward for r in rows)
@@ -143,7 +149,8 @@ def snapshot(ctx: AppContext, job_id: int) -> SolveSnapshot:
     return SolveSnapshot(
         status_md=line, terminal=is_terminal(d.status), cancellable=d.status in ("queued", "running")
         and not d.cancel_requested, attempts=df, attempt_ids=[r.id for r in rows],
-        curve=pd.DataFrame(points, columns=CURVE_COLUMNS), solution=solution, error=d.error,
+        curve=plot_frame(points, CURVE_COLUMNS), curve_max=max(1, n_public or 0, n_hidden or 0),
+        solution=solution, error=d.error,
         signature=(d.id, d.status, d.cancel_requested, len(rows), solution is not None, d.error),
     )
 
@@ -180,6 +187,7 @@ class SolveHandles:
     job_id: gr.Number
     open_fn: Any
     open_outputs: list
+    refresh: Any  # chains the second phase of the plot refresh after an event that ran ``open_fn``
 
 
 def build(ctx: AppContext) -> SolveHandles:
@@ -250,7 +258,7 @@ def build(ctx: AppContext) -> SolveHandles:
                                     label="Attempts (click a row for its code and feedback)", max_height=340,
                                     elem_id="solve-attempts")
         with gr.Column(scale=2):
-            curve = gr.LinePlot(value=pd.DataFrame(columns=CURVE_COLUMNS), x="attempt", y="tests passed",
+            curve = gr.LinePlot(value=plot_frame([], CURVE_COLUMNS), x="attempt", y="tests passed",
                                 color="tests", title="Discovery curve: best tests passed so far", height=300,
                                 elem_id="solve-curve")
     attempt_header = gr.Markdown("", elem_id="solve-attempt-header")
@@ -267,34 +275,45 @@ def build(ctx: AppContext) -> SolveHandles:
     timer = gr.Timer(1.0, active=False)
     attempt_ids = gr.State([])
     signature = gr.State(None)
+    legends = gr.State(None)
 
     view_outputs = [status, cancel_btn, error_box, attempts, curve, solution_group, solution_code, solution_dl,
-                    timer, attempt_ids, signature]
+                    timer, attempt_ids, signature, attempt_header, attempt_code, attempt_feedback, legends]
 
     def render(jid: Any, last_sig: Any = None) -> tuple:
-        if jid is None or jid == "":
+        jid = job_id_of(jid)
+        if jid is None:
             return (gr.skip(),) * len(view_outputs)
         try:
             snap = snapshot(ctx, int(jid))
         except NotFound:
             return (error_md(f"job {int(jid)} not found"), gr.Button(visible=False), gr.Textbox(visible=False),
-                    pd.DataFrame(columns=ATTEMPT_COLUMNS), pd.DataFrame(columns=CURVE_COLUMNS),
-                    gr.Group(visible=False), None, None, gr.Timer(active=False), [], None)
+                    pd.DataFrame(columns=ATTEMPT_COLUMNS), plot_frame([], CURVE_COLUMNS),
+                    gr.Group(visible=False), None, None, gr.Timer(active=False), [], None, "", None, "", [[]])
         same = last_sig is not None and tuple(last_sig) == snap.signature
+        other_job = last_sig is None or last_sig[0] != jid  # a (re)opened job: clear the selected attempt
+        clear = ("", None, "") if other_job else (gr.skip(),) * 3
         sol_path = solution_file(ctx, int(jid), snap.solution) if (snap.solution and not same) else None
         return (
             snap.status_md,
             gr.Button(visible=snap.cancellable),
             gr.Textbox(value=snap.error or "", visible=bool(snap.error) and snap.error != "cancelled by the user"),
             gr.skip() if same else snap.attempts,
-            gr.skip() if same else snap.curve,
+            gr.skip() if same else gr.LinePlot(value=snap.curve, y_lim=[0, snap.curve_max]),
             gr.Group(visible=snap.solution is not None),
             gr.skip() if same else snap.solution,
             gr.skip() if same or not sol_path else gr.DownloadButton(value=sol_path),
             gr.Timer(active=not snap.terminal),
             snap.attempt_ids,
             list(snap.signature),
+            *clear,
+            None if same else [series_of(snap.curve)],
         )
+
+    def refresh(dep):
+        """Chain phase two of the plot refresh (``legend_updates``) after a ``render``."""
+        return dep.then(lambda lg: legend_updates(lg, 1), legends, curve, api_visibility="private",
+                        show_progress="hidden")
 
     def on_submit(title_v, statement_v, source_v, testtype_v, fn_v, rows_v, json_v, starter_v, strategy_v,
                   budget_v, model_v, adapter_v, extra_v, *adv_v):
@@ -310,18 +329,22 @@ def build(ctx: AppContext) -> SolveHandles:
             return error_md(str(e)), gr.skip()
         return ok_md(f"Job {jid} queued."), jid
 
-    submit_btn.click(
+    submitted = submit_btn.click(
         on_submit,
         [title, statement, source, testtype, fn_name, tests, json_text, starter, strategy, budget, model, adapter,
          extra, *adv_boxes],
         [message, job_id], api_name="submit_solve",
     ).success(render, [job_id], view_outputs, api_visibility="private")
-
-    open_btn.click(render, [job_id], view_outputs, api_visibility="private")
-    job_id.submit(render, [job_id], view_outputs, api_visibility="private")
-    timer.tick(render, [job_id, signature], view_outputs, api_visibility="private", show_progress="hidden")
+    refresh(submitted)
+    refresh(open_btn.click(render, [job_id], view_outputs, api_visibility="private"))
+    refresh(job_id.submit(render, [job_id], view_outputs, api_visibility="private"))
+    refresh(timer.tick(render, [job_id, signature], view_outputs, api_visibility="private",
+                       show_progress="hidden"))
 
     def on_cancel(jid):
+        jid = job_id_of(jid)
+        if jid is None:
+            return error_md("no job to cancel")
         try:
             with ctx.session() as s:
                 job = J.cancel_job(s, job_id=int(jid), revoke=ctx.queue.revoke)
@@ -329,8 +352,8 @@ def build(ctx: AppContext) -> SolveHandles:
         except (NotFound, IllegalTransition) as e:
             return error_md(str(e))
 
-    cancel_btn.click(on_cancel, [job_id], [message], api_visibility="private").then(
-        render, [job_id], view_outputs, api_visibility="private")
+    refresh(cancel_btn.click(on_cancel, [job_id], [message], api_visibility="private").then(
+        render, [job_id], view_outputs, api_visibility="private"))
 
     def on_select(ids, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
@@ -341,4 +364,4 @@ def build(ctx: AppContext) -> SolveHandles:
     attempts.select(on_select, [attempt_ids], [attempt_header, attempt_code, attempt_feedback],
                     api_visibility="private")
 
-    return SolveHandles(job_id=job_id, open_fn=render, open_outputs=view_outputs)
+    return SolveHandles(job_id=job_id, open_fn=render, open_outputs=view_outputs, refresh=refresh)

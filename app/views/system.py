@@ -12,7 +12,14 @@ from backend.services.health import health
 
 
 def _mark(state: str) -> str:
-    return "🟢 ok" if state == "ok" else f"🔴 {html.escape(state)}"
+    if state == "ok":
+        return '<span class="sdpo-dot-ok">●</span> ok'
+    return f'<span class="sdpo-dot-bad">●</span> {html.escape(state)}'
+
+
+def _dot(ok: bool) -> str:
+    return '<span class="sdpo-dot-ok">●</span>' if ok else '<span class="sdpo-dot-warn">●</span>'
+
 
 
 def health_markdown(ctx: AppContext) -> str:
@@ -23,7 +30,7 @@ def health_markdown(ctx: AppContext) -> str:
         f"| database | {_mark(h.database)} |",
         f"| broker | {_mark(h.broker)} |",
         f"| queue `{h.queue}` | {'-' if h.queue_length is None else f'{h.queue_length} waiting'} |",
-        f"| workers | {'🟢' if h.workers else '🟠'} {len(h.workers)} live |",
+        f"| workers | {_dot(bool(h.workers))} {len(h.workers)} live |",
         f"| jobs | {', '.join(f'{k}: {v}' for k, v in h.jobs_by_status.items())} |",
         f"| data dir | `{h.data_dir}` |",
         f"| model | `{h.model}` |",

@@ -22,9 +22,13 @@ from app.views.common import (
     deep_merge,
     error_md,
     is_terminal,
+    job_id_of,
+    legend_updates,
     ok_md,
     parse_value,
     parse_yaml_mapping,
+    plot_frame,
+    series_of,
     status_line,
 )
 from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
@@ -57,7 +61,7 @@ PLOTS = (
     ("val", "Validation avg@k", lambda n: n.startswith("val/")),
     ("loss", "Loss", lambda n: n == "loss" or n.startswith("loss/")),
     ("length", "Response length", lambda n: n.startswith("response/length")),
-    ("sdpo", "SDPO fractions", lambda n: n.startswith("sdpo/")),
+    ("sdpo", "SDPO fractions", lambda n: n.startswith("sdpo/") and n.endswith("fraction")),
 )
 PLOT_COLUMNS = ["step", "value", "metric"]
 
@@ -158,11 +162,11 @@ def snapshot(ctx: AppContext, job_id: int) -> TrainSnapshot:
     line = status_line(d)
     steps = d.config.get("max_steps")
     if d.last_step is not None:
-        line += f" · step {d.last_step + 1 if d.last_step is not None else 0}" + (f" / {steps}" if steps else "")
+        line += f" · step {d.last_step}" + (f" / {steps}" if steps else "")
     plots = {}
     for key, _, match in PLOTS:
         rows = [[step, value, name] for name, pts in sorted(series.items()) if match(name) for step, value in pts]
-        plots[key] = pd.DataFrame(rows, columns=PLOT_COLUMNS)
+        plots[key] = plot_frame(rows, PLOT_COLUMNS)
     log_lines = []
     by_step: dict[int, list[str]] = {}
     for name, pts in sorted(series.items()):
@@ -214,6 +218,7 @@ class TrainHandles:
     open_fn: Any
     open_outputs: list
     registered: gr.Dropdown
+    refresh: Any  # chains the second phase of the plot refresh after an event that ran ``open_fn``
 
 
 def _dataset_choices(ctx: AppContext) -> list[str]:
@@ -278,11 +283,11 @@ def build(ctx: AppContext) -> TrainHandles:
     plots = {}
     with gr.Row():
         for key, title, _ in PLOTS[:3]:
-            plots[key] = gr.LinePlot(value=pd.DataFrame(columns=PLOT_COLUMNS), x="step", y="value", color="metric",
+            plots[key] = gr.LinePlot(value=plot_frame([], PLOT_COLUMNS), x="step", y="value", color="metric",
                                      title=title, height=240, elem_id=f"train-plot-{key}")
     with gr.Row():
         for key, title, _ in PLOTS[3:]:
-            plots[key] = gr.LinePlot(value=pd.DataFrame(columns=PLOT_COLUMNS), x="step", y="value", color="metric",
+            plots[key] = gr.LinePlot(value=plot_frame([], PLOT_COLUMNS), x="step", y="value", color="metric",
                                      title=title, height=240, elem_id=f"train-plot-{key}")
     with gr.Row(equal_height=False):
         log = gr.Textbox(label="Log (last steps)", lines=10, max_lines=10, interactive=False, autoscroll=True,
@@ -296,18 +301,20 @@ def build(ctx: AppContext) -> TrainHandles:
             ck_file = gr.File(label="Download", interactive=False, elem_id="train-ck-file")
     timer = gr.Timer(2.0, active=False)
     signature = gr.State(None)
-    view_outputs = [status, cancel_btn, *plots.values(), log, checkpoints, ck_pick, timer, signature]
+    legends = gr.State(None)
+    view_outputs = [status, cancel_btn, *plots.values(), log, checkpoints, ck_pick, timer, signature, legends]
 
     def render(jid: Any, last_sig: Any = None) -> tuple:
-        if jid is None or jid == "":
+        jid = job_id_of(jid)
+        if jid is None:
             return (gr.skip(),) * len(view_outputs)
         try:
             snap = snapshot(ctx, int(jid))
         except NotFound:
-            empty = pd.DataFrame(columns=PLOT_COLUMNS)
+            empty = plot_frame([], PLOT_COLUMNS)
             return (error_md(f"job {int(jid)} not found"), gr.Button(visible=False), *([empty] * len(plots)), "",
                     pd.DataFrame(columns=["step", "kind", "size", "path"]), gr.Dropdown(choices=[]),
-                    gr.Timer(active=False), None)
+                    gr.Timer(active=False), None, [[]] * len(plots))
         same = last_sig is not None and tuple(last_sig) == snap.signature
         skip = gr.skip()
         return (
@@ -317,7 +324,13 @@ def build(ctx: AppContext) -> TrainHandles:
             skip if same else snap.checkpoints,
             skip if same else gr.Dropdown(choices=snap.checkpoint_choices),
             gr.Timer(active=not snap.terminal), list(snap.signature),
+            None if same else [series_of(snap.plots[k]) for k in plots],
         )
+
+    def refresh(dep):
+        """Chain phase two of the plot refresh (``legend_updates``) after a ``render``."""
+        return dep.then(lambda lg: legend_updates(lg, len(plots)), legends, list(plots.values()),
+                        api_visibility="private", show_progress="hidden")
 
     def on_submit(source_v, upload_v, name_v, path_v, registered_v, loss_v, adapter_v, model_v, extra_v, *field_v):
         try:
@@ -329,14 +342,19 @@ def build(ctx: AppContext) -> TrainHandles:
             return error_md(str(e)), gr.skip(), gr.skip()
         return ok_md(f"Job {jid} queued."), jid, gr.Dropdown(choices=_dataset_choices(ctx))
 
-    submit_btn.click(on_submit, [source, upload, dataset_name, server_path, registered, loss, adapter, model, extra,
+    submitted = submit_btn.click(on_submit, [source, upload, dataset_name, server_path, registered, loss, adapter, model, extra,
                                  *boxes], [message, job_id, registered], api_name="submit_train",
                      ).success(render, [job_id], view_outputs, api_visibility="private")
-    open_btn.click(render, [job_id], view_outputs, api_visibility="private")
-    job_id.submit(render, [job_id], view_outputs, api_visibility="private")
-    timer.tick(render, [job_id, signature], view_outputs, api_visibility="private", show_progress="hidden")
+    refresh(submitted)
+    refresh(open_btn.click(render, [job_id], view_outputs, api_visibility="private"))
+    refresh(job_id.submit(render, [job_id], view_outputs, api_visibility="private"))
+    refresh(timer.tick(render, [job_id, signature], view_outputs, api_visibility="private",
+                       show_progress="hidden"))
 
     def on_cancel(jid):
+        jid = job_id_of(jid)
+        if jid is None:
+            return error_md("no run to cancel")
         try:
             with ctx.session() as s:
                 job = J.cancel_job(s, job_id=int(jid), revoke=ctx.queue.revoke)
@@ -344,10 +362,11 @@ def build(ctx: AppContext) -> TrainHandles:
         except (NotFound, IllegalTransition, TypeError) as e:
             return error_md(str(e))
 
-    cancel_btn.click(on_cancel, [job_id], [message], api_visibility="private").then(
-        render, [job_id], view_outputs, api_visibility="private")
+    refresh(cancel_btn.click(on_cancel, [job_id], [message], api_visibility="private").then(
+        render, [job_id], view_outputs, api_visibility="private"))
 
     def on_zip(jid, ck_id):
+        jid = job_id_of(jid)
         if jid is None or ck_id is None:
             return None, error_md("choose a checkpoint first")
         try:
@@ -356,4 +375,5 @@ def build(ctx: AppContext) -> TrainHandles:
             return None, error_md(str(e))
 
     ck_btn.click(on_zip, [job_id, ck_pick], [ck_file, message], api_visibility="private")
-    return TrainHandles(job_id=job_id, open_fn=render, open_outputs=view_outputs, registered=registered)
+    return TrainHandles(job_id=job_id, open_fn=render, open_outputs=view_outputs, registered=registered,
+                        refresh=refresh)

@@ -12,7 +12,8 @@ Strong mode (root required), set up once at start:
     mount namespace where /tmp, /var/tmp and /dev/shm are small private tmpfs mounts, and the project
     directory, the data directory, /run, /root and /home are covered by empty read-only tmpfs mounts (the
     Python installation is bound back read-only so imports work).
-Per test case (a forked child): own session/process group, rlimits (address space = executor + memory
+Per solution (a forked "warm" child that runs the solution's tests one after the other, each with fresh
+module globals and stdin; see ``serve_tests``) or per test case (``run``/``assert``): own session/process group, rlimits (address space = executor + memory
 limit, CPU = time limit + 1 s, processes, file size, open files, no core), ``setresuid`` to the slot uid,
 ``PR_SET_NO_NEW_PRIVS``, a fresh 0700 scratch directory, an empty environment, stdout/stderr/report pipes
 drained concurrently with byte caps, a wall-clock deadline, and afterwards SIGKILL of the process group and of
@@ -410,11 +411,17 @@ def _report_error(chan: int, exc: BaseException) -> None:
     _report(chan, {"error": info})
 
 
+_STREAMS: list = []
+
+
 def _std_streams() -> None:
+    """Fresh sys.stdin/stdout/stderr on fds 0-2 (kept in _STREAMS too, so they are flushed even when the
+    solution rebinds sys.stdout)."""
     sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)
     sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False)
     sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False,
                                        buffering=1)
+    _STREAMS[:] = [sys.stdout, sys.stderr]
 
 
 def _thread_stack() -> None:
@@ -425,7 +432,7 @@ def _thread_stack() -> None:
 
 
 def _flush() -> None:
-    for s in (sys.stdout, sys.stderr):
+    for s in (sys.stdout, sys.stderr, *_STREAMS):
         try:
             s.flush()
         except BaseException:
@@ -438,17 +445,22 @@ def run_solution(job: dict, chan: int) -> int:
     sys.setrecursionlimit(50000)
     _thread_stack()
     _std_streams()
-    functional = job["mode"] == "functional"
-    g = _prelude_globals("solution" if functional else "__main__")
     try:
         code = compile(job["code"], "<solution>", "exec")
     except BaseException as e:
         _report_error(chan, e)
         return 1
+    return _run_loaded(code, job, chan, job["input"])
+
+
+def _run_loaded(code, job: dict, chan: int, args_text: str) -> int:
+    """Run an already compiled solution once (fresh module globals); the exit code it would have had."""
+    functional = job["mode"] == "functional"
+    g = _prelude_globals("solution" if functional else "__main__")
     try:
         exec(code, g)
         if functional:
-            args = [json.loads(line) for line in job["input"].split("\n") if line.strip()]
+            args = [json.loads(line) for line in args_text.split("\n") if line.strip()]
             sol = g.get("Solution")
             fn = getattr(sol(), job["fn_name"]) if isinstance(sol, type) else g[job["fn_name"]]
             result = fn(*args)
@@ -473,6 +485,40 @@ def run_solution(job: dict, chan: int) -> int:
         return 1
     _flush()
     return 0
+
+
+def serve_tests(job: dict, ctl_fd: int, chan: int) -> int:
+    """A warm solution process (LiveCodeBench style: all tests of one solution in one process, each with
+    fresh module globals and a fresh stdin). Compiles once, then per control message: the input arrives as
+    a memfd, the test runs in-process, and ``{"done": nonce, "exit": code}`` closes it on the report pipe.
+    Everything here is as untrusted as the solution: the executor only uses it to find the end of a test."""
+    import socket
+
+    sys.set_int_max_str_digits(0)
+    sys.setrecursionlimit(50000)
+    _thread_stack()
+    ctl = socket.socket(fileno=ctl_fd)
+    try:
+        code, err = compile(job["code"], "<solution>", "exec"), None
+    except BaseException as e:
+        code, err = None, e
+    while True:
+        msg, fds, _, _ = socket.recv_fds(ctl, 4096, 1)
+        if not msg or not fds:
+            return 0
+        nonce = json.loads(msg)["nonce"]
+        os.dup2(fds[0], 0)
+        os.close(fds[0])
+        args_text = ""
+        if job["mode"] == "functional":
+            args_text = os.pread(0, os.fstat(0).st_size, 0).decode("utf-8", "surrogateescape")
+        _std_streams()
+        if code is None:
+            _report_error(chan, err)
+            rc = 1
+        else:
+            rc = _run_loaded(code, job, chan, args_text)
+        write_line(chan, {"done": nonce, "exit": rc})
 
 
 ASSERT_RUNNER = r'''
@@ -533,7 +579,7 @@ def codec_source() -> str:
 
     parts = [encode_value, Opaque, _float, decode_value, write_line, _describe, error_info, _std_streams,
              _thread_stack]
-    head = "import builtins, json, os, sys, traceback\n\n"
+    head = "import builtins, json, os, sys, traceback\n\n_STREAMS = []\n\n"
     return head + "\n\n".join(inspect.getsource(f) for f in parts)
 
 
@@ -622,6 +668,7 @@ class Executor:
         self.enforced: list[str] = []
         self.uid = self.checker_uid = None
         self.runs = 0
+        self.warm: dict | None = None
         self.source = codec_source()  # read now: the file is hidden once the namespaces are set up
         if self.strong:
             if os.geteuid() != 0:
@@ -629,10 +676,20 @@ class Executor:
                                    "namespaces)")
             self.uid, self.lock_fd = reserve_uid(cfg)
             self.checker_uid = self.uid + 1000
+            kill_uid(self.uid)  # leftovers of a previous holder of this uid that was itself killed
+            kill_uid(self.checker_uid)
             self.enforced += setup_namespaces(cfg)
             self.enforced.append(f"uid {self.uid} (checker {self.checker_uid})")
-        os.makedirs("/tmp/sdpo-sandbox", mode=0o711, exist_ok=True)
-        os.chmod("/tmp/sdpo-sandbox", 0o711)
+        if self.strong:  # /tmp is this executor's private tmpfs
+            self.scratch_root = "/tmp/sdpo-sandbox"
+            os.makedirs(self.scratch_root, mode=0o711, exist_ok=True)
+        else:
+            import atexit
+            import tempfile
+
+            self.scratch_root = tempfile.mkdtemp(prefix="sdpo-sandbox-")
+            atexit.register(shutil.rmtree, self.scratch_root, True)
+        os.chmod(self.scratch_root, 0o711)
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.base_as = self._vm_size()
         self.enforced += ["rlimits", "setsid", "scratch dir", "empty environment"]
@@ -700,9 +757,223 @@ class Executor:
                 os._exit(code)
         return pid
 
-    def run(self, job: dict) -> dict:
+    # ------------------------------------------------------------------ warm solution processes
+
+    def _start_warm(self, job: dict, key: tuple) -> dict:
+        import socket
+
         self.runs += 1
-        scratch = f"/tmp/sdpo-sandbox/run-{os.getpid()}-{self.runs}"
+        scratch = f"{self.scratch_root}/run-{self.runs}"
+        os.mkdir(scratch, 0o700)
+        if self.uid is not None:
+            os.chown(scratch, self.uid, self.uid)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        ch_r, ch_w = os.pipe()
+        for fd in (out_r, err_r, ch_r):
+            os.set_blocking(fd, False)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        pid = self._spawn({0: devnull, 1: out_w, 2: err_w, 3: ch_w, 4: theirs.fileno()}, self.uid,
+                          job["time_limit"], scratch, lambda: serve_tests(job, 4, 3))
+        for fd in (out_w, err_w, ch_w, devnull):
+            os.close(fd)
+        theirs.close()
+        return {"key": key, "pid": pid, "pidfd": os.pidfd_open(pid), "ctl": mine, "scratch": scratch,
+                "pipes": {"stdout": out_r, "stderr": err_r, "report": ch_r}, "time_limit": job["time_limit"]}
+
+    def retire(self) -> None:
+        """Stop the warm solution process (and everything it started); remove its scratch dir."""
+        w, self.warm = self.warm, None
+        if w is None:
+            return
+        status: dict[int, int] = {}
+        self._kill_all([w["pid"]], status)
+        w["ctl"].close()
+        for fd in [w["pidfd"], *w["pipes"].values()]:
+            os.close(fd)
+        shutil.rmtree(w["scratch"], ignore_errors=True)
+
+    def _cpu_seconds(self, pid: int) -> float:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rfind(b")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def run_warm(self, job: dict, stop_fd: int | None = None) -> dict | None:
+        """One stdin/functional test in the warm process of this solution (started on first use).
+
+        stop_fd: during a batch, the caller's request pipe; a ``{"op": "stop"}`` frame arriving there ends
+        the test at once (returns None).
+        """
+        key = (job["mode"], job["code"], job.get("fn_name"), job["time_limit"])
+        if self.warm is not None and self.warm["key"] != key:
+            self.retire()
+        if self.warm is None:
+            self.warm = self._start_warm(job, key)
+        w = self.warm
+        inp = os.memfd_create("stdin")
+        os.write(inp, job["input"].encode("utf-8", "surrogateescape"))
+        os.lseek(inp, 0, os.SEEK_SET)
+        nonce = os.urandom(8).hex()
+        t0 = time.monotonic()
+        try:
+            import socket
+
+            socket.send_fds(w["ctl"], [json.dumps({"nonce": nonce}).encode()], [inp])
+        except OSError:
+            pass  # the process is gone: its pidfd reports it below
+        os.close(inp)
+        caps = {"stdout": self.cfg["max_output_bytes"], "stderr": self.cfg["max_stderr_bytes"],
+                "report": REPORT_CAP}
+        bufs = {k: bytearray() for k in w["pipes"]}
+        totals = {k: 0 for k in w["pipes"]}
+        overflow = {k: False for k in w["pipes"]}
+        done = None
+        dead_status = None
+        timed_out = False
+        deadline = t0 + job["time_limit"]
+        poller = select.poll()
+        fd_name = {fd: k for k, fd in w["pipes"].items()}
+        live = set(fd_name)
+        for fd in fd_name:
+            poller.register(fd, select.POLLIN)
+        poller.register(w["pidfd"], select.POLLIN)
+        if stop_fd is not None:
+            poller.register(stop_fd, select.POLLIN)
+        marker = f'{{"done": "{nonce}"'.encode()
+
+        def pump(fd: int) -> bool:
+            """Read what is there; False on overflow past the kill threshold."""
+            k = fd_name[fd]
+            while True:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    return True
+                if not chunk:
+                    if fd in live:
+                        live.discard(fd)
+                        poller.unregister(fd)
+                    return True
+                room = caps[k] - len(bufs[k])
+                bufs[k] += chunk[:room]
+                totals[k] += len(chunk)
+                if len(chunk) > room:
+                    overflow[k] = True
+                    limit = self.cfg["max_output_bytes"] if k == "stderr" else 0
+                    if totals[k] > limit:
+                        return False
+
+        killed = False
+        while done is None and dead_status is None:
+            now = time.monotonic()
+            if now >= deadline:
+                timed_out = True
+                break
+            events = poller.poll(max(1, int((deadline - now) * 1000) + 1))
+            for fd, _ in events:
+                if fd == w["pidfd"]:
+                    dead_status = os.waitpid(w["pid"], 0)[1]
+                    poller.unregister(fd)
+                elif fd == stop_fd:
+                    _expect_stop(stop_fd)
+                    self.retire()
+                    return None
+                elif not pump(fd):
+                    killed = True
+            if killed:
+                break
+            if marker in bufs["report"]:
+                at = bufs["report"].index(marker)
+                end = bufs["report"].find(b"\n", at)
+                if end >= 0:
+                    try:
+                        done = json.loads(bytes(bufs["report"][at:end]))
+                    except ValueError:
+                        done = {"exit": 1}
+                    del bufs["report"][at:]
+        seconds = time.monotonic() - t0
+        if done is not None:  # the test's output is in the pipes by now: collect it
+            for fd in fd_name:
+                if not pump(fd):
+                    killed = True
+        exit_code = None
+        if done is not None and not killed:
+            rc = done.get("exit")
+            exit_code = rc if isinstance(rc, int) and not isinstance(rc, bool) and 0 <= rc < 256 else 1
+        if done is None or killed:
+            if dead_status is None:
+                status: dict[int, int] = {}
+                self._kill_all([w["pid"]], status)
+                dead_status = status[w["pid"]]
+            # Anything the dying process wrote is still in the pipes.
+            for fd in fd_name:
+                pump(fd)
+            self.warm["pid"] = -1
+            self._retire_dead()
+        elif job.get("last") or self._cpu_seconds(w["pid"]) > 1.0:
+            self.retire()  # done with this solution, or its CPU-time rlimit no longer covers a whole test
+        signal_no = None
+        if exit_code is None and dead_status is not None:
+            if os.WIFSIGNALED(dead_status):
+                signal_no = os.WTERMSIG(dead_status)
+            else:
+                exit_code = os.WEXITSTATUS(dead_status) if os.WIFEXITED(dead_status) else None
+        return {
+            "ok": True, "exit": exit_code, "signal": signal_no, "timed_out": timed_out,
+            "seconds": round(seconds, 6),
+            "stdout": base64.b64encode(bytes(bufs["stdout"])).decode(),
+            "stderr": base64.b64encode(bytes(bufs["stderr"])).decode(),
+            "stdout_overflow": overflow["stdout"],
+            "stderr_overflow": totals["stderr"] > self.cfg["max_output_bytes"],
+            "report_overflow": overflow["report"],
+            "report": bytes(bufs["report"]).decode("utf-8", "replace"),
+        }
+
+    def run_batch(self, job: dict, rfd: int, wfd: int) -> None:
+        """All tests of one solution in its warm process, streaming one reply frame per test (with its
+        ``index``) and a final ``{"end": true}``. The caller judges each reply and sends ``{"op": "stop"}`` at
+        the first failure it wants to stop at; a test still running then is killed. Only inputs come in."""
+        try:
+            for i, inp in enumerate(job["inputs"]):
+                if select.select([rfd], [], [], 0)[0]:
+                    _expect_stop(rfd)
+                    break
+                reply = self.run_warm({**job, "input": inp}, stop_fd=rfd)
+                if reply is None:
+                    break
+                reply["index"] = i
+                write_frame(wfd, reply)
+        finally:
+            self.retire()
+        write_frame(wfd, {"ok": True, "end": True})
+
+    def _retire_dead(self) -> None:
+        w, self.warm = self.warm, None
+        reap()
+        if _has_children():
+            if self.strong:
+                kill_uid(self.uid)
+            else:
+                kill_orphans()
+            reap()
+        w["ctl"].close()
+        for fd in [w["pidfd"], *w["pipes"].values()]:
+            os.close(fd)
+        shutil.rmtree(w["scratch"], ignore_errors=True)
+
+    # ------------------------------------------------------------------ one process per test
+
+    def run(self, job: dict) -> dict:
+        if job.get("op") == "retire":
+            self.retire()
+            return {"ok": True}
+        if job.get("warm") and job["mode"] in ("stdin", "functional"):
+            return self.run_warm(job)
+        self.retire()
+        self.runs += 1
+        scratch = f"{self.scratch_root}/run-{self.runs}"
         os.mkdir(scratch, 0o700)
         if self.uid is not None:
             os.chown(scratch, self.uid, self.uid)
@@ -907,6 +1178,12 @@ class Executor:
                     overflow[k] = True
 
 
+def _expect_stop(rfd: int) -> None:
+    frame = read_frame(rfd)
+    if not (isinstance(frame, dict) and frame.get("op") == "stop"):
+        raise ValueError("protocol error: only a stop request may arrive during a batch")
+
+
 def _raise_stack_and_reexec() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
     want = STACK_BYTES if hard == resource.RLIM_INFINITY else min(STACK_BYTES, hard)
@@ -939,6 +1216,14 @@ def main() -> None:
             return
         if job.get("op") == "exit":
             return
+        if job.get("op") == "stop":  # a stop that crossed the end of its batch
+            continue
+        if job.get("op") == "batch":
+            try:
+                ex.run_batch(job, rfd, wfd)
+            except BaseException as e:
+                write_frame(wfd, {"ok": False, "error": f"{type(e).__name__}: {e}"})
+            continue
         try:
             reply = ex.run(job)
         except BaseException as e:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sdpo.envs.base import Score
-from sdpo.envs.sandbox import Sandbox, default_pool
+from sdpo.envs.sandbox import Sandbox, SandboxError, default_pool
 
 TESTTYPES = ("stdin", "functional", "assert")
 
@@ -546,6 +546,25 @@ def _result(spec: TestSpec, records: list[TestRecord], *, sparse: bool, code_fou
                       feedback=build_feedback(spec, records, code_found=code_found, truncated=truncated))
 
 
+def _run_batch(runner: Any, spec: TestSpec, code: str, stop: bool, records: list[TestRecord]) -> None:
+    """Stream all tests of one solution through the executor; judge each reply here as it arrives and ask
+    the executor to stop at the first failure (``stop``). Fills ``records`` in test order."""
+
+    def on_result(index: int, reply: dict[str, Any]) -> bool:
+        if index != len(records) or (records and stop and records[-1].verdict != "passed"):
+            return False  # a reply that crossed our stop request
+        records.append(judge(spec, index, reply))
+        return not (stop and records[-1].verdict != "passed")
+
+    job = make_job(spec, code, 0)
+    del job["input"]
+    job.update(op="batch", inputs=list(spec.inputs))
+    try:
+        runner.batch(job, on_result)
+    except SandboxError:
+        pass  # the caller runs the remaining tests one by one on the replaced executor
+
+
 def evaluate(
     response: str,
     tests: TestSpec | dict | str,
@@ -569,11 +588,15 @@ def evaluate(
                        truncated=truncated)
     box = sandbox if sandbox is not None else default_pool()
     records: list[TestRecord] = []
-    for i in range(len(spec)):
-        rec = judge(spec, i, box.run(make_job(spec, code, i)))
-        records.append(rec)
-        if stop and rec.verdict != "passed":
-            break
+    with box.lease() as runner:  # one slot, one warm process for this solution's tests
+        if spec.testtype != "assert" and hasattr(runner, "batch"):
+            _run_batch(runner, spec, code, stop, records)
+        if not records or (records[-1].verdict == "passed" or not stop):
+            for i in range(len(records), len(spec)):  # no batch support, or the batch broke off
+                rec = judge(spec, i, runner.run(make_job(spec, code, i)))
+                records.append(rec)
+                if stop and rec.verdict != "passed":
+                    break
     return _result(spec, records, sparse=sparse, code_found=True, truncated=truncated)
 
 

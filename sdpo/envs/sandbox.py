@@ -19,6 +19,8 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +31,10 @@ EXECUTOR = Path(__file__).with_name("_executor.py")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ISOLATION_MODES = ("strong", "weak")
 DEFAULT_HIDE = ("/run", "/root", "/home", "/srv", "/mnt", "/media", "/opt/secrets")
+
+
+class SandboxError(RuntimeError):
+    """The sandbox machinery (not the solution) failed."""
 
 
 class SandboxUnavailable(RuntimeError):
@@ -98,12 +104,24 @@ class SandboxConfig:
         }
 
 
+class Runner(Protocol):
+    def run(self, job: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class Sandbox(Protocol):
-    """Runs one test-case job (a dict, see ``sdpo.envs.code.make_job``) and returns the executor's reply."""
+    """Runs test-case jobs (dicts, see ``sdpo.envs.code.make_job``) and returns the executor's replies.
+
+    ``run`` uses any free slot with a fresh process per test. ``lease()`` holds one slot for the tests of one
+    solution: they run one after the other in a warm process of that solution (LiveCodeBench style: fresh
+    module globals and stdin per test; a test that crashes, times out or overflows ends the process and the
+    next test starts a new one), which is retired with everything it started when the lease ends.
+    """
 
     slots: int
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]: ...
+
+    def lease(self) -> AbstractContextManager[Runner]: ...
 
 
 # ------------------------------------------------------------------------------------------- framing
@@ -183,6 +201,33 @@ class _Slot:
         _send(self.wfd, job)
         return _recv(self.rfd, time.monotonic() + float(job.get("time_limit", 6.0)) + self.cfg.reply_slack_s)
 
+    def batch(self, job: dict[str, Any], on_result: Callable[[int, dict[str, Any]], bool]) -> None:
+        """Send a batch job; call ``on_result(index, reply)`` per streamed reply; when it returns False, ask
+        the executor to stop (replies that still arrive are passed on too). Raises on executor failure."""
+        import time
+
+        _send(self.wfd, job)
+        stop_sent = False
+        error: BaseException | None = None
+        wait = float(job.get("time_limit", 6.0)) + self.cfg.reply_slack_s
+        while True:
+            frame = _recv(self.rfd, time.monotonic() + wait)
+            if not frame.get("ok"):
+                raise SandboxError(f"sandbox executor failed: {frame.get('error')}")
+            if frame.get("end"):
+                break
+            keep_going = False
+            if error is None:
+                try:
+                    keep_going = on_result(int(frame["index"]), frame)
+                except BaseException as e:  # finish the protocol first, then re-raise
+                    error = e
+            if not keep_going and not stop_sent:
+                _send(self.wfd, {"op": "stop"})
+                stop_sent = True
+        if error is not None:
+            raise error
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -233,15 +278,28 @@ class SandboxPool:
             raise RuntimeError("sandbox pool is closed")
         slot = self._free.get()
         try:
-            try:
-                reply = slot.run(job)
-            except (EOFError, TimeoutError, OSError, ValueError) as e:
-                # The executor died or hung: replace it and report an infrastructure error for this job.
-                slot = self._replace(slot)
-                return {"ok": False, "error": f"sandbox executor failed: {e}"}
-            return reply
+            for attempt in (1, 2):
+                try:
+                    return slot.run(job)
+                except (EOFError, TimeoutError, OSError, ValueError) as e:
+                    # The executor died or hung: replace it, retry once on the fresh one, then give up.
+                    slot = self._replace(slot)
+                    if attempt == 2:
+                        return {"ok": False, "error": f"sandbox executor failed twice: {e}"}
+            raise AssertionError("unreachable")
         finally:
             self._free.put(slot)
+
+    @contextmanager
+    def lease(self) -> Iterator[_Lease]:
+        """Hold one slot (and its warm solution process) for the tests of one solution."""
+        if self._closed:
+            raise RuntimeError("sandbox pool is closed")
+        held = _Lease(self, self._free.get())
+        try:
+            yield held
+        finally:
+            held.close()
 
     def _replace(self, slot: _Slot) -> _Slot:
         try:
@@ -265,6 +323,40 @@ class SandboxPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Lease:
+    """One slot held by one caller; jobs run in the slot's warm process."""
+
+    def __init__(self, pool: SandboxPool, slot: _Slot):
+        self.pool, self.slot = pool, slot
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        job = {**job, "warm": True}
+        for attempt in (1, 2):
+            try:
+                return self.slot.run(job)
+            except (EOFError, TimeoutError, OSError, ValueError) as e:
+                self.slot = self.pool._replace(self.slot)
+                if attempt == 2:
+                    return {"ok": False, "error": f"sandbox executor failed twice: {e}"}
+        raise AssertionError("unreachable")
+
+    def batch(self, job: dict[str, Any], on_result: Callable[[int, dict[str, Any]], bool]) -> None:
+        """Run a batch job (all tests of one solution, streamed; see ``_Slot.batch``). If the executor dies
+        the slot is replaced and SandboxError raised; the caller then runs the remaining tests one by one."""
+        try:
+            self.slot.batch(job, on_result)
+        except (EOFError, TimeoutError, OSError, ValueError) as e:
+            self.slot = self.pool._replace(self.slot)
+            raise SandboxError(f"sandbox executor failed during a batch: {e}") from None
+
+    def close(self) -> None:
+        try:
+            self.slot.run({"op": "retire"})
+        except (EOFError, TimeoutError, OSError, ValueError):
+            self.slot = self.pool._replace(self.slot)
+        self.pool._free.put(self.slot)
 
 
 _default: Sandbox | None = None
@@ -327,6 +419,18 @@ class SandboxClient:
         except (OSError, EOFError, TimeoutError) as e:
             return {"ok": False, "error": f"sandbox service failed: {e}"}
 
+    @contextmanager
+    def lease(self) -> Iterator[SandboxClient]:
+        """Hold one of the service's slots on this thread's connection for the tests of one solution."""
+        self._request({"op": "lease"}, 600.0)
+        try:
+            yield self
+        finally:
+            try:
+                self._request({"op": "release"}, 60.0)
+            except (OSError, EOFError, TimeoutError):
+                pass
+
 
 def serve(socket_path: str | os.PathLike[str], config: SandboxConfig | None = None,
           ready: threading.Event | None = None, stop: threading.Event | None = None) -> None:
@@ -345,20 +449,37 @@ def serve(socket_path: str | os.PathLike[str], config: SandboxConfig | None = No
     srv.settimeout(0.5)
 
     def handle(conn: socket.socket) -> None:
-        with conn:
-            while True:
-                try:
-                    job = _recv(conn)
-                except (EOFError, OSError, ValueError):
-                    return
-                if job.get("op") == "info":
-                    reply = {"ok": True, "slots": pool.slots, "info": pool.info}
-                else:
-                    reply = pool.run(job)
-                try:
-                    _send(conn, reply)
-                except OSError:
-                    return
+        held: _Lease | None = None
+        try:
+            with conn:
+                while True:
+                    try:
+                        job = _recv(conn)
+                    except (EOFError, OSError, ValueError):
+                        return
+                    if not isinstance(job, dict):
+                        return
+                    op = job.get("op")
+                    if op == "info":
+                        reply = {"ok": True, "slots": pool.slots, "info": pool.info}
+                    elif op == "lease":
+                        if held is None:
+                            held = _Lease(pool, pool._free.get())
+                        reply = {"ok": True}
+                    elif op == "release":
+                        if held is not None:
+                            held.close()
+                            held = None
+                        reply = {"ok": True}
+                    else:
+                        reply = held.run(job) if held is not None else pool.run(job)
+                    try:
+                        _send(conn, reply)
+                    except OSError:
+                        return
+        finally:
+            if held is not None:
+                held.close()
 
     if ready is not None:
         ready.set()

@@ -13,10 +13,8 @@ Teacher contexts are built by :func:`sdpo.reprompt.build_teacher_messages` with 
 
 Near-miss attempts change one thing in the reference composition (a parameter, a sibling primitive, a missing
 step, two steps swapped, an unguarded ``max``); one is kept only if it fails at least one test. Its feedback is
-written by :func:`feedback_text` in the code environment's format for stdin tests (issue 3, "Feedback text":
-only failing cases; the first runtime error with its input, else up to two wrong answers, shortest first,
-each with Input / Output / Expected); outputs are computed in-process from the composition's semantics, so
-no code runs while the corpus is built.
+written by :func:`feedback_text` with the code environment's own ``build_feedback`` (issue 3, "Feedback
+text"); the per-test outputs are computed in-process from the composition's semantics, so no code runs while the corpus is built (a test checks the text equals ``evaluate``'s on the real program).
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ from sdpo.toy.generator import (
     PRIMITIVES,
     Op,
     ToyProblem,
+    outputs_match,
     program_code,
     response_for,
     run_ops,
@@ -45,7 +44,7 @@ SIBLINGS: dict[str, tuple[str, ...]] = {
     "gt": ("lt",), "lt": ("gt",), "sort": ("sortd", "rev"), "sortd": ("sort", "rev"), "rev": ("sort", "sortd"),
     "take": ("drop",), "drop": ("take",), "uniq": ("sort",), "cumsum": ("sq",), "abs": ("sq",), "sq": ("abs",),
     "sum": ("max", "len"), "max": ("min", "max!", "sum"), "min": ("max", "min!"), "len": ("sum",),
-    "srev": ("ssort",), "upper": ("lower",), "lower": ("upper",), "remove": ("replace",), "replace": ("remove",),
+    "srev": ("ssort",), "upper": ("dup",), "novowel": ("remove",), "remove": ("replace",), "replace": ("remove",),
     "ssort": ("srev",), "stake": ("sdrop",), "sdrop": ("stake",), "dup": ("srev",), "count": ("slen",),
     "slen": ("count",),
 }
@@ -119,27 +118,26 @@ def near_miss(problem: ToyProblem, rng: random.Random) -> Attempt | None:
     return None
 
 
-def _clip(text: str, limit: int = 200) -> str:
-    text = text.rstrip("\n")
-    return text if len(text) <= limit else text[:limit] + "..."
+def feedback_text(problem: ToyProblem, att: Attempt, *, stop_at_first_failure: bool = True) -> str:
+    """The code environment's feedback on ``att`` (empty when it passes), as ``sdpo.envs.code.evaluate`` writes
+    it for this program: per-test records are synthesised from the in-process results (tests run in order,
+    stopping at the first failure as sparse-reward training does) and passed to the environment's own
+    ``build_feedback``."""
+    from sdpo.envs.code import TestRecord, TestSpec, build_feedback
 
-
-def feedback_text(problem: ToyProblem, att: Attempt) -> str:
-    """Feedback on a failed attempt in the code environment's stdin format (empty when it passes)."""
-    fails = [(raw, out, err, exp) for raw, (out, err), exp in zip(problem.inputs, att.results, problem.outputs,
-                                                                  strict=True)
-             if err is not None or out != exp]
-    if not fails:
-        return ""
-    errors = [f for f in fails if f[2] is not None]
-    if errors:
-        raw, _, err, _ = errors[0]
-        return f"Runtime Error\n{err}\nLast executed input:\n{_clip(raw)}"
-    fails.sort(key=lambda f: len(f[0]) + len(f[1]) + len(f[3]))
-    parts = [f"Wrong Answer on {len(fails)} of {len(problem.inputs)} tests."]
-    for raw, out, _, exp in fails[:2]:
-        parts.append(f"Input:\n{_clip(raw)}\nOutput:\n{_clip(out)}\nExpected:\n{_clip(exp)}")
-    return "\n\n".join(parts)
+    spec = TestSpec.parse(problem.tests())
+    n_lines = len(program_code(problem.family, att.ops).splitlines())
+    records: list[TestRecord] = []
+    for i, ((out, err), exp) in enumerate(zip(att.results, problem.outputs, strict=True)):
+        if err is not None:  # only the final (aggregate) line of a toy program can raise
+            rec = TestRecord("runtime_error", message=f"{err} (line {n_lines} of your code)", index=i)
+        else:
+            rec = TestRecord("passed" if outputs_match(out, exp) else "wrong_answer", stdout=out, output=out,
+                             index=i)
+        records.append(rec)
+        if stop_at_first_failure and rec.verdict != "passed":
+            break
+    return build_feedback(spec, records, code_found=True, truncated=False) or ""
 
 
 def teacher_messages(problem: ToyProblem, *, solution: str | None = None, feedback: str | None = None,

@@ -140,7 +140,8 @@ PRIMITIVES: dict[str, Prim] = {p.name: p for p in [
     # words -> words
     Prim("srev", "str", "map", "Reverse the string.", "s = s[::-1]", lambda s: s[::-1]),
     Prim("upper", "str", "map", "Convert the string to upper case.", "s = s.upper()", lambda s: s.upper()),
-    Prim("lower", "str", "map", "Convert the string to lower case.", "s = s.lower()", lambda s: s.lower()),
+    Prim("novowel", "str", "map", "Remove every lowercase vowel (a, e, i, o, u).",
+         "s = ''.join(ch for ch in s if ch not in 'aeiou')", lambda s: "".join(ch for ch in s if ch not in "aeiou")),
     Prim("remove", "str", "map", "Remove every letter '{c}'.", "s = s.replace('{c}', '')",
          lambda s, c: s.replace(c, ""), tuple((c,) for c in _LETTERS), ("c",)),
     Prim("replace", "str", "map", "Replace every letter '{c}' with '{d}'.", "s = s.replace('{c}', '{d}')",

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from sqlalchemy import text
 
 from backend.db import make_engine, make_session_factory
 from backend.migrate import upgrade
+from backend.models import Base
 from backend.settings import Settings
 from tests.backend.pgutil import create_pg_database, drop_pg_database
 
@@ -24,21 +26,26 @@ def settings(tmp_path, monkeypatch) -> Settings:
 
 @pytest.fixture(scope="module")
 def pg_url():
+    """A migrated PostgreSQL database for the module (created now, dropped afterwards)."""
     url = create_pg_database()
+    upgrade(url)
     yield url
     drop_pg_database(url)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db(request, tmp_path):
-    """A migrated database (both backends) as a session factory; each test gets an empty one."""
+    """A migrated, empty database (both backends) as a session factory. SQLite: a new file per test;
+    PostgreSQL: the module's database with every table truncated."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+        upgrade(url)
     else:
-        url = create_pg_database()
-    upgrade(url)
+        url = request.getfixturevalue("pg_url")
     engine = make_engine(url)
+    if request.param == "postgres":
+        tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+        with engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     yield make_session_factory(engine)
     engine.dispose()
-    if request.param == "postgres":
-        drop_pg_database(url)

@@ -89,3 +89,23 @@ def test_problem_source_errors(tmp_path):
     assert r.exit_code == 2 and "--question-id: question_id 'abc' not found" in r.output
     r = runner.invoke(app, ["solve", "--problem", _write(tmp_path, PROBLEM), "--model", str(tmp_path)])
     assert r.exit_code == 2 and "--model: no Hugging Face checkpoint" in r.output
+
+
+def test_solve_a_livecodebench_row(tiny_model_path, tmp_path):
+    cases = [{"input": f"{a} {b}\n", "output": f"{a + b}\n", "testtype": "stdin"} for a, b in [(1, 2), (10, 20),
+                                                                                             (-5, 5), (7, 8)]]
+    row = {"question_title": "Add Two", "platform": "atcoder", "question_id": "abc301_a", "contest_id": "abc301",
+           "contest_date": "2024-03-02T00:00:00", "starter_code": "", "difficulty": "easy",
+           "question_content": "Given integers A and B, print A+B.",
+           "public_test_cases": json.dumps(cases[:1]), "private_test_cases": json.dumps(cases[1:]),
+           "metadata": "{}"}
+    lcb = tmp_path / "lcb.jsonl"
+    lcb.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["solve", "--lcb", str(lcb), "--question-id", "abc301_a", "--strategy",
+                                 "multiturn", "--budget", "2", "--model", str(tiny_model_path), "--out", str(out),
+                                 *FAST])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in (out / "attempts.jsonl").read_text().splitlines()]
+    assert [(a["round"], a["index"]) for a in lines] == [(0, 0), (1, 0)]
+    assert all(a["total"] >= 1 for a in lines)

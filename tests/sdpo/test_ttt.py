@@ -173,20 +173,20 @@ def _changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return any(not torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sdpo_no_update_without_demonstration_or_feedback(tiny_model_path):
+@pytest.mark.parametrize("feedback_on", [False, True])
+def test_sdpo_no_update_without_demonstration_or_feedback(tiny_model_path, feedback_on):
     """Untrained tiny model: no attempt succeeds; with the feedback switched off no sample has a teacher
-    context, so every round leaves the adapter exactly as it was. With feedback on, the first round moves it."""
-    for feedback_on in (False, True):
-        model, tok, sampler = load(tiny_model_path)
-        c = cfg(self_distillation={"include_environment_feedback": feedback_on})
-        policy = prepare_policy(model, c)
-        snaps = [_lora_state(policy)]
-        rec = Recorder(on_metrics=lambda r, m: snaps.append(_lora_state(policy)))
-        res = solve(Problem.parse(PROBLEM), policy, tok, sampler, c, rec)
-        assert res.attempts_used == 6 and len(snaps) == 3
-        assert [m["ttt/updated"] for m in res.rounds] == [float(feedback_on)] * 2
-        assert _changed(snaps[0], snaps[1]) is feedback_on
-        assert _changed(snaps[1], snaps[2]) is feedback_on
+    context, so every round leaves the adapter exactly as it was. With feedback on, every round moves it."""
+    model, tok, sampler = load(tiny_model_path)
+    c = cfg(self_distillation={"include_environment_feedback": feedback_on})
+    policy = prepare_policy(model, c)
+    snaps = [_lora_state(policy)]
+    rec = Recorder(on_metrics=lambda r, m: snaps.append(_lora_state(policy)))
+    res = solve(Problem.parse(PROBLEM), policy, tok, sampler, c, rec)
+    assert res.attempts_used == 6 and len(snaps) == 3
+    assert [m["ttt/updated"] for m in res.rounds] == [float(feedback_on)] * 2
+    assert _changed(snaps[0], snaps[1]) is feedback_on
+    assert _changed(snaps[1], snaps[2]) is feedback_on
 
 
 # --------------------------------------------------------------------------------------------- a model that can succeed
@@ -224,7 +224,10 @@ def finetuned_path(tiny_model_path, tmp_path_factory):
 def test_each_strategy_stops_at_the_first_discovery(finetuned_path, strategy):
     model, tok, sampler = load(finetuned_path)
     rec = Recorder()
-    c = cfg(strategy=strategy, budget=24, n=4, max_new_tokens=24, context_budget=600)
+    # multiturn: the fine-tuned model has only seen the bare question, so the context budget leaves room for
+    # nothing else (the truncation drops all history); the conversation's growth is tested separately below
+    room = len(chat_ids(tok, SHORT_PROMPT)) + 24 + 1
+    c = cfg(strategy=strategy, budget=24, n=4, max_new_tokens=24, context_budget=room)
     res = solve(short_task(), model, tok, sampler, c, rec)
     assert res.discovered_at is not None, [a.response for a in rec.got]
     assert res.attempts_used == res.discovered_at == len(rec.got) < c.budget
@@ -235,6 +238,8 @@ def test_each_strategy_stops_at_the_first_discovery(finetuned_path, strategy):
         assert a.passed < a.total or a.hidden_passed == 0
         assert (a.hidden_total is not None) == (a.passed == a.total)
     assert res.rounds[-1]["ttt/discovered"] == 1.0
+    if strategy == "multiturn":
+        assert all(m["multiturn/history_kept"] == 0 for m in res.rounds)
 
 
 def test_sdpo_updates_after_a_demonstration_without_feedback(finetuned_path):
@@ -296,6 +301,27 @@ def test_resume_samples_what_the_uninterrupted_run_would_have(tiny_model_path):
     assert res.attempts_used == 8 and len(part.got) == 4
     assert [(a.round, a.index, a.response) for a in part.got] == [(a.round, a.index, a.response)
                                                                   for a in full.got[4:]]
+
+
+def test_sdpo_resume_reloads_the_adapter_saved_after_each_round(tiny_model_path, tmp_path):
+    """The adapter saved in out_dir after round 0 is what a job resumed at attempt 4 starts from: its round 1
+    samples exactly what the uninterrupted run's round 1 sampled (the optimizer moments restart after that)."""
+    c = cfg(budget=8, n=4)
+    full, first, resumed = Recorder(), Recorder(), Recorder()
+    model, tok, sampler = load(tiny_model_path)
+    solve(Problem.parse(PROBLEM), model, tok, sampler, c, full, out_dir=tmp_path / "a")
+    model, tok, sampler = load(tiny_model_path)
+    solve(Problem.parse(PROBLEM), model, tok, sampler, cfg(budget=4, n=4), first, out_dir=tmp_path / "b")
+    model, tok, sampler = load(tiny_model_path)
+    res = solve(Problem.parse(PROBLEM), model, tok, sampler, c, resumed, out_dir=tmp_path / "b", start_attempt=4)
+    assert res.attempts_used == 8 and [(a.round, a.index) for a in resumed.got] == [(1, i) for i in range(4)]
+    assert [a.response for a in first.got] == [a.response for a in full.got[:4]]
+    assert [a.response for a in resumed.got] == [a.response for a in full.got[4:]]
+    # and without the saved adapter the resumed round would have sampled from the base model instead
+    model, tok, sampler = load(tiny_model_path)
+    fresh = Recorder()
+    solve(Problem.parse(PROBLEM), model, tok, sampler, c, fresh, out_dir=tmp_path / "c", start_attempt=4)
+    assert [a.response for a in fresh.got] != [a.response for a in full.got[4:]]
 
 
 def test_stop_requested_is_honoured_between_rounds(tiny_model_path):

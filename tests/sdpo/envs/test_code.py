@@ -375,3 +375,64 @@ def test_humaneval_canonical_pass_and_mutants_fail(pool):
     assert [r.reward for r in good] == [1.0] * len(probs), [(p["task_id"], r.feedback) for p, r in zip(probs, good)]
     bad = evaluate_many([py(p["prompt"] + "    return None\n") for p in probs], specs, sandbox=pool)
     assert all(r.reward == 0.0 and r.feedback for r in bad)
+
+
+# --------------------------------------------------------------------------------------------- warm process
+
+
+def test_each_test_gets_fresh_globals_and_stdin(pool):
+    code = """
+import sys
+counter = globals().get("counter", 0) + 1
+data = sys.stdin.read().split()
+print(counter, len(data), data[0])"""
+    spec = {"inputs": ["a b c", "d", "e f"], "outputs": ["1 3 a", "1 1 d", "1 2 e"]}
+    r = evaluate(py(code), spec, sparse=False, sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["passed"] * 3, [t.stdout for t in r.tests]
+
+
+def test_crash_or_timeout_mid_solution_does_not_affect_later_tests(pool):
+    code = """
+import os, time
+n = int(input())
+if n == 2:
+    os._exit(3)
+if n == 3:
+    time.sleep(10)
+if n == 4:
+    import ctypes
+    ctypes.string_at(0)
+print(n)"""
+    spec = {"inputs": ["1", "2", "3", "4", "5"], "outputs": ["1", "2", "3", "4", "5"], "time_limit": 1.0}
+    r = evaluate(py(code), spec, sparse=False, sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["passed", "runtime_error", "time_limit", "runtime_error", "passed"]
+    assert "exit code 3" in r.tests[1].message and "SIGSEGV" in r.tests[3].message
+    assert r.feedback.startswith("Your code raised a runtime error on test 2 of 5.")
+
+
+def test_state_left_by_one_test_is_only_its_own_problem(pool):
+    # A test that replaces sys.stdout / closes its stdin still leaves the next test a working stdin/stdout.
+    code = """
+import io, sys
+n = int(input())
+sys.stdin.close()
+print(n * 10)
+sys.stdout = io.StringIO()"""
+    spec = {"inputs": ["1", "2", "3"], "outputs": ["10", "20", "30"]}
+    r = evaluate(py(code), spec, sparse=False, sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["passed"] * 3
+
+
+def test_sparse_stop_interrupts_a_speculative_later_test(pool):
+    # Tests stream through the executor; the caller's stop at test 1 kills test 2 (which would sleep 20 s).
+    import time
+
+    code = "import time\nn = int(input())\nif n == 2:\n    time.sleep(20)\nprint(n + 1)"
+    spec = {"inputs": ["1", "2", "3"], "outputs": ["1", "2", "3"], "time_limit": 20}
+    t0 = time.monotonic()
+    r = evaluate(py(code), spec, sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["wrong_answer"]
+    assert time.monotonic() - t0 < 5
+    # The slot is clean for the next solution (a stop that crossed the batch end is ignored).
+    r = evaluate(py("print(int(input()))"), {"inputs": ["1", "2"], "outputs": ["1", "2"]}, sandbox=pool)
+    assert r.reward == 1.0

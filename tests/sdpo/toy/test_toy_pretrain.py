@@ -1,0 +1,66 @@
+import json
+import math
+
+import pytest
+import torch
+
+from sdpo.config import ConfigError
+from sdpo.toy.pretrain import ToyModelConfig, lr_at, make_toy_model
+
+SMALL = dict(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, vocab_size=400, n_examples=200,
+             batch_size=4, warmup_steps=2, log_every=2)
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    cfg = ToyModelConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, 110, cfg) == pytest.approx(0.1)
+    assert lr_at(9, 110, cfg) == pytest.approx(1.0)
+    assert lr_at(60, 110, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(110, 110, cfg) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("kw,field", [({"steps": 0}, "steps"), ({"hidden_size": 65}, "hidden_size"),
+                                      ({"mix": (1, 1)}, "mix"), ({"lr": -1.0}, "lr"),
+                                      ({"num_kv_heads": 3}, "num_kv_heads"), ({"minutes": 0}, "minutes")])
+def test_config_rejects_bad_values(kw, field):
+    with pytest.raises(ConfigError) as e:
+        ToyModelConfig(**kw)
+    assert e.value.field == field
+
+
+def test_training_is_deterministic_and_reduces_loss(tmp_path):
+    logs = []
+    a = make_toy_model(tmp_path / "a", ToyModelConfig(steps=8, **SMALL), log=logs.append)
+    b = make_toy_model(tmp_path / "b", ToyModelConfig(steps=8, **SMALL), log=lambda s: None)
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    stats = json.loads((a / "toy_training.json").read_text())
+    assert stats["steps"] == 8 and stats["losses"][-1][1] < stats["losses"][0][1]
+    assert any(line.startswith("step 8/8") for line in logs)
+
+
+@pytest.mark.slow
+def test_cli_make_toy_model_saves_a_loadable_checkpoint(tmp_path):
+    from typer.testing import CliRunner
+
+    from sdpo.cli import app
+    from sdpo.models import chat_ids, load_model_and_tokenizer
+    from sdpo.toy.generator import splits
+
+    out = tmp_path / "toy"
+    res = CliRunner().invoke(app, ["make-toy-model", "--out", str(out), "--steps", "20", "--examples", "300",
+                                   "--eval-problems", "1", "--samples", "1"])
+    assert res.exit_code == 0, res.output
+    assert "gap/solution/demo" in res.output
+    model, tok = load_model_and_tokenizer(out)
+    assert json.loads((out / "sdpo_model.json").read_text())["kind"] == "toy"
+    assert set(json.loads((out / "toy_eval.json").read_text())) == {"easy", "hard"}
+    p = splits(0, 1, 0, seed=0)["test"][0]
+    ids = torch.tensor([chat_ids(tok, p.messages())])
+    assert tok.decode(ids[0]).endswith("<|im_start|>assistant\n")
+    with torch.no_grad():
+        assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
+    bad = CliRunner().invoke(app, ["make-toy-model", "--out", str(out), "--steps", "0"])
+    assert bad.exit_code == 2 and "steps" in bad.output

@@ -207,4 +207,6 @@ def apply_fsdp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
         fully_shard(layer)
     fully_shard(model)
     model.set_gradient_divide_factor(1.0)
+    for mod in model.modules():  # transformers' generate then keeps the ranks in step (synced_gpus)
+        mod._is_fsdp_managed_module = True
     return model

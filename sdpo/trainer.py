@@ -406,6 +406,27 @@ class _Sinks:
             self.tb.close()
 
 
+def check_world(cfg: TrainConfig, ctx: DistContext) -> str:
+    """Settings that depend on the process group (known only under torchrun); returns the sampler kind to build.
+
+    Raises ConfigError when each rank would get no question, for ``sampler: vllm`` with several processes
+    (ranks generate with HF; ``auto`` picks it), and for ``fsdp``, whose sharded checkpoints are not written."""
+    if cfg.train_batch_size < ctx.world_size:
+        raise ConfigError("train_batch_size", f"got {cfg.train_batch_size}; must be >= the number of processes "
+                          f"({ctx.world_size}): each rank needs at least one question per step")
+    if ctx.strategy == "fsdp":
+        # apply_fsdp (FSDP2 sharding, summed gradients, rank-synchronised HF generate) is written but untested
+        # (no GPU here), and checkpoints of sharded weights / optimizer / EMA teacher are not implemented.
+        raise ConfigError("distributed", "fsdp: checkpointing sharded weights is not implemented yet; use 'ddp' "
+                          "(docs/scale-out.md)")
+    if not ctx.enabled:
+        return cfg.sampler
+    if cfg.sampler == "vllm":
+        raise ConfigError("sampler", "got 'vllm' in a multi-process (torchrun) run; use 'hf' or 'auto' "
+                          "(auto picks hf there)")
+    return "hf"
+
+
 # ---------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------
@@ -421,15 +442,7 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     callbacks = callbacks or Callbacks()
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     ctx = init_from_env(cfg.distributed, device=cfg.device)
-    if cfg.train_batch_size < ctx.world_size:
-        raise ConfigError("train_batch_size", f"got {cfg.train_batch_size}; must be >= the number of processes "
-                          f"({ctx.world_size}): each rank needs at least one question per step")
-    sampler_kind = cfg.sampler
-    if ctx.enabled:  # a colocated vLLM engine per rank is not supported: ranks generate with HF
-        if cfg.sampler == "vllm":
-            raise ConfigError("sampler", "got 'vllm' in a multi-process (torchrun) run; use 'hf' or 'auto' "
-                              "(auto picks hf there)")
-        sampler_kind = "hf"
+    sampler_kind = check_world(cfg, ctx)
     out_dir = Path(cfg.out_dir)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

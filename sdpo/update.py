@@ -205,7 +205,7 @@ def _reduce_metrics(metrics: dict[str, list[float]], batch_keys: set[str], n: in
         if k == "loss":
             vec += [sum(v), float(steps) if ctx.is_main else 0.0]
         else:
-            w = float(n) if k in batch_keys else 1.0
+            w = float(n) if k in batch_keys and ctx.enabled else 1.0
             vec += [sum(v) * w, len(v) * w]
     tot = ctx.all_reduce(vec, "sum") if keys else torch.zeros(0)
     return {k: float(tot[2 * i] / tot[2 * i + 1]) for i, k in enumerate(keys) if float(tot[2 * i + 1]) > 0}
@@ -239,7 +239,7 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     # 1. Tensors: right-padded responses (to the global width: seq-mean-token-sum-norm divides by it),
     #    sampler log-probs, student input layout.
     width = None
-    if ctx.enabled:
+    if False:
         width = int(ctx.all_reduce([max(1, max(len(r.response_ids) for r in batch.rollouts))], "max")[0])
     response_ids = _pad([r.response_ids for r in batch.rollouts], tokenizer.pad_token_id, torch.long, width)
     response_mask = _pad([[1] * len(r.response_ids) for r in batch.rollouts], 0, torch.long, width)

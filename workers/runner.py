@@ -84,7 +84,7 @@ class JobHeartbeat:
 class DbCallbacks:
     """``sdpo.callbacks.Callbacks`` hooks that commit each event in its own transaction."""
 
-    def __init__(self, ctx: WorkerContext, job_id: int, heartbeat: JobHeartbeat):
+    def __init__(self, ctx: WorkerContext, job_id: int, heartbeat: JobHeartbeat | None):
         self.ctx, self.job_id, self.heartbeat = ctx, job_id, heartbeat
         self.cancelled = False
 
@@ -101,7 +101,7 @@ class DbCallbacks:
             J.register_checkpoint(s, job_id=self.job_id, step=step, kind=kind, path=path)
 
     def should_stop(self) -> bool:
-        if self.heartbeat.lost.is_set():
+        if self.heartbeat is not None and self.heartbeat.lost.is_set():
             return True
         with session_scope(self.ctx.sessions) as s:
             self.cancelled = J.cancel_requested(s, job_id=self.job_id)
@@ -137,6 +137,8 @@ def ensure_model(path: str, settings: Settings) -> Path:
 def _result_dict(result: Any) -> dict[str, Any]:
     if result is None:
         return {}
+    if isinstance(result, dict):
+        return result
     if dataclasses.is_dataclass(result):
         out = {}
         for f in dataclasses.fields(result):
@@ -178,6 +180,13 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
     heartbeat = JobHeartbeat(ctx, job_id).start()
     callbacks = DbCallbacks(ctx, job_id, heartbeat)
     status, error, result = "succeeded", None, None
+    job_dir = ctx.settings.job_dir(job_id)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    log_handler = logging.FileHandler(job_dir / "job.log")  # the UI's log tail (backend.services.jobs.job_log_tail)
+    log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(log_handler)
+    log.info("job %s (%s) %s on worker %s", job_id, kind, "resumed" if c is J.Claim.RESUME else "started",
+             ctx.worker_id)
     try:
         # 3. Run the engine with callbacks that commit as they go.
         with session_scope(ctx.sessions) as s:
@@ -185,18 +194,18 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
             if job.kind != kind:
                 raise ValueError(f"job {job_id} is a {job.kind} job, not {kind}")
             problem_data = job.problem.data if job.problem is not None else None
-            config, model = dict(job.config), job.model
+            config, model, gpus = dict(job.config), job.model, job.gpus
             start_attempt = J.count_attempts(s, job_id=job_id)
             ck = J.latest_checkpoint(s, job_id=job_id)
             resume_from = ck.path if ck is not None else None
-        job_dir = ctx.settings.job_dir(job_id)
-        job_dir.mkdir(parents=True, exist_ok=True)
+        if c is J.Claim.RESUME:
+            log.info("resuming after %d committed attempts, from checkpoint %s", start_attempt, resume_from)
         if kind == "solve":
             result = run_solve(ctx, config=config, model=model, problem_data=problem_data, job_dir=job_dir,
                                callbacks=callbacks, start_attempt=start_attempt)
         else:
             result = run_train(ctx, config=config, model=model, job_dir=job_dir, callbacks=callbacks,
-                               resume_from=resume_from)
+                               resume_from=resume_from, gpus=gpus, job_id=job_id)
         # 4. Decide how it ended.
         if heartbeat.lost.is_set():
             return "lost"
@@ -208,6 +217,9 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
         status, error = "failed", f"{type(e).__name__}: {e}\n\n{''.join(tb[-6:])}"
     finally:
         heartbeat.stop()
+        log.info("job %s ended: %s", job_id, "lost (taken over or reaped)" if heartbeat.lost.is_set() else status)
+        logging.getLogger().removeHandler(log_handler)
+        log_handler.close()
     if heartbeat.lost.is_set():
         return "lost"
     with session_scope(ctx.sessions) as s:
@@ -235,13 +247,47 @@ def run_solve(ctx: WorkerContext, *, config: dict[str, Any], model: str, problem
 
 
 def run_train(ctx: WorkerContext, *, config: dict[str, Any], model: str, job_dir: Path, callbacks: DbCallbacks,
-              resume_from: str | None) -> Any:
-    """A training run (``sdpo.trainer.train``) writing into the job's folder, resumed from its checkpoint."""
-    from sdpo.trainer import train
-
+              resume_from: str | None, gpus: int = 1, job_id: int | None = None) -> Any:
+    """A training run (``sdpo.trainer.train``) writing into the job's folder, resumed from its checkpoint.
+    ``gpus > 1`` runs the ranks under ``torchrun`` on this host (``run_train_ranks``)."""
     config = dict(config)
     if model:
         config["model_path"] = model
     config["model_path"] = str(ensure_model(config.get("model_path") or ctx.settings.model, ctx.settings))
     cfg = build_train_config(config, out_dir=str(job_dir), resume_from=resume_from)
+    if gpus > 1:
+        return run_train_ranks(ctx, cfg=cfg, gpus=gpus, job_id=job_id, job_dir=job_dir, callbacks=callbacks)
+    from sdpo.trainer import train
+
     return train(cfg, callbacks.as_callbacks())
+
+
+def run_train_ranks(ctx: WorkerContext, *, cfg: Any, gpus: int, job_id: int | None, job_dir: Path,
+                    callbacks: DbCallbacks) -> dict[str, Any]:
+    """Run ``gpus`` ranks of the training job with ``torchrun --standalone`` (``workers.rank``), wait for them
+    while this process keeps the heartbeat, and stop the whole process group if the job is lost."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    config_path = job_dir / "rank_config.json"
+    config_path.write_text(json.dumps(cfg.to_dict()))
+    (job_dir / "result.json").unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+           "-m", "workers.rank", str(job_id), str(config_path)]
+    with open(job_dir / "torchrun.log", "ab") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while proc.poll() is None:
+                if callbacks.heartbeat is not None and callbacks.heartbeat.lost.is_set():
+                    os.killpg(proc.pid, signal.SIGTERM)
+                time.sleep(ctx.settings.heartbeat_interval_s)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    if proc.returncode != 0:
+        tail = (job_dir / "torchrun.log").read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"torchrun with {gpus} ranks exited with {proc.returncode}:\n" + "\n".join(tail))
+    return json.loads((job_dir / "result.json").read_text())

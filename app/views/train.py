@@ -58,7 +58,7 @@ DATASET_SOURCES = [("Built-in HumanEval", "humaneval"), ("Upload JSONL", "upload
                    ("Registered dataset", "registered")]
 PLOTS = (
     ("reward", "Reward (reward/mean)", lambda n: n in ("reward/mean", "reward/acc")),
-    ("val", "Validation avg@k", lambda n: n.startswith("val/")),
+    ("val", "Validation avg@k / pass@k", lambda n: n.startswith(("val/avg@", "val/pass@"))),
     ("loss", "Loss", lambda n: n == "loss" or n.startswith("loss/")),
     ("length", "Response length", lambda n: n.startswith("response/length")),
     ("sdpo", "SDPO fractions", lambda n: n.startswith("sdpo/") and n.endswith("fraction")),

@@ -260,6 +260,20 @@ def delete_job(session: Session, *, job_id: int, jobs_dir: Path) -> None:
         shutil.rmtree(folder)
 
 
+def job_log_tail(*, jobs_dir: Path, job_id: int, lines: int = 50) -> str:
+    """The last ``lines`` lines of the job's log (``<jobs_dir>/<id>/job.log``, written by its worker); ""
+    when there is none yet."""
+    path = Path(jobs_dir) / str(job_id) / "job.log"
+    if not path.exists():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - 200 * lines))
+        text = f.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # State machine (worker side)
 # ---------------------------------------------------------------------------------------------------------

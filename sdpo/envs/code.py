@@ -1,6 +1,9 @@
 """Code environment: LiveCodeBench-style unit tests run in the sandbox (paper Sec. 4, issue 3).
 
-Work in progress: ``TestSpec`` is final; ``extract_code``/``evaluate`` are being implemented.
+``evaluate(response, tests)`` extracts the last python block, runs it against a ``TestSpec`` in the sandbox
+(``sdpo.envs.sandbox``; see docs/sandbox.md for the isolation) and returns a ``CodeResult``: reward (sparse
+1/0 or dense fraction), per-test verdicts and the feedback text for the self-teacher. Expected outputs stay in
+this (trusted) process: the sandbox only ever receives inputs, and every verdict is computed here.
 """
 
 from __future__ import annotations
@@ -381,7 +384,7 @@ def _error_text(err: Any) -> str:
 def judge(spec: TestSpec, index: int, reply: dict[str, Any]) -> TestRecord:
     """Turn one executor reply into a verdict. Runs in the trusted caller; expected outputs live only here."""
     if not reply.get("ok"):
-        raise RuntimeError(f"sandbox error: {reply.get('error')}")
+        raise SandboxError(f"sandbox error: {reply.get('error')}")
     rec = TestRecord(verdict="passed", seconds=float(reply["seconds"]), index=index,
                      stdout=_b64text(reply["stdout"])[:RECORD_TEXT_CAP],
                      stderr=_b64text(reply["stderr"])[:RECORD_TEXT_CAP])

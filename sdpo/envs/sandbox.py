@@ -276,6 +276,8 @@ class SandboxPool:
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         if self._closed:
             raise RuntimeError("sandbox pool is closed")
+        if job.get("op") not in (None, "run"):
+            return {"ok": False, "error": f"unsupported op {job.get('op')!r} outside a lease"}
         slot = self._free.get()
         try:
             for attempt in (1, 2):
@@ -330,9 +332,11 @@ class _Lease:
 
     def __init__(self, pool: SandboxPool, slot: _Slot):
         self.pool, self.slot = pool, slot
+        self.warm = False  # a warm process may be left (a batch retires its own)
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         job = {**job, "warm": True}
+        self.warm = True
         for attempt in (1, 2):
             try:
                 return self.slot.run(job)
@@ -347,15 +351,19 @@ class _Lease:
         the slot is replaced and SandboxError raised; the caller then runs the remaining tests one by one."""
         try:
             self.slot.batch(job, on_result)
+        except SandboxError:
+            self.slot = self.pool._replace(self.slot)
+            raise
         except (EOFError, TimeoutError, OSError, ValueError) as e:
             self.slot = self.pool._replace(self.slot)
             raise SandboxError(f"sandbox executor failed during a batch: {e}") from None
 
     def close(self) -> None:
-        try:
-            self.slot.run({"op": "retire"})
-        except (EOFError, TimeoutError, OSError, ValueError):
-            self.slot = self.pool._replace(self.slot)
+        if self.warm:
+            try:
+                self.slot.run({"op": "retire"})
+            except (EOFError, TimeoutError, OSError, ValueError):
+                self.slot = self.pool._replace(self.slot)
         self.pool._free.put(self.slot)
 
 
@@ -419,6 +427,38 @@ class SandboxClient:
         except (OSError, EOFError, TimeoutError) as e:
             return {"ok": False, "error": f"sandbox service failed: {e}"}
 
+    def batch(self, job: dict[str, Any], on_result: Callable[[int, dict[str, Any]], bool]) -> None:
+        """Stream a batch job through the service (inside ``lease``); same contract as ``_Slot.batch``."""
+        import time
+
+        s = self._sock()
+        wait = float(job.get("time_limit", 6.0)) + self.slack
+        try:
+            _send(s, job)
+            stop_sent = False
+            error: BaseException | None = None
+            while True:
+                frame = _recv(s, time.monotonic() + wait)
+                if not frame.get("ok"):
+                    raise SandboxError(f"sandbox service failed: {frame.get('error')}")
+                if frame.get("end"):
+                    break
+                keep_going = False
+                if error is None:
+                    try:
+                        keep_going = on_result(int(frame["index"]), frame)
+                    except BaseException as e:
+                        error = e
+                if not keep_going and not stop_sent:
+                    _send(s, {"op": "stop"})
+                    stop_sent = True
+        except (OSError, EOFError, TimeoutError) as e:
+            s.close()
+            self._local.sock = None
+            raise SandboxError(f"sandbox service failed during a batch: {e}") from None
+        if error is not None:
+            raise error
+
     @contextmanager
     def lease(self) -> Iterator[SandboxClient]:
         """Hold one of the service's slots on this thread's connection for the tests of one solution."""
@@ -430,6 +470,37 @@ class SandboxClient:
                 self._request({"op": "release"}, 60.0)
             except (OSError, EOFError, TimeoutError):
                 pass
+
+
+def _serve_batch(conn: socket.socket, held: _Lease, job: dict[str, Any]) -> dict[str, Any]:
+    """Relay a batch: replies go to the client as they come; a watcher forwards the client's stop."""
+    finished = threading.Event()
+
+    def watch() -> None:
+        while not finished.is_set():
+            r, _, _ = select.select([conn], [], [], 0.02)
+            if r and not finished.is_set():
+                try:
+                    msg = _recv(conn)
+                except (EOFError, OSError, ValueError):
+                    return
+                if isinstance(msg, dict) and msg.get("op") == "stop":
+                    try:
+                        _send(held.slot.wfd, {"op": "stop"})  # a stale stop is ignored by the executor
+                    except OSError:
+                        return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        held.batch(job, lambda index, frame: (_send(conn, frame), True)[1])
+        reply: dict[str, Any] = {"ok": True, "end": True}
+    except SandboxError as e:
+        reply = {"ok": False, "error": str(e)}
+    finally:
+        finished.set()
+        watcher.join()
+    return reply
 
 
 def serve(socket_path: str | os.PathLike[str], config: SandboxConfig | None = None,
@@ -471,6 +542,11 @@ def serve(socket_path: str | os.PathLike[str], config: SandboxConfig | None = No
                             held.close()
                             held = None
                         reply = {"ok": True}
+                    elif op == "stop":  # crossed the end of its batch
+                        continue
+                    elif op == "batch":
+                        reply = (_serve_batch(conn, held, job) if held is not None
+                                 else {"ok": False, "error": "a batch needs a lease"})
                     else:
                         reply = held.run(job) if held is not None else pool.run(job)
                     try:

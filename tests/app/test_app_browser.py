@@ -264,6 +264,7 @@ def test_solve_live_attempts_feedback_cancel_and_history(server, page):
     page.wait_for_function(f"() => document.querySelector('#solve-status').innerText.includes('Job {first}')")
     page.wait_for_function("() => document.querySelector('#solve-status').innerText.includes('succeeded')")
     assert page.locator("#solve-attempts .virtual-row").count() == 4
+    page.wait_for_selector("#solve-curve g.mark-line path", state="attached")  # the discovery curve is drawn
     assert not page.locator("#solve-cancel").is_visible()  # finished jobs are read-only
     page.locator("#solve-status").scroll_into_view_if_needed()
     shot(page, "solve_finished_from_history")
@@ -271,6 +272,39 @@ def test_solve_live_attempts_feedback_cancel_and_history(server, page):
     tab(page, "system")
     page.wait_for_function("() => document.querySelector('#system-health').innerText.includes('1 live')")
     shot(page, "system")
+
+
+def test_train_run_live_plots_checkpoints_and_compare(server, page):
+    tab(page, "train")
+    for elem, value in (("train-max-steps", "2"), ("train-n", "2"), ("train-max-new-tokens", "8"),
+                        ("train-save-every", "1")):
+        fill(page, elem, value)
+    page.click("#train-submit")
+    job = int(re.search(r"Job (\d+) queued", expect_message(page, "train-message", "ok", "queued")).group(1))
+    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('succeeded')",
+                           timeout=180_000)
+    assert server.job(job).status == "succeeded", server.job(job).error
+    for plot in ("reward", "loss", "length", "sdpo"):  # every live plot drew its lines
+        page.wait_for_selector(f"#train-plot-{plot} g.mark-line path", state="attached")
+    assert "step 2:" in page.input_value("#train-log textarea")
+    assert page.locator("#train-checkpoints .virtual-row").count() == 2
+    page.click("#train-ck-pick input")
+    page.get_by_role("option", name="step 2 (lora)").click()
+    page.click("#train-ck-zip")
+    try:
+        page.wait_for_selector(f"#train-ck-file :text('job{job}-step2-lora.zip')")
+    except Exception:
+        shot(page, "debug_zip")
+        raise
+    shot(page, "train_finished")
+
+    tab(page, "compare")
+    page.click("#compare-refresh")
+    page.click("#compare-runs input")
+    page.get_by_role("option", name=re.compile(f"#{job} humaneval")).click()
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#compare-train-plot g.mark-line path", state="attached")
+    shot(page, "compare")
 
 
 def test_stopping_serve_stops_its_worker(server):

@@ -47,6 +47,7 @@ CASES = {
     "sdpo-token-mean-ema": dict(loss="sdpo", micro_batch_size=2, agg="token-mean", teacher="ema",
                                 layout="masked-rank"),
     "sdpo-token-mean-mixed": dict(loss="sdpo", micro_batch_size=2, agg="token-mean"),
+    "sdpo-trust-region": dict(loss="sdpo", micro_batch_size=3, agg="seq-mean-token-mean", teacher="trust-region"),
     # 11 samples in mini-batches of 2: each epoch ends with a 1-sample mini-batch, so one rank has no rows there
     "sdpo-seq-mean-token-mean-mini": dict(loss="sdpo", micro_batch_size=1, mini_batch_size=2, ppo_epochs=2,
                                           agg="seq-mean-token-mean"),
@@ -78,6 +79,25 @@ def test_strategy_resolution():
     with pytest.raises(ConfigError, match="^distributed: got 'zero'"):
         resolve_strategy("zero", 2)
     assert SINGLE.all_reduce([1.0, 2.0]).tolist() == [1.0, 2.0] and SINGLE.max_divergence([torch.ones(2)]) == 0
+
+
+def test_world_dependent_settings_are_checked(tmp_path):
+    from sdpo.config import ConfigError
+    from sdpo.trainer import TrainConfig, check_world
+
+    data = tmp_path / "t.jsonl"
+    data.write_text('{"prompt": "p", "kind": "mcq", "answer": "A"}\n')
+    cfg = TrainConfig(train_file=str(data), train_batch_size=2, sampler="vllm")
+    assert check_world(cfg, SINGLE) == "vllm"  # one process: the config's sampler
+    two, four = DistContext(rank=1, world_size=2, strategy="ddp"), DistContext(world_size=4, strategy="ddp")
+    with pytest.raises(ConfigError, match="^sampler: got 'vllm' in a multi-process"):
+        check_world(cfg, two)
+    assert check_world(TrainConfig(train_file=str(data), train_batch_size=2), two) == "hf"  # auto -> hf
+    with pytest.raises(ConfigError, match=r"^train_batch_size: got 2; must be >= the number of processes \(4\)"):
+        check_world(TrainConfig(train_file=str(data), train_batch_size=2), four)
+    with pytest.raises(ConfigError, match="^distributed: fsdp"):
+        check_world(TrainConfig(train_file=str(data), train_batch_size=2), DistContext(world_size=2,
+                                                                                     strategy="fsdp"))
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",

@@ -163,3 +163,13 @@ def stack(request, tmp_path_factory, tiny_model_path):
     engine.dispose()
     if pg_url:
         drop_pg_database(pg_url)
+
+
+@pytest.fixture
+def settings_env(tmp_path, monkeypatch) -> Settings:
+    """Settings from a clean environment pointing at a tmp data dir."""
+    for key in list(os.environ):
+        if key.startswith("SDPO_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SDPO_DATA_DIR", str(tmp_path / "data"))
+    return Settings()

@@ -95,3 +95,84 @@ def test_bad_json_problem_exits_2(env, tmp_path):
     r = runner.invoke(app, ["submit", "solve", "--problem", str(tmp_path / "missing.json")])
     assert r.exit_code == 2 and "cannot read" in r.output
     assert queue_length(env) == 0
+
+
+def test_submit_show_cancel_and_list(env, tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(PROBLEM))
+    r = run("submit", "solve", "--problem", str(path), "--strategy", "best_of_k", "--budget", "3",
+            "--set", "max_new_tokens=16", "--set", "self_distillation.alpha=1.0")
+    assert r.exit_code == 0, r.output
+    job_id = int(r.output.strip())
+    assert queue_length(env) == 1
+    shown = json.loads(run("jobs", "show", str(job_id), "--json").output)
+    assert (shown["status"], shown["kind"], shown["n_attempts"], shown["checkpoints"]) == ("queued", "solve", 0, [])
+    assert shown["config"]["strategy"] == "best_of_k" and shown["config"]["budget"] == 3
+    assert shown["config"]["max_new_tokens"] == 16 and shown["config"]["self_distillation"]["alpha"] == 1.0
+    assert shown["last_metrics"] == {} and shown["error"] is None
+    r = run("jobs", "cancel", str(job_id))
+    assert r.exit_code == 0 and f"job {job_id} cancelled" in r.output
+    r = runner.invoke(app, ["jobs", "cancel", str(job_id)])
+    assert r.exit_code == 2 and "cancelled -> cancelled" in r.output
+    listed = json.loads(run("jobs", "list", "--json", "--status", "cancelled").output)
+    assert [j["id"] for j in listed] == [job_id]
+    assert "best_of_k" not in run("jobs", "list").output and str(job_id) in run("jobs", "list").output
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--set", "budget=0"], "budget: got 0"),
+    (["--strategy", "beam"], "strategy: got 'beam'"),
+    (["--set", "self_distillation.alpha=2"], "alpha: got 2"),
+    (["--set", "nokey"], "expected KEY=VALUE"),
+])
+def test_invalid_solve_settings_exit_2_and_store_nothing(env, tmp_path, args, text):
+    run("db", "upgrade")
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(PROBLEM))
+    r = runner.invoke(app, ["submit", "solve", "--problem", str(path), *args])
+    assert r.exit_code == 2 and text in r.output, r.output
+    assert queue_length(env) == 0
+    from backend.db import session_factory_from_settings, session_scope
+    from backend.services.jobs import count_jobs
+    from backend.services.problems import list_problems
+
+    with session_scope(session_factory_from_settings(env)) as s:
+        assert count_jobs(s) == 0 and list_problems(s) == []  # the problem was rolled back too
+
+
+def test_submit_train_errors_and_success(env, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: humaneval\nmax_steps: 2\n")
+    r = runner.invoke(app, ["submit", "train", "--config", str(cfg), "--dataset", "mine"])
+    assert r.exit_code == 2 and "unknown dataset 'mine'" in r.output
+    r = runner.invoke(app, ["submit", "train", "--config", str(cfg), "--set", "lr=-1"])
+    assert r.exit_code == 2 and "lr: got -1" in r.output
+    (tmp_path / "bad.yaml").write_text("- a\n- b\n")
+    r = runner.invoke(app, ["submit", "train", "--config", str(tmp_path / "bad.yaml")])
+    assert r.exit_code == 2 and "must hold a mapping" in r.output
+    assert queue_length(env) == 0
+    r = run("submit", "train", "--config", str(cfg), "--gpus", "2", "--set", "train_batch_size=2")
+    assert r.exit_code == 0, r.output
+    shown = json.loads(run("jobs", "show", r.output.strip(), "--json").output)
+    assert shown["gpus"] == 2 and shown["config"]["max_steps"] == 2 and "out_dir" not in shown["config"]
+    assert queue_length(env) == 1
+
+
+def test_jobs_list_reaps_silent_jobs(env, tmp_path):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from backend.db import session_factory_from_settings, session_scope
+    from backend.models import Job, utcnow
+    from backend.services.jobs import claim_job
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(PROBLEM))
+    job_id = int(run("submit", "solve", "--problem", str(path), "--budget", "2").output.strip())
+    sessions = session_factory_from_settings(env)
+    with session_scope(sessions) as s:
+        claim_job(s, job_id=job_id, worker_id="gone:1", takeover_after_s=15)
+        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    (row,) = json.loads(run("jobs", "list", "--json").output)
+    assert row["status"] == "failed" and "worker gone:1 stopped heart-beating" in row["error"]

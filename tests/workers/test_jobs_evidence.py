@@ -107,6 +107,28 @@ def test_train_job_goes_queued_running_succeeded(stack):
     assert [(r, i) for _, r, i in keys] == [(1, 0), (1, 1), (2, 0), (2, 1)]
     assert d.result["steps"] == 2 and d.started_at <= d.finished_at and d.worker_id
     assert (stack.settings.job_dir(job_id) / "checkpoints" / "step_2").is_dir()
+    tail = J.job_log_tail(jobs_dir=stack.settings.jobs_dir, job_id=job_id)
+    assert f"job {job_id} (train) started" in tail and f"job {job_id} ended: succeeded" in tail
+
+
+def test_train_job_on_two_ranks(stack):
+    """A train job asking for 2 GPUs runs as 2 torchrun ranks (gloo on CPU) and reports like one job."""
+    if stack.name != "sqlite+filesystem":
+        pytest.skip("broker-independent; run once")
+    stack.live_worker()
+    with session_scope(stack.sessions) as s:
+        job_id = J.submit_job(s, kind="train", config={**TINY_TRAIN, "train_batch_size": 2, "max_steps": 2,
+                                                       "distributed": "ddp"},
+                              validate=validate_config, enqueue=stack.queue.enqueue, gpus=2).id
+    d = stack.wait_status(job_id, ("succeeded", "failed", "cancelled"), 240)
+    assert d.status == "succeeded", f"{d.error}\n{stack.log_tail()}"
+    assert d.gpus == 2 and d.result["steps"] == 2
+    assert metric_steps(stack, job_id) == [1, 2]
+    assert [c.step for c in d.checkpoints] == [1, 2]
+    # rank 0 reports the whole global batch: 2 questions x n=2 rollouts per step
+    rounds = [r for _, r, _ in attempt_keys(stack, job_id)]
+    assert rounds == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert (stack.settings.job_dir(job_id) / "torchrun.log").exists()
 
 
 def test_cancel_running_solve_ends_within_one_round(stack, problem_id):

@@ -372,7 +372,7 @@ def test_humaneval_canonical_pass_and_mutants_fail(pool):
     specs = [{"testtype": "assert", "fn_name": p["entry_point"], "assert_code": p["test"], "time_limit": 10}
              for p in probs]
     good = evaluate_many([py(p["prompt"] + p["canonical_solution"]) for p in probs], specs, sandbox=pool)
-    assert [r.reward for r in good] == [1.0] * len(probs), [(p["task_id"], r.feedback) for p, r in zip(probs, good)]
+    assert [r.reward for r in good] == [1.0] * len(probs), [(p["task_id"], r.feedback) for p, r in zip(probs, good, strict=True)]
     bad = evaluate_many([py(p["prompt"] + "    return None\n") for p in probs], specs, sandbox=pool)
     assert all(r.reward == 0.0 and r.feedback for r in bad)
 

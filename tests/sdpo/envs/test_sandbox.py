@@ -4,6 +4,7 @@ secrets unread). Runs as root (here and in CI), so the strong isolation mode is 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import textwrap
@@ -86,7 +87,7 @@ if os.fork() == 0:
     time.sleep(1000)
 print("ok")
 sys.stdout.flush()
-os._exit(0)""", stdin_spec(time_limit=3.0), {"passed"}),
+os._exit(0)""", stdin_spec(inputs=("", "", ""), outputs=("ok", "ok", "ok"), time_limit=3.0), {"passed"}),
     ("memory_bomb_single", "x = bytearray(16 << 30)\nprint('ok')", stdin_spec(), {"memory_limit"}),
     ("memory_bomb_gradual", """
 chunks = []
@@ -209,6 +210,17 @@ for o in gc.get_objects():
     except Exception:
         pass
 print(found or "none")""", stdin_spec(outputs=(EXPECTED_SECRET,), time_limit=3.0), {"wrong_answer"}),
+    ("gc_scan_for_expected_functional", """
+import gc
+def f(x):
+    for o in gc.get_objects():
+        if isinstance(o, (list, dict, tuple)):
+            for v in (o.values() if isinstance(o, dict) else o):
+                if isinstance(v, str) and v.startswith("SECRET_EXPECTED_7731"):
+                    return v
+    return "none"
+""", fn_spec(inputs=("1",), outputs=(json.dumps(EXPECTED_SECRET),), time_limit=3.0),
+     {"wrong_answer"}),
     ("memory_scan_for_expected", """
 import ctypes, re
 found = "none"
@@ -481,6 +493,14 @@ def test_service_over_unix_socket(tmp_path):
             s.connect(str(path))
             s.sendall(b"\x00\x00\x00\x05hello")
         assert evaluate("```python\nprint(9)\n```", specs[0], sandbox=client).reward == 1.0
+        # Streamed tests through the service: a sparse stop at test 1 kills the slow test 2 at once.
+        slow = {"inputs": ["1", "2", "3"], "outputs": ["1", "2", "3"], "time_limit": 20}
+        t0 = time.monotonic()
+        r = evaluate("```python\nimport time\nn = int(input())\nif n == 2:\n    time.sleep(20)\nprint(n + 1)\n```",
+                     slow, sandbox=client)
+        assert [t.verdict for t in r.tests] == ["wrong_answer"] and time.monotonic() - t0 < 5
+        r = evaluate("```python\nprint(int(input()))\n```", slow, sandbox=client, sparse=False)
+        assert r.passed == 3
     finally:
         stop.set()
         t.join(10)

@@ -239,7 +239,7 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     # 1. Tensors: right-padded responses (to the global width: seq-mean-token-sum-norm divides by it),
     #    sampler log-probs, student input layout.
     width = None
-    if False:
+    if ctx.enabled:
         width = int(ctx.all_reduce([max(1, max(len(r.response_ids) for r in batch.rollouts))], "max")[0])
     response_ids = _pad([r.response_ids for r in batch.rollouts], tokenizer.pad_token_id, torch.long, width)
     response_mask = _pad([[1] * len(r.response_ids) for r in batch.rollouts], 0, torch.long, width)

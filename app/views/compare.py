@@ -87,11 +87,12 @@ def build(ctx: AppContext) -> CompareHandles:
 
     train_legend, solve_legend = gr.State(None), gr.State(None)
     runs.change(on_runs, [runs, metric], [metric, train_plot, train_legend], api_visibility="private").then(
-        lambda lg: legend_updates(lg, 1), train_legend, train_plot, api_visibility="private")
+        lambda lg: legend_updates(lg, 1), train_legend, train_plot, api_visibility="private", show_progress="hidden")
     metric.input(on_metric, [runs, metric], [train_plot, train_legend], api_visibility="private").then(
-        lambda lg: legend_updates(lg, 1), train_legend, train_plot, api_visibility="private")
+        lambda lg: legend_updates(lg, 1), train_legend, train_plot, api_visibility="private", show_progress="hidden")
     solves.change(on_solves, solves, [solve_plot, solve_legend], api_visibility="private").then(
-        lambda lg: legend_updates(lg, 1), solve_legend, solve_plot, api_visibility="private")
+        lambda lg: legend_updates(lg, 1), solve_legend, solve_plot, api_visibility="private",
+        show_progress="hidden")
     def refresh_lists():
         return gr.Dropdown(choices=job_choices(ctx, "train")), gr.Dropdown(choices=job_choices(ctx, "solve"))
 

@@ -334,7 +334,7 @@ def build(ctx: AppContext) -> SolveHandles:
         [title, statement, source, testtype, fn_name, tests, json_text, starter, strategy, budget, model, adapter,
          extra, *adv_boxes],
         [message, job_id], api_name="submit_solve",
-    ).success(render, [job_id], view_outputs, api_visibility="private")
+    ).success(render, [job_id], view_outputs, api_visibility="private", show_progress="hidden")
     refresh(submitted)
     refresh(open_btn.click(render, [job_id], view_outputs, api_visibility="private"))
     refresh(job_id.submit(render, [job_id], view_outputs, api_visibility="private"))
@@ -353,7 +353,7 @@ def build(ctx: AppContext) -> SolveHandles:
             return error_md(str(e))
 
     refresh(cancel_btn.click(on_cancel, [job_id], [message], api_visibility="private").then(
-        render, [job_id], view_outputs, api_visibility="private"))
+        render, [job_id], view_outputs, api_visibility="private", show_progress="hidden"))
 
     def on_select(ids, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index

@@ -344,7 +344,7 @@ def build(ctx: AppContext) -> TrainHandles:
 
     submitted = submit_btn.click(on_submit, [source, upload, dataset_name, server_path, registered, loss, adapter, model, extra,
                                  *boxes], [message, job_id, registered], api_name="submit_train",
-                     ).success(render, [job_id], view_outputs, api_visibility="private")
+                     ).success(render, [job_id], view_outputs, api_visibility="private", show_progress="hidden")
     refresh(submitted)
     refresh(open_btn.click(render, [job_id], view_outputs, api_visibility="private"))
     refresh(job_id.submit(render, [job_id], view_outputs, api_visibility="private"))
@@ -363,7 +363,7 @@ def build(ctx: AppContext) -> TrainHandles:
             return error_md(str(e))
 
     refresh(cancel_btn.click(on_cancel, [job_id], [message], api_visibility="private").then(
-        render, [job_id], view_outputs, api_visibility="private"))
+        render, [job_id], view_outputs, api_visibility="private", show_progress="hidden"))
 
     def on_zip(jid, ck_id):
         jid = job_id_of(jid)

@@ -96,3 +96,23 @@ def test_submit_train_and_status(served):
 def test_job_status_of_unknown_job(served):
     client, _ = served
     assert client.predict(987654, api_name="/job_status") == {"error": "job 987654 not found"}
+
+
+def test_login_from_settings(tmp_path, hooks):
+    from app.auth import make_auth
+
+    settings = Settings(data_dir=tmp_path / "data", database_url="", broker_url="", model="",
+                        auth="alice:secret,bob:pw2", port=free_port(), queue="gpu-auth-test")
+    check = make_auth(settings)
+    assert check("alice", "secret") and check("bob", "pw2")
+    assert not check("alice", "pw2") and not check("carol", "secret") and not check("alice", "")
+    assert make_auth(Settings(data_dir=tmp_path / "d2", auth=None)) is None
+
+    upgrade(settings.database_url)
+    _, url, _ = launch(settings, hooks, prevent_thread_lock=True, quiet=True)
+    from gradio_client.exceptions import AuthenticationError
+
+    with pytest.raises(AuthenticationError, match="credentials were not provided"):
+        Client(url, verbose=False)
+    client = Client(url, auth=("alice", "secret"), verbose=False)
+    assert client.predict(1, api_name="/job_status") == {"error": "job 1 not found"}

@@ -150,6 +150,7 @@ def fill(page, elem_id: str, value: str) -> None:
 
 
 def shot(page, name: str) -> None:
+    page.wait_for_timeout(800)  # let pending-update overlays fade
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
@@ -199,7 +200,8 @@ def test_bad_input_shows_an_error_and_creates_no_job(server, page):
     big.write_text("\n".join('{"prompt": "%s", "kind": "mcq", "answer": "A"}' % ("x" * 80) for _ in range(40)))
     assert big.stat().st_size > MAX_UPLOAD
     page.locator("#train-upload input[type=file]").set_input_files(str(big))
-    page.wait_for_selector("#train-upload :text('big.jsonl')")
+    page.wait_for_function("() => document.querySelector('#train-upload').innerText.replace(/\\s/g, '')"
+                           ".includes('big.jsonl')")
     page.click("#train-submit")
     expect_message(page, "train-message", "error", "SDPO_MAX_UPLOAD_BYTES")
     shot(page, "bad_upload")
@@ -251,15 +253,12 @@ def test_solve_live_attempts_feedback_cancel_and_history(server, page):
     server.wait(lambda: server.job(first).status in ("succeeded", "failed"), 180, f"job {first} to finish")
     assert server.job(first).status == "succeeded", server.job(first).error
     tab(page, "history")
-    page.wait_for_selector("#history-table .virtual-row")
-    ids = [t.strip() for t in page.locator('#history-table [data-testid$="-0"][role=gridcell]').all_inner_texts()]
+    ids = history_ids(page)
     assert str(first) in ids and str(second) in ids
     table_text = page.inner_text("#history-table")
     assert "cancelled" in table_text and "succeeded" in table_text
     shot(page, "history")
-    row = ids.index(str(first))
-    page.click(f'#history-table [data-testid="cell-{row}-0"]')
-    page.wait_for_function(f"() => document.querySelector('#history-selected input').value == '{first}'")
+    select_job(page, first)
     page.click("#history-open")
     page.wait_for_function(f"() => document.querySelector('#solve-status').innerText.includes('Job {first}')")
     page.wait_for_function("() => document.querySelector('#solve-status').innerText.includes('succeeded')")
@@ -272,6 +271,46 @@ def test_solve_live_attempts_feedback_cancel_and_history(server, page):
     tab(page, "system")
     page.wait_for_function("() => document.querySelector('#system-health').innerText.includes('1 live')")
     shot(page, "system")
+
+
+def history_ids(page) -> list[str]:
+    page.wait_for_selector("#history-table .virtual-row")
+    return [t.strip() for t in page.locator('#history-table [data-testid$="-0"][role=gridcell]').all_inner_texts()]
+
+
+def select_job(page, job_id: int) -> None:
+    row = history_ids(page).index(str(job_id))
+    page.click(f'#history-table [data-testid="cell-{row}-0"]')
+    page.wait_for_function(f"() => document.querySelector('#history-selected input').value == '{job_id}'")
+
+
+def test_history_rerun_and_delete(server, page):
+    with session_scope(server.sessions) as s:
+        solved = s.scalars(select(Job.id).where(Job.status == "succeeded")).all()
+        cancelled = s.scalars(select(Job.id).where(Job.status == "cancelled")).all()
+    assert solved and cancelled
+    tab(page, "history")
+    # re-run a finished job with the same config
+    select_job(page, solved[0])
+    page.click("#history-rerun")
+    text = expect_message(page, "history-message", "ok", f"re-run of job {solved[0]}")
+    new = int(re.search(r"Job (\d+) queued", text).group(1))
+    assert str(new) in history_ids(page)
+    old_job, new_job = server.job(solved[0]), server.job(new)
+    assert new_job.config == old_job.config and new_job.problem_id == old_job.problem_id
+    # delete a job: nothing happens until it is confirmed
+    select_job(page, cancelled[0])
+    page.click("#history-delete")
+    page.wait_for_selector("#history-confirm", state="visible")
+    assert "cannot be undone" in page.inner_text("#history-confirm-text")
+    shot(page, "history_confirm_delete")
+    assert server.job(cancelled[0]) is not None
+    page.click("#history-confirm")
+    expect_message(page, "history-message", "ok", f"Job {cancelled[0]} deleted")
+    assert server.job(cancelled[0]) is None
+    assert str(cancelled[0]) not in history_ids(page)
+    # let the re-run finish so the worker is free for the training run
+    server.wait(lambda: server.job(new).status in ("succeeded", "failed"), 180, f"job {new} to finish")
 
 
 def test_train_run_live_plots_checkpoints_and_compare(server, page):
@@ -291,11 +330,8 @@ def test_train_run_live_plots_checkpoints_and_compare(server, page):
     page.click("#train-ck-pick input")
     page.get_by_role("option", name="step 2 (lora)").click()
     page.click("#train-ck-zip")
-    try:
-        page.wait_for_selector(f"#train-ck-file :text('job{job}-step2-lora.zip')")
-    except Exception:
-        shot(page, "debug_zip")
-        raise
+    page.wait_for_function(f"() => document.querySelector('#train-ck-file').innerText.replace(/\\s/g, '')"
+                           f".includes('job{job}-step2-lora.zip')")
     shot(page, "train_finished")
 
     tab(page, "compare")

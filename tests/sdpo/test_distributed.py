@@ -2,8 +2,8 @@
 
 - policy_update on a global batch split across 2 ranks (whole groups per rank, unequal sizes, one rank fully
   masked for SDPO) takes the same optimizer step and reports the same loss as one process holding the whole
-  batch, in every loss / aggregation mode, with mini-batches and PPO epochs; the EMA teacher stays identical
-  across ranks and equal to the one-process teacher.
+  batch, in every loss / aggregation mode, with mini-batches and PPO epochs; the EMA and trust-region teachers
+  stay identical across ranks and equal to the one-process teacher.
 - train() under torchrun completes, rank 0 alone writes metrics.jsonl, and a 2-rank checkpoint resumes on
   2 ranks reproducing the uninterrupted run.
 

@@ -108,9 +108,10 @@ def part_discovery(args, data: dict) -> dict:
     import discovery  # bench/discovery.py
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    ns = SimpleNamespace(model=args.model, problems=data["paths"]["hard"], max_problems=args.hard,
+    ns = SimpleNamespace(model=args.model, problems=data["paths"][args.disc_split], max_problems=args.hard,
                          seeds=args.seeds, budget=args.budget, n=args.n, strategies=",".join(STRATEGIES),
-                         set=[f"max_new_tokens={args.max_new_tokens}", *args.disc_set])
+                         set=[f"max_new_tokens={args.max_new_tokens}", f"adapter={args.disc_adapter}",
+                              f"lr={args.disc_lr:.12f}", *args.disc_set])
     r = discovery.run(ns)
     n_problems = r["n_problems"]
     per_seed: dict[str, list[list[float]]] = {}
@@ -119,7 +120,7 @@ def part_discovery(args, data: dict) -> dict:
         per_seed[s] = [discovery.curve([found[p * len(seeds) + j] for p in range(n_problems)], args.budget)
                        for j in range(len(seeds))]
     stats = {s: [mean_se([c[k] for c in per_seed[s]]) for k in range(args.budget)] for s in STRATEGIES}
-    return {"n_problems": n_problems, "seeds": seeds, "budget": args.budget, "n": args.n, "set": ns.set,
+    return {"split": args.disc_split, "n_problems": n_problems, "seeds": seeds, "budget": args.budget, "n": args.n, "set": ns.set,
             "discovered_at": r["discovered_at"], "seconds": r["seconds"], "per_seed": per_seed,
             "mean": {s: [m for m, _ in stats[s]] for s in STRATEGIES},
             "se": {s: [e for _, e in stats[s]] for s in STRATEGIES}}
@@ -128,7 +129,7 @@ def part_discovery(args, data: dict) -> dict:
 def discovery_table(d: dict) -> list[str]:
     budget = d["budget"]
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k < budget] + [budget]
-    lines = [f"Discovery: {d['n_problems']} hard problems x seeds {d['seeds']}; budget {budget}, n {d['n']}; "
+    lines = [f"Discovery: {d['n_problems']} {d['split']} problems x seeds {d['seeds']}; budget {budget}, n {d['n']}; "
              f"overrides {' '.join(d['set'])}", "",
              "| strategy | " + " | ".join(f"solved@{k}" for k in ks) + " | time (s) |",
              "|---|" + "---|" * len(ks) + "---|"]
@@ -329,7 +330,7 @@ def plot_discovery(d: dict, path: Path) -> None:
         ax.fill_between(xs, [a - b for a, b in zip(m, e, strict=True)], [a + b for a, b in zip(m, e, strict=True)],
                         step="post", alpha=0.2)
     ax.set_xlabel("attempts")
-    ax.set_ylabel("fraction of hard problems solved")
+    ax.set_ylabel(f"fraction of {d['split']} problems solved")
     ax.set_title(f"toy world: discovery ({d['n_problems']} problems, {len(d['seeds'])} seeds, ± SE)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
@@ -394,19 +395,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     g = ap.add_argument_group("discovery")
-    g.add_argument("--hard", type=int, default=8, help="hard problems")
-    g.add_argument("--budget", type=int, default=32)
+    g.add_argument("--hard", type=int, default=6, help="problems to solve (the first of the split)")
+    g.add_argument("--disc-split", default="hard", choices=("hard", "test"),
+                   help="hard: held-out compositions (the issue's setting); test: easy held-out problems")
+    g.add_argument("--disc-adapter", default="full", choices=("full", "lora"))
+    g.add_argument("--disc-lr", type=float, default=1e-4)
+    g.add_argument("--budget", type=int, default=16)
     g.add_argument("--n", type=int, default=4, help="attempts per round (sdpo / best_of_k)")
     g.add_argument("--disc-set", action="append", default=[], help="SolveConfig override key=value")
     g = ap.add_argument_group("training")
     g.add_argument("--train-problems", type=int, default=256)
     g.add_argument("--test-problems", type=int, default=32)
-    g.add_argument("--steps", type=int, default=8)
+    g.add_argument("--steps", type=int, default=6)
     g.add_argument("--batch", type=int, default=8, help="questions per step")
     g.add_argument("--group", type=int, default=4, help="rollouts per question")
     g.add_argument("--val-every", type=int, default=2)
     g.add_argument("--val-k", type=int, default=4)
-    g.add_argument("--lr", type=float, default=5e-5)
+    g.add_argument("--lr", type=float, default=1e-4)
     g.add_argument("--train-set", action="append", default=[], help="TrainConfig override key=value")
     g = ap.add_argument_group("gaps")
     g.add_argument("--gap-problems", type=int, default=32)

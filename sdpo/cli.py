@@ -76,6 +76,7 @@ def make_toy_model_cmd(
     steps: int | None = typer.Option(None, "--steps", help="Exact number of optimizer steps (reproducible)."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for training."),
     examples: int = typer.Option(40_000, "--examples", help="Size of the pretraining corpus."),
+    init_from: str | None = typer.Option(None, "--init-from", help="Continue training this toy checkpoint."),
     eval_problems: int = typer.Option(32, "--eval-problems", help="Held-out easy and hard problems to report "
                                       "on after training (0 = skip)."),
     samples: int = typer.Option(4, "--samples", help="Samples per problem for the sampled solve rate."),
@@ -88,7 +89,8 @@ def make_toy_model_cmd(
     from sdpo.toy.pretrain import ToyModelConfig, make_toy_model
 
     try:
-        cfg = ToyModelConfig(seed=seed, minutes=minutes, steps=steps, threads=threads, n_examples=examples)
+        cfg = ToyModelConfig(seed=seed, minutes=minutes, steps=steps, threads=threads, n_examples=examples,
+                              init_from=init_from)
     except ConfigError as e:
         fail(str(e))
     if eval_problems < 0 or samples < 1:
@@ -122,10 +124,15 @@ def train_cmd(
         cfg = load_config(config, overrides)
     except ConfigError as e:
         fail(str(e))
-    typer.echo(f"run directory: {cfg.out_dir}")
+    import os
+
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    if rank0:
+        typer.echo(f"run directory: {cfg.out_dir}")
     result = train(cfg)
-    typer.echo(f"done: {result.steps} steps; metrics in {cfg.out_dir}/metrics.jsonl; "
-               f"checkpoints: {', '.join(result.checkpoints) or 'none'}")
+    if rank0:
+        typer.echo(f"done: {result.steps} steps; metrics in {cfg.out_dir}/metrics.jsonl; "
+                   f"checkpoints: {', '.join(result.checkpoints) or 'none'}")
 
 
 @app.command("check")

@@ -175,7 +175,6 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
     c = claim(ctx, job_id)
     if c is J.Claim.SKIP:
         return "skipped"
-    log.info("job %s: %s on %s", job_id, "resuming" if c is J.Claim.RESUME else "starting", ctx.worker_id)
     # 2. Heart-beat while we work.
     heartbeat = JobHeartbeat(ctx, job_id).start()
     callbacks = DbCallbacks(ctx, job_id, heartbeat)
@@ -206,10 +205,10 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
         else:
             result = run_train(ctx, config=config, model=model, job_dir=job_dir, callbacks=callbacks,
                                resume_from=resume_from, gpus=gpus, job_id=job_id)
-        # 4. Decide how it ended.
-        if heartbeat.lost.is_set():
-            return "lost"
-        if callbacks.cancelled or callbacks.should_stop():
+        # 4. Decide how it ended: an engine that stopped early on the cancel flag ends the job cancelled; one
+        # that ran to its end succeeded even if a cancel arrived after its last check.
+        stopped = result.get("stopped") if isinstance(result, dict) else getattr(result, "stopped", None)
+        if stopped if stopped is not None else callbacks.cancelled:
             status, error = "cancelled", "cancelled by the user"
     except Exception as e:  # noqa: BLE001 - the job records the failure; the worker lives on
         log.exception("job %s failed", job_id)

@@ -67,7 +67,8 @@ def build(ctx: AppContext) -> HistoryHandles:
     table = gr.Dataframe(value=pd.DataFrame(columns=COLUMNS), interactive=False, max_height=420,
                          label="Jobs (click a row to select it)", elem_id="history-table")
     with gr.Row():
-        selected = gr.Number(label="Selected job", precision=0, value=None, minimum=0, elem_id="history-selected", scale=1)
+        selected = gr.Number(label="Selected job", precision=0, value=None, placeholder="click a row", minimum=0,
+                             elem_id="history-selected", scale=1)
         open_btn = gr.Button("Open", variant="primary", elem_id="history-open", scale=0)
         rerun_btn = gr.Button("Re-run with same config", elem_id="history-rerun", scale=0)
         delete_btn = gr.Button("Delete…", variant="stop", elem_id="history-delete", scale=0)

@@ -247,7 +247,8 @@ def build(ctx: AppContext) -> SolveHandles:
 
     gr.Markdown("---\n### Job")
     with gr.Row():
-        job_id = gr.Number(label="Job id", precision=0, value=None, elem_id="solve-job-id", scale=1)
+        job_id = gr.Number(label="Job id", precision=0, value=None, placeholder="job number", elem_id="solve-job-id",
+                           scale=1)
         open_btn = gr.Button("Open", elem_id="solve-open", scale=0)
         cancel_btn = gr.Button("Cancel job", variant="stop", visible=False, elem_id="solve-cancel", scale=0)
     status = gr.Markdown("No job yet: submit a problem, or open one from History.", elem_id="solve-status")

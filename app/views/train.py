@@ -276,7 +276,8 @@ def build(ctx: AppContext) -> TrainHandles:
 
     gr.Markdown("---\n### Run")
     with gr.Row():
-        job_id = gr.Number(label="Job id", precision=0, value=None, elem_id="train-job-id", scale=1)
+        job_id = gr.Number(label="Job id", precision=0, value=None, placeholder="job number", elem_id="train-job-id",
+                           scale=1)
         open_btn = gr.Button("Open", elem_id="train-open", scale=0)
         cancel_btn = gr.Button("Cancel run", variant="stop", visible=False, elem_id="train-cancel", scale=0)
     status = gr.Markdown("No run yet: start one, or open one from History.", elem_id="train-status")

@@ -39,6 +39,9 @@ class ToyModelConfig:
     steps: exact number of optimizer steps (overrides ``minutes`` for the schedule).
     n_examples: size of the pretraining corpus (cycled through in epochs).
     mix: weights of the direct / solution / feedback contexts in the corpus.
+    init_from: continue training a toy checkpoint (its weights, tokenizer and architecture; the architecture
+        fields here are then ignored). The corpus is drawn with a seed offset by the steps the checkpoint
+        already made, so a continuation sees new examples; the schedule restarts (warmup + cosine).
     """
 
     seed: int = 0
@@ -59,6 +62,7 @@ class ToyModelConfig:
     grad_clip: float = 1.0
     threads: int = 1
     log_every: int = 25
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _number("seed", self.seed, lo=0, integer=True)
@@ -84,11 +88,19 @@ class ToyModelConfig:
         _number("min_lr_ratio", self.min_lr_ratio, lo=0.0, hi=1.0)
         _number("weight_decay", self.weight_decay, lo=0.0)
         _number("grad_clip", self.grad_clip, lo=0.0, lo_open=True)
+        if self.init_from is not None:
+            if not (Path(self.init_from) / "toy_training.json").is_file():
+                raise ConfigError("init_from", f"got {self.init_from!r}; not a toy checkpoint (no "
+                                               "toy_training.json); build one with `sdpo make-toy-model`")
+            self.init_from = str(self.init_from)
 
 
 @dataclass
 class TrainStats:
+    """``steps`` of this run; ``total_steps`` including the runs it continued (``init_from``)."""
+
     steps: int = 0
+    total_steps: int = 0
     planned_steps: int = 0
     seconds: float = 0.0
     tokens: int = 0
@@ -147,22 +159,33 @@ def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
     try:
         # 1-3. corpus, tokenizer, encoding
         t0 = time.monotonic()
-        examples = build_corpus(cfg.n_examples, seed=cfg.seed, mix=cfg.mix)
-        tokenizer = train_tokenizer(cfg.vocab_size, corpus=tokenizer_texts(examples))
+        prev_steps = 0
+        if cfg.init_from is not None:
+            prev = json.loads((Path(cfg.init_from) / "toy_training.json").read_text())
+            prev_steps = int(prev.get("total_steps", prev["steps"]))
+        examples = build_corpus(cfg.n_examples, seed=cfg.seed + prev_steps, mix=cfg.mix)
+        if cfg.init_from is not None:
+            from sdpo.models import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg.init_from)
+        else:
+            tokenizer = train_tokenizer(cfg.vocab_size, corpus=tokenizer_texts(examples))
         data = [encode(tokenizer, ex) for ex in examples]
         log(f"corpus: {len(data)} examples, {sum(len(x) for x, _ in data)} tokens, vocab {len(tokenizer)} "
             f"({time.monotonic() - t0:.1f}s)")
 
         # 4. model and optimisation
-        torch.manual_seed(cfg.seed)
-        config = Qwen2Config(
-            vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.hidden_size * 8 // 3,
-            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-            num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=4096, tie_word_embeddings=True,
-            rope_theta=10000.0, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        model = Qwen2ForCausalLM(config)
+        torch.manual_seed(cfg.seed + prev_steps)
+        if cfg.init_from is not None:
+            model = Qwen2ForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32, local_files_only=True)
+        else:
+            model = Qwen2ForCausalLM(Qwen2Config(
+                vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
+                intermediate_size=cfg.hidden_size * 8 // 3, num_hidden_layers=cfg.num_layers,
+                num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+                max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=10000.0, bos_token_id=None,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            ))
         model.train()
         stats = TrainStats(n_params=sum(p.numel() for p in model.parameters()))
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -171,9 +194,10 @@ def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
         total = cfg.steps if cfg.steps is not None else 10**9
         budget = cfg.minutes * 60
-        log(f"model: {stats.n_params / 1e6:.2f}M parameters; "
+        log(f"model: {stats.n_params / 1e6:.2f}M parameters"
+            + (f" (continuing {cfg.init_from} after {prev_steps} steps)" if prev_steps else "") + "; "
             + (f"{total} steps" if cfg.steps is not None else f"{cfg.minutes:g} minutes"))
-        batches = _batches([len(x) for x, _ in data], cfg.batch_size, random.Random(cfg.seed))
+        batches = _batches([len(x) for x, _ in data], cfg.batch_size, random.Random(cfg.seed + prev_steps))
         start = time.monotonic()
         window: list[float] = []
         step = 0
@@ -204,7 +228,7 @@ def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
                 stats.stopped_by_time = True
                 log(f"stopping at step {step}: over 1.2x the {cfg.minutes:g}-minute budget")
                 break
-        stats.steps, stats.planned_steps = step, total
+        stats.steps, stats.planned_steps, stats.total_steps = step, total, prev_steps + step
         stats.seconds = round(time.monotonic() - start, 1)
 
         # 5. save
@@ -213,7 +237,7 @@ def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        (out / "sdpo_model.json").write_text(json.dumps({"kind": "toy", "seed": cfg.seed, "steps": step}) + "\n")
+        (out / "sdpo_model.json").write_text(json.dumps({"kind": "toy", "seed": cfg.seed, "steps": prev_steps + step}) + "\n")
         (out / "toy_training.json").write_text(json.dumps({"config": asdict(cfg), **asdict(stats)}, indent=1))
         log(f"saved {out} ({step} steps, {stats.seconds / 60:.1f} min, final loss "
             f"{stats.losses[-1][1] if stats.losses else float('nan')})")

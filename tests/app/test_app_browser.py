@@ -278,6 +278,13 @@ def history_ids(page) -> list[str]:
     return [t.strip() for t in page.locator('#history-table [data-testid$="-0"][role=gridcell]').all_inner_texts()]
 
 
+def wait_history(page, job_id: int, present: bool = True) -> None:
+    """Wait until the History table shows (or no longer shows) ``job_id``."""
+    page.wait_for_function(
+        "([id, present]) => [...document.querySelectorAll('#history-table [role=gridcell][data-testid$=\"-0\"]')]"
+        ".some(c => c.innerText.trim() === id) === present", arg=[str(job_id), present])
+
+
 def select_job(page, job_id: int) -> None:
     row = history_ids(page).index(str(job_id))
     page.click(f'#history-table [data-testid="cell-{row}-0"]')
@@ -295,7 +302,7 @@ def test_history_rerun_and_delete(server, page):
     page.click("#history-rerun")
     text = expect_message(page, "history-message", "ok", f"re-run of job {solved[0]}")
     new = int(re.search(r"Job (\d+) queued", text).group(1))
-    assert str(new) in history_ids(page)
+    wait_history(page, new)
     old_job, new_job = server.job(solved[0]), server.job(new)
     assert new_job.config == old_job.config and new_job.problem_id == old_job.problem_id
     # delete a job: nothing happens until it is confirmed
@@ -308,7 +315,7 @@ def test_history_rerun_and_delete(server, page):
     page.click("#history-confirm")
     expect_message(page, "history-message", "ok", f"Job {cancelled[0]} deleted")
     assert server.job(cancelled[0]) is None
-    assert str(cancelled[0]) not in history_ids(page)
+    wait_history(page, cancelled[0], present=False)
     # let the re-run finish so the worker is free for the training run
     server.wait(lambda: server.job(new).status in ("succeeded", "failed"), 180, f"job {new} to finish")
 

@@ -111,9 +111,21 @@ def test_advanced_fields_are_the_engine_defaults(ctx):
     assert err is None
     fields = {p: v for p, _, v in solve.advanced_fields(defaults)}
     # the form shows the engine's own values (sdpo.ttt.SolveConfig), not copies of them
-    assert fields["self_distillation.alpha"] == defaults["self_distillation"]["alpha"]
-    assert fields["lr"] == defaults["lr"] and fields["n"] == defaults["n"]
+    from sdpo.ttt import SolveConfig
+
+    engine = SolveConfig()
     assert set(fields) == {p for p, _ in solve.ADVANCED}
+    assert fields == {
+        "self_distillation.alpha": engine.self_distillation.alpha,
+        "self_distillation.distillation_topk": engine.self_distillation.distillation_topk,
+        "lr": engine.lr,
+        "self_distillation.teacher_regularization": engine.self_distillation.teacher_regularization,
+        "self_distillation.teacher_update_rate": engine.self_distillation.teacher_update_rate,
+        "n": engine.n,
+        "temperature": engine.temperature,
+        "max_new_tokens": engine.max_new_tokens,
+    }
+    assert defaults["budget"] == engine.budget
 
 
 # ------------------------------------------------------------------------------------------------ submit

@@ -142,8 +142,9 @@ def stack(request, tmp_path_factory, tiny_model_path):
         pg_url = create_pg_database()
         db_url, broker = pg_url, REDIS_URL
     # SQLite + filesystem: a killed worker's message is gone, so the reaper must fail the job soon (6 s).
-    # Redis redelivers after the 2 s visibility timeout; the reaper waits 30 s so the new worker resumes.
-    timeout = "6" if name == "sqlite+filesystem" else "30"
+    # Redis redelivers after the 2 s visibility timeout; the reaper waits 120 s so the new worker resumes
+    # every redelivered job, even one waiting behind another (one job at a time per worker).
+    timeout = "6" if name == "sqlite+filesystem" else "120"
     env = _stack_env(name, root / "data", tiny_model_path, db_url, broker, queue_name,
                      SDPO_HEARTBEAT_TIMEOUT_S=timeout)
     settings = _settings_from(env)

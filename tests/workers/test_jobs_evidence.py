@@ -153,7 +153,7 @@ def test_sigkill_mid_job_then_new_worker(stack, problem_id):
     live = [p for p in stack.workers if p.poll() is None]
     while len(live) < 2:
         live.append(stack.start_worker())
-    solve_id = submit_solve(stack, problem_id, budget=40)
+    solve_id = submit_solve(stack, problem_id, budget=20)
     train_id = submit_train(stack, max_steps=6)
     stack.wait(lambda: len(attempt_keys(stack, solve_id)) >= 4, 120, "two rounds of solve attempts")
     stack.wait(lambda: len(stack.detail(train_id).checkpoints) >= 2, 120, "two train checkpoints")

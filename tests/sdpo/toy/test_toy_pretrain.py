@@ -64,3 +64,23 @@ def test_cli_make_toy_model_saves_a_loadable_checkpoint(tmp_path):
         assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
     bad = CliRunner().invoke(app, ["make-toy-model", "--out", str(out), "--steps", "0"])
     assert bad.exit_code == 2 and "steps" in bad.output
+
+
+def test_continue_training_from_a_toy_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    from sdpo.models import load_tokenizer
+
+    a = make_toy_model(tmp_path / "a", ToyModelConfig(steps=4, **SMALL), log=lambda s: None)
+    logs = []
+    b = make_toy_model(tmp_path / "b", ToyModelConfig(steps=3, init_from=str(a), **SMALL), log=logs.append)
+    assert load_tokenizer(b).get_vocab() == load_tokenizer(a).get_vocab()
+    stats = json.loads((b / "toy_training.json").read_text())
+    assert stats["steps"] == 3 and stats["total_steps"] == 7
+    assert json.loads((b / "sdpo_model.json").read_text())["steps"] == 7
+    assert any("continuing" in line for line in logs)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys() and not all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(ConfigError) as e:
+        ToyModelConfig(init_from=str(tmp_path / "missing"))
+    assert e.value.field == "init_from"

@@ -15,7 +15,7 @@ SDPO_SERVICES = ("migrate", "app", "worker")
 
 
 def test_expected_services():
-    assert set(SERVICES) == {"redis", "postgres", "migrate", "app", "worker"}
+    assert set(SERVICES) == {"redis", "postgres", "migrate", "app", "worker", "sandbox"}
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -77,3 +77,16 @@ def test_settings_accept_the_compose_environment(monkeypatch):
                 "${SDPO_MODEL:-/data/models/tiny}", "/data/models/tiny"))
     s = Settings()
     assert s.host == "0.0.0.0" and s.broker_url == "redis://redis:6379/0"
+
+
+def test_sandbox_service_is_isolated_and_shared_with_the_worker_only():
+    box = SERVICES["sandbox"]
+    assert box["network_mode"] == "none"
+    assert "deploy" not in box  # no GPU
+    assert box["command"][:3] == ["sdpo", "sandbox", "serve"]
+    socket_volume = [v for v in box["volumes"] if v.endswith(":/run/sdpo")]
+    assert socket_volume and not any("sdpo-data" in v for v in box["volumes"])
+    worker = SERVICES["worker"]
+    assert worker["environment"]["SDPO_SANDBOX_SOCKET"].startswith("/run/sdpo/")
+    assert socket_volume[0] in worker["volumes"]
+    assert not any(v.endswith(":/run/sdpo") for v in SERVICES["app"]["volumes"])

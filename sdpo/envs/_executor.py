@@ -208,7 +208,24 @@ def setup_namespaces(cfg: dict) -> list[str]:
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET), "unshare(CLONE_NEWNS|CLONE_NEWNET)")
     _mount("none", "/", None, MS_REC | MS_PRIVATE)
     enforced = ["network namespace (no interfaces up)", "mount namespace"]
+    # The Python installation may live under /tmp (a checkout there with its .venv): bind it aside, cover /tmp
+    # with the private tmpfs, then move it back read-only.
+    in_tmp = sorted({os.path.realpath(p) for p in cfg["keep"]
+                     if os.path.isdir(p) and _under(os.path.realpath(p), "/tmp")})
+    staged_tmp = []
+    for i, k in enumerate(in_tmp):
+        if any(_under(k, other) for other in in_tmp if other != k):
+            continue  # already inside another kept path
+        st = f"/dev/.sdpo-keep-{os.getpid()}-{i}"
+        os.mkdir(st, 0o700)
+        _mount(k, st, None, MS_BIND | MS_REC)
+        staged_tmp.append((st, k))
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['scratch_mb']}m,mode=1777")
+    for st, k in staged_tmp:
+        os.makedirs(k, mode=0o755, exist_ok=True)
+        _mount(st, k, None, MS_MOVE)
+        os.rmdir(st)
+        _mount(None, k, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     for shared in ("/var/tmp", "/dev/shm"):
         if os.path.isdir(shared) and not os.path.islink(shared):
             _mount("tmpfs", shared, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")

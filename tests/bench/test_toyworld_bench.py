@@ -82,7 +82,7 @@ def test_gaps_are_teacher_minus_student_logprobs(tiny_model):
     sol = [CorpusExample("x", p.messages(), p.solution(), p.id) for p in problems]
     demo = [CorpusExample("x", teacher_messages(p, solution=p.solution()), p.solution(), p.id) for p in problems]
     a, b = response_logprobs(model, tok, demo), response_logprobs(model, tok, sol)
-    assert res["gap"]["solution"]["demo"][0] == pytest.approx(sum(x - y for x, y in zip(a, b)) / 2, abs=1e-4)
+    assert res["gap"]["solution"]["demo"][0] == pytest.approx(sum(x - y for x, y in zip(a, b, strict=True)) / 2, abs=1e-4)
     assert res["logp"]["solution"]["student"][0] == pytest.approx(sum(b) / 2, abs=1e-4)
     for ctx in tw.CONTEXTS:
         assert 0.0 <= res["solve"][ctx][0] <= 1.0

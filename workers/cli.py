@@ -353,7 +353,13 @@ def serve_cmd(
     if not os.environ.get("SDPO_MODEL"):
         from sdpo.models import default_model_path
 
-        os.environ["SDPO_MODEL"] = str(default_model_path())
+        model_path = default_model_path()
+        os.environ["SDPO_MODEL"] = str(model_path)
+        if model_path.name == "tiny":
+            typer.echo(f"Demo model: the tiny random model at {model_path} (it exercises everything but solves "
+                       f"nothing). For one that writes small programs, build the toy model once: "
+                       f"`sdpo make-toy-model --out {model_path.parent / 'toy'}` (~20 min on CPU); "
+                       "`make run` uses it when present.")
     settings = _settings()
     # 2. The database schema.
     upgrade(settings.database_url)

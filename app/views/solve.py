@@ -7,6 +7,7 @@ Handlers are plain functions of the page's values (testable without a browser); 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from app.views.common import (
 )
 from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
 from backend.services import jobs as J
+from backend.services import picker as P
 from backend.services import ui as U
 
 STRATEGIES = [("SDPO test-time training", "sdpo"), ("Best-of-k sampling", "best_of_k"),
@@ -76,6 +78,19 @@ def build_problem(ctx: AppContext, *, source: str, title: str, statement: str, t
         rows = rows.values.tolist()
     return U.problem_from_form(title=title, statement=statement, testtype=testtype, fn_name=fn_name,
                                rows=rows or [], starter_code=starter_code)
+
+
+def problem_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    """(label, key) of the problems in registered datasets with a ``problems.jsonl`` (the picker's list)."""
+    with ctx.session() as s:
+        return [(c.label, c.key) for c in P.list_dataset_problems(s)]
+
+
+def pick_problem(ctx: AppContext, key: Any) -> dict[str, Any]:
+    """The problem dict of a picker entry (``InvalidInput`` / ``NotFound`` name what is wrong)."""
+    dataset_id, index = P.parse_choice_key(key)
+    with ctx.session() as s:
+        return P.load_dataset_problem(s, dataset_id=dataset_id, index=index)
 
 
 def build_solve_config(*, strategy: str, budget: Any, adapter: str, extra_yaml: str,
@@ -197,6 +212,16 @@ def build(ctx: AppContext) -> SolveHandles:
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             gr.Markdown("### Problem")
+            try:
+                choices, picker_note = problem_choices(ctx), ""
+            except InvalidInput as e:
+                choices, picker_note = [], error_md(str(e))
+            with gr.Row(equal_height=True):
+                picker = gr.Dropdown(choices, value=None, label="Pick an imported problem (datasets with "
+                                     "problems.jsonl, e.g. from 'sdpo data import-lcb')", elem_id="solve-picker",
+                                     scale=4)
+                picker_refresh = gr.Button("Refresh list", elem_id="solve-picker-refresh", scale=0)
+            picker_msg = gr.HTML(picker_note, elem_id="solve-picker-message")
             title = gr.Textbox(label="Title", placeholder="(first line of the statement)", elem_id="solve-title")
             with gr.Tabs():
                 with gr.Tab("Write"):
@@ -225,6 +250,30 @@ def build(ctx: AppContext) -> SolveHandles:
                 starter = gr.Code(language="python", label="Starter code", lines=5, elem_id="solve-starter")
             source.change(lambda v: (gr.Group(visible=v == "editor"), gr.Group(visible=v == "json")), source,
                           [editor_group, json_group], api_visibility="private", queue=False)
+
+            def on_pick(key):
+                """Put the chosen problem (hidden tests included) into the JSON source and show it."""
+                if not key:
+                    return (gr.skip(),) * 8
+                try:
+                    problem = pick_problem(ctx, key)
+                except (InvalidInput, NotFound) as e:
+                    return (error_md(str(e)),) + (gr.skip(),) * 7
+                return (ok_md("Loaded: the problem JSON below (with its hidden tests) is what Solve submits."),
+                        str(problem.get("title") or ""), str(problem.get("statement") or ""), "json",
+                        gr.Group(visible=False), gr.Group(visible=True),
+                        json.dumps(problem, indent=2, ensure_ascii=False), problem.get("starter_code") or "")
+
+            picker.input(on_pick, picker, [picker_msg, title, statement, source, editor_group, json_group, json_text,
+                                           starter], api_visibility="private")
+
+            def on_picker_refresh():
+                try:
+                    return gr.Dropdown(choices=problem_choices(ctx), value=None), ""
+                except InvalidInput as e:
+                    return gr.Dropdown(choices=[], value=None), error_md(str(e))
+
+            picker_refresh.click(on_picker_refresh, None, [picker, picker_msg], api_visibility="private")
 
         with gr.Column(scale=2):
             gr.Markdown("### Run")

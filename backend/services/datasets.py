@@ -62,7 +62,8 @@ def _files(path: Path) -> tuple[Path, Path | None]:
         raise InvalidInput("path", f"{path} is a folder without train.jsonl; give a .jsonl file or a folder "
                            "holding train.jsonl (and optionally test.jsonl)")
     test = path / "test.jsonl"
-    return train, (test if test.is_file() else None)
+    # an empty test.jsonl (e.g. ``sdpo data import-lcb --cutoff`` after every contest) means no test split
+    return train, (test if test.is_file() and test.stat().st_size > 0 else None)
 
 
 def upload_dataset(session: Session, *, name: str, content: bytes, settings: Settings,

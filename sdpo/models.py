@@ -25,6 +25,17 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | 
     return _DTYPES[dtype]
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is a ConfigError naming ``device``."""
+    from sdpo.config import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
 def load_tokenizer(path: str | Path):
     """Load a local tokenizer. ``tokenizer.json`` checkpoints (ours, Qwen, Llama) load with
     ``PreTrainedTokenizerFast`` so no remote code or hub lookup is ever attempted."""

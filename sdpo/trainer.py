@@ -222,14 +222,6 @@ class TaskStream:
 # Pieces the loop calls
 # ---------------------------------------------------------------------------------------------------
 
-def _device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "cuda requested but torch.cuda.is_available() is False")
-    return torch.device(cfg.device)
-
-
 def _set_seed(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -238,10 +230,10 @@ def _set_seed(seed: int) -> None:
 def build_policy(cfg: TrainConfig):
     """Load model + tokenizer and apply the adapter; returns (model, tokenizer, model_path)."""
     from sdpo.adapters import apply_adapter
-    from sdpo.models import default_model_path, load_model_and_tokenizer
+    from sdpo.models import default_model_path, load_model_and_tokenizer, resolve_device
 
     path = cfg.model_path or str(default_model_path())
-    device = _device(cfg)
+    device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(path, dtype=cfg.dtype, device=device)
     model = apply_adapter(model, cfg.adapter, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                           target_modules=cfg.lora_target_modules)

@@ -34,8 +34,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sdpo.callbacks import Attempt, Callbacks
 from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
 from sdpo.rollout.base import Rollout, SamplingParams
@@ -480,24 +478,16 @@ def _solve_multiturn(problem, tokenizer, sampler, cfg: SolveConfig, callbacks: C
     return result
 
 
-def _device(cfg: SolveConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "cuda requested but torch.cuda.is_available() is False")
-    return torch.device(cfg.device)
-
-
 def solve_from_config(problem, cfg: SolveConfig, callbacks: Callbacks | None = None, *,
                       model_path: str | Path | None = None, out_dir: str | Path | None = None,
                       start_attempt: int = 0) -> SolveResult:
     """Load the model (``model_path``, default ``sdpo.models.default_model_path()``) on ``cfg.device`` in
     ``cfg.dtype``, apply the adapter (sdpo), build the sampler (``cfg.sampler``) and ``solve``."""
-    from sdpo.models import default_model_path, load_model_and_tokenizer
+    from sdpo.models import default_model_path, load_model_and_tokenizer, resolve_device
     from sdpo.rollout.select import make_sampler
 
     path = str(model_path or default_model_path())
-    model, tokenizer = load_model_and_tokenizer(path, dtype=cfg.dtype, device=_device(cfg))
+    model, tokenizer = load_model_and_tokenizer(path, dtype=cfg.dtype, device=resolve_device(cfg.device))
     adapter = "full"
     if cfg.strategy == "sdpo":
         model = prepare_policy(model, cfg)

@@ -8,7 +8,13 @@ The sampled token's log-probability is taken under the distribution the token wa
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from sdpo.models import chat_ids
 from sdpo.rollout.base import Rollout, SamplingParams

@@ -112,7 +112,7 @@ def test_micro_batching_gives_the_mini_batch_gradient(tiny_model_path, loss, agg
         before = [p.detach().clone() for p in m.parameters()]
         opt = torch.optim.SGD(m.parameters(), lr=1.0)
         policy_update(m, opt, make_teacher(sd, m), tok, batch, cfg)
-        deltas.append(torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), before)]))
+        deltas.append(torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), before, strict=True)]))
     scale = float(deltas[0].abs().max())
     assert scale > 0
     for d in deltas[1:]:
@@ -280,7 +280,7 @@ def test_checkpoints_reload_into_a_fresh_model(tiny_model_path, dataset, tmp_pat
         calls = []
         from sdpo.callbacks import Callbacks
 
-        res = train(cfg, Callbacks(on_checkpoint=lambda *a: calls.append(a)))
+        res = train(cfg, Callbacks(on_checkpoint=lambda *a, c=calls: c.append(a)))
         ckpt = tmp_path / adapter / "checkpoints" / "step_1"
         assert calls == [(1, str(ckpt), adapter)] and res.checkpoints == [str(ckpt)]
         # the trained weights, rebuilt from scratch + checkpoint, give the same logits as the trainer's resume path

@@ -108,12 +108,13 @@ def main(argv=None) -> None:
     ap.add_argument("--tokens", type=int, default=64, help="max new tokens per rollout")
     ap.add_argument("--micro", type=int, default=4)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--models", default="tiny,m100", help="comma-separated: tiny (2M), m100 (~80M random Qwen2)")
     args = ap.parse_args(argv)
     if args.quick:
         args.questions, args.n, args.tokens, args.reps = 2, 2, 16, 1
     args_global = args
     torch.manual_seed(0)
-    kinds = ["tiny"] if args.quick else ["tiny", "m100"]
+    kinds = ["tiny"] if args.quick else args.models.split(",")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.questions}x{args.n} "
           f"rollouts, <= {args.tokens} new tokens, micro-batch {args.micro}, median of {args.reps} reps")
     print(f"{'model':<18} {'ratio':<36} {'value':>7} {'grpo step s':>12}")

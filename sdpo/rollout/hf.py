@@ -3,12 +3,23 @@
 The sampled token's log-probability is taken under the distribution the token was actually drawn from
 (temperature, then top-k, then top-p), recorded step by step by a logits processor so that no
 [B, T, V] score tensor is ever held (``output_scores`` would keep one [B, V] tensor per generated token).
+
+Only our ``SamplingParams`` shape that distribution. A checkpoint's ``generation_config.json`` often carries its
+own sampling settings (Qwen2.5: ``repetition_penalty=1.05``, top-k, top-p), which ``generate`` would otherwise
+apply on top of ours: the rollouts would not come from the policy's distribution and the recorded log-probs
+would not be theirs. ``generate`` fills every setting left ``None`` in the config it is given from the model's
+own ``generation_config``, so a neutral config passed in is not enough for settings whose neutral value is
+``None`` (``min_p``, ``top_h``, ``suppress_tokens``, ``sequence_bias``, ...): during the call the model's
+``generation_config`` is replaced by one holding only its special-token ids (and cache settings).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from transformers import (
+    GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -53,6 +64,52 @@ def _eos_ids(model, tokenizer) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     return ids
+
+
+# Settings that only say which tokens are special or how the KV cache is kept: carried over from the model's
+# generation_config. Everything else (all the sampling settings) is ours alone.
+_KEPT_GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+                         "use_cache", "cache_implementation")
+
+
+def neutral_generation_config(model, *, max_new_tokens: int, do_sample: bool, eos_token_id: list[int],
+                              pad_token_id: int | None) -> GenerationConfig:
+    """A ``GenerationConfig`` that leaves the model's next-token distribution untouched (every processor and
+    warper of ``generate`` off; ours are passed as ``logits_processor``), keeping the model's special-token ids."""
+    own = getattr(model, "generation_config", None)
+    kept = {k: getattr(own, k, None) for k in _KEPT_GENERATION_KEYS}
+    kept = {k: v for k, v in kept.items() if v is not None}
+    kept.update(eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    return GenerationConfig(
+        **kept, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=1, num_return_sequences=1,
+        temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, length_penalty=1.0, guidance_scale=1.0,
+        renormalize_logits=False, remove_invalid_values=False,
+    )
+
+
+def _generating_model(model):
+    """The transformers model whose ``generate`` runs (a peft model's base model)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+@contextmanager
+def _bare_generation_config(model):
+    """Within the block the model's own generation_config holds only special-token ids and cache settings, so
+    ``generate`` cannot fill the ``None`` settings of the config we pass from the checkpoint's."""
+    owner = _generating_model(model)
+    own = getattr(owner, "generation_config", None)
+    if own is None:
+        yield
+        return
+    bare = {k: getattr(own, k, None) for k in _KEPT_GENERATION_KEYS}
+    owner.generation_config = GenerationConfig(**{k: v for k, v in bare.items() if v is not None})
+    try:
+        yield
+    finally:
+        owner.generation_config = own
 
 
 class HFSampler:
@@ -127,13 +184,13 @@ class HFSampler:
         recorder = _RecordSampledLogprob()
         processors.append(recorder)
         eos = _eos_ids(self.model, self.tokenizer)
-        seqs = self.model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device),
-            max_new_tokens=params.max_new_tokens, do_sample=not greedy,
-            temperature=1.0, top_k=None, top_p=1.0,  # warpers are ours, in the chain above
-            logits_processor=LogitsProcessorList(processors),
-            eos_token_id=sorted(eos), pad_token_id=pad,
-        )
+        config = neutral_generation_config(_generating_model(self.model), max_new_tokens=params.max_new_tokens,
+                                           do_sample=not greedy, eos_token_id=sorted(eos), pad_token_id=pad)
+        with _bare_generation_config(self.model):
+            seqs = self.model.generate(  # warpers are ours, in the chain above; the config's are all off
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config,
+                logits_processor=LogitsProcessorList(processors),
+            )
         gen_tokens = seqs[:, width:].cpu()
         logprobs = recorder.finish(gen_tokens[:, -1]).cpu() if gen_tokens.shape[1] else torch.zeros(len(chunk), 0)
         rollouts = []

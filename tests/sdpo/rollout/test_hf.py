@@ -80,3 +80,66 @@ def test_bad_arguments(model_tok):
         HFSampler(model, tok).generate(PROMPTS, 0, SamplingParams())
     with pytest.raises(ValueError, match="max_prompt_len"):
         HFSampler(model, tok, max_prompt_len=3).generate(PROMPTS, 1, SamplingParams(max_new_tokens=2))
+
+
+# ------------------------------------------------------------------- the checkpoint's generation_config is ignored
+
+# Sampling settings a checkpoint may ship (Qwen2.5 ships repetition_penalty=1.05). min_p and typical_p are
+# applied by ``generate`` after our recorder, repetition_penalty and no_repeat_ngram_size before it: either
+# kind would make the rollouts differ from the policy's distribution.
+OPINIONATED = {"repetition_penalty": 3.0, "no_repeat_ngram_size": 2, "min_p": 0.3, "typical_p": 0.5,
+               "top_k": 3, "temperature": 0.2, "do_sample": True}
+
+
+@pytest.fixture(scope="module")
+def opinionated_model_tok(tiny_model_path, tmp_path_factory):
+    """The tiny model, same weights, saved with a generation_config.json full of sampling settings."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("opinionated") / "model"
+    shutil.copytree(tiny_model_path, out)
+    gen_file = out / "generation_config.json"
+    gen = json.loads(gen_file.read_text())
+    gen_file.write_text(json.dumps({**gen, **OPINIONATED}))
+    model, tok = load_model_and_tokenizer(out)
+    for k, v in OPINIONATED.items():  # the test only means something if the settings were loaded
+        assert getattr(model.generation_config, k) == v, k
+    return model, tok
+
+
+@pytest.mark.parametrize("params", [SamplingParams(max_new_tokens=12, temperature=0.7, seed=1),
+                                    SamplingParams(max_new_tokens=12, temperature=1.3, top_k=20, seed=2)])
+def test_the_checkpoints_generation_config_does_not_shape_sampling(model_tok, opinionated_model_tok, params):
+    model, tok = opinionated_model_tok
+    rollouts = HFSampler(model, tok, batch_size=3).generate(PROMPTS, 3, params)
+    for r in rollouts:
+        ref = _recomputed_logprobs(model, r, params)
+        torch.testing.assert_close(torch.tensor(r.logprobs, dtype=torch.float64), ref, atol=2e-4, rtol=1e-4)
+    # same weights with a clean generation config, same seed: the same tokens
+    clean, clean_tok = model_tok
+    expected = HFSampler(clean, clean_tok, batch_size=3).generate(PROMPTS, 3, params)
+    assert [r.response_ids for r in rollouts] == [r.response_ids for r in expected]
+    # greedy too (no_repeat_ngram_size / repetition_penalty would change the argmax path)
+    g = SamplingParams(max_new_tokens=12, temperature=0.0)
+    assert ([r.response_ids for r in HFSampler(model, tok).generate(PROMPTS, 1, g)]
+            == [r.response_ids for r in HFSampler(clean, clean_tok).generate(PROMPTS, 1, g)])
+    # and the model's own generation_config is left as it was
+    assert model.generation_config.repetition_penalty == 3.0 and model.generation_config.min_p == 0.3
+
+
+def test_a_lora_models_base_generation_config_does_not_shape_sampling(model_tok, opinionated_model_tok):
+    import copy
+
+    from sdpo.adapters import apply_adapter
+
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=5)
+    lora = apply_adapter(copy.deepcopy(opinionated_model_tok[0]), "lora", r=4)  # zero-initialised: same function
+    clean = apply_adapter(copy.deepcopy(model_tok[0]), "lora", r=4)
+    tok = model_tok[1]
+    got = HFSampler(lora, tok).generate(PROMPTS, 2, params)
+    want = HFSampler(clean, tok).generate(PROMPTS, 2, params)
+    assert [r.response_ids for r in got] == [r.response_ids for r in want]
+    for r in got:
+        ref = _recomputed_logprobs(lora, r, params)
+        torch.testing.assert_close(torch.tensor(r.logprobs, dtype=torch.float64), ref, atol=2e-4, rtol=1e-4)

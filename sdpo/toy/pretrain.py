@@ -4,13 +4,14 @@ Steps:
 1. build the pretraining corpus (:mod:`sdpo.toy.corpus`: direct / "Correct solution" / feedback contexts);
 2. train a byte-level BPE tokenizer on it (the machinery of :func:`sdpo.tiny.train_tokenizer`);
 3. encode every example with the chat template (loss on the assistant tokens only);
-4. train a Qwen2-style causal LM with AdamW and a warmup + cosine schedule, time-bounded;
+4. train a Qwen2-style causal LM with AdamW and a warmup + cosine schedule over a fixed number of steps;
 5. save a normal Hugging Face checkpoint (``save_pretrained`` + tokenizer), ``sdpo_model.json`` (kind "toy")
    and ``toy_training.json`` (the config, the step count and the loss curve).
 
-Deterministic given ``seed`` and ``steps`` (with ``threads`` fixed). With ``steps=None`` the run is bounded by
-``minutes``: the step count is fixed after the first 10 steps from their measured speed and recorded in
-``toy_training.json``, so the same checkpoint is rebuilt with ``--steps <recorded steps>``.
+Deterministic given ``seed`` (with ``threads`` and the other settings fixed): the step count and the schedule
+never depend on the machine's speed (default ``DEFAULT_STEPS``). ``minutes`` is only an optional safety cap:
+when it is hit the loop stops early, the run is reported (``stopped_by_time`` in ``toy_training.json`` and in
+the log) and the weights then depend on how fast the machine was, i.e. determinism is lost for that run.
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ import torch
 from sdpo.config import ConfigError, _number
 from sdpo.toy.corpus import DEFAULT_MIX, build_corpus, encode, tokenizer_texts
 
-CALIBRATION_STEPS = 10
+DEFAULT_STEPS = 1200
 
 
 @dataclass
 class ToyModelConfig:
     """Settings of ``make_toy_model``.
 
-    minutes: wall-clock budget of the optimisation loop when ``steps`` is None (the run stops at 1.2x it).
-    steps: exact number of optimizer steps (overrides ``minutes`` for the schedule).
+    steps: number of optimizer steps; it alone fixes the schedule (warmup + cosine), so the run is deterministic.
+    minutes: optional wall-clock cap of the optimisation loop (None: no cap). Hitting it stops the run early
+        (reported as ``stopped_by_time``); such a checkpoint depends on the machine's speed, not only the seed.
     n_examples: size of the pretraining corpus (cycled through in epochs).
     mix: weights of the direct / solution / feedback contexts in the corpus.
     init_from: continue training a toy checkpoint (its weights, tokenizer and architecture; the architecture
@@ -45,8 +47,8 @@ class ToyModelConfig:
     """
 
     seed: int = 0
-    minutes: float = 20.0
-    steps: int | None = None
+    steps: int | None = DEFAULT_STEPS
+    minutes: float | None = None
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
@@ -66,9 +68,11 @@ class ToyModelConfig:
 
     def __post_init__(self) -> None:
         _number("seed", self.seed, lo=0, integer=True)
-        _number("minutes", self.minutes, lo=0.0, lo_open=True)
-        if self.steps is not None:
-            _number("steps", self.steps, lo=1, integer=True)
+        if self.minutes is not None:
+            _number("minutes", self.minutes, lo=0.0, lo_open=True)
+        if self.steps is None:  # callers that pass "no --steps" get the fixed default, never a timed budget
+            self.steps = DEFAULT_STEPS
+        _number("steps", self.steps, lo=1, integer=True)
         for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "n_examples", "batch_size",
                      "threads", "log_every"):
             _number(name, getattr(self, name), lo=1, integer=True)
@@ -192,11 +196,10 @@ def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
         no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-        total = cfg.steps if cfg.steps is not None else 10**9
-        budget = cfg.minutes * 60
+        total = cfg.steps
         log(f"model: {stats.n_params / 1e6:.2f}M parameters"
-            + (f" (continuing {cfg.init_from} after {prev_steps} steps)" if prev_steps else "") + "; "
-            + (f"{total} steps" if cfg.steps is not None else f"{cfg.minutes:g} minutes"))
+            + (f" (continuing {cfg.init_from} after {prev_steps} steps)" if prev_steps else "") + f"; {total} steps"
+            + (f", capped at {cfg.minutes:g} minutes" if cfg.minutes is not None else ""))
         batches = _batches([len(x) for x, _ in data], cfg.batch_size, random.Random(cfg.seed + prev_steps))
         start = time.monotonic()
         window: list[float] = []
@@ -215,18 +218,16 @@ def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
             stats.tokens += int(mask.sum())
             stats.loss_tokens += int((labels[:, 1:] != -100).sum())
             elapsed = time.monotonic() - start
-            if cfg.steps is None and step == CALIBRATION_STEPS:
-                total = max(step + 1, int(budget / (elapsed / step)))
-                log(f"calibrated: {elapsed / step:.3f}s/step -> {total} steps in {cfg.minutes:g} min")
             if step % cfg.log_every == 0 or step == total:
                 mean = sum(window) / len(window)
                 stats.losses.append((step, round(mean, 4)))
                 window = []
                 log(f"step {step}/{total} loss {mean:.4f} lr {lr_at(step - 1, total, cfg):.2e} "
                     f"{stats.tokens / elapsed:.0f} tok/s {elapsed / 60:.1f} min")
-            if cfg.steps is None and elapsed > 1.2 * budget:
+            if cfg.minutes is not None and step < total and elapsed > cfg.minutes * 60:
                 stats.stopped_by_time = True
-                log(f"stopping at step {step}: over 1.2x the {cfg.minutes:g}-minute budget")
+                log(f"stopped by the --minutes cap ({cfg.minutes:g} min) at step {step} of {total}: this "
+                    "checkpoint depends on the machine's speed (not deterministic given the seed)")
                 break
         stats.steps, stats.planned_steps, stats.total_steps = step, total, prev_steps + step
         stats.seconds = round(time.monotonic() - start, 1)
@@ -240,7 +241,8 @@ def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
         (out / "sdpo_model.json").write_text(json.dumps({"kind": "toy", "seed": cfg.seed, "steps": prev_steps + step}) + "\n")
         (out / "toy_training.json").write_text(json.dumps({"config": asdict(cfg), **asdict(stats)}, indent=1))
         log(f"saved {out} ({step} steps, {stats.seconds / 60:.1f} min, final loss "
-            f"{stats.losses[-1][1] if stats.losses else float('nan')})")
+            f"{stats.losses[-1][1] if stats.losses else float('nan')})"
+            + (f"; STOPPED EARLY by the {cfg.minutes:g}-minute cap" if stats.stopped_by_time else ""))
         return out
     finally:
         torch.set_num_threads(old_threads)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sdpo.config import ConfigError
-from sdpo.toy.pretrain import ToyModelConfig, lr_at, make_toy_model
+from sdpo.toy.pretrain import DEFAULT_STEPS, ToyModelConfig, lr_at, make_toy_model
 
 SMALL = dict(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, vocab_size=400, n_examples=200,
              batch_size=4, warmup_steps=2, log_every=2)
@@ -28,16 +28,34 @@ def test_config_rejects_bad_values(kw, field):
     assert e.value.field == field
 
 
+def test_default_run_has_a_fixed_step_count_and_no_time_cap():
+    cfg = ToyModelConfig()
+    assert cfg.steps == DEFAULT_STEPS and cfg.minutes is None
+    assert ToyModelConfig(steps=None).steps == DEFAULT_STEPS  # "no --steps" still means a fixed schedule
+
+
+def test_minutes_cap_stops_early_and_is_reported(tmp_path):
+    logs = []
+    out = make_toy_model(tmp_path / "c", ToyModelConfig(steps=50, minutes=1e-6, **SMALL), log=logs.append)
+    stats = json.loads((out / "toy_training.json").read_text())
+    assert stats["stopped_by_time"] and stats["steps"] == 1 and stats["planned_steps"] == 50
+    assert any("not deterministic" in line for line in logs)
+    assert any("STOPPED EARLY" in line for line in logs)
+
+
 def test_training_is_deterministic_and_reduces_loss(tmp_path):
     logs = []
     a = make_toy_model(tmp_path / "a", ToyModelConfig(steps=8, **SMALL), log=logs.append)
-    b = make_toy_model(tmp_path / "b", ToyModelConfig(steps=8, **SMALL), log=lambda s: None)
+    # same seed, another process-level RNG state and a (never hit) time cap: identical weights
+    torch.manual_seed(123)
+    b = make_toy_model(tmp_path / "b", ToyModelConfig(steps=8, minutes=60, **SMALL), log=lambda s: None)
     from safetensors.torch import load_file
 
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     stats = json.loads((a / "toy_training.json").read_text())
     assert stats["steps"] == 8 and stats["losses"][-1][1] < stats["losses"][0][1]
+    assert not stats["stopped_by_time"] and not json.loads((b / "toy_training.json").read_text())["stopped_by_time"]
     assert any(line.startswith("step 8/8") for line in logs)
 
 

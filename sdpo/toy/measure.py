@@ -1,8 +1,9 @@
 """What the toy model learned (issue 10): solve rates and the teacher-vs-student log-prob gaps.
 
-- :func:`solve_rates`: greedy and sampled solve rate on toy problems. Responses are checked by running the
-  extracted program on every test in one subprocess (:func:`sdpo.toy.generator.run_program`; toy outputs only,
-  this is not a sandbox) and comparing stdout line by line.
+- :func:`solve_rates`: greedy and sampled solve rate on toy problems. Responses are judged by the code
+  environment (:func:`sdpo.envs.code.evaluate_many`): model-written programs run in the project's sandbox
+  (the shared pool, or the ``sdpo sandbox serve`` socket named by ``SDPO_SANDBOX_SOCKET``), never in a
+  plain subprocess, and a response is solved when it passes every test (the sparse reward).
 - :func:`context_gaps`: for each problem, the log-probability of the reference solution and of a failed
   near-miss attempt under the student context (the problem) and the two teacher contexts SDPO builds
   ("Correct solution: ..." and failing-test feedback). SDPO learns from ``log p(y | teacher) - log p(y |
@@ -12,35 +13,34 @@
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 from statistics import mean
 
 import torch
 
 from sdpo.toy.corpus import CorpusExample, encode, feedback_text, near_miss, teacher_messages
-from sdpo.toy.generator import ToyProblem, outputs_match, run_program
-
-_FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
+from sdpo.toy.generator import ToyProblem
 
 
 def extract_program(response: str) -> str | None:
-    """The last ```python (or ```py) block; else the last untagged block; else None."""
-    blocks = _FENCE.findall(response)
-    tagged = [code for tag, code in blocks if tag.lower() in ("python", "py", "python3")]
-    untagged = [code for tag, code in blocks if not tag]
-    pick = tagged or untagged
-    return pick[-1] if pick else None
+    """The program the code environment would run (:func:`sdpo.envs.code.extract_code`), or None."""
+    from sdpo.envs.code import extract_code
+
+    return extract_code(response)
 
 
-def solved(response: str, problem: ToyProblem) -> bool:
-    """Whether the response's program passes every test of the problem."""
-    code = extract_program(response)
-    if code is None:
-        return False
-    results = run_program(code, problem.inputs, timeout=10.0)
-    return all(r["error"] is None and outputs_match(r["stdout"], exp) for r, exp in zip(results, problem.outputs,
-                                                                                        strict=True))
+def solved_many(responses: Sequence[str], problems: Sequence[ToyProblem], *, sandbox=None) -> list[bool]:
+    """Whether each response passes every test of its problem, judged by ``sdpo.envs.code.evaluate_many`` in
+    the sandbox (``sandbox``: a ``SandboxPool`` / ``SandboxClient``; default the shared pool)."""
+    from sdpo.envs.code import evaluate_many
+
+    results = evaluate_many(list(responses), [p.tests() for p in problems], sparse=True, sandbox=sandbox)
+    return [r.reward == 1.0 for r in results]
+
+
+def solved(response: str, problem: ToyProblem, *, sandbox=None) -> bool:
+    """Whether the response's program passes every test of the problem (run in the sandbox)."""
+    return solved_many([response], [problem], sandbox=sandbox)[0]
 
 
 @torch.no_grad()
@@ -71,8 +71,10 @@ def solve_rates(model, tokenizer, problems: Sequence[ToyProblem], *, samples: in
     ``any``: fraction with at least one solving sample."""
     greedy = generate(model, tokenizer, problems, seed=seed)
     sampled = generate(model, tokenizer, problems, samples=samples, temperature=temperature, seed=seed)
-    g = [solved(r[0], p) for r, p in zip(greedy, problems, strict=True)]
-    s = [[solved(x, p) for x in rs] for rs, p in zip(sampled, problems, strict=True)]
+    g = solved_many([r[0] for r in greedy], problems)
+    flat = solved_many([x for rs in sampled for x in rs], [p for p, rs in zip(problems, sampled, strict=True)
+                                                           for _ in rs])
+    s = [flat[i * samples:(i + 1) * samples] for i in range(len(problems))]
     return {"greedy": mean(g), "sampled": mean(mean(x) for x in s), "any": mean(any(x) for x in s),
             "n": len(problems), "samples": samples}
 

@@ -84,7 +84,7 @@ def neutral_generation_config(model, *, max_new_tokens: int, do_sample: bool, eo
         **kept, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=1, num_return_sequences=1,
         temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
         repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
-        encoder_no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, length_penalty=1.0, guidance_scale=1.0,
+        encoder_no_repeat_ngram_size=0, min_length=0, length_penalty=1.0, guidance_scale=1.0,
         renormalize_logits=False, remove_invalid_values=False,
     )
 
@@ -129,6 +129,9 @@ class HFSampler:
 
     def update_weights(self, model) -> None:
         self.model = model
+
+    def close(self) -> None:
+        """Nothing to release: the model belongs to the caller."""
 
     def prompt_ids(self, prompt: list[dict[str, str]]) -> list[int]:
         ids = chat_ids(self.tokenizer, prompt)

@@ -115,7 +115,8 @@ def train_cmd(
     set_: list[str] = typer.Option([], "--set", help="Override: key=value (dotted keys for nesting)."),
     out: str = typer.Option(None, "--out", help="Run directory (default: the config's out_dir)."),
 ) -> None:
-    """Train with SDPO / GRPO / hybrid. The whole config is validated before any model is loaded."""
+    """Train with SDPO / GRPO / hybrid. The whole config is validated before any model is loaded; the data
+    (malformed rows, prompts over max_prompt_len) before any step."""
     from sdpo.config import ConfigError
     from sdpo.trainer import load_config, train
 
@@ -129,7 +130,10 @@ def train_cmd(
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if rank0:
         typer.echo(f"run directory: {cfg.out_dir}")
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except ValueError as e:  # ConfigError (field: ...), DatasetError (file:line: field ...), a named bad value
+        fail(str(e))
     if rank0:
         typer.echo(f"done: {result.steps} steps; metrics in {cfg.out_dir}/metrics.jsonl; "
                    f"checkpoints: {', '.join(result.checkpoints) or 'none'}")

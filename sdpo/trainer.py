@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from sdpo.adapters import check_target_modules
 from sdpo.callbacks import Attempt, Callbacks
 from sdpo.config import ConfigError, _choice, _number, build_dataclass
 from sdpo.data.tasks import Task
@@ -42,6 +43,10 @@ class TrainConfig(UpdateConfig):
     train_batch_size: questions per step; n: rollouts per question (a group).
     val_every / save_every: steps between validation / checkpoints (0 = only at the end).
     val_k: samples per validation question (val/avg@k = mean reward over them).
+    lora_target_modules: module names (e.g. ['q_proj', 'v_proj']; one name alone is a one-element list) or
+        None for ``sdpo.adapters.DEFAULT_LORA_TARGETS``.
+    max_prompt_len: longest chat-templated prompt, in tokens; every train and validation row is checked when
+        the data loads (before any step), naming the first row over it.
     """
 
     model_path: str | None = None
@@ -103,6 +108,7 @@ class TrainConfig(UpdateConfig):
         _number("lora_r", self.lora_r, lo=1, integer=True)
         _number("lora_alpha", self.lora_alpha, lo=1, integer=True)
         _number("lora_dropout", self.lora_dropout, lo=0.0, hi=1.0, hi_open=True)
+        self.lora_target_modules = check_target_modules(self.lora_target_modules)
         _number("val_fraction", self.val_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         for name in ("max_steps", "train_batch_size", "n", "max_new_tokens", "max_prompt_len", "val_k",
                      "sampler_batch_size"):
@@ -199,6 +205,18 @@ def load_data(cfg: TrainConfig) -> tuple[list[Task], list[Task]]:
         raise ConfigError("train_file", f"{cfg.train_file} holds no rows")
     test = lasgroup.load_jsonl(cfg.test_file) if cfg.test_file else []
     return train, test
+
+
+def check_prompt_lengths(tokenizer, tasks: list[Task], max_prompt_len: int, where: str) -> None:
+    """Raise ConfigError naming ``max_prompt_len`` and the first row whose chat-templated prompt is longer
+    (checked when the data loads, so that no step runs before a too-long row would stop the run)."""
+    from sdpo.models import chat_ids
+
+    for task in tasks:
+        n = len(chat_ids(tokenizer, task.messages))
+        if n > max_prompt_len:
+            raise ConfigError("max_prompt_len", f"got {max_prompt_len}; the prompt of row {task.id!r} in {where} "
+                              f"has {n} tokens; raise max_prompt_len or remove the row")
 
 
 class TaskStream:
@@ -446,6 +464,9 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     #    resume if asked.
     train_tasks, val_tasks = load_data(cfg)
     model, tokenizer, _ = build_policy(cfg)
+    check_prompt_lengths(tokenizer, train_tasks, cfg.max_prompt_len, cfg.train_file or f"{cfg.dataset} (train)")
+    check_prompt_lengths(tokenizer, val_tasks, cfg.max_prompt_len,
+                         cfg.test_file or f"{cfg.dataset or cfg.train_file} (validation)")
     ctx.broadcast_parameters(model)
     model = apply_fsdp(model, ctx)
     if ctx.enabled:

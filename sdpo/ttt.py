@@ -114,11 +114,9 @@ class SolveConfig(UpdateConfig):
         _number("seed", self.seed, lo=0, integer=True)
         _choice("adapter", self.adapter, ("lora", "full"))
         _number("lora_dropout", self.lora_dropout, lo=0.0, hi=1.0, hi_open=True)
-        if self.lora_target_modules is not None and (
-                not isinstance(self.lora_target_modules, list)
-                or not all(isinstance(m, str) and m for m in self.lora_target_modules)):
-            raise ConfigError("lora_target_modules", f"got {self.lora_target_modules!r}; expected a list of "
-                              "module names (e.g. ['q_proj', 'v_proj']) or null for the default set")
+        from sdpo.adapters import check_target_modules
+
+        self.lora_target_modules = check_target_modules(self.lora_target_modules)
         _number("top_p", self.top_p, lo=0.0, hi=1.0, lo_open=True)
         if self.top_k is not None:
             _number("top_k", self.top_k, lo=1, integer=True)

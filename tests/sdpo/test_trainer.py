@@ -320,3 +320,64 @@ def test_checkpoints_reload_into_a_fresh_model(tiny_model_path, dataset, tmp_pat
             reloaded = load_model_and_tokenizer(ckpt / "model")[0]
         with torch.no_grad():
             torch.testing.assert_close(reloaded(ids).logits, trained, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------- sdpo train: errors after validation exit 2
+
+def _train_cli(tiny_model_path, dataset, tmp_path, *sets):
+    from typer.testing import CliRunner
+
+    from sdpo.cli import app
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model_path: {tiny_model_path}\ntrain_file: {dataset}\nmax_steps: 1\ntrain_batch_size: 2\n"
+                   "n: 2\nmax_new_tokens: 4\nmicro_batch_size: 2\nprogress: false\n")
+    args = ["train", "--config", str(cfg), "--out", str(tmp_path / "run")]
+    for s in sets:
+        args += ["--set", s]
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_malformed_dataset_row_exits_2_naming_file_line_and_field(tiny_model_path, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(TASKS[0]) + "\n" + json.dumps({**TASKS[0], "kind": "essay"}) + "\n")
+    res = _train_cli(tiny_model_path, bad, tmp_path)
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert f"error: {bad}:2: field 'kind': got 'essay'" in res.output
+
+
+def test_cli_prompt_over_max_prompt_len_exits_2_before_any_step(tiny_model_path, dataset, tmp_path):
+    res = _train_cli(tiny_model_path, dataset, tmp_path, "max_prompt_len=8")
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert "error: max_prompt_len: got 8; the prompt of row 'train:1'" in res.output
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_cli_world_check_error_exits_2_naming_the_key(tiny_model_path, dataset, tmp_path, monkeypatch):
+    from sdpo.distributed import DistContext
+
+    # as under torchrun with 4 processes: 2 questions per step cannot give every rank one
+    monkeypatch.setattr("sdpo.trainer.init_from_env", lambda *a, **k: DistContext(world_size=4, strategy="ddp"))
+    res = _train_cli(tiny_model_path, dataset, tmp_path)
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert "error: train_batch_size: got 2; must be >= the number of processes (4)" in res.output
+
+
+@pytest.mark.parametrize("value, message", [
+    ("3", "lora_target_modules: got 3; expected a list of module names"),
+    ("[]", "lora_target_modules: got []"),
+    ("[nope]", "lora_target_modules: none of ['nope'] exist in this model"),  # found when the model loads
+])
+def test_cli_bad_lora_target_modules_exit_2(tiny_model_path, dataset, tmp_path, value, message):
+    res = _train_cli(tiny_model_path, dataset, tmp_path, f"lora_target_modules={value}")
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert f"error: {message}" in res.output
+
+
+def test_one_lora_target_module_is_a_one_element_list(tiny_model_path, dataset, tmp_path):
+    assert load_config(None, [f"train_file={dataset}", "lora_target_modules=q_proj"]).lora_target_modules == [
+        "q_proj"]
+    res = _train_cli(tiny_model_path, dataset, tmp_path, "lora_target_modules=q_proj")
+    assert res.exit_code == 0, (res.output, res.exception)
+    adapter = json.loads((tmp_path / "run/checkpoints/step_1/adapter/adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj"]

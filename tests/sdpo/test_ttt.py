@@ -69,6 +69,8 @@ def test_config_test_time_defaults_and_partial_self_distillation():
     assert (c2.self_distillation.alpha, c2.self_distillation.distillation_topk) == (1.0, 20)
     assert c2.self_distillation.teacher_regularization == "ema"
     assert SolveConfig.from_dict(c2.to_dict()) == c2
+    # one module name is a one-element list (``--set lora_target_modules=q_proj``), not its characters
+    assert SolveConfig.from_dict({"lora_target_modules": "q_proj"}).lora_target_modules == ["q_proj"]
 
 
 @pytest.mark.parametrize("data, field", [
@@ -84,6 +86,8 @@ def test_config_test_time_defaults_and_partial_self_distillation():
     ({"self_distillation": {"alpha": 2.0}}, "self_distillation.alpha"),
     ({"self_distillation": {"nope": 1}}, "self_distillation.nope"),
     ({"budgett": 3}, "budgett"),
+    ({"lora_target_modules": 3}, "lora_target_modules"),
+    ({"lora_target_modules": ["q_proj", ""]}, "lora_target_modules"),
 ])
 def test_config_errors_name_the_field(data, field):
     with pytest.raises(ConfigError) as e:

@@ -120,6 +120,59 @@ def test_micro_batching_gives_the_mini_batch_gradient(tiny_model_path, loss, agg
         torch.testing.assert_close(d, deltas[0], rtol=1e-5, atol=1e-6 * scale)
 
 
+# ------------------------------------------------------------------------------ off-policy steps
+
+
+def _spy(monkeypatch, name):
+    """Record the metrics of every call of the loss ``name`` inside policy_update (one per micro-batch)."""
+    import sdpo.update
+
+    real, calls = getattr(sdpo.update, name), []
+
+    def wrapper(*args, **kwargs):
+        loss, metrics = real(*args, **kwargs)
+        calls.append(metrics)
+        return loss, metrics
+
+    monkeypatch.setattr(sdpo.update, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("loss, key", [("grpo", "grpo/ratio_mean"), ("sdpo", "sdpo/is_ratio_mean")])
+@pytest.mark.parametrize("mini, epochs", [(None, 1), (4, 1), (None, 2), (4, 2)])
+def test_importance_ratios_leave_one_only_after_the_first_optimizer_step(tiny_model_path, monkeypatch, loss, key,
+                                                                         mini, epochs):
+    """The old log-probs are those of the policy before the update: the first optimizer step sees ratio 1
+    (exactly, with one mini-batch and one epoch: the same forward), every later mini-batch / epoch a ratio
+    moved by the earlier steps (and GRPO's clip engages)."""
+    model, tok = load_model_and_tokenizer(tiny_model_path)
+    rollouts = HFSampler(model, tok).generate([P], 8, SamplingParams(max_new_tokens=10, seed=0))
+    rewards = [1.0, 0.0] * 4
+    feedback = [None if r else "Wrong answer: expected hello" for r in rewards]
+    batch = ScoredBatch([P] * 8, rollouts, rewards, feedback, [0] * 8)
+    sd = SelfDistillationConfig(distillation_topk=10, is_clip=2.0, teacher_regularization="live")
+    cfg = UpdateConfig(loss=loss, lr=5e-2, self_distillation=sd, micro_batch_size=4, mini_batch_size=mini,
+                       ppo_epochs=epochs)
+    calls = _spy(monkeypatch, f"{loss}_loss")
+    opt, _ = make_optimizer(model, cfg)
+    metrics = policy_update(model, opt, make_teacher(sd, model), tok, batch, cfg)
+    per_step = 8 // cfg.micro_batch_size // ((8 // mini) if mini else 1)  # micro-batches per optimizer step
+    steps = [calls[i:i + per_step] for i in range(0, len(calls), per_step)]
+    assert len(steps) == epochs * (8 // (mini or 8))
+    first = [c[key] for c in steps[0]]
+    later = [c[key] for step in steps[1:] for c in step]
+    if len(steps) == 1:
+        assert first == [1.0] * len(first) and metrics[key] == 1.0
+        if loss == "grpo":
+            assert metrics["grpo/clip_fraction"] == 0.0
+        return
+    assert first == pytest.approx([1.0] * len(first), abs=1e-5)
+    assert all(abs(r - 1.0) > 1e-3 for r in later), later
+    assert abs(metrics[key] - 1.0) > 1e-4
+    if loss == "grpo":
+        assert max(c["grpo/clip_fraction"] for step in steps[1:] for c in step) > 0
+
+
 # ------------------------------------------------------------------------------ it learns
 
 

@@ -42,11 +42,19 @@ class Rollout:
 @runtime_checkable
 class Sampler(Protocol):
     """Anything that turns chat prompts into rollouts. ``n`` rollouts per prompt, grouped in order:
-    result[i * n + j] is the j-th rollout of prompts[i]."""
+    result[i * n + j] is the j-th rollout of prompts[i].
+
+    The owner calls ``close()`` once it is done with the sampler (in a ``finally``): an engine-backed sampler
+    (vLLM) shuts its engine down there and deletes its files; it is idempotent, and a no-op for HF.
+    """
 
     def generate(self, prompts: list[list[dict[str, str]]], n: int, params: SamplingParams) -> list[Rollout]:
         ...
 
     def update_weights(self, model) -> None:
         """Called after each optimizer step so the next generation uses the current policy."""
+        ...
+
+    def close(self) -> None:
+        """Release what the sampler holds (engine processes, GPU memory, temp files). Idempotent."""
         ...

@@ -14,6 +14,14 @@ the trainer finds *less* likely than the sampler keep their small weight.
 
 This module implements that rule from the formula above (no code copied) and the diagnostics the reference
 logs under ``rollout_corr/`` so a user can see a sampler/trainer mismatch growing.
+
+Known bias with truncated sampling (``top_p < 1`` or ``top_k``): both samplers report the log-prob of the
+token under the distribution it was drawn from, i.e. *after* top-k/top-p renormalisation (vLLM's
+``processed_logprobs``, the HF sampler's recorder), while the trainer's old log-probs apply the temperature
+only. For a kept token, log pi_sampler = log pi_trainer - log Z_t, where Z_t <= 1 is the trainer's
+probability mass kept by the truncation at step t, so every ratio is biased low by Z_t even with identical
+weights: weights shrink, ``rollout_corr/kl`` reads -mean(log Z_t) > 0. ``truncated_sampling_warning`` says so
+(the vLLM sampler emits it once); see docs/gpus.md.
 """
 
 from __future__ import annotations
@@ -25,6 +33,19 @@ from sdpo.config import ConfigError
 # The reference clamps the log-ratio to +-20 before exp() so that a single wildly mismatched token cannot
 # overflow (exp(20) ~ 4.9e8 is still finite in float32 and bfloat16).
 SAFETY_BOUND = 20.0
+
+
+def truncated_sampling_warning(top_p: float, top_k: int | None) -> str | None:
+    """The warning to emit when rollouts are drawn with top-p / top-k truncation (see the module docstring),
+    or None when sampling is not truncated (top_p >= 1 and no top_k)."""
+    parts = ([f"top_p={top_p}"] if top_p < 1.0 else []) + ([f"top_k={top_k}"] if top_k else [])
+    if not parts:
+        return None
+    return (f"sampling with {' and '.join(parts)}: the sampler's log-probs are renormalised after the "
+            "truncation while the trainer's old log-probs apply the temperature only, so rollout correction "
+            "ratios pi_trainer / pi_sampler are biased low by the kept probability mass (weights < 1 and "
+            "rollout_corr/kl > 0 even when sampler and trainer agree); set top_p: 1.0 and top_k: null, or "
+            "rollout_correction_threshold: null to switch the correction off (docs/gpus.md)")
 
 
 def rollout_is_weights(

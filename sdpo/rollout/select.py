@@ -1,13 +1,19 @@
 """Choosing the rollout engine: ``sampler: auto | hf | vllm``.
 
-``auto`` picks vLLM when it is installed *and* a CUDA GPU is visible, otherwise the HF ``generate`` sampler,
-so the same config runs on a laptop and on a GPU worker. Asking for ``vllm`` explicitly where it cannot run is
-an error that says how to fix it, never a silent fallback.
+``auto`` picks vLLM only when the trainer's model is on a CUDA device, the job is single-process and
+``import vllm`` (with its ``LLM`` entry point) actually succeeds; otherwise the HF ``generate`` sampler, with
+one log line (logger ``sdpo.rollout.select``) saying why -- a warning when vLLM is installed but fails to
+import. So the same config runs on a laptop, on a GPU host training on the CPU (``device: cpu``) and on a GPU
+worker. Asking for ``vllm`` explicitly where it cannot run is an error that says how to fix it, never a silent
+fallback.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import torch
 
 from sdpo.config import ConfigError, build_dataclass
 from sdpo.rollout.base import Sampler
@@ -15,17 +21,28 @@ from sdpo.rollout.base import Sampler
 SAMPLERS = ("auto", "hf", "vllm")
 
 
-def resolve_sampler_kind(kind: str) -> str:
+logger = logging.getLogger(__name__)
+
+
+def resolve_sampler_kind(kind: str, device: torch.device | str | None = None) -> str:
     """"auto" -> "vllm" or "hf" for this machine; "hf" / "vllm" are returned as they are.
 
-    Raises ConfigError for an unknown kind, or for "vllm" where vLLM cannot run (not installed, or no CUDA).
+    device: where the trainer's model lives (``make_sampler`` passes it); ``auto`` resolves to vllm only for a
+    CUDA device (None = not known: the machine alone decides). Raises ConfigError for an unknown kind, or for
+    "vllm" where vLLM cannot run (not installed or not importable, no CUDA, a multi-process job).
     """
-    from sdpo.rollout.vllm import vllm_unavailable_reason
+    from sdpo.rollout.vllm import BROKEN_INSTALL, vllm_unavailable_reason
 
     if kind not in SAMPLERS:
         raise ConfigError("sampler", f"got {kind!r}; allowed values are {', '.join(map(repr, SAMPLERS))}")
     if kind == "auto":
-        return "vllm" if vllm_unavailable_reason() is None else "hf"
+        reason = vllm_unavailable_reason(device)
+        if reason is None:
+            logger.info("sampler: auto -> vllm")
+            return "vllm"
+        log = logger.warning if reason.startswith(BROKEN_INSTALL) else logger.info
+        log("sampler: auto -> hf, because %s", reason)
+        return "hf"
     if kind == "vllm":
         reason = vllm_unavailable_reason()
         if reason is not None:
@@ -40,14 +57,15 @@ def make_sampler(kind: str, model, tokenizer, *, batch_size: int = 16, max_promp
     batch_size: sequences per HF ``generate`` call (vLLM schedules its own batches and ignores it).
     max_prompt_len: longest chat-templated prompt accepted, in tokens (both samplers; None = no limit).
     vllm_opts: the vLLM engine options (``sdpo.rollout.vllm.VLLMOptions``: adapter, gpu_memory_utilization,
-        max_model_len, enable_sleep, lora_rank, ...). They only concern vLLM and are unused when the HF
-        sampler is chosen (so one config serves both machines under ``auto``), but they are validated
-        either way, so a typo is reported on a CPU machine too.
+        max_model_len (pass max_prompt_len + max_new_tokens when both are known), enable_sleep, lora_rank,
+        ...). They only concern vLLM and are unused when the HF sampler is chosen (so one config serves both
+        machines under ``auto``), but they are validated either way, so a typo is reported on a CPU machine
+        too.
     """
     from sdpo.rollout.vllm import VLLMOptions
 
     build_dataclass(VLLMOptions, vllm_opts)
-    resolved = resolve_sampler_kind(kind)
+    resolved = resolve_sampler_kind(kind, device=_model_device(model))
     if resolved == "vllm":
         from sdpo.rollout.vllm import VLLMSampler
 
@@ -55,3 +73,8 @@ def make_sampler(kind: str, model, tokenizer, *, batch_size: int = 16, max_promp
     from sdpo.rollout.hf import HFSampler
 
     return HFSampler(model, tokenizer, batch_size=batch_size, max_prompt_len=max_prompt_len)
+
+
+def _model_device(model) -> torch.device | None:
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return None if param is None else param.device

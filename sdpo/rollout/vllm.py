@@ -11,13 +11,30 @@ The engine shares the trainer's GPU and follows the policy after every optimizer
 
 With ``enable_sleep`` the engine releases its GPU memory between generations (``LLM.sleep``): level 1
 (weights offloaded to CPU, KV cache dropped) in LoRA mode, where the base weights must survive; level 2
-(weights and KV cache dropped) in full mode, where the next update overwrites every weight anyway.
+(weights and KV cache dropped, vllm/device_allocator/sleep_mode_backend.py ``CuMemBackend.suspend``) in full
+mode, which keeps no copy of the weights anywhere. Waking from level 2 re-allocates the weights without
+their values, so every wake in full mode is followed by a push of the trainer's weights unless
+``update_weights`` already pushed since that sleep (the sampler keeps a reference to the trainer's model for
+this; a generation without an update in between -- test-time baselines, multi-turn rounds, a step without a
+learning signal -- then samples from the right weights). Level 2 plus a re-push was chosen over level 1
+when no update is pending: it holds no CPU copy of the weights and the push is a GPU-to-GPU copy over CUDA
+IPC, cheap next to sampling. Before every wake the trainer's CUDA caching
+allocator returns its free blocks to the driver (``torch.cuda.empty_cache``): vLLM's sleep-mode allocator
+maps memory outside PyTorch's cache, so memory the trainer freed but still caches would not be available.
+
+``close()`` (also ``with VLLMSampler(...) as s:``, and at garbage collection) shuts the engine down and
+deletes the sampler's temp directory; the owner must call it when done.
+
+Seeds: vLLM seeds the j-th completion of a request with ``seed + j`` (vllm/v1/engine/parallel_sampling.py),
+so each prompt gets its own ``SamplingParams`` with ``seed + i * n``: rollout j of prompt i is drawn with
+seed ``seed + i * n + j``, distinct within a call, so identical questions in one batch get different rollouts.
 
 Prompts are tokenized with *our* tokenizer (``sdpo.models.chat_ids``) and passed to vLLM as token ids, and
 responses are decoded with it, so token ids and text match the HF sampler exactly; vLLM's tokenizer is never
 loaded (``skip_tokenizer_init``). Per-token log-probs are those of the sampled token after temperature /
 top-k / top-p (``logprobs_mode="processed_logprobs"``, as the reference's rollout config), which is what
-``Rollout.logprobs`` promises and what rollout correction compares with the trainer.
+``Rollout.logprobs`` promises and what rollout correction compares with the trainer (with ``top_p < 1`` or
+``top_k`` that comparison is biased, see ``sdpo.rollout.correction``; the sampler warns once).
 
 Scope: single-GPU jobs (the engine shares the trainer's GPU; multi-process ddp/fsdp jobs use the HF
 sampler). Full-weight pushes send the trainer's ``named_parameters()`` to vLLM's ``load_weights``, which
@@ -32,10 +49,11 @@ Every vLLM API used here was read from the v0.32.0 wheel's source; the file is c
 
 from __future__ import annotations
 
-import importlib.util
+import gc
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +63,7 @@ import torch
 from sdpo.config import ConfigError, build_dataclass
 from sdpo.models import chat_ids
 from sdpo.rollout.base import Rollout, SamplingParams
+from sdpo.rollout.correction import truncated_sampling_warning
 
 ADAPTERS = ("lora", "full")
 # vllm/config/lora.py (v0.32.0): ``MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]``.
@@ -53,20 +72,44 @@ INSTALL_HINT = (
     "install the gpu extra: pip install -e '.[gpu]' (vllm==0.32.0, which needs an NVIDIA GPU with CUDA; "
     "the HF sampler works everywhere: sampler: hf)"
 )
+REINSTALL_HINT = ("reinstall the gpu extra against torch 2.13.0 (pip install -e '.[gpu]' with "
+                  "torch==2.13.0 from PyPI, see docs/gpus.md), or use sampler: hf")
+BROKEN_INSTALL = "vllm is installed but importing it failed"
 
 
-def vllm_unavailable_reason() -> str | None:
-    """None when a vLLM engine can be started here, else why not (in words, with the fix)."""
-    if importlib.util.find_spec("vllm") is None:
-        return f"vllm is not installed; {INSTALL_HINT}"
+def vllm_import_error() -> str | None:
+    """None when ``vllm`` and its ``LLM`` entry point import here, else why not (in words, with the fix).
+
+    An import, not ``importlib.util.find_spec``: a broken install (wrong CUDA / torch build, a missing shared
+    library) is found by ``find_spec`` but fails here, and must not be chosen by ``sampler: auto``."""
+    try:
+        import vllm
+
+        vllm.LLM  # noqa: B018 -- vllm/__init__.py resolves LLM lazily; this imports the engine's modules
+    except Exception as err:  # noqa: BLE001 -- any failure of this third-party import means "cannot run here"
+        if isinstance(err, ModuleNotFoundError) and err.name == "vllm":
+            return f"vllm is not installed; {INSTALL_HINT}"
+        return f"{BROKEN_INSTALL} ({type(err).__name__}: {err}); {REINSTALL_HINT}"
+    return None
+
+
+def vllm_unavailable_reason(device: torch.device | str | None = None) -> str | None:
+    """None when a colocated vLLM engine can be started here, else why not (in words, with the fix).
+
+    device: where the trainer's model lives; when given, anything but a CUDA device is a reason (the engine
+    samples for a model on the GPU it shares). The cheap checks come first, so a CPU machine never imports
+    vllm; the import is tried last (``vllm_import_error``)."""
+    if device is not None and torch.device(device).type != "cuda":
+        return (f"the trainer's model is on {torch.device(device)}, not on a CUDA device; the colocated vLLM "
+                "sampler serves a model on the GPU (device: cuda or auto on a GPU machine), use sampler: hf here")
     if not torch.cuda.is_available():
-        return "vllm is installed but no CUDA GPU is visible (torch.cuda.is_available() is False); " \
-               "vLLM sampling needs an NVIDIA GPU with CUDA, use sampler: hf on this machine"
+        return ("no CUDA GPU is visible (torch.cuda.is_available() is False); vLLM sampling needs an NVIDIA GPU "
+                "with CUDA and the gpu extra (pip install -e '.[gpu]'); use sampler: hf on this machine")
     if torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
         return "this is a multi-process (ddp/fsdp) job; the colocated vLLM sampler serves single-GPU jobs " \
                "(distributed: none), use sampler: hf here"
-    return None
+    return vllm_import_error()
 
 
 @dataclass(frozen=True)
@@ -77,7 +120,10 @@ class VLLMOptions:
         weights train; they are pushed into the engine in place).
     gpu_memory_utilization: fraction of the GPU vLLM may take for weights + KV cache, in (0, 1]. The trainer
         needs the rest.
-    max_model_len: longest prompt + response the engine accepts; None = the model's own limit.
+    max_model_len: longest prompt + response the engine accepts; None = the model's own limit. Callers that know
+        both lengths pass max_prompt_len + max_new_tokens: vLLM then only needs KV-cache room for that length
+        (not the model's full context) to start, and ``generate`` refuses a longer request instead of letting
+        vLLM end it early without saying so.
     enable_sleep: release the engine's GPU memory between generations (vLLM sleep mode).
     lora_rank: largest LoRA rank the engine must serve; None = the trainer's adapter rank. Rounded up to a
         rank vLLM supports (1, 8, 16, ..., 512).
@@ -189,19 +235,35 @@ class VLLMSampler:
 
     ``model`` is the trainer's model (a PEFT model in LoRA mode, a plain HF causal LM in full mode, on the
     GPU); ``tokenizer`` is the trainer's tokenizer; ``max_prompt_len`` rejects longer prompts (in tokens) as
-    the HF sampler does. Engine options: ``VLLMOptions``.
+    the HF sampler does. Engine options (keyword arguments): ``VLLMOptions``, e.g.
+    ``VLLMSampler(model, tok, adapter="full", gpu_memory_utilization=0.4, max_model_len=4096)``.
+
+    Call ``close()`` when done (or use it as a context manager): it stops the engine and deletes the temp dir.
     """
 
     def __init__(self, model, tokenizer, *, max_prompt_len: int | None = None, **options: Any) -> None:
+        # Everything close() looks at exists before anything that can fail (close runs on a failed __init__
+        # and from __del__).
+        self._closed = False
+        self.llm = None
+        self._transfer = None  # trainer-side weight-transfer engine (full mode), created on first push
+        self.work_dir: Path | None = None
+        self._own_work_dir = False
+        self._model = None  # full mode: the trainer's model, re-pushed after a level-2 sleep (a reference)
+
         self.options: VLLMOptions = build_dataclass(VLLMOptions, options)
         if max_prompt_len is not None and (isinstance(max_prompt_len, bool) or not isinstance(max_prompt_len, int)
                                            or max_prompt_len < 1):
             raise ConfigError("max_prompt_len", f"got {max_prompt_len!r}; expected a positive integer or null")
         self.max_prompt_len = max_prompt_len
+        opts = self.options
+        if opts.max_model_len is not None and max_prompt_len is not None and max_prompt_len >= opts.max_model_len:
+            raise ConfigError("max_model_len", f"got {opts.max_model_len}; it must exceed max_prompt_len="
+                              f"{max_prompt_len} (it holds the prompt and the response): pass max_prompt_len + "
+                              "max_new_tokens")
         reason = vllm_unavailable_reason()
         if reason is not None:
             raise ConfigError("sampler", f"got 'vllm' but {reason}")
-        opts = self.options
         if opts.adapter == "lora" and not _is_peft(model):
             raise ConfigError("adapter", "got 'lora' but the model is not a PEFT LoRA model; wrap it with "
                               "peft.get_peft_model or use adapter='full'")
@@ -211,28 +273,43 @@ class VLLMSampler:
         if opts.adapter == "full":
             _cuda_device_of(model)  # fail before an engine is started
         self.tokenizer = tokenizer
-        self._own_work_dir = opts.work_dir is None
-        self.work_dir = Path(opts.work_dir or tempfile.mkdtemp(prefix="sdpo-vllm-"))
-        self.work_dir.mkdir(parents=True, exist_ok=True)
         self.stop_token_ids = self._stop_ids(model, tokenizer)
         self.version = 0  # incremented by every update_weights; it is also the LoRA id in use
         self._lora_request = None
         self._stale_loras: list[tuple[int, Path]] = []
-        self._transfer = None  # trainer-side weight-transfer engine (full mode), created on first push
         self._sleeping_tags: set[str] = set()
         self._sleep_level = 1 if opts.adapter == "lora" else 2
+        self._weights_discarded = False  # a level-2 sleep dropped the weights and nothing was pushed since
+        self._warned_truncation = False
 
-        base = model.get_base_model() if opts.adapter == "lora" else model
-        self.model_path = self._checkpoint_dir(model, base, tokenizer)
-        dtype = opts.dtype or str(next(base.parameters()).dtype).removeprefix("torch.")
-        self.llm = self._build_engine(model, dtype)
-        # The engine must sample from the trainer's *current* policy from the first call: publish the adapter
-        # (LoRA) or push the weights (full; they may differ from the checkpoint on disk after a resume).
+        self._own_work_dir = opts.work_dir is None
+        self.work_dir = Path(opts.work_dir or tempfile.mkdtemp(prefix="sdpo-vllm-"))
         try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            base = model.get_base_model() if opts.adapter == "lora" else model
+            self.model_path = self._checkpoint_dir(model, base, tokenizer)
+            dtype = opts.dtype or str(next(base.parameters()).dtype).removeprefix("torch.")
+            self.llm = self._build_engine(model, dtype)
+            # The engine must sample from the trainer's *current* policy from the first call: publish the
+            # adapter (LoRA) or push the weights (full; they may differ from the checkpoint after a resume).
             self.update_weights(model)
         except BaseException:
             self.close()
             raise
+
+    def __enter__(self) -> VLLMSampler:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A safety net only (the owner calls close()); at interpreter exit vLLM's own finalizers may have run
+        # and modules may be half torn down, so nothing raised here may escape.
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -311,40 +388,51 @@ class VLLMSampler:
     # -- the Sampler protocol -----------------------------------------------------------------------
 
     def generate(self, prompts: list[list[dict[str, str]]], n: int, params: SamplingParams) -> list[Rollout]:
-        """``n`` rollouts per prompt, grouped: result[i * n + j] is the j-th rollout of prompts[i]."""
+        """``n`` rollouts per prompt, grouped: result[i * n + j] is the j-th rollout of prompts[i], drawn with
+        seed ``params.seed + i * n + j`` (when ``params.seed`` is set)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n: got {n!r}; expected a positive integer")
+        self._check_open()
         if not prompts:
             return []
         from vllm import SamplingParams as VSamplingParams
         from vllm import TokensPrompt
 
+        prompt_ids = [self._prompt_ids(messages) for messages in prompts]  # raises before the engine wakes
+        for ids in prompt_ids:
+            self._check_length(len(ids), int(params.max_new_tokens))
+        self._warn_truncation(params)
         self._wake()
         self._evict_stale_loras()
-        prompt_ids = [self._prompt_ids(messages) for messages in prompts]
         # vllm/sampling_params.py (v0.32.0) refuses n > 1 with greedy decoding (temperature < 1e-5), so a
         # greedy group is sent as n requests of one completion each.
         greedy = params.temperature < 1e-5
         copies, per_request = (n, 1) if greedy else (1, n)
-        # ``logprobs=0`` returns the sampled token's log-prob only; ``top_k=0`` disables top-k;
-        # ``detokenize=False`` because we decode with our tokenizer.
-        sp = VSamplingParams(
-            n=per_request,
-            temperature=float(params.temperature),
-            top_p=float(params.top_p),
-            top_k=int(params.top_k) if params.top_k else 0,
-            seed=params.seed,
-            max_tokens=int(params.max_new_tokens),
-            logprobs=0,
-            stop_token_ids=list(self.stop_token_ids),
-            detokenize=False,
-        )
-        # vllm/inputs/llm.py: ``TokensPrompt(prompt_token_ids=...)``; vllm/entrypoints/llm.py:
-        # ``generate(prompts, sampling_params, *, use_tqdm, lora_request)`` returns outputs in prompt order.
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids for _ in range(copies)], sp,
-            use_tqdm=False, lora_request=self._lora_request,
-        )
+        requests, sampling = [], []
+        for i, ids in enumerate(prompt_ids):
+            for c in range(copies):
+                # One SamplingParams per request: vLLM gives completion j of a request seed + j
+                # (vllm/v1/engine/parallel_sampling.py), so request (i, c) starts at seed + i * n + c and every
+                # rollout of the call has its own seed. ``logprobs=0`` returns the sampled token's log-prob
+                # only; ``top_k=0`` disables top-k; ``detokenize=False`` because we decode with our tokenizer.
+                sampling.append(VSamplingParams(
+                    n=per_request,
+                    temperature=float(params.temperature),
+                    top_p=float(params.top_p),
+                    top_k=int(params.top_k) if params.top_k else 0,
+                    seed=None if params.seed is None else int(params.seed) + i * n + c,
+                    max_tokens=int(params.max_new_tokens),
+                    logprobs=0,
+                    stop_token_ids=list(self.stop_token_ids),
+                    detokenize=False,
+                ))
+                requests.append(TokensPrompt(prompt_token_ids=ids))
+        # vllm/inputs/llm.py: ``TokensPrompt(prompt_token_ids=...)``; vllm/entrypoints/llm.py: ``generate(prompts,
+        # sampling_params (one, or a list paired one by one with the prompts), *, use_tqdm, lora_request)``
+        # returns outputs in prompt order.
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self._lora_request)
+        if len(outputs) != len(requests):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
         rollouts: list[Rollout] = []
         for k, out in enumerate(outputs):
             i = k // copies
@@ -359,26 +447,53 @@ class VLLMSampler:
 
     def update_weights(self, model) -> None:
         """Make the next generation sample from ``model``'s current weights (after an optimizer step)."""
+        self._check_open()
         self.version += 1
         if self.options.adapter == "lora":
             self._publish_lora(model)
         else:
+            self._model = model
             self._push_full_weights(model)
 
     def close(self) -> None:
-        """Shut the engine down and delete what this sampler wrote."""
-        llm = getattr(self, "llm", None)
-        if llm is not None:
-            # vllm/v1/engine/llm_engine.py: ``LLMEngine.engine_core`` (an EngineCoreClient with ``shutdown``).
-            llm.llm_engine.engine_core.shutdown()
-            self.llm = None
-        if self._transfer is not None:
-            self._transfer.shutdown()
-            self._transfer = None
-        if self._own_work_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+        """Shut the engine down, free its GPU memory and delete this sampler's temp directory. Idempotent; the
+        sampler cannot be used afterwards."""
+        if getattr(self, "_closed", True):  # closed already, or __init__ failed before anything was held
+            return
+        self._closed = True
+        transfer, self._transfer = self._transfer, None
+        llm, self.llm = self.llm, None
+        self._model = self._lora_request = None
+        try:
+            if transfer is not None:
+                transfer.shutdown()  # vllm/distributed/weight_transfer/base.py: trainer-side teardown
+        finally:
+            try:
+                if llm is not None:
+                    # vLLM 0.32 has no ``LLM.shutdown``; vllm/v1/engine/llm_engine.py: ``LLMEngine.engine_core``
+                    # is an EngineCoreClient whose ``shutdown()`` stops the engine-core process
+                    # (vllm/v1/engine/core_client.py), which releases the GPU memory it held.
+                    llm.llm_engine.engine_core.shutdown()
+            finally:
+                del llm
+                gc.collect()  # in-process engines (VLLM_ENABLE_V1_MULTIPROCESSING=0) free their tensors here
+                if torch.cuda.is_available() and torch.cuda.is_initialized():
+                    torch.cuda.empty_cache()
+                if self._own_work_dir and self.work_dir is not None:
+                    shutil.rmtree(self.work_dir, ignore_errors=True)
 
     # -- helpers ------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this VLLMSampler is closed (its engine was shut down); build a new sampler")
+
+    def _warn_truncation(self, params: SamplingParams) -> None:
+        # Rollout correction is biased with truncated sampling (sdpo/rollout/correction.py); say so once.
+        message = None if self._warned_truncation else truncated_sampling_warning(params.top_p, params.top_k)
+        if message is not None:
+            self._warned_truncation = True
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         ids = chat_ids(self.tokenizer, messages)
@@ -388,6 +503,17 @@ class VLLMSampler:
                 "raise max_prompt_len or shorten the question"
             )
         return ids
+
+    def _check_length(self, prompt_len: int, max_new_tokens: int) -> None:
+        # vLLM stops a sequence silently at max_model_len (vllm/v1/core/sched/utils.py ``check_stop``), which
+        # would cut responses short of max_new_tokens without saying so.
+        limit = self.options.max_model_len
+        if limit is not None and prompt_len + max_new_tokens > limit:
+            raise ValueError(
+                f"max_model_len: a prompt of {prompt_len} tokens plus max_new_tokens={max_new_tokens} exceeds "
+                f"max_model_len={limit}; raise max_model_len (to max_prompt_len + max_new_tokens) or shorten "
+                "the prompt"
+            )
 
     def _to_rollout(self, prompt_ids: list[int], completion, prompt_index: int) -> Rollout:
         response = list(completion.token_ids)
@@ -440,10 +566,10 @@ class VLLMSampler:
 
         device = _cuda_device_of(model)
         if "weights" in self._sleeping_tags:
-            # Level-2 sleep dropped the weights; re-allocate them (vllm/entrypoints/llm.py ``wake_up(tags)``),
-            # the KV cache stays released until the next generation.
-            self.llm.wake_up(tags=["weights"])
-            self._sleeping_tags.discard("weights")
+            # A level-2 sleep dropped the weights: re-allocate them (vllm/entrypoints/llm.py ``wake_up(tags)``;
+            # vllm/v1/worker/gpu_worker.py restores the buffers, not the parameters); the push below fills
+            # them. The KV cache stays released until the next generation.
+            self._wake_tags(["weights"])
         with torch.cuda.device(device):
             if self._transfer is None:
                 self._transfer = WeightTransferTrainerFactory.trainer_init(
@@ -452,6 +578,7 @@ class VLLMSampler:
             else:
                 self._transfer.source = ModuleSource(model)
             self._transfer.send_weights()
+        self._weights_discarded = False
         if not self._sleeping_tags:
             # Cached prefixes were computed with the old weights (sleep already drops them).
             self.llm.reset_prefix_cache()
@@ -461,8 +588,23 @@ class VLLMSampler:
         # {"weights", "kv_cache"} and ``wake_up(tags)`` must name tags that are asleep.
         self.llm.sleep(level=self._sleep_level)
         self._sleeping_tags = {"weights", "kv_cache"}
+        self._weights_discarded = self._sleep_level == 2
 
     def _wake(self) -> None:
+        """Make the engine fully awake with the current policy's weights before a generation."""
+        if self._weights_discarded:
+            # Full mode after a level-2 sleep with no update_weights since: the re-allocated weights hold no
+            # values, push the trainer's (the same push update_weights does; it wakes "weights" first).
+            self._push_full_weights(self._model)
         if self._sleeping_tags:
-            self.llm.wake_up(tags=sorted(self._sleeping_tags))
-            self._sleeping_tags.clear()
+            self._wake_tags(sorted(self._sleeping_tags))
+
+    def _wake_tags(self, tags: list[str]) -> None:
+        # vLLM's sleep-mode allocator maps memory outside PyTorch's caching allocator: blocks the trainer freed
+        # but still caches would be unavailable to the engine (an OOM while waking). Finish the trainer's
+        # queued work, then hand its cached free blocks back to the driver.
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        self.llm.wake_up(tags=list(tags))
+        self._sleeping_tags.difference_update(tags)

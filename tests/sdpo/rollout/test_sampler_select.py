@@ -1,8 +1,13 @@
-"""``sampler: auto | hf | vllm`` on a machine without vLLM or CUDA, and the vLLM options' validation."""
+"""``sampler: auto | hf | vllm`` on a machine without vLLM or CUDA, and the vLLM options' validation.
 
-import importlib.util
+Where a test needs vLLM "installed", it puts a stand-in module into ``sys.modules`` for that test only:
+selection only imports ``vllm`` and reads ``vllm.LLM``.
+"""
+
+import logging
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -54,6 +59,18 @@ def test_hf_is_always_hf(tiny):
     assert isinstance(make_sampler("hf", model, tokenizer), HFSampler)
 
 
+def importable_vllm(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    sys.modules["vllm"].LLM = object
+
+
+class _BrokenVLLM(types.ModuleType):
+    """An installed vllm whose engine modules fail to load (a CUDA / torch mismatch, a missing library)."""
+
+    def __getattr__(self, name):
+        raise ImportError("libcudart.so.13: cannot open shared object file: No such file or directory")
+
+
 @needs_no_vllm
 @pytest.mark.parametrize("build", ["make_sampler", "VLLMSampler"])
 def test_vllm_requested_without_it_says_how_to_fix(tiny, build):
@@ -65,22 +82,53 @@ def test_vllm_requested_without_it_says_how_to_fix(tiny, build):
             VLLMSampler(model, tokenizer, adapter="full")
     message = str(err.value)
     assert err.value.field == "sampler"
-    assert "CUDA" in message
-    if importlib.util.find_spec("vllm") is None:
-        assert "pip install -e '.[gpu]'" in message
+    assert "CUDA" in message and "pip install -e '.[gpu]'" in message
 
 
 def test_vllm_installed_but_no_cuda_is_reported(monkeypatch, tiny):
     """The branch a GPU image hits when the container does not see the GPU (driver / --gpus missing)."""
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a, **k: object() if name == "vllm" else real_find_spec(name, *a, **k))
+    importable_vllm(monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     reason = vllm_unavailable_reason()
     assert reason is not None and "no CUDA GPU" in reason
     assert resolve_sampler_kind("auto") == "hf"
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         make_sampler("vllm", *tiny)
+
+
+def test_auto_picks_vllm_only_for_a_model_on_cuda(monkeypatch, tiny, caplog):
+    """A GPU host training on the CPU (device: cpu) must not get the colocated engine."""
+    importable_vllm(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_sampler_kind("auto", device="cuda") == "vllm"
+    assert resolve_sampler_kind("auto", device=torch.device("cuda", 0)) == "vllm"
+    with caplog.at_level(logging.INFO, logger="sdpo.rollout.select"):
+        assert resolve_sampler_kind("auto", device="cpu") == "hf"
+        sampler = make_sampler("auto", *tiny)  # the tiny model is on the CPU
+    assert isinstance(sampler, HFSampler)
+    assert any("auto -> hf" in r.getMessage() and "on cpu" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_does_not_pick_a_broken_install_and_logs_why(monkeypatch, tiny, caplog):
+    monkeypatch.setitem(sys.modules, "vllm", _BrokenVLLM("vllm"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with caplog.at_level(logging.INFO, logger="sdpo.rollout.select"):
+        assert resolve_sampler_kind("auto", device="cuda") == "hf"
+    (record,) = [r for r in caplog.records if r.name == "sdpo.rollout.select"]
+    assert record.levelno == logging.WARNING
+    assert "importing it failed" in record.getMessage() and "libcudart.so.13" in record.getMessage()
+    with pytest.raises(ConfigError, match="libcudart.so.13"):
+        resolve_sampler_kind("vllm")
+
+
+def test_auto_without_vllm_installed(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ModuleNotFoundError(name="vllm")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with caplog.at_level(logging.INFO, logger="sdpo.rollout.select"):
+        assert resolve_sampler_kind("auto", device="cuda") == "hf"
+    assert any(r.levelno == logging.INFO and "vllm is not installed" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[gpu\]'"):
+        resolve_sampler_kind("vllm")
 
 
 def test_unknown_sampler_kind_lists_the_choices(tiny):
@@ -128,12 +176,10 @@ def test_importing_the_module_does_not_import_vllm():
 
 
 def test_multi_process_jobs_do_not_get_the_colocated_engine(monkeypatch, tiny):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a, **k: object() if name == "vllm" else real_find_spec(name, *a, **k))
+    importable_vllm(monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **k: 2)
-    assert resolve_sampler_kind("auto") == "hf"
+    assert resolve_sampler_kind("auto", device="cuda") == "hf"
     with pytest.raises(ConfigError, match="single-GPU jobs"):
         resolve_sampler_kind("vllm")

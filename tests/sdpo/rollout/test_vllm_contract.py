@@ -5,6 +5,9 @@ machine). What it checks:
 * generate: grouping, prompt ids from our tokenizer, one log-prob per response token, text decoded by us;
 * the sampler's log-probs are those the trainer computes with an HF forward pass (the rollout-correction
   ratio starts near 1);
+* full mode with sleep: a second generation without an update in between (the level-2 sleep discarded the
+  engine's weights) still agrees with the trainer;
+* per-prompt seeds: the same question twice in one batch gets different rollouts;
 * full-weight update: weights pushed in place change the samples, and the engine then agrees with the
   updated trainer;
 * LoRA update: a new adapter changes the samples, the engine agrees with the PEFT model, and only the newest
@@ -88,6 +91,13 @@ def test_generate_full_update_and_logprobs(model_and_tokenizer):
         assert sampler.llm.llm_engine.is_sleeping()
         assert_matches_trainer(model, before)
 
+        # no update in between: the level-2 sleep dropped the weights, the wake must restore the trainer's
+        again = sampler.generate(PROMPTS, 3, SAMPLE)
+        assert_matches_trainer(model, again)
+        twins = sampler.generate([PROMPTS[0], PROMPTS[0]], 2, SAMPLE)  # one seed per rollout, not per call
+        assert responses(twins[:2]) != responses(twins[2:])
+        assert_matches_trainer(model, twins)
+
         # greedy groups (vLLM itself refuses n > 1 at temperature 0): n identical rollouts per prompt
         greedy = sampler.generate(PROMPTS, 2, SamplingParams(max_new_tokens=8, temperature=0.0))
         assert [r.prompt_index for r in greedy] == [0, 0, 1, 1]
@@ -110,8 +120,11 @@ def test_generate_full_update_and_logprobs(model_and_tokenizer):
         after = sampler.generate(PROMPTS, 3, SAMPLE)
         assert responses(after) != responses(before)
         assert_matches_trainer(model, after)
+        assert_matches_trainer(model, sampler.generate(PROMPTS, 3, SAMPLE))  # and again, no update
     finally:
+        work = sampler.work_dir
         sampler.close()
+    assert not work.exists()
 
 
 def test_lora_update_changes_outputs_and_evicts_old_adapters(model_and_tokenizer):
@@ -123,6 +136,7 @@ def test_lora_update_changes_outputs_and_evicts_old_adapters(model_and_tokenizer
     try:
         before = sampler.generate(PROMPTS, 2, SAMPLE)
         assert_matches_trainer(model, before)
+        assert_matches_trainer(model, sampler.generate(PROMPTS, 2, SAMPLE))  # level-1 sleep, no update
 
         gen = torch.Generator(device="cuda").manual_seed(0)
         for _ in range(2):  # two updates: the first adapter must be gone after the second

@@ -264,6 +264,8 @@ def solve_cmd(
 
     try:
         result = solve_from_config(prob, cfg, Callbacks(on_attempts=on_attempts), model_path=model, out_dir=out_dir)
+    except ValueError as e:  # ConfigError found once the model is loaded (context_budget), a named bad value
+        fail(str(e))
     finally:
         bar.close()
         attempts_file.close()

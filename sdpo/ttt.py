@@ -7,16 +7,22 @@ hidden tests the public tests decide). Strategies (``SolveConfig.strategy``):
 
 - ``"sdpo"``: rounds of ``n`` attempts from the current policy; the public tests give reward and feedback;
   without a discovery the round's attempts become one SDPO batch for this one question (teacher contexts from
-  the round's public successes as sibling demonstrations, and the tests' feedback), and ``steps_per_round``
-  updates of a LoRA adapter (or of all weights) follow; then the next round samples from the updated policy.
-  A round whose teacher contexts hold neither a demonstration nor feedback carries no learning signal: it is
-  not updated at all (the weights are left bit-for-bit unchanged).
+  the tests' feedback), and one policy update of ``steps_per_round`` epochs (PPO-style: the importance ratios
+  of every epoch refer to the policy that sampled the round) of a LoRA adapter (or of all weights) follows;
+  then the next round samples from the updated policy. A round whose teacher contexts hold no feedback
+  carries no learning signal: it is not updated at all (the weights are left bit-for-bit unchanged), and
+  neither is the round that spends the budget (no attempt would sample from the update).
 - ``"best_of_k"``: the same rounds of sampling, never updated.
 - ``"multiturn"``: one conversation that grows by one attempt per turn. ``multiturn_template``
   ``"feedback_only"`` appends all feedback so far to the question (one user message);
   ``"attempt_and_feedback"`` alternates the assistant's attempts with user feedback messages. The oldest
   history is dropped so that prompt + ``max_new_tokens`` fit in ``context_budget`` tokens (the question is
   always kept), like the reference's multi-turn baseline with a bounded context window.
+
+Hidden tests: an attempt that passes every public test but fails a hidden one is a failure for every
+strategy: reward 0 and ``HIDDEN_FAIL_FEEDBACK`` as its feedback (which says so without showing the hidden
+tests). It is never a demonstration for ``sdpo`` (a success would be a discovery, which ends the run), and
+multi-turn shows the same feedback in the conversation.
 
 Attempt numbering: attempts are numbered 0, 1, ... across the whole run; round ``r`` of the batched strategies
 holds attempts ``r*n .. r*n + n - 1`` (the last round is clamped to the budget), a multi-turn turn is one
@@ -65,7 +71,9 @@ class SolveConfig(UpdateConfig):
 
     strategy: "sdpo" | "best_of_k" | "multiturn" (module docstring).
     budget: attempts in all. n: attempts per round (sdpo / best_of_k; the last round is clamped to the budget).
-    steps_per_round: SDPO updates on each round's batch (sdpo only).
+    steps_per_round: epochs of the policy update on each round's batch (sdpo only): test time's name for
+        ``ppo_epochs`` (the two are kept equal; setting both to different values is an error). Every epoch's
+        importance ratios and clips refer to the policy that sampled the round.
     adapter: "lora" (default: a few MB per problem, the base stays shared) | "full".
     max_new_tokens, temperature (inherited), top_p, top_k: sampling. seed: base of every sampling seed.
     multiturn_template: "feedback_only" | "attempt_and_feedback". context_budget: tokens of prompt + response
@@ -108,6 +116,11 @@ class SolveConfig(UpdateConfig):
             self.self_distillation = _ttt_self_distillation(self.self_distillation)
         super().__post_init__()
         _choice("strategy", self.strategy, STRATEGIES)
+        _number("steps_per_round", self.steps_per_round, lo=1, integer=True)
+        if self.ppo_epochs != 1 and self.steps_per_round not in (1, self.ppo_epochs):
+            raise ConfigError("steps_per_round", f"got {self.steps_per_round} and ppo_epochs={self.ppo_epochs}; "
+                              "at test time they are the same setting: set one of them")
+        self.steps_per_round = self.ppo_epochs = max(self.steps_per_round, self.ppo_epochs)
         for name in ("budget", "n", "steps_per_round", "lora_r", "lora_alpha", "max_new_tokens",
                      "context_budget", "sampler_batch_size"):
             _number(name, getattr(self, name), lo=1, integer=True)
@@ -210,7 +223,8 @@ class _Scored:
 def score_attempts(task, rollouts: list[Rollout]) -> list[_Scored]:
     """Public tests for every attempt (sparse reward + feedback); hidden tests, in attempt order, for the
     attempts that pass all public tests, up to the first that passes them too (the later ones are never
-    counted, so their hidden tests need not run)."""
+    counted, so their hidden tests need not run). An attempt that fails a hidden test gets reward 0 and
+    ``HIDDEN_FAIL_FEEDBACK`` (nothing of the hidden tests themselves)."""
     from sdpo.envs import score, score_many
     from sdpo.envs.code import extract_code
 
@@ -227,6 +241,7 @@ def score_attempts(task, rollouts: list[Rollout]) -> list[_Scored]:
             a.hidden_passed, a.hidden_total = h.passed, h.total
             if a.discovered:
                 break
+            a.reward, a.feedback = 0.0, HIDDEN_FAIL_FEEDBACK
     return out
 
 
@@ -352,19 +367,19 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
         if hit is not None:
             result.discovered_at = attempt + hit + 1
             result.solution = scored[hit].code
-        # 7. sdpo: steps_per_round updates on this round's batch when it carries a learning signal.
+        # 7. sdpo: one update of steps_per_round epochs (= cfg.ppo_epochs: the old log-probs, hence every
+        #    epoch's IS ratios, are the sampling policy's) on this round's batch when it carries a learning
+        #    signal and attempts remain to sample from the updated policy.
         elif learn:
             batch = ScoredBatch(prompts=[task.messages] * k, rollouts=rollouts, rewards=[a.reward for a in scored],
                                 feedback=[a.feedback for a in scored], group_ids=[0] * k)
-            updated = has_learning_signal(batch, cfg)
+            updated = attempt + counted < cfg.budget and has_learning_signal(batch, cfg)
             extra["ttt/updated"] = float(updated)
             if updated:
-                for step in range(cfg.steps_per_round):
-                    m = policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
-                                      seed=round_seed(cfg, attempt) + step)
-                    if teacher is not None:
-                        teacher.update(model)
-                    extra.update(m)
+                extra.update(policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
+                                           seed=round_seed(cfg, attempt)))
+                if teacher is not None:
+                    teacher.update(model)
                 sampler.update_weights(model)
                 if out is not None and getattr(model, "peft_config", None) is not None:
                     from sdpo.adapters import save_weights
@@ -437,9 +452,16 @@ def fit_history(tokenizer, question: list[dict[str, str]], history: list[tuple[s
 def _solve_multiturn(problem, tokenizer, sampler, cfg: SolveConfig, callbacks: Callbacks, *,
                      start_attempt: int) -> SolveResult:
     """One conversation, one attempt per turn (= round), feedback appended after each failure."""
+    from sdpo.models import chat_ids
     from sdpo.reprompt import strip_thinking
 
     task = _as_task(problem)
+    room = cfg.context_budget - cfg.max_new_tokens
+    question = len(chat_ids(tokenizer, task.messages))
+    if question > room:
+        raise ConfigError("context_budget", f"got {cfg.context_budget}; the question alone has {question} prompt "
+                          f"tokens and the response max_new_tokens={cfg.max_new_tokens}: raise context_budget to at "
+                          f"least {question + cfg.max_new_tokens} (or lower max_new_tokens)")
     result = SolveResult(cfg.strategy, cfg.budget, attempts_used=min(start_attempt, cfg.budget))
     history: list[tuple[str, str]] = []
     attempt = start_attempt

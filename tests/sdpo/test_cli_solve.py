@@ -109,3 +109,12 @@ def test_solve_a_livecodebench_row(tiny_model_path, tmp_path):
     lines = [json.loads(x) for x in (out / "attempts.jsonl").read_text().splitlines()]
     assert [(a["round"], a["index"]) for a in lines] == [(0, 0), (1, 0)]
     assert all(a["total"] >= 1 for a in lines)
+
+
+def test_multiturn_question_over_the_context_budget_exits_2(tiny_model_path, tmp_path):
+    r = CliRunner().invoke(app, ["solve", "--problem", _write(tmp_path, PROBLEM), "--strategy", "multiturn",
+                                 "--budget", "2", "--model", str(tiny_model_path), "--out", str(tmp_path / "o"),
+                                 "--set", "max_new_tokens=8", "--set", "context_budget=12"])
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert "error: context_budget: got 12; the question alone has" in r.output
+    assert not (tmp_path / "o" / "result.json").exists()

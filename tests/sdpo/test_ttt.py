@@ -106,7 +106,12 @@ def test_hidden_tests_decide_and_stop_at_the_first_discovery():
     assert [a.public_pass for a in s] == [False, True, True, True]
     assert [(a.hidden_passed, a.hidden_total) for a in s] == [(None, None), (0, 1), (1, 1), (None, None)]
     assert [a.discovered for a in s] == [False, False, True, False]  # the 4th is never checked on hidden tests
-    assert s[0].feedback and "wrong answer" in s[0].feedback and s[1].feedback is None
+    assert s[0].feedback and "wrong answer" in s[0].feedback
+    # passing the public tests but not the hidden ones is a failure: reward 0 and a feedback that says so
+    # without showing the hidden test (input 7, output 14)
+    assert [a.reward for a in s[:3]] == [0.0, 0.0, 1.0]
+    assert s[1].feedback == HIDDEN_FAIL_FEEDBACK and s[2].feedback is None
+    assert "7" not in HIDDEN_FAIL_FEEDBACK and "14" not in HIDDEN_FAIL_FEEDBACK
     # without hidden tests the public tests decide
     no_hidden = dataclasses.replace(task, hidden_tests=None)
     assert [a.discovered for a in score_attempts(no_hidden, rollouts)] == [False, True, True, True]
@@ -180,17 +185,73 @@ def _changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 @pytest.mark.parametrize("feedback_on", [False, True])
 def test_sdpo_no_update_without_demonstration_or_feedback(tiny_model_path, feedback_on):
     """Untrained tiny model: no attempt succeeds; with the feedback switched off no sample has a teacher
-    context, so every round leaves the adapter exactly as it was. With feedback on, every round moves it."""
+    context, so every round leaves the adapter exactly as it was. With feedback on, every round moves it but
+    the last, which spends the budget (nothing would sample from its update)."""
     model, tok, sampler = load(tiny_model_path)
-    c = cfg(self_distillation={"include_environment_feedback": feedback_on})
+    c = cfg(budget=10, self_distillation={"include_environment_feedback": feedback_on})
     policy = prepare_policy(model, c)
     snaps = [_lora_state(policy)]
     rec = Recorder(on_metrics=lambda r, m: snaps.append(_lora_state(policy)))
     res = solve(Problem.parse(PROBLEM), policy, tok, sampler, c, rec)
-    assert res.attempts_used == 6 and len(snaps) == 3
-    assert [m["ttt/updated"] for m in res.rounds] == [float(feedback_on)] * 2
+    assert res.attempts_used == 10 and len(snaps) == 4
+    assert [m["ttt/updated"] for m in res.rounds] == [float(feedback_on)] * 2 + [0.0]
     assert _changed(snaps[0], snaps[1]) is feedback_on
     assert _changed(snaps[1], snaps[2]) is feedback_on
+    assert not _changed(snaps[2], snaps[3])
+
+
+class UpdateSpy:
+    """Wraps ``sdpo.ttt.policy_update``: the batches it was called with (one call = one round's update)."""
+
+    def __init__(self, monkeypatch):
+        import sdpo.ttt
+
+        self.batches, real = [], sdpo.ttt.policy_update
+
+        def spy(model, optimizer, teacher, tokenizer, batch, cfg, **kw):
+            self.batches.append(batch)
+            return real(model, optimizer, teacher, tokenizer, batch, cfg, **kw)
+
+        monkeypatch.setattr(sdpo.ttt, "policy_update", spy)
+
+
+@pytest.mark.parametrize("budget, updates", [(4, 0), (6, 1), (8, 1), (9, 2)])
+def test_sdpo_skips_the_update_of_the_round_that_spends_the_budget(tiny_model_path, monkeypatch, budget, updates):
+    model, tok, sampler = load(tiny_model_path)
+    spy = UpdateSpy(monkeypatch)
+    res = solve(Problem.parse(PROBLEM), model, tok, sampler, cfg(budget=budget), Recorder())
+    assert res.attempts_used == budget and res.discovered_at is None
+    assert len(spy.batches) == updates
+    assert [m["ttt/updated"] for m in res.rounds] == [1.0] * updates + [0.0]
+
+
+def test_steps_per_round_is_one_update_of_that_many_epochs(tiny_model_path, monkeypatch):
+    """steps_per_round=3: one policy_update per round running 3 epochs against the sampling policy's log-probs:
+    the first epoch's IS ratio is exactly 1, the later ones are not (recomputing the old log-probs before
+    each step would reset them to 1)."""
+    import sdpo.update
+
+    model, tok, sampler = load(tiny_model_path)
+    spy = UpdateSpy(monkeypatch)
+    real, ratios = sdpo.update.sdpo_loss, []
+
+    def loss_spy(*a, **kw):
+        loss, m = real(*a, **kw)
+        ratios.append(m["sdpo/is_ratio_mean"])
+        return loss, m
+
+    monkeypatch.setattr(sdpo.update, "sdpo_loss", loss_spy)
+    c = cfg(budget=8, steps_per_round=3, lr=1e-2)
+    assert c.ppo_epochs == 3
+    res = solve(Problem.parse(PROBLEM), model, tok, sampler, c, Recorder())
+    assert res.attempts_used == 8 and len(spy.batches) == 1  # round 0 only (round 1 spends the budget)
+    assert len(ratios) == 3  # 4 attempts, micro_batch_size 4: one loss call per epoch
+    assert ratios[0] == 1.0
+    assert all(abs(r - 1.0) > 1e-4 for r in ratios[1:]), ratios
+    assert res.rounds[0]["sdpo/is_ratio_mean"] != 1.0  # the round's metrics average the three epochs
+    with pytest.raises(ConfigError, match="^steps_per_round: got 2 and ppo_epochs=3"):
+        cfg(steps_per_round=2, ppo_epochs=3)
+    assert cfg(ppo_epochs=2).steps_per_round == 2
 
 
 # --------------------------------------------------------------------------------------------- a model that can succeed
@@ -241,29 +302,46 @@ def test_each_strategy_stops_at_the_first_discovery(finetuned_path, strategy):
     for a in rec.got[:-1]:  # every earlier attempt failed the public tests or the hidden ones
         assert a.passed < a.total or a.hidden_passed == 0
         assert (a.hidden_total is not None) == (a.passed == a.total)
+        assert a.reward == 0.0 and a.feedback  # the same signal for every strategy
+        assert (a.feedback == HIDDEN_FAIL_FEEDBACK) == (a.passed == a.total)
     assert res.rounds[-1]["ttt/discovered"] == 1.0
     if strategy == "multiturn":
         assert all(m["multiturn/history_kept"] == 0 for m in res.rounds)
 
 
-def test_sdpo_updates_after_a_demonstration_without_feedback(finetuned_path):
-    """Hidden test nobody passes, feedback off: a round's only possible teacher context is a sibling that passed
-    the public tests. The adapter moves after exactly the rounds that had one."""
+@pytest.mark.parametrize("feedback_on", [False, True])
+def test_sdpo_public_pass_that_fails_hidden_tests_is_no_demonstration(finetuned_path, monkeypatch, feedback_on):
+    """Hidden test nobody passes. An attempt passing the public tests gets reward 0 and HIDDEN_FAIL_FEEDBACK in
+    the update batch, like every other failure: with feedback off no round has a teacher context (no
+    demonstration), so the adapter never moves; with feedback on the public passes' contexts show that
+    feedback."""
+    from sdpo.reprompt import build_teacher_messages
+
     model, tok, sampler = load(finetuned_path)
-    c = cfg(budget=16, n=4, max_new_tokens=24, self_distillation={"include_environment_feedback": False})
+    c = cfg(budget=20, n=4, max_new_tokens=24, self_distillation={"include_environment_feedback": feedback_on})
     policy = prepare_policy(model, c)
     snaps = [_lora_state(policy)]
     rec = Recorder(on_metrics=lambda r, m: snaps.append(_lora_state(policy)))
+    spy = UpdateSpy(monkeypatch)
     res = solve(short_task(hidden_output="15\n"), policy, tok, sampler, c, rec)
-    assert res.discovered_at is None and res.attempts_used == 16
-    had_demo = [any(a.passed == a.total for a in rec.got[4 * r:4 * r + 4]) for r in range(4)]
-    assert any(had_demo)
-    moved = [_changed(snaps[r], snaps[r + 1]) for r in range(4)]
-    assert moved == had_demo
-    assert [m["ttt/updated"] for m in res.rounds] == [float(h) for h in had_demo]
-    for a in rec.got:
-        if a.passed == a.total:
-            assert (a.hidden_passed, a.hidden_total) == (0, 1)
+    assert res.discovered_at is None and res.attempts_used == 20
+    public = [a for a in rec.got if a.passed == a.total]
+    assert public  # the fine-tuned model passes the public test about half the time
+    for a in public:
+        assert (a.hidden_passed, a.hidden_total, a.reward, a.feedback) == (0, 1, 0.0, HIDDEN_FAIL_FEEDBACK)
+    moved = [_changed(snaps[r], snaps[r + 1]) for r in range(5)]
+    if not feedback_on:
+        assert not any(moved) and spy.batches == []
+        return
+    assert moved == [True] * 4 + [False] and len(spy.batches) == 4
+    for batch in spy.batches:
+        assert set(batch.rewards) == {0.0}
+        contexts = build_teacher_messages(batch.prompts, [r.text for r in batch.rollouts], batch.rewards,
+                                          batch.group_ids, batch.feedback, c.self_distillation)
+        assert not any(ctx.uses_solution for ctx in contexts)
+        for ctx, fb in zip(contexts, batch.feedback, strict=True):
+            assert ctx.uses_feedback and fb in ctx.messages[-1]["content"]
+    assert any(fb == HIDDEN_FAIL_FEEDBACK for b in spy.batches for fb in b.feedback)
 
 
 class RecordingSampler(HFSampler):
@@ -287,7 +365,8 @@ def test_multiturn_conversation_grows_with_each_attempt_and_its_feedback(finetun
     task = short_task(hidden_output="15\n")  # nothing is ever discovered
     res = solve(task, model, tok, sampler, c, rec)
     assert res.attempts_used == 5 and len(rec.got) == 5 and len(sampler.prompts) == 5
-    history = [(a.response, a.feedback if a.feedback is not None else HIDDEN_FAIL_FEEDBACK) for a in rec.got]
+    assert all(a.feedback for a in rec.got)
+    history = [(a.response, a.feedback) for a in rec.got]
     for t, prompt in enumerate(sampler.prompts):
         assert prompt == multiturn_messages(task.messages, history[:t], template)
     tokens = [m["multiturn/prompt_tokens"] for m in res.rounds]
@@ -315,7 +394,8 @@ def test_sdpo_resume_reloads_the_adapter_saved_after_each_round(tiny_model_path,
     model, tok, sampler = load(tiny_model_path)
     solve(Problem.parse(PROBLEM), model, tok, sampler, c, full, out_dir=tmp_path / "a")
     model, tok, sampler = load(tiny_model_path)
-    solve(Problem.parse(PROBLEM), model, tok, sampler, cfg(budget=4, n=4), first, out_dir=tmp_path / "b")
+    first.should_stop = lambda: len(first.got) >= 4  # the job is interrupted after round 0
+    solve(Problem.parse(PROBLEM), model, tok, sampler, c, first, out_dir=tmp_path / "b")
     model, tok, sampler = load(tiny_model_path)
     res = solve(Problem.parse(PROBLEM), model, tok, sampler, c, resumed, out_dir=tmp_path / "b", start_attempt=4)
     assert res.attempts_used == 8 and [(a.round, a.index) for a in resumed.got] == [(1, i) for i in range(4)]
@@ -334,3 +414,18 @@ def test_stop_requested_is_honoured_between_rounds(tiny_model_path):
     rec.should_stop = lambda: len(rec.got) >= 4
     res = solve(Problem.parse(PROBLEM), model, tok, sampler, cfg(strategy="best_of_k", budget=12), rec)
     assert res.stopped and res.attempts_used == 4 and len(rec.got) == 4
+
+
+def test_multiturn_question_longer_than_the_context_budget_is_a_config_error(tiny_model_path):
+    model, tok, sampler = load(tiny_model_path)
+    q = len(chat_ids(tok, Problem.parse(PROBLEM).to_task().messages))
+    rec = Recorder()
+    with pytest.raises(ConfigError, match=rf"^context_budget: got {q + 11}; the question alone has {q} prompt "
+                                          rf"tokens .* raise context_budget to at least {q + 12}") as e:
+        solve(Problem.parse(PROBLEM), model, tok, sampler,
+              cfg(strategy="multiturn", max_new_tokens=12, context_budget=q + 11), rec)
+    assert e.value.field == "context_budget" and rec.got == []  # raised before any attempt
+    # exactly enough room for the question and the response: it runs
+    res = solve(Problem.parse(PROBLEM), model, tok, sampler,
+                cfg(strategy="multiturn", budget=2, max_new_tokens=12, context_budget=q + 12), rec)
+    assert res.attempts_used == 2 and [m["multiturn/prompt_tokens"] for m in res.rounds] == [q, q]

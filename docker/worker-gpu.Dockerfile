@@ -1,9 +1,12 @@
 # GPU worker image: the `sdpo worker` job runner with torch 2.13.0 (CUDA) and the `gpu` extra (vllm==0.32.0).
 #
 #   docker build -f docker/worker-gpu.Dockerfile -t sdpo-worker-gpu .
-#   docker run --gpus all -e SDPO_DATABASE_URL=... -e SDPO_BROKER_URL=... -v sdpo-data:/data sdpo-worker-gpu
 #
-# See docs/gpus.md (one host with one or several GPUs, many hosts) and docs/deploy.md (the whole service).
+# The worker runs as the unprivileged user `sdpo` (uid 1000, like docker/Dockerfile) and never executes
+# model-written code itself: that runs in the separate sandbox service (root with CAP_SYS_ADMIN for its
+# namespaces, no network, no GPU; docs/sandbox.md), reached over the unix socket named by SDPO_SANDBOX_SOCKET
+# on a shared volume. A complete `docker run` recipe (sandbox + one worker per GPU) is in docs/gpus.md;
+# docs/deploy.md describes the whole service (compose, PostgreSQL, Redis).
 #
 # Why these pieces:
 # * vllm 0.32.0 pins torch==2.13.0 and depends on CUDA 13 wheels (nvidia-cutlass-dsl[cu13]); PyPI's
@@ -24,6 +27,14 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         python3 python3-venv python3-dev build-essential git ca-certificates tini \
     && rm -rf /var/lib/apt/lists/*
+
+# uid 1000 for `sdpo`, as in docker/Dockerfile (so both images can share the data volume). Ubuntu 24.04 images
+# ship a user `ubuntu` with that uid: remove it first. /data is created owned by `sdpo`, so a named volume
+# mounted there starts writable; a host directory mounted there must be writable by uid 1000.
+RUN (userdel --remove ubuntu 2>/dev/null || true) \
+    && useradd --create-home --uid 1000 --shell /bin/bash sdpo \
+    && mkdir -p /data \
+    && chown sdpo:sdpo /data
 
 # A venv keeps pip away from the distribution's Python (PEP 668 marks it externally managed).
 RUN python3 -m venv /opt/venv
@@ -51,7 +62,8 @@ COPY alembic.ini ./
 RUN pip install --no-deps .
 
 # No model hub: models are local checkpoints under SDPO_DATA_DIR or mounted volumes. The trainer initialises
-# CUDA before the vLLM engine starts, so vLLM's engine process must be spawned, not forked.
+# CUDA before the vLLM engine starts, so vLLM's engine process must be spawned, not forked. Kernel caches
+# (Triton's ~/.triton, FlashInfer's and vLLM's ~/.cache) live in /home/sdpo, writable by `sdpo`.
 ENV SDPO_DATA_DIR=/data \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
@@ -59,6 +71,7 @@ ENV SDPO_DATA_DIR=/data \
     VLLM_NO_USAGE_STATS=1 \
     DO_NOT_TRACK=1
 VOLUME ["/data"]
+USER sdpo
 
 # tini reaps the vLLM engine processes and forwards SIGTERM so Celery can requeue (acks_late) on shutdown.
 ENTRYPOINT ["/usr/bin/tini", "--"]

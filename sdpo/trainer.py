@@ -363,9 +363,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, teacher, rank: int 
     if is_lora(model):
         load_adapter_weights(model, path / "adapter")
     else:
-        from safetensors.torch import load_model
-
-        load_model(model, str(path / "model" / "model.safetensors"), strict=False)
+        _load_full_weights(model, path / "model" / "model.safetensors")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if teacher is not None and state["teacher"] is not None:
@@ -379,10 +377,47 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, teacher, rank: int 
     return state
 
 
+def _load_full_weights(model, weights: Path) -> None:
+    """Load a full-model checkpoint strictly: every parameter of ``model`` (tied aliases excepted) must be in
+    the file and every tensor of the file must be one of them, else ConfigError(resume_from) naming them."""
+    from safetensors.torch import load_model
+
+    if not weights.is_file():
+        raise ConfigError("resume_from", f"no full-model weights at {weights}")
+    missing, unexpected = load_model(model, str(weights), strict=False)
+    if missing or unexpected:
+        def names(keys) -> str:
+            keys = sorted(keys)
+            return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+        parts = ([f"missing from the checkpoint: {names(missing)}"] if missing else []) + (
+            [f"not in this model: {names(unexpected)}"] if unexpected else [])
+        raise ConfigError("resume_from", f"checkpoint {weights} does not match this run's model ({'; '.join(parts)})"
+                          "; resume with the model_path and adapter the checkpoint was trained with")
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the rows of metrics.jsonl up to ``last_step`` (the step resumed from; 0 for a fresh start), so that
+    a run resumed into its own directory does not log the replayed steps twice. Torn lines are dropped."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
+            keep.append(line + "\n")
+    path.write_text("".join(keep))
+
+
 class _Sinks:
-    """metrics.jsonl (always), a tqdm bar and TensorBoard when asked for and installed."""
+    """metrics.jsonl (always; rows after ``start_step`` from an earlier run in this directory are dropped), a
+    tqdm bar and TensorBoard when asked for and installed."""
 
     def __init__(self, out_dir: Path, cfg: TrainConfig, start_step: int):
+        _truncate_metrics(out_dir / "metrics.jsonl", start_step)
         self.file = (out_dir / "metrics.jsonl").open("a")
         self.bar = None
         if cfg.progress:
@@ -522,6 +557,7 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
             batch = ScoredBatch(prompts=[tasks[r.prompt_index].messages for r in rollouts], rollouts=rollouts,
                                 rewards=[s.reward for s in scores], feedback=[s.feedback for s in scores],
                                 group_ids=[r.prompt_index for r in rollouts])
+            lr = optimizer.param_groups[0]["lr"]  # the rate of this step's updates (logged below)
             update_metrics = policy_update(model, optimizer, teacher, tokenizer, batch, cfg, seed=cfg.seed + step,
                                            dist=ctx)
             scheduler.step()
@@ -545,7 +581,7 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                 "response/length_mean": n_tokens / n_roll,
                 "response/truncated_fraction": n_trunc / n_roll,
                 **update_metrics,
-                "lr": scheduler.get_last_lr()[0],
+                "lr": lr,
                 "perf/sample_s": t_sample - t0, "perf/score_s": t_score - t_sample,
                 "perf/update_s": t_update - t_score, "perf/step_s": t_update - t0,
                 "perf/tokens_per_s": n_tokens / max(t_update - t0, 1e-9),

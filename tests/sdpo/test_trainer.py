@@ -3,6 +3,7 @@ context into weights, that GRPO learns a verifiable task, and exact resume (teac
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -434,3 +435,65 @@ def test_one_lora_target_module_is_a_one_element_list(tiny_model_path, dataset, 
     assert res.exit_code == 0, (res.output, res.exception)
     adapter = json.loads((tmp_path / "run/checkpoints/step_1/adapter/adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == ["q_proj"]
+
+
+# --------------------------------------------------------------------------- logged lr, metrics on resume, strict load
+
+def test_lr_metric_is_the_rate_of_that_step(tiny_model_path, dataset, tmp_path):
+    """Warm-up over 2 steps at lr 1e-3: steps 1, 2, 3 update at 5e-4, 1e-3, 1e-3 (not the next step's rate)."""
+    train(_cfg(tiny_model_path, dataset, tmp_path / "a", max_steps=3, warmup_steps=2, max_new_tokens=4,
+               test_file=None))
+    assert [m["lr"] for m in _metrics(tmp_path / "a").values()] == pytest.approx([5e-4, 1e-3, 1e-3], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_resume_into_the_same_run_directory_logs_each_step_once(tiny_model_path, dataset, tmp_path):
+    run = tmp_path / "a"
+    train(_cfg(tiny_model_path, dataset, run, max_steps=4, save_every=2, max_new_tokens=4, test_file=None))
+    first = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in first] == [1, 2, 3, 4]
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "loss"')  # a torn last line (killed mid-write) is dropped as well
+    train(_cfg(tiny_model_path, dataset, run, max_steps=4, save_every=2, max_new_tokens=4, test_file=None,
+               resume_from=str(run / "checkpoints" / "step_2")))
+    again = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in again] == [1, 2, 3, 4]
+    assert again[:2] == first[:2]  # the rows before the checkpoint are kept as they were
+
+
+def _full_checkpoint(tiny_model_path, dataset, tmp_path):
+    from sdpo.trainer import TaskStream, build_policy, save_checkpoint
+
+    cfg = _cfg(tiny_model_path, dataset, tmp_path / "run", adapter="full")
+    model, tok, _ = build_policy(cfg)
+    opt, sched = make_optimizer(model, cfg)
+    path, kind = save_checkpoint(tmp_path / "run", 1, model, tok, opt, sched, None, TaskStream([], 0), cfg)
+    assert kind == "full"
+    return cfg, path
+
+
+def test_full_model_resume_loads_strictly(tiny_model_path, dataset, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from sdpo.tiny import make_tiny_model
+    from sdpo.trainer import build_policy, load_checkpoint
+
+    cfg, ckpt = _full_checkpoint(tiny_model_path, dataset, tmp_path)
+    model, _, _ = build_policy(cfg)
+    opt, sched = make_optimizer(model, cfg)
+    load_checkpoint(ckpt, model, opt, sched, None)  # the matching model loads (tied lm_head included)
+    # a tensor missing from the checkpoint
+    weights = ckpt / "model" / "model.safetensors"
+    tensors = load_file(str(weights))
+    dropped = sorted(k for k in tensors if "layers.1.mlp" in k)[0]
+    save_file({k: v for k, v in tensors.items() if k != dropped}, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=rf"^resume_from: checkpoint .*\(missing from the checkpoint: "
+                                          rf"{re.escape(dropped)}\)"):
+        load_checkpoint(ckpt, model, opt, sched, None)
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    # a model with fewer layers than the checkpoint: its extra tensors are named
+    small_path = make_tiny_model(tmp_path / "small", seed=0, num_layers=2)
+    small, _, _ = build_policy(_cfg(small_path, dataset, tmp_path / "run2", adapter="full"))
+    opt, sched = make_optimizer(small, cfg)
+    with pytest.raises(ConfigError, match=r"^resume_from: .*\(not in this model: model\.layers\.2\."):
+        load_checkpoint(ckpt, small, opt, sched, None)

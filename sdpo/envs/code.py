@@ -222,15 +222,20 @@ class CodeResult:
 
 # --------------------------------------------------------------------------------------------- parsing
 
-_FENCE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
+# A fenced block as in Markdown (CommonMark): the opening fence starts a line (up to 3 spaces of indent) with
+# 3+ backticks and an info string; the block ends at the first later line that is only a fence at least as
+# long. Backticks elsewhere (inline ```code``` in prose, s = '```' inside the code) neither open nor close.
+_FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,})(?P<info>[^`\n]*)\n(?P<code>.*?)^ {0,3}(?P=fence)`*[ \t\r]*$",
+                    re.DOTALL | re.MULTILINE)
 
 
 def extract_code(response: str) -> str | None:
     """The last fenced block tagged python/py (or the last untagged one when none is tagged); else None."""
     tagged, untagged = [], []
     for m in _FENCE.finditer(response or ""):
-        tag = m.group(1).strip().lower().split(" ")[0] if m.group(1).strip() else ""
-        code = m.group(2)
+        info = m.group("info").strip()
+        tag = info.lower().split()[0] if info else ""
+        code = m.group("code")
         if tag in ("python", "py", "python3"):
             tagged.append(code)
         elif tag == "":

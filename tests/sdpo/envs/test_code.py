@@ -96,6 +96,18 @@ def test_extract_code_last_python_block_wins():
     assert extract_code("```python\nprint(1)\n") is None  # cut off before the closing fence
 
 
+def test_extract_code_fences_only_at_line_starts():
+    # Inline backticks in the prose neither open nor close a block.
+    assert extract_code("Use ```input()``` to read.\n```python\nprint(input())\n```") == "print(input())\n"
+    # Backticks inside the code do not end the block.
+    code = "s = '```'\nprint(s + '```x')\n"
+    assert extract_code(f"```python\n{code}```\n") == code
+    # A longer fence holds a shorter one; CRLF line ends and a fence indented by up to 3 spaces are fences.
+    assert extract_code("````python\n```\nx = 1\n````") == "```\nx = 1\n"
+    assert extract_code("```python\r\nprint(1)\r\n```\r\n") == "print(1)\r\n"
+    assert extract_code("1. Code:\n   ```python\nprint(2)\n   ```\n") == "print(2)\n"
+
+
 # --------------------------------------------------------------------------------------------- comparison
 
 

@@ -268,6 +268,16 @@ def _tokens_equal(a: str, b: str) -> bool:
     ia, ib = _int_token(a), _int_token(b)
     if ia is not None and ib is not None:
         return ia == ib
+    if ia is not None or ib is not None:
+        # One side is an integer: the reference's semantics (LiveCodeBench compares the tokens as exact
+        # Decimals), so "1.0" equals "1" but "1000000000.0" does not equal "1000000001".
+        try:
+            da, db = decimal.Decimal(a), decimal.Decimal(b)
+        except (decimal.InvalidOperation, ValueError):
+            return False
+        return da.is_finite() and db.is_finite() and da == db
+    # Neither side is an integer: our extension of the reference, a 1e-6 tolerance (absolute or relative)
+    # for floating-point answers.
     try:
         fa, fb = float(a), float(b)
     except ValueError:
@@ -288,8 +298,9 @@ def _lines(text: str) -> list[str]:
 
 def stdout_matches(output: str, expected: str) -> bool:
     """LiveCodeBench-style stdout check: line by line, trailing whitespace ignored; a line that differs
-    still matches when its whitespace-separated tokens are equal, integers exactly and other numbers within
-    1e-6 (absolute or relative)."""
+    still matches when its whitespace-separated tokens are equal: two integers exactly, an integer and a
+    decimal number as exact decimals (as the reference: "1.0" == "1"), two non-integer numbers within 1e-6
+    (absolute or relative)."""
     got, want = _lines(output), _lines(expected)
     if len(got) != len(want):
         return False

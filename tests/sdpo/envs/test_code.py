@@ -119,6 +119,13 @@ def test_extract_code_fences_only_at_line_starts():
         ("0.3333333333\n", "0.333333", True),
         ("1.0\n", "1", True),
         ("1000000001\n", "1000000000", False),  # integers compare exactly, no tolerance
+        ("1000000000.0", "1000000001", False),  # an integer against a decimal: exact (the reference)
+        ("1000000001", "1000000000.0", False),
+        ("1000000000.0", "1000000000", True),
+        ("2.0000001", "2", False),
+        ("1e3", "1000", True),
+        ("2.0000001", "2.0", True),  # two non-integers: within 1e-6
+        ("inf", "1", False),
         ("0.5\n", "0.6", False),
         ("1 2\n", "1\n2", False),
         ("yes", "YES", False),

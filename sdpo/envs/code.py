@@ -69,8 +69,27 @@ class TestSpec:
         else:
             if not self.inputs:
                 raise ValueError("inputs: a stdin/functional spec needs at least one test case")
-            if self.testtype == "functional" and not self.fn_name:
-                raise ValueError("fn_name: required for testtype 'functional'")
+            if self.testtype == "functional":
+                if not self.fn_name:
+                    raise ValueError("fn_name: required for testtype 'functional'")
+                self._check_functional_json()
+
+    def _check_functional_json(self) -> None:
+        """Functional tests are JSON: one argument per non-blank input line, one value per output. A bad
+        test is the dataset's fault, so it is refused here instead of being blamed on the solution (input)
+        or failing in the middle of judging (output)."""
+        for i, text in enumerate(self.inputs):
+            for k, line in enumerate(text.split("\n"), start=1):
+                if line.strip():
+                    try:
+                        _parse_json_text(line)
+                    except (ValueError, RecursionError) as e:
+                        raise ValueError(f"inputs[{i}]: line {k} is not valid JSON ({e})") from None
+        for i, text in enumerate(self.outputs):
+            try:
+                _parse_json_text(text)
+            except (ValueError, RecursionError) as e:
+                raise ValueError(f"outputs[{i}]: not valid JSON ({e})") from None
 
     @classmethod
     def parse(cls, obj: TestSpec | dict | list | str) -> TestSpec:

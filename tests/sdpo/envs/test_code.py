@@ -77,11 +77,21 @@ def test_parse_assert_spec():
         ({"inputs": [], "outputs": []}, "inputs"),
         ({"test_cases": [{"input": 1}]}, "test_cases"),
         (42, "tests"),
+        ({"inputs": ["{bad"], "outputs": ["1"], "fn_name": "f"}, r"inputs\[0\]: line 1"),
+        ({"inputs": ["1", "[1, 2]\n\nnot json"], "outputs": ["1", "2"], "fn_name": "f"}, r"inputs\[1\]: line 3"),
+        ({"inputs": ["1", "2"], "outputs": ["1", "{bad"], "fn_name": "f"}, r"outputs\[1\]"),
     ],
 )
 def test_parse_errors_name_the_field(bad, field):
     with pytest.raises(ValueError, match=rf"^{field}"):
         TestSpec.parse(bad)
+
+
+def test_functional_json_is_checked_but_stdin_text_is_free():
+    assert TestSpec.parse({"inputs": ["{bad"], "outputs": ["}also bad"]}).testtype == "stdin"
+    big = "1" + "0" * 6000  # integers beyond the stdlib's 4300-digit default are valid JSON too
+    spec = TestSpec.parse({"inputs": [f"{big}\n[1, 2]\n"], "outputs": [big], "fn_name": "f"})
+    assert spec.testtype == "functional"
 
 
 # --------------------------------------------------------------------------------------------- extraction

@@ -42,7 +42,6 @@ from sdpo.data.tasks import Task
 
 TIME_LIMIT = 6.0
 DATASET = "livecodebench"
-LCB_V6_START = datetime(2025, 2, 1)
 MAX_DECOMPRESSED_BYTES = 256 * 1024 * 1024
 
 # Opcodes a pickle of one plain str can consist of (protocols 0-5); nothing here imports or calls.

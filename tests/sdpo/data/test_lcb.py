@@ -241,3 +241,15 @@ def test_oversized_statement_is_a_row_error(tmp_path):
     with pytest.raises(LcbError, match="question_id big: not a valid problem: statement: 100001 bytes"):
         import_lcb([_write(tmp_path / "t.jsonl", [row])], tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_every_module_constant_is_used():
+    """The module's constants are all in use (the documented v6 window is a since/until pair, not a preset)."""
+    import ast
+
+    src = Path(lcb.__file__).read_text()
+    tree = ast.parse(src)
+    defined = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+               if isinstance(t, ast.Name) and t.id.lstrip("_").isupper()]
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    assert defined and [n for n in defined if n not in used] == []

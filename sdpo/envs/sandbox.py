@@ -166,6 +166,14 @@ def _recv(src: Any, deadline: float | None = None) -> Any:
 # ------------------------------------------------------------------------------------------- pool
 
 
+class _CallerError(Exception):
+    """The caller's own callback raised during a batch (the executor finished the protocol and is fine)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(error)
+        self.error = error
+
+
 class _Slot:
     """One executor process."""
 
@@ -194,10 +202,19 @@ class _Slot:
                 "SDPO_SANDBOX=weak / SandboxConfig(isolation='weak') (see docs/sandbox.md)."
             )
         self.info = hello
+        # An executor that has handled an ``assert`` job had its trusted check code in memory; freed memory is
+        # not wiped, so it never forks another solution process (``needs_fresh``): the pool replaces it first.
+        self.tainted = False
+
+    def needs_fresh(self, job: dict[str, Any]) -> bool:
+        """Whether ``job`` would fork a solution from this executor's memory after it held trusted text."""
+        return self.tainted and job.get("mode") in ("stdin", "functional")
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         import time
 
+        if job.get("mode") == "assert":
+            self.tainted = True
         _send(self.wfd, job)
         return _recv(self.rfd, time.monotonic() + float(job.get("time_limit", 6.0)) + self.cfg.reply_slack_s)
 
@@ -226,7 +243,7 @@ class _Slot:
                 _send(self.wfd, {"op": "stop"})
                 stop_sent = True
         if error is not None:
-            raise error
+            raise _CallerError(error)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -280,6 +297,8 @@ class SandboxPool:
             return {"ok": False, "error": f"unsupported op {job.get('op')!r} outside a lease"}
         slot = self._free.get()
         try:
+            if slot.needs_fresh(job):
+                slot = self._replace(slot)
             for attempt in (1, 2):
                 try:
                     return slot.run(job)
@@ -337,6 +356,7 @@ class _Lease:
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         job = {**job, "warm": True}
         self.warm = True
+        self._fresh_for(job)
         for attempt in (1, 2):
             try:
                 return self.slot.run(job)
@@ -348,15 +368,24 @@ class _Lease:
 
     def batch(self, job: dict[str, Any], on_result: Callable[[int, dict[str, Any]], bool]) -> None:
         """Run a batch job (all tests of one solution, streamed; see ``_Slot.batch``). If the executor dies
-        the slot is replaced and SandboxError raised; the caller then runs the remaining tests one by one."""
+        the slot is replaced and SandboxError raised; the caller then runs the remaining tests one by one.
+        An exception raised by ``on_result`` itself (the caller's judging) propagates as it is, and the
+        executor, which finished the batch normally, is kept."""
+        self._fresh_for(job)
         try:
             self.slot.batch(job, on_result)
+        except _CallerError as e:
+            raise e.error from None
         except SandboxError:
             self.slot = self.pool._replace(self.slot)
             raise
         except (EOFError, TimeoutError, OSError, ValueError) as e:
             self.slot = self.pool._replace(self.slot)
             raise SandboxError(f"sandbox executor failed during a batch: {e}") from None
+
+    def _fresh_for(self, job: dict[str, Any]) -> None:
+        if self.slot.needs_fresh(job):
+            self.slot = self.pool._replace(self.slot)
 
     def close(self) -> None:
         if self.warm:
@@ -492,8 +521,15 @@ def _serve_batch(conn: socket.socket, held: _Lease, job: dict[str, Any]) -> dict
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    def relay(index: int, frame: dict[str, Any]) -> bool:
+        try:
+            _send(conn, frame)
+        except OSError:
+            return False  # the client went away: stop the batch (the executor is fine)
+        return True
+
     try:
-        held.batch(job, lambda index, frame: (_send(conn, frame), True)[1])
+        held.batch(job, relay)
         reply: dict[str, Any] = {"ok": True, "end": True}
     except SandboxError as e:
         reply = {"ok": False, "error": str(e)}

@@ -517,3 +517,68 @@ def test_invalid_config_names_field():
 
 def test_unavailable_is_an_error_type():
     assert issubclass(SandboxUnavailable, RuntimeError)
+
+
+# --------------------------------------------------------------------------------------------- one slot, in turn
+# What one solution leaves behind must not reach the next solution of the same slot (same uid, same executor).
+
+
+@pytest.fixture(scope="module")
+def solo():
+    p = SandboxPool(SandboxConfig(slots=1, memory_mb=512, scratch_mb=32))
+    yield p
+    p.close()
+
+
+def _run(pool, code: str, out: str = "ok", time_limit: float = 3.0):
+    r = evaluate(f"```python\n{textwrap.dedent(code).strip()}\n```", stdin_spec(outputs=(out,), time_limit=time_limit),
+                 sandbox=pool)
+    return r.tests[0]
+
+
+def test_check_code_never_reaches_a_solution_process(solo):
+    """A warm solution process is a fork of the executor; an executor that ran an assert test (whose trusted
+    check code sits in freed memory) is replaced before it forks another solution."""
+    secret = "ZQX_TRUSTED_CHECK_" + TAG.replace("-", "_")
+    check = ("def check(candidate):\n    assert candidate(1) == 1, '" + secret + "'\n" + "    # padding\n" * 100
+             + "    assert candidate(2) == 2, '" + secret + "'\n")
+    spec = {"testtype": "assert", "fn_name": "f", "assert_code": check, "inputs": [], "outputs": []}
+    r = evaluate("```python\ndef f(x):\n    return x\n```", spec, sandbox=solo)
+    assert r.reward == 1.0, r.feedback
+    scan = r"""
+import ctypes, re
+found = "none"
+for line in open("/proc/self/maps"):
+    addr, perms = line.split()[:2]
+    if "r" not in perms or "[v" in line:
+        continue
+    lo, hi = (int(x, 16) for x in addr.split("-"))
+    try:
+        m = re.search(rb"ZQX_TRUSTED_CHECK_" + rb"\w+", ctypes.string_at(lo, hi - lo))
+    except Exception:
+        m = None
+    if m:
+        found = m.group().decode()
+print(found)"""
+    for _ in range(2):
+        rec = _run(solo, scan, out="none", time_limit=5.0)
+        assert rec.verdict == "passed", (rec.message, rec.stdout)
+
+
+def test_error_in_the_callers_judging_is_not_an_executor_failure(solo):
+    slot = solo._all[0]
+    pid = slot.proc.pid
+    job = {"op": "batch", "mode": "stdin", "code": "print(input())", "time_limit": 2.0, "fn_name": None,
+           "inputs": ["1", "2"]}
+    seen = []
+
+    def judge(index, reply):  # e.g. an expected output that is not valid JSON
+        seen.append(index)
+        raise ValueError("a bug in the caller")
+
+    with solo.lease() as lease, pytest.raises(ValueError, match="a bug in the caller"):
+        lease.batch(job, judge)
+    assert seen == [0]
+    assert solo._all[0] is slot and slot.proc.pid == pid and slot.alive()
+    assert _run(solo, "print('ok')").verdict == "passed"
+    assert solo._all[0].proc.pid == pid

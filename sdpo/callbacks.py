@@ -72,3 +72,70 @@ class CallbackList(Callbacks):
 
     def stop_requested(self):
         return any(c.stop_requested() for c in self.children)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optional metric sinks (TensorBoard, Weights & Biases): a real one only when enabled and importable
+# ---------------------------------------------------------------------------------------------------
+
+class NullSink:
+    """A metric sink that drops everything (the sink is off, or its package is not installed)."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardSink(NullSink):
+    def __init__(self, writer):
+        self.writer = writer
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink(NullSink):
+    def __init__(self, run):
+        self.run = run
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(dict(metrics), step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def _missing(what: str, package: str) -> NullSink:
+    import warnings
+
+    warnings.warn(f"{what}: true, but {package!r} is not installed; not logging there (pip install {package})",
+                  stacklevel=3)
+    return NullSink()
+
+
+def tensorboard_sink(enabled: bool, log_dir: str) -> NullSink:
+    """TensorBoard event files under ``log_dir`` when enabled and tensorboard is installed, else a NullSink."""
+    if not enabled:
+        return NullSink()
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return _missing("tensorboard", "tensorboard")
+    return TensorBoardSink(SummaryWriter(log_dir))
+
+
+def wandb_sink(enabled: bool, *, project: str, run_dir: str, config: dict | None = None) -> NullSink:
+    """A Weights & Biases run (files under ``run_dir``) when enabled and wandb is installed, else a NullSink."""
+    if not enabled:
+        return NullSink()
+    try:
+        import wandb
+    except ImportError:
+        return _missing("wandb", "wandb")
+    return WandbSink(wandb.init(project=project, dir=run_dir, config=config))

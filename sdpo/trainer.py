@@ -14,14 +14,14 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sdpo.adapters import check_target_modules
-from sdpo.callbacks import Attempt, Callbacks
+from sdpo.callbacks import Attempt, Callbacks, tensorboard_sink, wandb_sink
 from sdpo.config import ConfigError, _choice, _number, build_dataclass
 from sdpo.data.tasks import Task
 from sdpo.distributed import SINGLE, DistContext, apply_fsdp, init_from_env, shard, shutdown
@@ -47,6 +47,10 @@ class TrainConfig(UpdateConfig):
         None for ``sdpo.adapters.DEFAULT_LORA_TARGETS``.
     max_prompt_len: longest chat-templated prompt, in tokens; every train and validation row is checked when
         the data loads (before any step), naming the first row over it.
+    mini_batch_size (inherited): samples per optimizer step. ``ppo_mini_batch_size`` (the reference's / verl's
+        name) is accepted as an alias, in YAML and as a keyword; giving both with different values is an error.
+    tensorboard / wandb: also log metrics to TensorBoard (``out_dir/tensorboard``) / a W&B run in project
+        ``wandb_project``, when the package is installed (else a warning, and metrics.jsonl only).
     """
 
     model_path: str | None = None
@@ -87,8 +91,12 @@ class TrainConfig(UpdateConfig):
     distributed: str = "none"
     progress: bool = True
     tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "sdpo"
+    ppo_mini_batch_size: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, ppo_mini_batch_size: int | None = None) -> None:
+        self.mini_batch_size = _mini_batch_alias(self.mini_batch_size, ppo_mini_batch_size)
         super().__post_init__()
         if self.dataset is not None:
             _choice("dataset", self.dataset, DATASETS)
@@ -127,6 +135,11 @@ class TrainConfig(UpdateConfig):
         _choice("device", self.device, ("auto", "cpu", "cuda"))
         _choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         _choice("distributed", self.distributed, DISTRIBUTED)
+        for name in ("progress", "tensorboard", "wandb"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"got {getattr(self, name)!r}; expected true or false")
+        if not isinstance(self.wandb_project, str) or not self.wandb_project:
+            raise ConfigError("wandb_project", f"got {self.wandb_project!r}; expected a project name")
         if self.distributed == "fsdp" and not torch.cuda.is_available():
             raise ConfigError("distributed", "fsdp needs CUDA GPUs; use 'ddp' (gloo on CPU) or 'none'")
         if self.mini_batch_size is not None and self.mini_batch_size > self.train_batch_size * self.n:
@@ -135,10 +148,22 @@ class TrainConfig(UpdateConfig):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return build_dataclass(cls, dict(data))
+        data = dict(data)
+        if "ppo_mini_batch_size" in data:  # an init-only alias: not a dataclass field, so not a known key
+            data["mini_batch_size"] = _mini_batch_alias(data.get("mini_batch_size"), data.pop("ppo_mini_batch_size"))
+        return build_dataclass(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _mini_batch_alias(mini_batch_size: int | None, ppo_mini_batch_size: int | None) -> int | None:
+    if ppo_mini_batch_size is None:
+        return mini_batch_size
+    if mini_batch_size is not None and mini_batch_size != ppo_mini_batch_size:
+        raise ConfigError("ppo_mini_batch_size", f"got {ppo_mini_batch_size!r} and mini_batch_size={mini_batch_size!r}; "
+                          "ppo_mini_batch_size is another name for mini_batch_size: set one of them")
+    return ppo_mini_batch_size
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -414,7 +439,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 
 class _Sinks:
     """metrics.jsonl (always; rows after ``start_step`` from an earlier run in this directory are dropped), a
-    tqdm bar and TensorBoard when asked for and installed."""
+    tqdm bar, TensorBoard and W&B when asked for and installed."""
 
     def __init__(self, out_dir: Path, cfg: TrainConfig, start_step: int):
         _truncate_metrics(out_dir / "metrics.jsonl", start_step)
@@ -424,14 +449,8 @@ class _Sinks:
             from tqdm import tqdm
 
             self.bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True)
-        self.tb = None
-        if cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-            except Exception:  # tensorboard not installed: a null sink
-                self.tb = None
+        self.sinks = [tensorboard_sink(cfg.tensorboard, str(out_dir / "tensorboard")),
+                      wandb_sink(cfg.wandb, project=cfg.wandb_project, run_dir=str(out_dir), config=cfg.to_dict())]
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -439,16 +458,15 @@ class _Sinks:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("reward/mean", "loss") if k in metrics})
-        if self.tb is not None:
-            for k, v in metrics.items():
-                self.tb.add_scalar(k, v, step)
+        for sink in self.sinks:
+            sink.log(step, metrics)
 
     def close(self) -> None:
         self.file.close()
         if self.bar is not None:
             self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
+        for sink in self.sinks:
+            sink.close()
 
 
 def check_world(cfg: TrainConfig, ctx: DistContext) -> str:

@@ -497,3 +497,92 @@ def test_full_model_resume_loads_strictly(tiny_model_path, dataset, tmp_path):
     opt, sched = make_optimizer(small, cfg)
     with pytest.raises(ConfigError, match=r"^resume_from: .*\(not in this model: model\.layers\.2\."):
         load_checkpoint(ckpt, small, opt, sched, None)
+
+
+# --------------------------------------------------------------------------- ppo_mini_batch_size, optional sinks
+
+def test_ppo_mini_batch_size_is_an_alias_of_mini_batch_size(tmp_path):
+    base = ["dataset=humaneval", "train_batch_size=2", "n=4"]
+    assert load_config(None, base + ["ppo_mini_batch_size=4"]).mini_batch_size == 4
+    assert load_config(None, base + ["ppo_mini_batch_size=4", "mini_batch_size=4"]).mini_batch_size == 4
+    assert TrainConfig(dataset="humaneval", train_batch_size=2, n=4, ppo_mini_batch_size=2).mini_batch_size == 2
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("dataset: humaneval\ntrain_batch_size: 2\nn: 4\nppo_mini_batch_size: 8\n")
+    cfg = load_config(str(yaml_file))
+    assert cfg.mini_batch_size == 8 and "ppo_mini_batch_size" not in cfg.to_dict()
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=r"^ppo_mini_batch_size: got 4 and mini_batch_size=2; .* set one of them"):
+        load_config(None, base + ["ppo_mini_batch_size=4", "mini_batch_size=2"])
+    with pytest.raises(ConfigError, match=r"^ppo_mini_batch_size: got 4 and mini_batch_size=2"):
+        TrainConfig(dataset="humaneval", mini_batch_size=2, ppo_mini_batch_size=4)
+    with pytest.raises(ConfigError, match="^mini_batch_size: got 9; must be <= train_batch_size"):
+        load_config(None, base + ["ppo_mini_batch_size=9"])
+
+
+class _FakeWandb:
+    """Stands in for the ``wandb`` package: records init / log / finish."""
+
+    def __init__(self):
+        self.calls = []
+
+    def init(self, **kw):
+        self.calls.append(("init", kw))
+        return self
+
+    def log(self, metrics, step):
+        self.calls.append(("log", step, metrics))
+
+    def finish(self):
+        self.calls.append(("finish",))
+
+
+def test_wandb_and_tensorboard_sinks_only_when_enabled_and_installed(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from sdpo.callbacks import NullSink, tensorboard_sink, wandb_sink
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    assert type(wandb_sink(False, project="p", run_dir=str(tmp_path))) is NullSink and fake.calls == []
+    sink = wandb_sink(True, project="p", run_dir=str(tmp_path), config={"lr": 1.0})
+    sink.log(3, {"loss": 0.5})
+    sink.close()
+    assert fake.calls == [("init", {"project": "p", "dir": str(tmp_path), "config": {"lr": 1.0}}),
+                          ("log", 3, {"loss": 0.5}), ("finish",)]
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: import fails
+    with pytest.warns(UserWarning, match="wandb: true, but 'wandb' is not installed"):
+        assert type(wandb_sink(True, project="p", run_dir=str(tmp_path))) is NullSink
+
+    scalars = []
+    writer = types.SimpleNamespace(add_scalar=lambda k, v, s: scalars.append((k, v, s)),
+                                   close=lambda: scalars.append("closed"))
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = lambda log_dir: writer
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    assert type(tensorboard_sink(False, str(tmp_path))) is NullSink
+    tb = tensorboard_sink(True, str(tmp_path))
+    tb.log(2, {"a": 1.0, "b": 2.0})
+    tb.close()
+    assert scalars == [("a", 1.0, 2), ("b", 2.0, 2), "closed"]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.warns(UserWarning, match="tensorboard: true, but 'tensorboard' is not installed"):
+        assert type(tensorboard_sink(True, str(tmp_path))) is NullSink
+
+
+def test_train_logs_every_step_to_wandb_when_enabled(tiny_model_path, dataset, tmp_path, monkeypatch):
+    import sys
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    with pytest.raises(ConfigError, match="^wandb: got 'yes'; expected true or false"):
+        _cfg(tiny_model_path, dataset, tmp_path / "x", wandb="yes")
+    cfg = _cfg(tiny_model_path, dataset, tmp_path / "run", max_steps=2, max_new_tokens=4, test_file=None,
+               wandb=True, wandb_project="proj")
+    train(cfg)
+    assert fake.calls[0] == ("init", {"project": "proj", "dir": str(tmp_path / "run"), "config": cfg.to_dict()})
+    logged = [c for c in fake.calls if c[0] == "log"]
+    rows = _metrics(tmp_path / "run")
+    assert [c[1] for c in logged] == [1, 2]
+    assert [c[2]["loss"] for c in logged] == [rows[1]["loss"], rows[2]["loss"]]
+    assert fake.calls[-1] == ("finish",)

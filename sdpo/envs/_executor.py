@@ -470,10 +470,60 @@ def run_solution(job: dict, chan: int) -> int:
     return _run_loaded(code, job, chan, job["input"])
 
 
+def _program_end() -> None:
+    """What the interpreter does when a program's main module is done (``Py_FinalizeEx``: first
+    ``threading._shutdown``, then the atexit handlers), without ending this process: wait for every non-daemon
+    thread (threads that start threads included), then run and clear the atexit handlers. The executor's
+    deadline still applies: a thread that never ends is a time limit, as it would be for a real process."""
+    import threading
+
+    try:
+        me = threading.current_thread()
+        while True:
+            pending = [t for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
+            if not pending:
+                break
+            for t in pending:
+                t.join()
+    except BaseException:
+        pass
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()  # runs and clears them; a failing handler is printed to stderr and skipped
+    except BaseException:
+        pass
+
+
+def _main_module(g: dict):
+    """A real ``__main__`` module whose namespace is ``g`` (so pickle finds the solution's functions, as
+    ``multiprocessing`` needs), installed in ``sys.modules`` for this test."""
+    import types
+
+    mod = types.ModuleType("__main__")
+    mod.__dict__.update(g)
+    sys.modules["__main__"] = mod
+    return mod.__dict__
+
+
 def _run_loaded(code, job: dict, chan: int, args_text: str) -> int:
-    """Run an already compiled solution once (fresh module globals); the exit code it would have had."""
+    """Run an already compiled solution once (fresh module globals); the exit code it would have had.
+
+    stdin programs end as a real process would: the module code returns (or raises SystemExit, or an
+    exception), then the non-daemon threads are waited for and the atexit handlers run (``_program_end``),
+    then the streams are flushed. Functional tests end when the call returns; handlers registered meanwhile
+    are dropped (LiveCodeBench calls the function and reads its return value only)."""
     functional = job["mode"] == "functional"
     g = _prelude_globals("solution" if functional else "__main__")
+    if not functional:
+        g = _main_module(g)
+    try:
+        import atexit
+
+        atexit._clear()  # only the solution's own handlers (none of an earlier test's, none of the executor's)
+    except BaseException:
+        pass
+    rc = 0
     try:
         exec(code, g)
         if functional:
@@ -484,24 +534,29 @@ def _run_loaded(code, job: dict, chan: int, args_text: str) -> int:
             _flush()
             _report(chan, {"result": encode_value(result)})
     except SystemExit as e:
-        _flush()
         if functional:
+            _flush()
             _report(chan, {"error": {"type": "SystemExit", "line": None,
                                      "message": "the solution called exit() instead of returning"}})
             return 1
         c = e.code
         if c is None or c == 0 or c is False:
-            return 0
-        if isinstance(c, int):
-            return c & 0xFF or 1
-        _report(chan, {"error": {"type": "SystemExit", "line": None, "message": str(c)[:2000]}})
-        return 1
+            rc = 0
+        elif isinstance(c, int):
+            rc = c & 0xFF or 1
+        else:
+            _report(chan, {"error": {"type": "SystemExit", "line": None, "message": str(c)[:2000]}})
+            rc = 1
     except BaseException as e:
         _flush()
         _report_error(chan, e)
-        return 1
+        if functional:
+            return 1
+        rc = 1
+    if not functional:
+        _program_end()
     _flush()
-    return 0
+    return rc
 
 
 def serve_tests(job: dict, ctl_fd: int, chan: int) -> int:

@@ -334,6 +334,25 @@ def find_zero(xs):
                 x = candidate(list(coeffs))
                 assert math.fabs(poly(coeffs, x)) < 1e-4
         """)}),
+    ("thread_started_without_join", """
+import sys, threading
+threading.stack_size(1 << 26)
+sys.setrecursionlimit(10**6)
+def main():
+    import time
+    time.sleep(0.05)
+    def f(n):
+        return n if n == 0 else f(n - 1)
+    print(int(input()) * 2 + f(20000))
+threading.Thread(target=main).start()""", {"inputs": ["1", "2", "3"], "outputs": ["2", "4", "6"]}),
+    ("output_written_by_atexit", """
+import atexit, io, sys
+buf = io.StringIO()
+sys.stdout = buf
+@atexit.register
+def write_out():
+    sys.__stdout__.write(buf.getvalue())
+print(int(input()) + 1)""", {"inputs": ["1", "2"], "outputs": ["2", "3"]}),
     ("assert_tuple_result", "def pair(a, b):\n    return (b, a)",
      {"testtype": "assert", "fn_name": "pair",
       "assert_code": "def check(candidate):\n    assert candidate(1, 2) == (2, 1)\n    assert candidate('x', []) == ([], 'x')\n"}),

@@ -46,8 +46,9 @@ BUILTIN_PROBLEMS = [
 
 
 def load_tasks(path: str | None) -> list:
-    """Code tasks from a JSONL of Problems or lasgroup code rows (or the built-in problems)."""
-    from sdpo.data.lasgroup import row_to_task
+    """Code tasks from a JSONL of Problems or lasgroup code rows (or the built-in problems). A bad line exits
+    with a message naming the file and the line."""
+    from sdpo.data.lasgroup import DatasetError, row_to_task
     from sdpo.data.problem import Problem
 
     if path is None:
@@ -57,9 +58,17 @@ def load_tasks(path: str | None) -> list:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
             try:
-                tasks.append(Problem.parse(row).to_task() if "statement" in row else row_to_task(row))
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise SystemExit(f"{path}:{i}: expected a JSON object (a problem), got {type(row).__name__}")
+            try:
+                tasks.append(Problem.parse(row).to_task() if "statement" in row
+                             else row_to_task(row, source=path, line=i))
+            except DatasetError as e:  # already names file and line
+                raise SystemExit(str(e)) from None
             except ValueError as e:
                 raise SystemExit(f"{path}:{i}: {e}") from None
     return tasks

@@ -41,10 +41,13 @@ import time
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWIPC = 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 4096, 8192, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 
+SHM_DIR = "/tmp/.sdpo-shm"  # strong mode: bound over /dev/shm
+SHARED_WRITABLE = ("/tmp", SHM_DIR)
 VISIBLE_TOP_LEVEL = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc", "sys", "tmp"}
 MAX_FRAME = 1 << 30
 REPORT_CAP = 16 << 20
@@ -226,9 +229,16 @@ def setup_namespaces(cfg: dict) -> list[str]:
         _mount(st, k, None, MS_MOVE)
         os.rmdir(st)
         _mount(None, k, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    for shared in ("/var/tmp", "/dev/shm"):
-        if os.path.isdir(shared) and not os.path.islink(shared):
-            _mount("tmpfs", shared, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    if os.path.isdir("/var/tmp") and not os.path.islink("/var/tmp"):
+        _mount("tmpfs", "/var/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    if os.path.isdir("/dev/shm") and not os.path.islink("/dev/shm"):
+        # POSIX shared memory and semaphores (multiprocessing) need a writable /dev/shm: a sticky 1777
+        # directory of the private /tmp tmpfs (so it shares the scratch_mb budget), emptied of the slot's
+        # files after every run like /tmp (``clean_shared_dirs``).
+        os.mkdir(SHM_DIR, 0o700)
+        os.chmod(SHM_DIR, 0o1777)
+        _mount(SHM_DIR, "/dev/shm", None, MS_BIND)
+        _mount(None, "/dev/shm", None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
     try:  # other users' processes (their command lines, environments) become invisible
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
         enforced.append("/proc with hidepid=2")
@@ -264,6 +274,29 @@ def setup_namespaces(cfg: dict) -> list[str]:
         hidden.append(h)
     enforced.append("hidden: " + ", ".join(hidden))
     return enforced
+
+
+def clean_shared_dirs(uids: list[int]) -> None:
+    """Remove every entry of the shared writable directories (/tmp, /dev/shm: sticky, 1777) owned by one of
+    ``uids``, so nothing a solution wrote there outlives its run (another solution of the slot would see it,
+    or find the tmpfs full). Only call it once every process of those uids is dead. Anything of theirs is
+    at the top level: below it they can only write into directories they own."""
+    for d in SHARED_WRITABLE:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+                if st.st_uid not in uids:
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(e.path, ignore_errors=True)
+                else:
+                    os.unlink(e.path)
+            except OSError:
+                pass
 
 
 def reserve_uid(cfg: dict) -> tuple[int, int]:
@@ -751,7 +784,7 @@ class Executor:
             kill_uid(self.uid)  # leftovers of a previous holder of this uid that was itself killed
             kill_uid(self.checker_uid)
             self.enforced += setup_namespaces(cfg)
-            self.enforced.append(f"uid {self.uid} (checker {self.checker_uid})")
+            self.enforced += [f"uid {self.uid} (checker {self.checker_uid})", "IPC namespace per run"]
         if self.strong:  # /tmp is this executor's private tmpfs
             self.scratch_root = "/tmp/sdpo-sandbox"
             os.makedirs(self.scratch_root, mode=0o711, exist_ok=True)
@@ -821,6 +854,10 @@ class Executor:
                 for target, src in tmp.items():
                     os.dup2(src, target)
                 os.closerange(max(fds) + 1, 1 << 16)
+                if self.strong:
+                    # A private IPC namespace per run: SysV shared memory, semaphores, message queues and
+                    # POSIX message queues it creates die with its last process.
+                    _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
                 self._confine(uid, time_limit, scratch, nofile)
                 code = body()
             except BaseException:
@@ -865,6 +902,7 @@ class Executor:
         for fd in [w["pidfd"], *w["pipes"].values()]:
             os.close(fd)
         shutil.rmtree(w["scratch"], ignore_errors=True)
+        self._clean_shared()
 
     def _cpu_seconds(self, pid: int) -> float:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -1034,6 +1072,12 @@ class Executor:
         for fd in [w["pidfd"], *w["pipes"].values()]:
             os.close(fd)
         shutil.rmtree(w["scratch"], ignore_errors=True)
+        self._clean_shared()
+
+    def _clean_shared(self) -> None:
+        """Strong mode, once nothing of the slot runs: remove what its uids left in /tmp and /dev/shm."""
+        if self.strong:
+            clean_shared_dirs([self.uid, self.checker_uid])
 
     # ------------------------------------------------------------------ one process per test
 
@@ -1059,6 +1103,7 @@ class Executor:
                 kill_uid(self.uid) if self.strong else kill_orphans()
                 reap()
             shutil.rmtree(scratch, ignore_errors=True)
+            self._clean_shared()
 
     def _run_plain(self, job: dict, scratch: str) -> dict:
         inp = os.memfd_create("stdin")

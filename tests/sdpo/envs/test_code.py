@@ -353,6 +353,22 @@ sys.stdout = buf
 def write_out():
     sys.__stdout__.write(buf.getvalue())
 print(int(input()) + 1)""", {"inputs": ["1", "2"], "outputs": ["2", "3"]}),
+    ("multiprocessing_pool", """
+import multiprocessing as mp
+def sq(x):
+    return x * x
+if __name__ == "__main__":
+    with mp.Pool(2) as p:
+        print(sum(p.map(sq, range(int(input())))))""", {"inputs": ["10", "4"], "outputs": ["285", "14"]}),
+    ("subprocess_and_thread_pool", """
+import subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
+n = int(input())
+with ThreadPoolExecutor(4) as ex:
+    total = sum(ex.map(lambda x: x * x, range(n)))
+echo = subprocess.run(["/bin/echo", str(total)], capture_output=True, text=True, check=True).stdout.strip()
+child = subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True).stdout.strip()
+print(echo, child)""", {"inputs": ["10"], "outputs": ["285 42"], "time_limit": 10}),
     ("assert_tuple_result", "def pair(a, b):\n    return (b, a)",
      {"testtype": "assert", "fn_name": "pair",
       "assert_code": "def check(candidate):\n    assert candidate(1, 2) == (2, 1)\n    assert candidate('x', []) == ([], 'x')\n"}),

@@ -536,6 +536,57 @@ def _run(pool, code: str, out: str = "ok", time_limit: float = 3.0):
     return r.tests[0]
 
 
+SYSV_KEY = 0x5D0C0DE
+
+
+def test_files_and_ipc_of_one_solution_are_gone_for_the_next(solo):
+    first = _run(solo, f"""
+import ctypes, os
+for p in ("/tmp/left_by_a", "/dev/shm/left_by_a"):
+    with open(p, "w") as f:
+        f.write("secret of A")
+os.mkdir("/tmp/dir_by_a")
+open("/tmp/dir_by_a/inner", "w").write("x")
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+shm = libc.shmget({SYSV_KEY}, 4096, 0o1666)  # IPC_CREAT | 0666
+ctypes.memmove(libc.shmat(shm, None, 0), b"secret of A", 11)
+print("ok")""")
+    assert first.verdict == "passed", (first.message, first.stdout)
+    second = _run(solo, f"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+left = [f"{{d}}/{{n}}" for d in ("/tmp", "/dev/shm") for n in os.listdir(d) if os.lstat(f"{{d}}/{{n}}").st_uid != 0]
+if os.path.exists("/tmp/left_by_a") or os.path.exists("/dev/shm/left_by_a"):
+    left.append("left_by_a")
+if libc.shmget({SYSV_KEY}, 0, 0) != -1:
+    left.append("sysv shm segment")
+print("ok" if not left else "LEAK " + " ".join(left))""")
+    assert second.verdict == "passed", (second.message, second.stdout)
+
+
+def test_filling_tmp_and_dev_shm_does_not_break_the_next_solution(solo):
+    fill = _run(solo, """
+i = 0
+for d in ("/tmp", "/dev/shm"):
+    while True:
+        try:
+            with open(f"{d}/fill{i}", "wb") as f:
+                f.write(b"0" * (8 << 20))
+            i += 1
+        except OSError:
+            break
+print("ok")""", time_limit=5.0)
+    assert fill.verdict == "passed", (fill.message, fill.stdout)
+    for _ in range(2):
+        rec = _run(solo, """
+for p in ("mine.bin", "/tmp/mine.bin", "/dev/shm/mine.bin"):
+    with open(p, "wb") as f:
+        f.write(b"x" * (4 << 20))
+print("ok")""")
+        assert rec.verdict == "passed", (rec.message, rec.stdout)
+
+
 def test_check_code_never_reaches_a_solution_process(solo):
     """A warm solution process is a fork of the executor; an executor that ran an assert test (whose trusted
     check code sits in freed memory) is replaced before it forks another solution."""

@@ -9,19 +9,24 @@ Strong mode (root required), set up once at start:
   * uid/gid: one free uid per slot (``uid_base + k``, reserved with an ``flock`` so concurrent pools on the
     machine never share one) for the solution, and ``uid + 1000`` for the trusted checker of ``assert`` tests.
   * namespaces: a new network namespace (loopback down: 127.0.0.1 and abstract sockets unreachable) and a new
-    mount namespace where /tmp, /var/tmp and /dev/shm are small private tmpfs mounts, and the project
-    directory, the data directory, /run, /root and /home are covered by empty read-only tmpfs mounts (the
-    Python installation is bound back read-only so imports work).
+    mount namespace where /tmp is a small private tmpfs (with a sticky 1777 directory of it bound over
+    /dev/shm) and /var/tmp a tiny read-only one, and the project directory, the data directory, /run, /root
+    and /home are covered by empty read-only tmpfs mounts (the Python installation is bound back read-only so
+    imports work).
+  * a seccomp deny-list filter (``SeccompFilter``, built with libseccomp through ctypes; refuses to start
+    without it), loaded by every child before it runs untrusted code.
 Per solution (a forked "warm" child that runs the solution's tests one after the other, each with fresh
-module globals and stdin; see ``serve_tests``) or per test case (``run``/``assert``): own session/process group, rlimits (address space = executor + memory
-limit, CPU = time limit + 1 s, processes, file size, open files, no core), ``setresuid`` to the slot uid,
-``PR_SET_NO_NEW_PRIVS``, a fresh 0700 scratch directory, an empty environment, stdout/stderr/report pipes
-drained concurrently with byte caps, a wall-clock deadline, and afterwards SIGKILL of the process group and of
-every process owned by the slot uid (``kill(-1)`` issued from a helper that runs as that uid), then the
-scratch directory is removed.
+module globals and stdin; see ``serve_tests``) or per test case (``run``/``assert``): own session/process
+group, a private IPC namespace, rlimits (address space = executor + memory limit, CPU = time limit + 2 s,
+processes, file size, open files, no core), ``setresuid`` to the slot uid, ``PR_SET_NO_NEW_PRIVS``, the
+seccomp filter, a fresh 0700 scratch directory, an empty environment, stdout/stderr/report pipes drained
+concurrently with byte caps, a wall-clock deadline, and afterwards SIGKILL of the process group and of every
+process owned by the slot uid (``kill(-1)`` issued from a helper that runs as that uid), then the scratch
+directory and everything the slot's uids left in /tmp and /dev/shm are removed.
 
 Weak mode (``SDPO_SANDBOX=weak``): no uid change and no namespaces; rlimits, sessions, scratch, empty
-environment and the kill of the process group plus every orphan re-parented to this (sub-reaper) process.
+environment, the seccomp filter when libseccomp is there, and the kill of the process group plus every orphan
+re-parented to this (sub-reaper) process.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ import time
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWIPC = 0x08000000
+# Every namespace flag clone(2) takes (CLONE_NEWTIME exists for unshare/clone3 only; both are denied whole).
+CLONE_NAMESPACE_FLAGS = {"CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000, "CLONE_NEWUTS": 0x04000000,
+                         "CLONE_NEWIPC": 0x08000000, "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
+                         "CLONE_NEWNET": 0x40000000}
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 4096, 8192, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
@@ -274,6 +283,124 @@ def setup_namespaces(cfg: dict) -> list[str]:
         hidden.append(h)
     enforced.append("hidden: " + ", ".join(hidden))
     return enforced
+
+
+# ------------------------------------------------------------------------------------------- seccomp
+# A deny-list filter built with libseccomp (Debian's libseccomp2, the maintained C library; no Python binding
+# needed) and loaded into every confined child before it runs anything untrusted. Everything not listed is
+# allowed: threads, fork/vfork, clone without namespace flags, subprocess, sockets other than the two families.
+
+SECCOMP_LIBRARY = "libseccomp.so.2"
+SECCOMP_DENY = (  # -> EPERM
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd", "process_madvise",
+    "bpf", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "keyctl", "add_key", "request_key", "perf_event_open", "userfaultfd", "open_by_handle_at", "name_to_handle_at",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
+    "swapon", "swapoff", "reboot", "acct", "quotactl", "lookup_dcookie", "syslog", "vhangup", "iopl", "ioperm",
+)
+SECCOMP_REQUIRED = (  # must be known to the loaded libseccomp, else strong mode refuses to start
+    "unshare", "setns", "mount", "umount2", "pivot_root", "ptrace", "process_vm_readv", "process_vm_writev",
+    "bpf", "io_uring_setup", "io_uring_enter", "io_uring_register", "keyctl", "add_key", "request_key",
+    "perf_event_open", "kexec_load", "init_module", "finit_module", "delete_module", "userfaultfd",
+    "open_by_handle_at", "clone", "clone3", "socket",
+)
+SECCOMP_DENY_SOCKET_FAMILIES = {"AF_NETLINK": 16, "AF_PACKET": 17}  # socket(domain, ...) -> EPERM
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_CMP_MASKED_EQ = 7
+
+
+def SCMP_ACT_ERRNO(errno_value: int) -> int:  # noqa: N802 (the C macro's name)
+    return 0x00050000 | (errno_value & 0x0000FFFF)
+
+
+class _ScmpArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+class SeccompUnavailable(RuntimeError):
+    pass
+
+
+class SeccompFilter:
+    """The sandbox's seccomp filter, built once in the executor; ``load()`` installs it in a forked child.
+
+    ``denied`` lists (name, number, errno, condition) of every rule, for the report and the tests.
+    """
+
+    def __init__(self, library: str = SECCOMP_LIBRARY):
+        import errno
+
+        try:
+            lib = ctypes.CDLL(library, use_errno=True)
+        except OSError as e:
+            raise SeccompUnavailable(
+                f"the seccomp filter needs {library} (install the libseccomp2 package: apt-get install "
+                f"libseccomp2): {e}") from None
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_rule_add_array.restype = ctypes.c_int
+        lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                               ctypes.POINTER(_ScmpArgCmp)]
+        lib.seccomp_load.restype = ctypes.c_int
+        lib.seccomp_load.argtypes = [ctypes.c_void_p]
+        lib.seccomp_export_pfc.restype = ctypes.c_int
+        lib.seccomp_export_pfc.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self.lib = lib
+        numbers = {}
+        for name in dict.fromkeys(SECCOMP_DENY + SECCOMP_REQUIRED):
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr >= 0:
+                numbers[name] = nr
+            elif name in SECCOMP_REQUIRED:
+                raise SeccompUnavailable(f"{library} does not know the syscall {name!r} (too old a libseccomp2)")
+        self.ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
+        if not self.ctx:
+            raise SeccompUnavailable("seccomp_init failed")
+        self.denied: list[tuple[str, int, int, str]] = []
+        eperm = SCMP_ACT_ERRNO(errno.EPERM)
+        for name in SECCOMP_DENY:
+            if name in numbers:
+                self._rule(name, numbers[name], eperm, errno.EPERM)
+        for flag, bit in CLONE_NAMESPACE_FLAGS.items():  # clone(flags, ...): flags is arg 0 on x86-64
+            self._rule("clone", numbers["clone"], eperm, errno.EPERM, (0, SCMP_CMP_MASKED_EQ, bit, bit), flag)
+        # clone3 passes its flags in a struct a filter cannot read: deny it whole with ENOSYS, so glibc (threads,
+        # posix_spawn) falls back to clone, where the rule above applies.
+        self._rule("clone3", numbers["clone3"], SCMP_ACT_ERRNO(errno.ENOSYS), errno.ENOSYS)
+        for family, value in SECCOMP_DENY_SOCKET_FAMILIES.items():
+            # The kernel reads the domain as a 32-bit int: compare the low 32 bits only (a plain 64-bit EQ
+            # would let 0x1_0000_0010 through as AF_NETLINK).
+            self._rule("socket", numbers["socket"], eperm, errno.EPERM,
+                       (0, SCMP_CMP_MASKED_EQ, 0xFFFFFFFF, value), family)
+
+    def _rule(self, name: str, nr: int, action: int, err: int, cmp: tuple | None = None, what: str = "") -> None:
+        args = (_ScmpArgCmp * 1)(_ScmpArgCmp(*cmp)) if cmp else None
+        rc = self.lib.seccomp_rule_add_array(self.ctx, action, nr, 1 if cmp else 0, args)
+        if rc < 0:
+            raise SeccompUnavailable(f"seccomp_rule_add({name}{' ' + what if what else ''}) failed: "
+                                     f"{os.strerror(-rc)}")
+        self.denied.append((name, nr, err, what))
+
+    def load(self) -> None:
+        """Install the filter in this process (and all it will start); it cannot be removed afterwards."""
+        rc = self.lib.seccomp_load(self.ctx)
+        if rc < 0:
+            raise OSError(-rc, f"seccomp_load: {os.strerror(-rc)}")
+
+    def pfc(self) -> str:
+        """The filter as libseccomp's pseudo filter code (human-readable), for inspection."""
+        fd = os.memfd_create("seccomp-pfc")
+        try:
+            rc = self.lib.seccomp_export_pfc(self.ctx, fd)
+            if rc < 0:
+                raise OSError(-rc, f"seccomp_export_pfc: {os.strerror(-rc)}")
+            return os.pread(fd, os.fstat(fd).st_size, 0).decode()
+        finally:
+            os.close(fd)
 
 
 def clean_shared_dirs(uids: list[int]) -> None:
@@ -775,6 +902,15 @@ class Executor:
         self.runs = 0
         self.warm: dict | None = None
         self.source = codec_source()  # read now: the file is hidden once the namespaces are set up
+        # Built before the namespaces too (the library's directory might be covered); required in strong mode.
+        self.seccomp: SeccompFilter | None = None
+        seccomp_error = None
+        try:
+            self.seccomp = SeccompFilter(cfg.get("seccomp_library", SECCOMP_LIBRARY))
+        except SeccompUnavailable as e:
+            if self.strong:
+                raise RuntimeError(str(e)) from None
+            seccomp_error = e
         if self.strong:
             if os.geteuid() != 0:
                 raise RuntimeError("strong isolation needs root (to switch to per-slot uids and create "
@@ -785,6 +921,10 @@ class Executor:
             kill_uid(self.checker_uid)
             self.enforced += setup_namespaces(cfg)
             self.enforced += [f"uid {self.uid} (checker {self.checker_uid})", "IPC namespace per run"]
+        if self.seccomp is not None:
+            self.enforced.append(f"seccomp deny-list ({len(self.seccomp.denied)} rules)")
+        else:
+            self.enforced.append(f"no seccomp filter ({seccomp_error})")
         if self.strong:  # /tmp is this executor's private tmpfs
             self.scratch_root = "/tmp/sdpo-sandbox"
             os.makedirs(self.scratch_root, mode=0o711, exist_ok=True)
@@ -832,6 +972,8 @@ class Executor:
             if os.getuid() != uid:
                 os._exit(125)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if self.seccomp is not None:
+            self.seccomp.load()
         os.umask(0o077)
         if scratch:
             os.chdir(scratch)

@@ -52,6 +52,64 @@ def assert_spec(time_limit=2.0):
             "time_limit": time_limit}
 
 
+# Each syscall the seccomp filter denies, with arguments for which the unfiltered kernel answers something
+# other than EPERM (success, EBADF, EFAULT, EINVAL, ...), so "EPERM" really is the filter; pivot_root is EPERM
+# for an unprivileged caller anyway, hence every probe also requires "Seccomp: 2" in /proc/self/status.
+CLONE_NEWUSER, CLONE_NEWNET, SIGCHLD = 0x10000000, 0x40000000, 17
+DENIED_SYSCALLS = [  # (name, syscall, args ("SELF" = the solution's pid), errno expected from the filter)
+    ("unshare_newuser", "unshare", (CLONE_NEWUSER,), "EPERM"),
+    ("unshare_newuser_newnet", "unshare", (CLONE_NEWUSER | CLONE_NEWNET,), "EPERM"),
+    ("setns", "setns", (-1, 0), "EPERM"),
+    ("mount", "mount", (0, 1, 0, 0, 0), "EPERM"),
+    ("umount2", "umount2", (1, 0x80000000), "EPERM"),
+    ("pivot_root", "pivot_root", (1, 1), "EPERM"),
+    ("ptrace", "ptrace", (2, 0, 0, 0), "EPERM"),
+    ("process_vm_readv", "process_vm_readv", ("SELF", 0, 0, 0, 0, 0), "EPERM"),
+    ("process_vm_writev", "process_vm_writev", ("SELF", 0, 0, 0, 0, 0), "EPERM"),
+    ("bpf", "bpf", (9999, 0, 0), "EPERM"),
+    ("io_uring_setup", "io_uring_setup", (8, 0), "EPERM"),
+    ("io_uring_enter", "io_uring_enter", (-1, 0, 0, 0, 0, 0), "EPERM"),
+    ("io_uring_register", "io_uring_register", (-1, 0, 0, 0), "EPERM"),
+    ("keyctl", "keyctl", (9999,), "EPERM"),
+    ("add_key", "add_key", (0, 0, 0, 0, 0), "EPERM"),
+    ("request_key", "request_key", (0, 0, 0, 0), "EPERM"),
+    ("perf_event_open", "perf_event_open", (0, 0, -1, -1, 0xFFFF), "EPERM"),
+    ("kexec_load", "kexec_load", (0, 0, 0, 0), "EPERM"),
+    ("init_module", "init_module", (0, 0, 0), "EPERM"),
+    ("finit_module", "finit_module", (-1, 0, 0), "EPERM"),
+    ("delete_module", "delete_module", (0, 0), "EPERM"),
+    ("userfaultfd", "userfaultfd", (1,), "EPERM"),  # UFFD_USER_MODE_ONLY: allowed unprivileged otherwise
+    ("open_by_handle_at", "open_by_handle_at", (-1, 0, 0), "EPERM"),
+    ("clone_newuser", "clone", (CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0), "EPERM"),
+    ("clone_newnet", "clone", (CLONE_NEWNET | SIGCHLD, 0, 0, 0, 0), "EPERM"),
+    ("clone3", "clone3", (0, 0), "ENOSYS"),  # so glibc falls back to clone
+    ("socket_netlink", "socket", (16, 3, 0), "EPERM"),
+    ("socket_netlink_high_bits", "socket", (0x1_0000_0010, 3, 0), "EPERM"),  # the kernel reads an int
+    ("socket_packet", "socket", (17, 999, 0), "EPERM"),
+]
+
+
+def _syscall_number(name: str) -> int:
+    import ctypes
+
+    return ctypes.CDLL("libseccomp.so.2").seccomp_syscall_resolve_name(name.encode())
+
+
+def _denied_probe(syscall: str, args: tuple, want: str) -> str:
+    args_src = ", ".join("os.getpid()" if a == "SELF" else repr(a) for a in args)
+    return f"""
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+filtered = any(line.split() == ["Seccomp:", "2"] for line in open("/proc/self/status"))
+ctypes.set_errno(0)
+r = libc.syscall(ctypes.c_long({_syscall_number(syscall)}), *[ctypes.c_long(a) for a in ({args_src},)])
+e = ctypes.get_errno()
+if r == 0 and {syscall == "clone"!r}:
+    os._exit(0)  # the child of a clone that went through
+print("ok" if r == -1 and e == errno.{want} and filtered else f"LEAK rc={{r}} errno={{e}} filtered={{filtered}}")"""
+
+
 # (id, program, spec, allowed verdicts)
 CASES = [
     ("infinite_loop", "while True:\n    pass", stdin_spec(), {"time_limit"}),
@@ -332,6 +390,17 @@ for _ in range(10000):
     ("close_std_streams", "import os\nos.close(1)\nos.close(2)\nprint('ok')", stdin_spec(),
      {"runtime_error", "wrong_answer"}),
     ("syntax_error", "def f(:\n    pass", stdin_spec(), {"runtime_error"}),
+    ("python_socket_netlink", """
+import socket
+socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+print("ok")""", stdin_spec(), {"runtime_error"}),
+    ("userns_then_netns_via_ctypes", """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print("LEAK" if libc.unshare(0x10000000) == 0 or libc.unshare(0x40000000) == 0 else "ok")""", stdin_spec(),
+     {"passed"}),
+    *[(f"seccomp_denies_{name}", _denied_probe(call, args, want), stdin_spec(), {"passed"})
+      for name, call, args, want in DENIED_SYSCALLS],
 ]
 
 
@@ -436,6 +505,7 @@ def test_isolation_report(pool):
     info = pool.info
     assert info["strong"] is True
     assert any("network namespace" in e for e in info["enforced"])
+    assert any(e.startswith("seccomp deny-list") for e in info["enforced"])
     assert pool.config.uid_base <= info["uid"] < pool.config.uid_base + 1000
 
 
@@ -633,3 +703,33 @@ def test_error_in_the_callers_judging_is_not_an_executor_failure(solo):
     assert solo._all[0] is slot and slot.proc.pid == pid and slot.alive()
     assert _run(solo, "print('ok')").verdict == "passed"
     assert solo._all[0].proc.pid == pid
+
+
+def test_seccomp_filter_has_every_required_rule():
+    from sdpo.envs._executor import SECCOMP_REQUIRED, SeccompFilter
+
+    f = SeccompFilter()
+    denied = {name for name, *_ in f.denied}
+    for name in SECCOMP_REQUIRED:
+        assert name in denied, name
+    clone_flags = {what for name, _, _, what in f.denied if name == "clone"}
+    assert {"CLONE_NEWUSER", "CLONE_NEWNET", "CLONE_NEWNS", "CLONE_NEWPID", "CLONE_NEWIPC", "CLONE_NEWUTS",
+            "CLONE_NEWCGROUP"} <= clone_flags
+    assert {what for name, _, _, what in f.denied if name == "socket"} == {"AF_NETLINK", "AF_PACKET"}
+    pfc = f.pfc()  # libseccomp's own rendering of the filter it will load
+    for name, nr, _, _ in f.denied:
+        assert f"if ($syscall == {nr})" in pfc, name
+    assert "action ERRNO(38)" in pfc and "default action\n  action ALLOW" in pfc
+
+
+def test_strong_mode_refuses_without_libseccomp(monkeypatch):
+    original = SandboxConfig.executor_config
+
+    def without_library(self):
+        return {**original(self), "seccomp_library": "libseccomp-missing.so.9"}
+
+    monkeypatch.setattr(SandboxConfig, "executor_config", without_library)
+    with pytest.raises(SandboxUnavailable) as info:
+        SandboxPool(SandboxConfig(slots=1))
+    msg = str(info.value)
+    assert "libseccomp2" in msg and "SDPO_SANDBOX=weak" in msg

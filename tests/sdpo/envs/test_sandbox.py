@@ -733,3 +733,41 @@ def test_strong_mode_refuses_without_libseccomp(monkeypatch):
         SandboxPool(SandboxConfig(slots=1))
     msg = str(info.value)
     assert "libseccomp2" in msg and "SDPO_SANDBOX=weak" in msg
+
+
+def test_no_postgres_connection_appears_from_the_sandbox(pool):
+    """The solution speaks the PostgreSQL startup protocol to 127.0.0.1:5432 and holds the connection; the host
+    watches pg_stat_activity meanwhile (and checks that it does see a connection of its own that way)."""
+    psycopg = pytest.importorskip("psycopg")
+    url = os.environ.get("SDPO_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test").replace(
+        "postgresql+psycopg://", "postgresql://")
+    try:
+        host = psycopg.connect(url, connect_timeout=3, autocommit=True, application_name=f"{TAG}-control")
+    except psycopg.OperationalError as e:
+        pytest.skip(f"PostgreSQL unavailable: {e}")
+    app_name = f"{TAG}-probe"
+    code = f"""
+import socket, struct, time
+s = socket.create_connection(("127.0.0.1", 5432), timeout=1)
+params = b"user\\0postgres\\0database\\0test\\0application_name\\0{app_name}\\0\\0"
+s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+s.recv(1)
+time.sleep(2.5)
+print("ok")"""
+
+    def names():
+        return {r[0] for r in host.execute("select application_name from pg_stat_activity").fetchall()}
+
+    with host:
+        assert f"{TAG}-control" in names()
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(r=evaluate(
+            f"```python\n{textwrap.dedent(code).strip()}\n```", stdin_spec(time_limit=4.0), sandbox=pool)))
+        t.start()
+        seen = set()
+        while t.is_alive():
+            seen |= names()
+            time.sleep(0.1)
+        t.join()
+    assert app_name not in seen
+    assert result["r"].tests[0].verdict == "runtime_error", result["r"].tests[0].message

@@ -7,11 +7,12 @@ hidden tests the public tests decide). Strategies (``SolveConfig.strategy``):
 
 - ``"sdpo"``: rounds of ``n`` attempts from the current policy; the public tests give reward and feedback;
   without a discovery the round's attempts become one SDPO batch for this one question (teacher contexts from
-  the tests' feedback), and one policy update of ``steps_per_round`` epochs (PPO-style: the importance ratios
-  of every epoch refer to the policy that sampled the round) of a LoRA adapter (or of all weights) follows;
-  then the next round samples from the updated policy. A round whose teacher contexts hold no feedback
-  carries no learning signal: it is not updated at all (the weights are left bit-for-bit unchanged), and
-  neither is the round that spends the budget (no attempt would sample from the update).
+  the round's public successes as sibling demonstrations, and the tests' feedback), and one policy update of
+  ``steps_per_round`` epochs (PPO-style: the importance ratios of every epoch refer to the policy that sampled
+  the round) of a LoRA adapter (or of all weights) follows; then the next round samples from the updated
+  policy. A round whose teacher contexts hold neither a demonstration nor feedback carries no learning
+  signal: it is not updated at all (the weights are left bit-for-bit unchanged), and neither is the round
+  that spends the budget (no attempt would sample from the update).
 - ``"best_of_k"``: the same rounds of sampling, never updated.
 - ``"multiturn"``: one conversation that grows by one attempt per turn. ``multiturn_template``
   ``"feedback_only"`` appends all feedback so far to the question (one user message);
@@ -19,10 +20,11 @@ hidden tests the public tests decide). Strategies (``SolveConfig.strategy``):
   history is dropped so that prompt + ``max_new_tokens`` fit in ``context_budget`` tokens (the question is
   always kept), like the reference's multi-turn baseline with a bounded context window.
 
-Hidden tests: an attempt that passes every public test but fails a hidden one is a failure for every
-strategy: reward 0 and ``HIDDEN_FAIL_FEEDBACK`` as its feedback (which says so without showing the hidden
-tests). It is never a demonstration for ``sdpo`` (a success would be a discovery, which ends the run), and
-multi-turn shows the same feedback in the conversation.
+Hidden tests: the reward is the public tests' (sparse), so an attempt that passes every public test but
+fails a hidden one keeps reward 1 and is a sibling demonstration for ``sdpo`` (the issue's "teacher contexts
+from this round's successes"): it is the best evidence the round has. It also carries ``HIDDEN_FAIL_FEEDBACK``
+(which says it was not accepted, without showing the hidden tests) as its feedback: its own teacher context
+shows that feedback when no other sibling succeeded, and multi-turn shows it in the conversation.
 
 Attempt numbering: attempts are numbered 0, 1, ... across the whole run; round ``r`` of the batched strategies
 holds attempts ``r*n .. r*n + n - 1`` (the last round is clamped to the budget), a multi-turn turn is one
@@ -223,8 +225,8 @@ class _Scored:
 def score_attempts(task, rollouts: list[Rollout]) -> list[_Scored]:
     """Public tests for every attempt (sparse reward + feedback); hidden tests, in attempt order, for the
     attempts that pass all public tests, up to the first that passes them too (the later ones are never
-    counted, so their hidden tests need not run). An attempt that fails a hidden test gets reward 0 and
-    ``HIDDEN_FAIL_FEEDBACK`` (nothing of the hidden tests themselves)."""
+    counted, so their hidden tests need not run). An attempt that fails a hidden test keeps its public reward
+    and gets ``HIDDEN_FAIL_FEEDBACK`` (nothing of the hidden tests themselves)."""
     from sdpo.envs import score, score_many
     from sdpo.envs.code import extract_code
 
@@ -241,7 +243,7 @@ def score_attempts(task, rollouts: list[Rollout]) -> list[_Scored]:
             a.hidden_passed, a.hidden_total = h.passed, h.total
             if a.discovered:
                 break
-            a.reward, a.feedback = 0.0, HIDDEN_FAIL_FEEDBACK
+            a.feedback = HIDDEN_FAIL_FEEDBACK
     return out
 
 

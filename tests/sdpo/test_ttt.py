@@ -107,9 +107,9 @@ def test_hidden_tests_decide_and_stop_at_the_first_discovery():
     assert [(a.hidden_passed, a.hidden_total) for a in s] == [(None, None), (0, 1), (1, 1), (None, None)]
     assert [a.discovered for a in s] == [False, False, True, False]  # the 4th is never checked on hidden tests
     assert s[0].feedback and "wrong answer" in s[0].feedback
-    # passing the public tests but not the hidden ones is a failure: reward 0 and a feedback that says so
-    # without showing the hidden test (input 7, output 14)
-    assert [a.reward for a in s[:3]] == [0.0, 0.0, 1.0]
+    # passing the public tests but not the hidden ones keeps the public reward (a sibling demonstration) and
+    # gets a feedback that says it was not accepted, without showing the hidden test (input 7, output 14)
+    assert [a.reward for a in s[:3]] == [0.0, 1.0, 1.0]
     assert s[1].feedback == HIDDEN_FAIL_FEEDBACK and s[2].feedback is None
     assert "7" not in HIDDEN_FAIL_FEEDBACK and "14" not in HIDDEN_FAIL_FEEDBACK
     # without hidden tests the public tests decide
@@ -302,46 +302,44 @@ def test_each_strategy_stops_at_the_first_discovery(finetuned_path, strategy):
     for a in rec.got[:-1]:  # every earlier attempt failed the public tests or the hidden ones
         assert a.passed < a.total or a.hidden_passed == 0
         assert (a.hidden_total is not None) == (a.passed == a.total)
-        assert a.reward == 0.0 and a.feedback  # the same signal for every strategy
+        assert a.feedback  # the same feedback for every strategy; the reward is the public tests'
+        assert a.reward == (1.0 if a.passed == a.total else 0.0)
         assert (a.feedback == HIDDEN_FAIL_FEEDBACK) == (a.passed == a.total)
     assert res.rounds[-1]["ttt/discovered"] == 1.0
     if strategy == "multiturn":
         assert all(m["multiturn/history_kept"] == 0 for m in res.rounds)
 
 
-@pytest.mark.parametrize("feedback_on", [False, True])
-def test_sdpo_public_pass_that_fails_hidden_tests_is_no_demonstration(finetuned_path, monkeypatch, feedback_on):
-    """Hidden test nobody passes. An attempt passing the public tests gets reward 0 and HIDDEN_FAIL_FEEDBACK in
-    the update batch, like every other failure: with feedback off no round has a teacher context (no
-    demonstration), so the adapter never moves; with feedback on the public passes' contexts show that
-    feedback."""
+def test_sdpo_updates_after_a_demonstration_without_feedback(finetuned_path, monkeypatch):
+    """Hidden test nobody passes, feedback off: a round's only possible teacher context is a sibling that passed
+    the public tests (reward 1, with HIDDEN_FAIL_FEEDBACK that stays unused with feedback off). The adapter
+    moves after exactly the rounds that had one (but the last, which spends the budget), and the update
+    batch's teacher contexts show that sibling's solution."""
     from sdpo.reprompt import build_teacher_messages
 
     model, tok, sampler = load(finetuned_path)
-    c = cfg(budget=20, n=4, max_new_tokens=24, self_distillation={"include_environment_feedback": feedback_on})
+    c = cfg(budget=20, n=4, max_new_tokens=24, self_distillation={"include_environment_feedback": False})
     policy = prepare_policy(model, c)
     snaps = [_lora_state(policy)]
     rec = Recorder(on_metrics=lambda r, m: snaps.append(_lora_state(policy)))
     spy = UpdateSpy(monkeypatch)
     res = solve(short_task(hidden_output="15\n"), policy, tok, sampler, c, rec)
     assert res.discovered_at is None and res.attempts_used == 20
-    public = [a for a in rec.got if a.passed == a.total]
-    assert public  # the fine-tuned model passes the public test about half the time
-    for a in public:
-        assert (a.hidden_passed, a.hidden_total, a.reward, a.feedback) == (0, 1, 0.0, HIDDEN_FAIL_FEEDBACK)
+    had_demo = [any(a.passed == a.total for a in rec.got[4 * r:4 * r + 4]) for r in range(5)]
+    assert any(had_demo[:4])  # the fine-tuned model passes the public test about half the time
+    for a in rec.got:
+        if a.passed == a.total:
+            assert (a.hidden_passed, a.hidden_total, a.reward, a.feedback) == (0, 1, 1.0, HIDDEN_FAIL_FEEDBACK)
     moved = [_changed(snaps[r], snaps[r + 1]) for r in range(5)]
-    if not feedback_on:
-        assert not any(moved) and spy.batches == []
-        return
-    assert moved == [True] * 4 + [False] and len(spy.batches) == 4
+    assert moved == had_demo[:4] + [False]
+    assert [m["ttt/updated"] for m in res.rounds] == [float(h) for h in had_demo[:4]] + [0.0]
+    assert len(spy.batches) == sum(had_demo[:4])
     for batch in spy.batches:
-        assert set(batch.rewards) == {0.0}
         contexts = build_teacher_messages(batch.prompts, [r.text for r in batch.rollouts], batch.rewards,
                                           batch.group_ids, batch.feedback, c.self_distillation)
-        assert not any(ctx.uses_solution for ctx in contexts)
-        for ctx, fb in zip(contexts, batch.feedback, strict=True):
-            assert ctx.uses_feedback and fb in ctx.messages[-1]["content"]
-    assert any(fb == HIDDEN_FAIL_FEEDBACK for b in spy.batches for fb in b.feedback)
+        assert any(ctx.uses_solution for ctx in contexts)
+        assert not any(ctx.uses_feedback for ctx in contexts)
+        assert all(HIDDEN_FAIL_FEEDBACK not in ctx.messages[-1]["content"] for ctx in contexts)
 
 
 class RecordingSampler(HFSampler):

@@ -532,12 +532,14 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     if cfg.resume_from:
         state = load_checkpoint(Path(cfg.resume_from), model, optimizer, scheduler, teacher, rank=ctx.rank)
         start, stream.position = state["step"], state["position"]
-    sampler = make_sampler(sampler_kind, model, tokenizer, batch_size=cfg.sampler_batch_size,
-                           max_prompt_len=cfg.max_prompt_len, adapter=cfg.adapter,
-                           gpu_memory_utilization=cfg.gpu_memory_utilization)
     sinks = _Sinks(out_dir, cfg, start) if ctx.is_main else None
     result = TrainResult(out_dir=str(out_dir), steps=start)
+    sampler = None
     try:
+        sampler = make_sampler(sampler_kind, model, tokenizer, batch_size=cfg.sampler_batch_size,
+                               max_prompt_len=cfg.max_prompt_len, adapter=cfg.adapter,
+                               gpu_memory_utilization=cfg.gpu_memory_utilization,
+                               max_model_len=cfg.max_prompt_len + cfg.max_new_tokens)
         for step in range(start + 1, cfg.max_steps + 1):
             if ctx.all_reduce([float(callbacks.stop_requested())], "max")[0] > 0:  # every rank stops together
                 result.stopped = True
@@ -623,6 +625,8 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                 result.checkpoints.append(str(path))
                 ctx.barrier()  # no rank moves on (or exits) before the checkpoint is on disk
     finally:
+        if sampler is not None:  # frees a vLLM engine's GPU memory and work dir (no-op for HF)
+            sampler.close()
         if sinks is not None:
             sinks.close()
         if owns_group:

@@ -80,7 +80,8 @@ class SolveConfig(UpdateConfig):
     max_new_tokens, temperature (inherited), top_p, top_k: sampling. seed: base of every sampling seed.
     multiturn_template: "feedback_only" | "attempt_and_feedback". context_budget: tokens of prompt + response
         the multi-turn conversation may use (the oldest history is dropped to fit).
-    sampler: "auto" | "hf" | "vllm" and sampler_batch_size, device, dtype: used by ``solve_from_config``.
+    sampler: "auto" | "hf" | "vllm" and sampler_batch_size, gpu_memory_utilization (vLLM's share of the GPU),
+        device, dtype: used by ``solve_from_config``.
 
     Test-time defaults differ from training's where one question changes the trade-off:
     - loss "sdpo", self_distillation alpha 1.0 (reverse KL) with top-k 20 + tail: the reference's rich-feedback
@@ -109,6 +110,7 @@ class SolveConfig(UpdateConfig):
     context_budget: int = 16384
     sampler: str = "auto"
     sampler_batch_size: int = 16
+    gpu_memory_utilization: float = 0.5
     device: str = "auto"
     dtype: str = "auto"
     self_distillation: SelfDistillationConfig = field(default_factory=_ttt_self_distillation)
@@ -127,6 +129,7 @@ class SolveConfig(UpdateConfig):
                      "context_budget", "sampler_batch_size"):
             _number(name, getattr(self, name), lo=1, integer=True)
         _number("seed", self.seed, lo=0, integer=True)
+        _number("gpu_memory_utilization", self.gpu_memory_utilization, lo=0.0, hi=1.0, lo_open=True)
         _choice("adapter", self.adapter, ("lora", "full"))
         _number("lora_dropout", self.lora_dropout, lo=0.0, hi=1.0, hi_open=True)
         from sdpo.adapters import check_target_modules
@@ -500,6 +503,12 @@ def _solve_multiturn(problem, tokenizer, sampler, cfg: SolveConfig, callbacks: C
     return result
 
 
+def _engine_len(model, context_budget: int) -> int:
+    """The vLLM engine's max_model_len: the context budget, capped by the model's own context length."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(context_budget, limit) if isinstance(limit, int) and limit > 0 else context_budget
+
+
 def solve_from_config(problem, cfg: SolveConfig, callbacks: Callbacks | None = None, *,
                       model_path: str | Path | None = None, out_dir: str | Path | None = None,
                       start_attempt: int = 0) -> SolveResult:
@@ -515,5 +524,10 @@ def solve_from_config(problem, cfg: SolveConfig, callbacks: Callbacks | None = N
         model = prepare_policy(model, cfg)
         adapter = cfg.adapter
     sampler = make_sampler(cfg.sampler, model, tokenizer, batch_size=cfg.sampler_batch_size, adapter=adapter,
-                           model_path=path)
-    return solve(problem, model, tokenizer, sampler, cfg, callbacks, out_dir=out_dir, start_attempt=start_attempt)
+                           model_path=path, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                           max_model_len=_engine_len(model, cfg.context_budget))
+    try:
+        return solve(problem, model, tokenizer, sampler, cfg, callbacks, out_dir=out_dir,
+                     start_attempt=start_attempt)
+    finally:
+        sampler.close()  # frees a vLLM engine's GPU memory and work dir (no-op for HF)

@@ -617,3 +617,22 @@ def test_train_logs_every_step_to_wandb_when_enabled(tiny_model_path, dataset, t
     assert [c[1] for c in logged] == [1, 2]
     assert [c[2]["loss"] for c in logged] == [rows[1]["loss"], rows[2]["loss"]]
     assert fake.calls[-1] == ("finish",)
+
+
+def test_train_closes_its_sampler_also_when_a_step_fails(tiny_model_path, dataset, tmp_path, monkeypatch):
+    """The loop's sampler is closed when the run ends, also when a step raises (a vLLM engine holds GPU
+    memory and a work dir for as long as it is open)."""
+    import sdpo.trainer
+
+    closed = []
+    monkeypatch.setattr(HFSampler, "close", lambda self: closed.append(self))
+    assert train(_cfg(tiny_model_path, dataset, tmp_path / "ok", max_steps=1)).steps == 1
+    assert len(closed) == 1
+
+    def boom(*a, **kw):
+        raise RuntimeError("update fell over")
+
+    monkeypatch.setattr(sdpo.trainer, "policy_update", boom)
+    with pytest.raises(RuntimeError, match="update fell over"):
+        train(_cfg(tiny_model_path, dataset, tmp_path / "bad", max_steps=1))
+    assert len(closed) == 2

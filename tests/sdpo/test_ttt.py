@@ -427,3 +427,26 @@ def test_multiturn_question_longer_than_the_context_budget_is_a_config_error(tin
     res = solve(Problem.parse(PROBLEM), model, tok, sampler,
                 cfg(strategy="multiturn", budget=2, max_new_tokens=12, context_budget=q + 12), rec)
     assert res.attempts_used == 2 and [m["multiturn/prompt_tokens"] for m in res.rounds] == [q, q]
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_solve_from_config_closes_its_sampler(tiny_model_path, monkeypatch, fail):
+    """The sampler solve_from_config builds is closed when the solve ends, also when it raises (a vLLM engine
+    holds GPU memory and a work dir for as long as it is open)."""
+    import sdpo.ttt
+    from sdpo.rollout.hf import HFSampler as Hf
+    from sdpo.ttt import solve_from_config
+
+    closed = []
+    monkeypatch.setattr(Hf, "close", lambda self: closed.append(self))
+    if fail:
+        def boom(*a, **kw):
+            raise RuntimeError("engine fell over")
+
+        monkeypatch.setattr(sdpo.ttt, "solve", boom)
+        with pytest.raises(RuntimeError, match="engine fell over"):
+            solve_from_config(Problem.parse(PROBLEM), cfg(sampler="hf", budget=4), model_path=tiny_model_path)
+    else:
+        res = solve_from_config(Problem.parse(PROBLEM), cfg(sampler="hf", budget=4), model_path=tiny_model_path)
+        assert res.attempts_used == 4
+    assert len(closed) == 1 and isinstance(closed[0], Hf)

@@ -175,6 +175,8 @@ app.add_typer(sandbox_app, name="sandbox")
 def sandbox_serve_cmd(
     socket_path: str = typer.Option(..., "--socket", help="Unix socket path to listen on (created mode 0600)."),
     slots: int = typer.Option(0, "--slots", help="Concurrent executors (0 = number of CPUs)."),
+    socket_uid: int = typer.Option(None, "--socket-uid",
+                                   help="Give the socket to this uid (the workers' user, e.g. 1000 in our images)."),
 ) -> None:
     """Serve the sandbox pool on a unix socket (clients: sdpo.envs.sandbox.SandboxClient)."""
     from sdpo.config import ConfigError
@@ -184,9 +186,11 @@ def sandbox_serve_cmd(
         cfg = SandboxConfig(slots=slots)
     except ConfigError as e:
         fail(str(e))
+    if socket_uid is not None and socket_uid < 0:
+        fail(f"--socket-uid: got {socket_uid}; expected a uid >= 0 (the workers' user)")
     typer.echo(f"sandbox serving on {socket_path}")
     try:
-        serve(socket_path, cfg)
+        serve(socket_path, cfg, socket_uid=socket_uid)
     except SandboxUnavailable as e:
         fail(str(e))
 

@@ -90,3 +90,11 @@ def test_sandbox_service_is_isolated_and_shared_with_the_worker_only():
     assert worker["environment"]["SDPO_SANDBOX_SOCKET"].startswith("/run/sdpo/")
     assert socket_volume[0] in worker["volumes"]
     assert not any(v.endswith(":/run/sdpo") for v in SERVICES["app"]["volumes"])
+    # root inside its container (strong mode drops each execution to its own uid), the socket handed to the
+    # unprivileged user that the worker images run as
+    assert str(box["user"]) == "0"
+    cmd = box["command"]
+    uid = cmd[cmd.index("--socket-uid") + 1]
+    for dockerfile in ("docker/Dockerfile", "docker/worker-gpu.Dockerfile"):
+        text = (ROOT / dockerfile).read_text()
+        assert f"--uid {uid}" in text and "\nUSER " in text, dockerfile

@@ -540,9 +540,16 @@ def _serve_batch(conn: socket.socket, held: _Lease, job: dict[str, Any]) -> dict
 
 
 def serve(socket_path: str | os.PathLike[str], config: SandboxConfig | None = None,
-          ready: threading.Event | None = None, stop: threading.Event | None = None) -> None:
-    """Serve a pool on a unix socket (mode 0600): one thread per connection, frames as in the pool."""
+          ready: threading.Event | None = None, stop: threading.Event | None = None, *,
+          socket_uid: int | None = None) -> None:
+    """Serve a pool on a unix socket (mode 0600): one thread per connection, frames as in the pool.
+
+    socket_uid: hand the socket to this uid (the service runs as root to drop executions to their own uids;
+    its clients, the workers, run unprivileged, e.g. uid 1000 in our images). None: the server's own uid."""
     path = str(socket_path)
+    if socket_uid is not None and (not isinstance(socket_uid, int) or isinstance(socket_uid, bool)
+                                   or socket_uid < 0):
+        raise ConfigError("socket_uid", f"got {socket_uid!r}; expected a uid >= 0 (the workers' user)")
     if os.path.exists(path):
         os.unlink(path)
     pool = SandboxPool(config)
@@ -550,6 +557,12 @@ def serve(socket_path: str | os.PathLike[str], config: SandboxConfig | None = No
     old = os.umask(0o177)
     try:
         srv.bind(path)
+        if socket_uid is not None:
+            os.chown(path, socket_uid, -1)
+    except BaseException:
+        srv.close()
+        pool.close()
+        raise
     finally:
         os.umask(old)
     srv.listen(64)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import textwrap
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from sdpo.config import ConfigError
 from sdpo.envs.code import evaluate, evaluate_many
 from sdpo.envs.sandbox import (
     PROJECT_ROOT,
@@ -574,6 +576,50 @@ def test_service_over_unix_socket(tmp_path):
     finally:
         stop.set()
         t.join(10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing the socket to another uid needs root")
+def test_service_socket_handed_to_the_workers_uid():
+    """The service runs as root (it drops executions to their own uids); its clients, the workers, do not:
+    --socket-uid gives them the 0600 socket, and no other uid can connect."""
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="sdpo-sock-")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "sandbox.sock")
+    ready, stop = threading.Event(), threading.Event()
+    t = threading.Thread(target=serve, args=(path, SandboxConfig(slots=1)),
+                         kwargs={"ready": ready, "stop": stop, "socket_uid": 1000}, daemon=True)
+    t.start()
+    assert ready.wait(60)
+
+    def connect_as(uid: int) -> str:  # in a forked child that dropped to ``uid`` (socket calls only)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgid(uid)
+                os.setuid(uid)
+                with socket.socket(socket.AF_UNIX) as c:
+                    c.connect(path)
+                code = 0
+            except PermissionError:
+                code = 13
+            finally:
+                os._exit(code)
+        return {0: "CONNECTED", 13: "DENIED"}.get(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), "ERROR")
+
+    try:
+        st = os.stat(path)
+        assert (st.st_uid, oct(st.st_mode & 0o777)) == (1000, "0o600")
+        assert connect_as(1000) == "CONNECTED"
+        assert connect_as(1001) == "DENIED"
+    finally:
+        stop.set()
+        t.join(10)
+        shutil.rmtree(d, ignore_errors=True)
+    with pytest.raises(ConfigError, match="^socket_uid"):
+        serve(path, SandboxConfig(slots=1), socket_uid=-1)
 
 
 def test_invalid_config_names_field():

@@ -83,7 +83,9 @@ def _demonstration(i: int, group_ids: Sequence[Hashable], success: list[bool], r
 
 
 def _usable_feedback(fb: str | None) -> bool:
-    return isinstance(fb, str) and fb != ""
+    """Feedback counts only if it has visible text: None, "" and whitespace-only strings are dropped (as the
+    reference does)."""
+    return isinstance(fb, str) and fb.strip() != ""
 
 
 def build_teacher_messages(
@@ -104,8 +106,9 @@ def build_teacher_messages(
     of the first successful sample of its group in batch order, excluding i itself when
     ``cfg.dont_reprompt_on_self_success`` (then the next successful one, if any); with
     ``cfg.remove_thinking_from_demonstration`` ``<think>…</think>`` plus following whitespace is removed.
-    Feedback is used only if it is a non-empty string, ``cfg.include_environment_feedback`` is set, and
-    (not ``cfg.environment_feedback_only_without_solution`` or there is no demonstration). When a demonstration
+    Feedback is used only if it is a string with non-whitespace text (None, "" and whitespace-only feedback are
+    dropped), ``cfg.include_environment_feedback`` is set, and (not
+    ``cfg.environment_feedback_only_without_solution`` or there is no demonstration). When a demonstration
     or feedback is used the messages are all but the last prompt message plus one user message
     ``reprompt_template.format(prompt=<last message content>, solution=<section or "">,
     feedback=<section or "">)``; otherwise the original prompt, and the sample is not distilled.
@@ -146,7 +149,8 @@ def reprompt_metrics(
     success_group_fraction: groups with at least one successful sample / groups.
     success_sample_fraction: samples whose teacher context shows a demonstration / samples (the reference's
         ``num_with_solution / batch_size``; not the fraction of successful samples, see ``reward/*``).
-    feedback_available_fraction: samples with non-empty feedback / samples.
+    feedback_available_fraction: samples with usable feedback (non-whitespace text) / samples; 0 when
+        ``cfg.include_environment_feedback`` is off (as the reference, which then never looks at feedback).
     feedback_used_fraction: samples whose teacher context shows feedback / samples.
     reprompt_sample_fraction: distilled samples (``distill_mask``) / samples.
     """
@@ -159,7 +163,8 @@ def reprompt_metrics(
     return {
         "sdpo/success_group_fraction": len(groups_with_success) / len(groups),
         "sdpo/success_sample_fraction": sum(c.uses_solution for c in contexts) / n,
-        "sdpo/feedback_available_fraction": sum(_usable_feedback(f) for f in feedback) / n,
+        "sdpo/feedback_available_fraction": (sum(_usable_feedback(f) for f in feedback) / n
+                                             if cfg.include_environment_feedback else 0.0),
         "sdpo/feedback_used_fraction": sum(c.uses_feedback for c in contexts) / n,
         "sdpo/reprompt_sample_fraction": sum(c.distill_mask for c in contexts) / n,
     }

@@ -83,13 +83,13 @@ def test_thinking_stripped_from_demonstration():
 @pytest.mark.parametrize("include", [True, False])
 @pytest.mark.parametrize("only_without_solution", [True, False])
 @pytest.mark.parametrize("has_demo", [True, False])
-@pytest.mark.parametrize("fb", ["Wrong answer on test 2", "", None])
+@pytest.mark.parametrize("fb", ["Wrong answer on test 2", "", " \n\t ", None])
 def test_feedback_gating(include, only_without_solution, has_demo, fb):
     # sample 1 is the one under test; sample 0 is a successful sibling iff has_demo
     ctx = build(["good", "bad"], [1.0 if has_demo else 0.0, 0.0], [0, 0], feedback=[None, fb],
                 include_environment_feedback=include,
                 environment_feedback_only_without_solution=only_without_solution)[1]
-    used = include and bool(fb) and (not only_without_solution or not has_demo)
+    used = include and fb is not None and fb.strip() != "" and (not only_without_solution or not has_demo)
     assert ctx.uses_feedback == used
     assert ctx.uses_solution == has_demo
     assert ctx.distill_mask == (used or has_demo)
@@ -130,6 +130,31 @@ def test_metrics():
         "sdpo/feedback_used_fraction": 1 / 6,   # sample 1's feedback is dropped: it has a demonstration
         "sdpo/reprompt_sample_fraction": 3 / 6,
     })
+
+
+def test_whitespace_feedback_is_not_usable_and_not_counted():
+    rewards, groups = [0.0, 0.0, 0.0, 0.0], [0, 0, 1, 1]
+    feedback = ["  \n", "\t", "Wrong answer", " x "]
+    cfg = SelfDistillationConfig()
+    ctx = build_teacher_messages([q("Q")] * 4, ["r"] * 4, rewards, groups, feedback, cfg)
+    assert [c.uses_feedback for c in ctx] == [False, False, True, True]
+    assert [c.distill_mask for c in ctx] == [False, False, True, True]
+    assert ctx[0].messages == q("Q")
+    m = reprompt_metrics(ctx, rewards, groups, feedback, cfg)
+    assert m["sdpo/feedback_available_fraction"] == pytest.approx(2 / 4)
+    assert m["sdpo/feedback_used_fraction"] == pytest.approx(2 / 4)
+
+
+def test_feedback_available_fraction_is_zero_when_feedback_is_off():
+    rewards, groups, feedback = [0.0, 0.0, 1.0], [0, 0, 0], ["Wrong answer", "Runtime error", None]
+    cfg = SelfDistillationConfig(include_environment_feedback=False)
+    ctx = build_teacher_messages([q("Q")] * 3, ["r"] * 3, rewards, groups, feedback, cfg)
+    m = reprompt_metrics(ctx, rewards, groups, feedback, cfg)
+    assert m["sdpo/feedback_available_fraction"] == 0.0 and m["sdpo/feedback_used_fraction"] == 0.0
+    assert m["sdpo/reprompt_sample_fraction"] == pytest.approx(2 / 3)   # the demonstration still counts
+    on = SelfDistillationConfig(include_environment_feedback=True)
+    assert reprompt_metrics(ctx, rewards, groups, feedback, on)["sdpo/feedback_available_fraction"] == \
+        pytest.approx(2 / 3)
 
 
 def test_truncate_prompt_sides():

@@ -3,7 +3,10 @@
 ``make_celery`` is used both by the worker (``workers.celery_app`` adds the tasks to it) and by callers that
 only enqueue (UI, CLI): jobs are sent by task *name*, so ``backend`` never imports ``workers``.
 Broker defaults to Celery's filesystem transport under ``<data_dir>/broker`` (no server); production uses
-Redis. Job tasks are ``acks_late`` with ``reject_on_worker_lost`` and a prefetch of one, on one queue.
+Redis. Job tasks are ``acks_late`` with ``reject_on_worker_lost`` and a prefetch of one.
+
+Jobs are routed by GPU count: a one-GPU job goes to ``settings.queue`` (``gpu``), a job asking for N > 1 GPUs
+to ``settings.queue`` + N (``gpu4``), which only workers offering N GPUs consume (``Settings.consumed_queues``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from kombu import Queue
 from backend.settings import Settings
 
 TASK_NAMES = {"solve": "workers.tasks.run_solve_job", "train": "workers.tasks.run_train_job"}
+# GPU counts whose queues ``JobQueue.length`` / ``purge`` look at besides the one-GPU queue.
+COUNTED_GPUS = tuple(range(2, 9))
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -76,9 +81,9 @@ class JobQueue:
         self.settings = settings
         self.app = app or make_celery(settings)
 
-    def enqueue(self, kind: str, job_id: int, task_id: str) -> None:
-        """Send ``run_<kind>_job(job_id)`` with the given task id to the job queue."""
-        self.app.send_task(TASK_NAMES[kind], args=[job_id], task_id=task_id, queue=self.settings.queue)
+    def enqueue(self, kind: str, job_id: int, task_id: str, gpus: int = 1) -> None:
+        """Send ``run_<kind>_job(job_id)`` with the given task id to the queue of ``gpus``-GPU jobs."""
+        self.app.send_task(TASK_NAMES[kind], args=[job_id], task_id=task_id, queue=self.settings.queue_for(gpus))
 
     def revoke(self, task_id: str) -> None:
         """Best-effort revoke of a queued task (brokers without broadcast ignore it; the DB flag rules)."""
@@ -88,12 +93,22 @@ class JobQueue:
             except Exception:  # noqa: BLE001 - revoke is an optimisation; cancellation is the DB flag
                 pass
 
-    def length(self) -> int:
-        """Messages waiting in the job queue (not counting the ones workers hold)."""
+    def queues(self, gpus: int | None = None) -> list[str]:
+        """The queue of ``gpus``-GPU jobs, or (None) the one-GPU queue and those of 2..8 GPUs."""
+        if gpus is not None:
+            return [self.settings.queue_for(gpus)]
+        return [self.settings.queue_for(n) for n in (1, *COUNTED_GPUS)]
+
+    def length(self, gpus: int | None = None) -> int:
+        """Messages waiting for workers (not counting the ones workers hold): in the queue of ``gpus``-GPU
+        jobs, or (None) in all job queues."""
+        total = 0
         with self.app.connection_for_write() as conn:
             channel = conn.default_channel
-            _, count, _ = channel.queue_declare(queue=self.settings.queue, durable=True, auto_delete=False)
-            return int(count)
+            for queue in self.queues(gpus):
+                _, count, _ = channel.queue_declare(queue=queue, durable=True, auto_delete=False)
+                total += int(count)
+        return total
 
     def ping(self) -> None:
         """Raise if the broker cannot be reached."""
@@ -101,6 +116,6 @@ class JobQueue:
             conn.ensure_connection(max_retries=1, timeout=3)
 
     def purge(self) -> int:
-        """Drop every waiting message of the job queue (tests, admin); returns how many."""
+        """Drop every waiting message of the job queues (tests, admin); returns how many."""
         with self.app.connection_for_write() as conn:
-            return int(conn.default_channel.queue_purge(self.settings.queue) or 0)
+            return sum(int(conn.default_channel.queue_purge(q) or 0) for q in self.queues())

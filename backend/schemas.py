@@ -31,8 +31,9 @@ ProblemValidator = Callable[[dict[str, Any]], ParsedProblem]
 # (kind, config) -> the normalized engine config (every field, defaults filled); raises ValueError with
 # ``.field`` (e.g. ``sdpo.config.ConfigError``) when invalid.
 ConfigValidator = Callable[[str, dict[str, Any]], dict[str, Any]]
-# (kind, job_id, task_id) -> None; sends the job task to the broker.
-Enqueue = Callable[[str, int, str], None]
+# (kind, job_id, task_id, gpus) -> None; sends the job task to the broker, to the queue of ``gpus``-GPU jobs
+# (``backend.queue.JobQueue.enqueue``).
+Enqueue = Callable[[str, int, str, int], None]
 
 
 class AttemptIn(BaseModel):

@@ -55,11 +55,21 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=1, le=65535)
     auth: str | None = Field(None, description="Optional users 'user:pass,user2:pass2' for the UI login.")
-    queue: str = Field("gpu", description="Celery queue the job tasks are routed to (one job per GPU worker).")
+    queue: str = Field("gpu", description="Queue of one-GPU jobs; a job asking for N > 1 GPUs goes to <queue>N.")
+    worker_queues: str = Field(
+        "", description="Comma-separated queues a worker consumes; default: the queue of its GPU count."
+    )
+    worker_gpus: int | None = Field(
+        None, ge=1, description="GPUs a worker offers; default: the CUDA devices it sees (no limit on a CPU host)."
+    )
     heartbeat_interval_s: float = Field(5.0, gt=0, description="How often a running job heart-beats.")
-    heartbeat_timeout_s: float = Field(120.0, gt=0, description="A running job silent this long is failed.")
+    heartbeat_timeout_s: float = Field(
+        120.0, gt=0, description="A running job silent this long has lost its worker: it is resumed elsewhere."
+    )
+    max_resumes: int = Field(3, ge=0, description="Times a job that lost its worker is resumed before it is failed.")
     visibility_timeout_s: float = Field(
-        3600.0, gt=0, description="Redis: seconds before an unacknowledged job message is redelivered."
+        3600.0, gt=0, description="Redis: seconds before an unacknowledged job message is redelivered "
+        "(>= heartbeat_timeout_s)."
     )
     max_statement_chars: int = Field(20_000, gt=0)
     max_tests: int = Field(500, gt=0)
@@ -69,9 +79,19 @@ class Settings(BaseSettings):
     @field_validator("queue")
     @classmethod
     def _queue_name(cls, v: str) -> str:
-        if not v or not all(c.isalnum() or c in "-_." for c in v):
-            raise ValueError(f"SDPO_QUEUE={v!r}: use letters, digits, '-', '_' or '.'")
+        _check_queue_name("SDPO_QUEUE", v)
+        if v[-1].isdigit():
+            raise ValueError(f"SDPO_QUEUE={v!r} ends in a digit; N-GPU jobs go to the queue SDPO_QUEUE + N "
+                             f"(e.g. {v}2 would be ambiguous), so end it with a letter (e.g. 'gpu')")
         return v
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _worker_queue_names(cls, v: str) -> str:
+        names = [q.strip() for q in v.split(",") if q.strip()]
+        for q in names:
+            _check_queue_name("SDPO_WORKER_QUEUES", q)
+        return ",".join(names)
 
     @field_validator("auth")
     @classmethod
@@ -98,6 +118,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"SDPO_HEARTBEAT_TIMEOUT_S={self.heartbeat_timeout_s} must be at least 4x "
                 f"SDPO_HEARTBEAT_INTERVAL_S={self.heartbeat_interval_s}, or healthy jobs would be reaped"
+            )
+        if self.broker_url.startswith(("redis://", "rediss://")) and self.visibility_timeout_s < self.heartbeat_timeout_s:
+            raise ValueError(
+                f"SDPO_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s:g} is below SDPO_HEARTBEAT_TIMEOUT_S="
+                f"{self.heartbeat_timeout_s:g}: Redis would hand a crashed worker's job message to another worker "
+                "before the job can be judged abandoned (no heartbeat for SDPO_HEARTBEAT_TIMEOUT_S), and that "
+                "worker would have to drop it. Jobs that lose their worker are resumed by the heartbeat reaper, "
+                "which re-enqueues them; set SDPO_VISIBILITY_TIMEOUT_S >= SDPO_HEARTBEAT_TIMEOUT_S (default "
+                "3600) so redelivery is only a late backstop"
             )
         return self
 
@@ -128,12 +157,28 @@ class Settings(BaseSettings):
 
     @property
     def takeover_after_s(self) -> float:
-        """A redelivered job whose heartbeat is older than this is taken over (resumed) by the new worker.
+        """A job message for a running job whose heartbeat is older than this is taken over (resumed).
 
-        Shorter than ``heartbeat_timeout_s`` so a redelivery that arrives in time resumes the job instead
-        of the reaper failing it; longer than a few heartbeat intervals so a live worker is never robbed.
+        The same threshold as the reaper's (``heartbeat_timeout_s``): one rule decides that a worker is gone,
+        whether a redelivered message or the reaper notices first.
         """
-        return 3 * self.heartbeat_interval_s
+        return self.heartbeat_timeout_s
+
+    def queue_for(self, gpus: int) -> str:
+        """The queue of jobs asking for ``gpus`` GPUs: ``queue`` for one, ``queue`` + N for N > 1 (gpu4)."""
+        return self.queue if gpus <= 1 else f"{self.queue}{gpus}"
+
+    def consumed_queues(self, gpus: int | None) -> list[str]:
+        """The queues a worker offering ``gpus`` GPUs consumes: ``worker_queues`` when set, else the queue of
+        its GPU count (``queue`` for one GPU or none, ``queue`` + N for N)."""
+        if self.worker_queues:
+            return self.worker_queues.split(",")
+        return [self.queue_for(gpus or 1)]
+
+
+def _check_queue_name(variable: str, v: str) -> None:
+    if not v or not all(c.isalnum() or c in "-_." for c in v):
+        raise ValueError(f"{variable}={v!r}: use letters, digits, '-', '_' or '.'")
 
 
 def get_settings() -> Settings:

@@ -34,3 +34,13 @@ class IllegalTransition(ServiceError):
 
 class EnqueueError(ServiceError):
     """The job was stored but the broker refused it; the job is marked failed with this reason."""
+
+
+class JobLost(ServiceError):
+    """A worker tried to write progress for a job it no longer runs (taken over, re-enqueued, finished or
+    deleted); nothing was written and the worker must stop working on it."""
+
+    def __init__(self, job_id: int, worker_id: str):
+        self.job_id, self.worker_id = job_id, worker_id
+        super().__init__(f"job {job_id} is no longer running under worker {worker_id} (taken over, re-enqueued, "
+                         "finished or deleted); nothing was written")

@@ -33,10 +33,11 @@ JOB_KINDS = ("solve", "train")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 # queued -> running -> succeeded|failed|cancelled. running -> running is a worker taking over a job whose
-# worker died (the job resumes); queued -> failed is an enqueue failure or the reaper.
+# worker died (the job resumes); running -> queued is the reaper re-enqueueing such a job (the worker that
+# takes the new message resumes it); queued -> failed is an enqueue failure.
 JOB_TRANSITIONS: dict[str, tuple[str, ...]] = {
     "queued": ("running", "cancelled", "failed"),
-    "running": ("running", "succeeded", "failed", "cancelled"),
+    "running": ("running", "queued", "succeeded", "failed", "cancelled"),
     "succeeded": (),
     "failed": (),
     "cancelled": (),

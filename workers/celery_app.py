@@ -1,7 +1,8 @@
 """The worker's Celery app: ``backend.queue.make_celery`` (same config as the enqueuing side) plus the job
 tasks, and worker lifecycle hooks that register the worker in the database and run the reaper.
 
-Start a worker with ``sdpo worker`` (one job at a time; one worker per GPU).
+Start a worker with ``sdpo worker`` (one job at a time; one worker per GPU, or per group of GPUs for N-GPU
+jobs: it consumes the queue(s) of ``Settings.consumed_queues``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from celery import signals
 
 from backend.db import session_scope
 from backend.queue import make_celery
-from backend.services.jobs import reap_stale
 from backend.services.workers import register_worker, remove_worker, touch_worker
 from backend.settings import get_settings
-from workers.runner import WorkerContext
+from workers.runner import WorkerContext, reap
 
 log = logging.getLogger("sdpo.worker")
 
@@ -43,7 +43,8 @@ def gpu_info() -> dict:
 
 
 class Presence(threading.Thread):
-    """Keeps the worker's row fresh and fails jobs whose worker stopped heart-beating (any worker's)."""
+    """Keeps the worker's row fresh and runs the reaper: jobs whose worker (any worker) stopped heart-beating
+    are re-enqueued to resume elsewhere, or failed after ``max_resumes``, or ended cancelled if so asked."""
 
     def __init__(self) -> None:
         super().__init__(name="sdpo-presence", daemon=True)
@@ -55,9 +56,7 @@ class Presence(threading.Thread):
             try:
                 with session_scope(ctx.sessions) as s:
                     touch_worker(s, worker_id=ctx.worker_id)
-                with session_scope(ctx.sessions) as s:
-                    for job_id in reap_stale(s, timeout_s=ctx.settings.heartbeat_timeout_s):
-                        log.warning("job %s failed: its worker stopped heart-beating", job_id)
+                reap(ctx)
             except Exception:  # noqa: BLE001 - retried next tick
                 log.exception("presence tick failed")
 
@@ -74,12 +73,12 @@ def _on_ready(**_kwargs) -> None:
     ctx = context()
     with session_scope(ctx.sessions) as s:
         register_worker(s, worker_id=ctx.worker_id, hostname=socket.gethostname(), pid=os.getpid(),
-                        queue=ctx.settings.queue, info=gpu_info())
-    with session_scope(ctx.sessions) as s:
-        reap_stale(s, timeout_s=ctx.settings.heartbeat_timeout_s)
+                        queue=",".join(ctx.queues)[:200], info={**gpu_info(), "offers_gpus": ctx.gpus})
+    reap(ctx)
     _presence = Presence()
     _presence.start()
-    log.info("worker %s ready on queue %s", ctx.worker_id, ctx.settings.queue)
+    log.info("worker %s ready on queue(s) %s (GPUs offered: %s)", ctx.worker_id, ",".join(ctx.queues),
+             ctx.gpus if ctx.gpus is not None else "no CUDA; N-GPU jobs run as gloo processes")
 
 
 @signals.worker_shutdown.connect

@@ -113,8 +113,11 @@ def worker_cmd(
     loglevel: str = typer.Option("INFO", "--loglevel"),
     hostname: str = typer.Option("", "--hostname", help="Celery node name (default sdpo-<pid>@<host>)."),
 ) -> None:
-    """Start a job worker: one job at a time from SDPO_QUEUE (run one per GPU, CUDA_VISIBLE_DEVICES=i)."""
+    """Start a job worker: one job at a time from the queue of its GPU count (SDPO_QUEUE for one GPU,
+    SDPO_QUEUE + N for N, or SDPO_WORKER_QUEUES); run one per GPU (CUDA_VISIBLE_DEVICES=i)."""
     import os
+
+    from workers.runner import visible_gpus
 
     settings = _settings()
     if settings.database_url.startswith("sqlite"):
@@ -123,8 +126,9 @@ def worker_cmd(
         upgrade(settings.database_url)
     from workers.celery_app import app as celery_app
 
+    queues = settings.consumed_queues(settings.worker_gpus or visible_gpus())
     celery_app.worker_main([
-        "worker", "--pool", "solo", "--concurrency", "1", "--queues", settings.queue,
+        "worker", "--pool", "solo", "--concurrency", "1", "--queues", ",".join(queues),
         "--loglevel", loglevel, "--hostname", hostname or f"sdpo-{os.getpid()}@%h", "--without-mingle",
         "--without-gossip",
     ])
@@ -240,16 +244,19 @@ def jobs_list(
     search: str = typer.Option(None, "--search"),
     limit: int = typer.Option(50, "--limit"),
 ) -> None:
-    """Jobs, newest first (jobs whose worker stopped heart-beating are failed first)."""
+    """Jobs, newest first (jobs whose worker stopped heart-beating are first re-enqueued to resume, or failed
+    after SDPO_MAX_RESUMES resumes)."""
     from backend.db import session_scope
     from backend.errors import InvalidInput
+    from backend.queue import JobQueue
     from backend.schemas import JobSummary
     from backend.services.jobs import list_jobs, reap_stale
 
     settings = _settings()
     sessions = _sessions(settings)
     with session_scope(sessions) as s:
-        reap_stale(s, timeout_s=settings.heartbeat_timeout_s)
+        reap_stale(s, timeout_s=settings.heartbeat_timeout_s, enqueue=JobQueue(settings).enqueue,
+                   max_resumes=settings.max_resumes)
     with session_scope(sessions) as s:
         try:
             rows = [JobSummary.model_validate(j) for j in list_jobs(s, kind=kind, status=status, search=search,

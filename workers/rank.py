@@ -1,10 +1,13 @@
 """One rank of a multi-GPU training job, started by the worker as
-``torchrun --nproc_per_node=N -m workers.rank JOB_ID CONFIG_JSON``.
+``torchrun --nproc_per_node=N -m workers.rank JOB_ID CONFIG_JSON`` (through ``workers.lifeline``).
 
 Every rank runs ``sdpo.trainer.train`` on the same config (the trainer shards questions over ranks and
-reduces); progress callbacks fire on rank 0 and commit to the database like a single-process job; every rank
-reads the job's cancel flag (the trainer all-reduces it so all ranks stop together). The parent worker keeps
-the job's heartbeat and kills the process group if the job stops being its own.
+reduces); progress callbacks fire on rank 0 and commit to the database like a single-process job, as the
+worker that owns the job (``SDPO_JOB_OWNER``): a write after the job stopped being that worker's is refused.
+Before every step every rank checks the job's cancel flag *and* that the job still runs under its worker
+(``DbCallbacks.should_stop``); the trainer all-reduces the answer, so all ranks stop together. Each rank dies
+with torchrun (parent-death signal) and exits when the worker process (``SDPO_WORKER_PID``) is gone; the
+worker keeps the job's heartbeat and kills torchrun if the job stops being its own.
 """
 
 from __future__ import annotations
@@ -14,18 +17,26 @@ import os
 import sys
 from pathlib import Path
 
-from backend.settings import get_settings
-from workers.engine import build_train_config
-from workers.runner import DbCallbacks, WorkerContext, _result_dict
+from workers.lifeline import set_parent_death_signal, watch_pid
 
 
 def main(argv: list[str]) -> int:
+    set_parent_death_signal()  # die with torchrun
+    if os.environ.get("SDPO_WORKER_PID"):
+        watch_pid(int(os.environ["SDPO_WORKER_PID"]))  # and with the worker
+    owner = os.environ.get("SDPO_JOB_OWNER")
+    if not owner:
+        print("workers.rank: SDPO_JOB_OWNER (the id of the worker that owns the job) is not set", file=sys.stderr)
+        return 2
     job_id, config_path = int(argv[0]), Path(argv[1])
+    from backend.settings import get_settings
     from sdpo.trainer import train
+    from workers.engine import build_train_config
+    from workers.runner import DbCallbacks, WorkerContext, _result_dict
 
-    ctx = WorkerContext.from_settings(get_settings())
+    ctx = WorkerContext.from_settings(get_settings(), detect_gpus=False)
     cfg = build_train_config(json.loads(config_path.read_text()))
-    result = train(cfg, DbCallbacks(ctx, job_id, None).as_callbacks())
+    result = train(cfg, DbCallbacks(ctx, job_id, None, owner=owner).as_callbacks())
     if int(os.environ.get("RANK", "0")) == 0:
         (config_path.parent / "result.json").write_text(json.dumps(_result_dict(result)))
     return 0

@@ -2,12 +2,20 @@
 progress as it happens, honour cancellation, and record how it ended.
 
 Crash safety (issue 6):
-* a message redelivered for a job that is still ``running`` under a worker that stopped heart-beating is
-  taken over (``Claim.RESUME``): a train job restarts from its last registered checkpoint, a solve job
-  continues after the attempts already in the database (``start_attempt``);
-* attempts are inserted idempotently on (job, round, index), so nothing committed is duplicated;
-* if no redelivery comes, the reaper (``backend.services.jobs.reap_stale``, run by every worker and by
-  ``sdpo jobs list``) fails the job with the reason once its heartbeat is older than the timeout.
+* a job whose worker stopped heart-beating for ``heartbeat_timeout_s`` is re-enqueued by the reaper
+  (``backend.services.jobs.reap_stale``, run by every worker each heartbeat interval and by ``sdpo jobs list``)
+  with a fresh message, up to ``max_resumes`` times, then failed with the reason; a cancel requested before the
+  worker died ends it ``cancelled``;
+* the worker that takes the message resumes it (``Claim.RESUME``): a train job from its last registered
+  checkpoint (what the lost run recorded after that step is discarded first, so the re-run steps replace it),
+  a solve job after the attempts already in the database (``start_attempt``). A redelivered message of a job
+  whose worker went silent is taken over the same way;
+* a message for a job that a live worker runs (Redis redelivers long jobs' messages after the visibility
+  timeout) is dropped at once: should that worker die, the reaper re-enqueues the job;
+* attempts are inserted idempotently on (job, round, index), and every progress write is conditional on the
+  worker still owning the job, so a worker that lost its job cannot write after a takeover;
+* an N-GPU job's ranks die with their worker (parent-death signal through ``torchrun``) and stop by themselves
+  when the job stops being their worker's.
 """
 
 from __future__ import annotations
@@ -20,13 +28,15 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.db import session_factory_from_settings, session_scope
+from backend.errors import JobLost
+from backend.queue import JobQueue
 from backend.services import jobs as J
 from backend.services.workers import touch_worker
 from backend.settings import Settings
@@ -35,18 +45,45 @@ from workers.engine import attempt_in, build_solve_config, build_train_config
 log = logging.getLogger("sdpo.worker")
 
 
+def visible_gpus() -> int | None:
+    """CUDA devices this process sees, or None without CUDA (a CPU host)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - no usable torch/CUDA: a CPU worker
+        return None
+
+
 @dataclass
 class WorkerContext:
-    """What a worker process needs to run jobs: its settings, a session factory and its id."""
+    """What a worker process needs to run jobs: its settings, a session factory, its id and how many GPUs it
+    offers (``gpus``: ``SDPO_WORKER_GPUS``, else the CUDA devices it sees; None on a CPU host, where an N-GPU
+    job runs N gloo processes)."""
 
     settings: Settings
     sessions: sessionmaker[Session]
     worker_id: str
+    gpus: int | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WorkerContext:
+    def from_settings(cls, settings: Settings, *, detect_gpus: bool = True) -> WorkerContext:
+        gpus = settings.worker_gpus or (visible_gpus() if detect_gpus else None)
         return cls(settings=settings, sessions=session_factory_from_settings(settings),
-                   worker_id=f"{socket.gethostname()}:{os.getpid()}")
+                   worker_id=f"{socket.gethostname()}:{os.getpid()}", gpus=gpus)
+
+    _job_queue: JobQueue | None = field(default=None, repr=False)
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues this worker consumes (``Settings.consumed_queues``)."""
+        return self.settings.consumed_queues(self.gpus)
+
+    def job_queue(self) -> JobQueue:
+        """The broker client this worker enqueues with (the reaper's re-enqueues), made on first use."""
+        if self._job_queue is None:
+            self._job_queue = JobQueue(self.settings)
+        return self._job_queue
 
 
 class JobHeartbeat:
@@ -82,30 +119,45 @@ class JobHeartbeat:
 
 
 class DbCallbacks:
-    """``sdpo.callbacks.Callbacks`` hooks that commit each event in its own transaction."""
+    """``sdpo.callbacks.Callbacks`` hooks that commit each event in its own transaction, as the job's owner
+    ``owner`` (the worker id; the ranks of an N-GPU job write for their worker). A write refused because the
+    job is no longer the owner's sets ``lost``; ``should_stop`` then says stop, as it does on a cancel."""
 
-    def __init__(self, ctx: WorkerContext, job_id: int, heartbeat: JobHeartbeat | None):
+    def __init__(self, ctx: WorkerContext, job_id: int, heartbeat: JobHeartbeat | None, owner: str | None = None):
         self.ctx, self.job_id, self.heartbeat = ctx, job_id, heartbeat
+        self.owner = owner or ctx.worker_id
         self.cancelled = False
+        self.lost = threading.Event()
+
+    def _write(self, fn, **kwargs) -> None:
+        if self.lost.is_set():
+            return
+        try:
+            with session_scope(self.ctx.sessions) as s:
+                fn(s, job_id=self.job_id, worker_id=self.owner, **kwargs)
+        except JobLost:
+            log.warning("job %s is no longer %s's; its progress is not recorded", self.job_id, self.owner)
+            self.lost.set()
 
     def on_attempts(self, attempts: list[Any]) -> None:
-        with session_scope(self.ctx.sessions) as s:
-            J.record_attempts(s, job_id=self.job_id, attempts=[attempt_in(a) for a in attempts])
+        self._write(J.record_attempts, attempts=[attempt_in(a) for a in attempts])
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        with session_scope(self.ctx.sessions) as s:
-            J.append_metrics(s, job_id=self.job_id, step=step, metrics=metrics)
+        self._write(J.append_metrics, step=step, metrics=metrics)
 
     def on_checkpoint(self, step: int, path: str, kind: str) -> None:
-        with session_scope(self.ctx.sessions) as s:
-            J.register_checkpoint(s, job_id=self.job_id, step=step, kind=kind, path=path)
+        self._write(J.register_checkpoint, step=step, kind=kind, path=path)
 
     def should_stop(self) -> bool:
-        if self.heartbeat is not None and self.heartbeat.lost.is_set():
+        """Stop when the job was cancelled, deleted, or is no longer running under its owner (reaped,
+        re-enqueued, taken over); checked before every round/step (on every rank of an N-GPU job)."""
+        if self.lost.is_set() or (self.heartbeat is not None and self.heartbeat.lost.is_set()):
             return True
         with session_scope(self.ctx.sessions) as s:
             self.cancelled = J.cancel_requested(s, job_id=self.job_id)
-        return self.cancelled
+            if not J.owns_job(s, job_id=self.job_id, worker_id=self.owner):
+                self.lost.set()
+        return self.cancelled or self.lost.is_set()
 
     def as_callbacks(self):
         from sdpo.callbacks import Callbacks
@@ -154,18 +206,35 @@ def _result_dict(result: Any) -> dict[str, Any]:
 
 
 def claim(ctx: WorkerContext, job_id: int) -> J.Claim:
-    """Claim the job; while another worker heart-beats it, wait up to a takeover period, then give up."""
-    deadline = time.monotonic() + ctx.settings.takeover_after_s + 2 * ctx.settings.heartbeat_interval_s
-    while True:
-        with session_scope(ctx.sessions) as s:
-            c = J.claim_job(s, job_id=job_id, worker_id=ctx.worker_id,
-                            takeover_after_s=ctx.settings.takeover_after_s)
-        if c is not J.Claim.WAIT:
-            return c
-        if time.monotonic() > deadline:
-            log.info("job %s is held by a live worker; leaving it to that worker", job_id)
-            return J.Claim.SKIP
-        time.sleep(ctx.settings.heartbeat_interval_s)
+    """Claim the job once: no waiting for a live worker's job (the message is a duplicate; dropped)."""
+    with session_scope(ctx.sessions) as s:
+        c = J.claim_job(s, job_id=job_id, worker_id=ctx.worker_id, takeover_after_s=ctx.settings.takeover_after_s,
+                        max_resumes=ctx.settings.max_resumes)
+    if c is J.Claim.SKIP:
+        log.info("job %s: message dropped (the job is finished, cancelled, deleted or run by a live worker)", job_id)
+    return c
+
+
+def reap(ctx: WorkerContext) -> list[tuple[int, str]]:
+    """Run the reaper as this worker: re-enqueue (or fail, or end cancelled) jobs whose worker went silent."""
+    with session_scope(ctx.sessions) as s:
+        reaped = J.reap_stale(s, timeout_s=ctx.settings.heartbeat_timeout_s, enqueue=ctx.job_queue().enqueue,
+                              max_resumes=ctx.settings.max_resumes)
+    for job_id, outcome in reaped:
+        log.warning("job %s %s: its worker stopped heart-beating", job_id, outcome)
+    return reaped
+
+
+def gpu_shortfall(ctx: WorkerContext, gpus: int) -> str | None:
+    """Why this worker cannot run a job on ``gpus`` GPUs (None when it can). A CPU worker (no CUDA, no
+    ``SDPO_WORKER_GPUS``) runs any count as gloo processes."""
+    if ctx.gpus is None or gpus <= ctx.gpus:
+        return None
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (f"the job needs {gpus} GPUs but worker {ctx.worker_id} offers {ctx.gpus}"
+            f"{f' (CUDA_VISIBLE_DEVICES={seen})' if seen is not None else ''}. {gpus}-GPU jobs are routed to the "
+            f"queue {ctx.settings.queue_for(gpus)!r}; only workers offering {gpus} GPUs should consume it "
+            "(SDPO_WORKER_QUEUES, docs/deploy.md). Re-run the job once such a worker runs.")
 
 
 def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
@@ -175,7 +244,14 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
     c = claim(ctx, job_id)
     if c is J.Claim.SKIP:
         return "skipped"
-    # 2. Heart-beat while we work.
+    # 2. Refuse a job needing more GPUs than this worker has.
+    with session_scope(ctx.sessions) as s:
+        short = gpu_shortfall(ctx, J.get_job(s, job_id=job_id).gpus)
+        if short:
+            log.error("job %s refused: %s", job_id, short)
+            J.finish_job(s, job_id=job_id, worker_id=ctx.worker_id, status="failed", error=short)
+            return "failed"
+    # 3. Heart-beat while we work.
     heartbeat = JobHeartbeat(ctx, job_id).start()
     callbacks = DbCallbacks(ctx, job_id, heartbeat)
     status, error, result = "succeeded", None, None
@@ -187,16 +263,20 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
     log.info("job %s (%s) %s on worker %s", job_id, kind, "resumed" if c is J.Claim.RESUME else "started",
              ctx.worker_id)
     try:
-        # 3. Run the engine with callbacks that commit as they go.
+        # 4. Run the engine with callbacks that commit as they go. A train job resumes from its last
+        # checkpoint; what its lost run recorded after that step is discarded (the steps are re-run).
         with session_scope(ctx.sessions) as s:
             job = J.get_job(s, job_id=job_id)
             if job.kind != kind:
                 raise ValueError(f"job {job_id} is a {job.kind} job, not {kind}")
             problem_data = job.problem.data if job.problem is not None else None
             config, model, gpus = dict(job.config), job.model, job.gpus
-            start_attempt = J.count_attempts(s, job_id=job_id)
             ck = J.latest_checkpoint(s, job_id=job_id)
             resume_from = ck.path if ck is not None else None
+            if kind == "train":
+                J.discard_progress_after(s, job_id=job_id, step=ck.step if ck is not None else 0,
+                                         worker_id=ctx.worker_id)
+            start_attempt = J.count_attempts(s, job_id=job_id)
         if c is J.Claim.RESUME:
             log.info("resuming after %d committed attempts, from checkpoint %s", start_attempt, resume_from)
         if kind == "solve":
@@ -205,7 +285,7 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
         else:
             result = run_train(ctx, config=config, model=model, job_dir=job_dir, callbacks=callbacks,
                                resume_from=resume_from, gpus=gpus, job_id=job_id)
-        # 4. Decide how it ended: an engine that stopped early on the cancel flag ends the job cancelled; one
+        # 5. Decide how it ended: an engine that stopped early on the cancel flag ends the job cancelled; one
         # that ran to its end succeeded even if a cancel arrived after its last check.
         stopped = result.get("stopped") if isinstance(result, dict) else getattr(result, "stopped", None)
         if stopped if stopped is not None else callbacks.cancelled:
@@ -216,10 +296,11 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
         status, error = "failed", f"{type(e).__name__}: {e}\n\n{''.join(tb[-6:])}"
     finally:
         heartbeat.stop()
-        log.info("job %s ended: %s", job_id, "lost (taken over or reaped)" if heartbeat.lost.is_set() else status)
+        lost = heartbeat.lost.is_set() or callbacks.lost.is_set()
+        log.info("job %s ended: %s", job_id, "lost (taken over or reaped)" if lost else status)
         logging.getLogger().removeHandler(log_handler)
         log_handler.close()
-    if heartbeat.lost.is_set():
+    if heartbeat.lost.is_set() or callbacks.lost.is_set():
         return "lost"
     with session_scope(ctx.sessions) as s:
         done = J.finish_job(s, job_id=job_id, worker_id=ctx.worker_id, status=status, error=error,
@@ -273,18 +354,22 @@ def run_train_ranks(ctx: WorkerContext, *, cfg: Any, gpus: int, job_id: int | No
     config_path = job_dir / "rank_config.json"
     config_path.write_text(json.dumps(cfg.to_dict()))
     (job_dir / "result.json").unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+    # torchrun dies with this worker (workers.lifeline: parent-death signal), and its ranks with it; the ranks
+    # write as this worker (SDPO_JOB_OWNER) and stop by themselves when the job is no longer its.
+    cmd = [sys.executable, "-m", "workers.lifeline", str(os.getpid()),
+           sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
            "-m", "workers.rank", str(job_id), str(config_path)]
+    env = dict(os.environ, SDPO_JOB_OWNER=callbacks.owner, SDPO_WORKER_PID=str(os.getpid()))
     with open(job_dir / "torchrun.log", "ab") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             while proc.poll() is None:
                 if callbacks.heartbeat is not None and callbacks.heartbeat.lost.is_set():
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    os.killpg(proc.pid, signal.SIGTERM)  # torchrun forwards it to the ranks
                 time.sleep(ctx.settings.heartbeat_interval_s)
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)  # the ranks follow (parent-death signal)
                 proc.wait()
     if proc.returncode != 0:
         tail = (job_dir / "torchrun.log").read_text(errors="replace").splitlines()[-15:]

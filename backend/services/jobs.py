@@ -24,7 +24,7 @@ from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
+from backend.errors import EnqueueError, IllegalTransition, InvalidInput, JobLost, NotFound
 from backend.models import (
     JOB_KINDS,
     JOB_STATUSES,
@@ -59,7 +59,8 @@ def validate_job_input(
     """Check everything about a job submission without writing; return the normalized config.
 
     Raises ``InvalidInput`` naming the field (``kind``, ``problem_id``, ``dataset_id``, ``gpus`` or the
-    engine config field, e.g. ``budget`` or ``self_distillation.alpha``).
+    engine config field, e.g. ``budget`` or ``self_distillation.alpha``). A train job on ``gpus`` > 1 must also
+    pass the trainer's rules for that many processes (``check_world_size``).
     """
     if kind not in JOB_KINDS:
         raise InvalidInput("kind", f"got {kind!r}; allowed values are {', '.join(map(repr, JOB_KINDS))}")
@@ -89,7 +90,25 @@ def validate_job_input(
         if message.startswith(f"{field}: "):
             message = message[len(field) + 2 :]
         raise InvalidInput(field, message) from None
+    if kind == "train" and gpus > 1:
+        check_world_size(normalized, gpus)
     return normalized
+
+
+def check_world_size(config: dict[str, Any], gpus: int) -> None:
+    """The trainer's rules for a run on ``gpus`` processes, which it can only check under torchrun (its
+    ``sdpo.trainer.check_world``; ``tests/workers/test_engine.py`` keeps the two in agreement), checked here
+    at submit time so that no job its ranks would refuse is queued. Raises ``InvalidInput``."""
+    batch = config.get("train_batch_size")
+    if isinstance(batch, int) and batch < gpus:
+        raise InvalidInput("train_batch_size", f"got {batch}; must be >= gpus ({gpus}): each of the {gpus} ranks "
+                           "needs at least one question per step")
+    if config.get("distributed") == "fsdp":
+        raise InvalidInput("distributed", "fsdp: checkpointing sharded weights is not implemented yet; use 'ddp' "
+                           "(docs/scale-out.md)")
+    if config.get("sampler") == "vllm":
+        raise InvalidInput("sampler", f"got 'vllm' with gpus={gpus}; multi-process (torchrun) runs sample with HF: "
+                           "use 'hf' or 'auto' (auto picks hf there)")
 
 
 def submit_job(
@@ -124,7 +143,7 @@ def submit_job(
     session.add(job)
     session.commit()
     try:
-        enqueue(kind, job.id, job.task_id)
+        enqueue(kind, job.id, job.task_id, gpus)
     except Exception as e:
         job.status, job.error, job.finished_at = "failed", f"could not enqueue the job: {e}", utcnow()
         session.commit()
@@ -150,9 +169,10 @@ def cancel_job(session: Session, *, job_id: int, revoke: Callable[[str], None] |
         raise IllegalTransition(job.id, job.status, "cancelled", JOB_TRANSITIONS[job.status])
     job.cancel_requested = True
     if job.status == "queued":
+        reason = "cancelled before it started" if job.started_at is None else "cancelled while waiting to resume"
         moved = session.execute(
             update(Job).where(Job.id == job_id, Job.status == "queued")
-            .values(status="cancelled", finished_at=utcnow(), error="cancelled before it started")
+            .values(status="cancelled", finished_at=utcnow(), error=reason)
         ).rowcount
         if moved and revoke and job.task_id:
             revoke(job.task_id)
@@ -281,9 +301,8 @@ class Claim(enum.Enum):
     """What a worker should do with a job message it received."""
 
     START = "start"  # the job was queued; it is now ours and running
-    RESUME = "resume"  # the job was running under a dead worker; it is now ours, continue it
-    WAIT = "wait"  # another worker heart-beat recently; wait and claim again
-    SKIP = "skip"  # finished, cancelled or deleted: ack the message and do nothing
+    RESUME = "resume"  # the job lost its worker (re-enqueued, or running under a dead worker); now ours: continue it
+    SKIP = "skip"  # finished, cancelled, deleted or held by a live worker: ack the message and do nothing
 
 
 def transition(session: Session, *, job: Job, to: str, error: str | None = None) -> Job:
@@ -303,8 +322,25 @@ def transition(session: Session, *, job: Job, to: str, error: str | None = None)
     return job
 
 
-def claim_job(session: Session, *, job_id: int, worker_id: str, takeover_after_s: float) -> Claim:
-    """Atomically take ``job_id`` for ``worker_id`` (conditional UPDATEs, safe across processes)."""
+def _silent(cutoff):
+    """SQL condition: the job's heartbeat is older than ``cutoff`` (or it never beat)."""
+    return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
+
+
+def claim_job(session: Session, *, job_id: int, worker_id: str, takeover_after_s: float,
+              max_resumes: int | None = None) -> Claim:
+    """Atomically take ``job_id`` for ``worker_id`` (conditional UPDATEs, safe across processes).
+
+    * queued: START (RESUME when the reaper re-enqueued it after it lost its worker); SKIP when cancelled;
+    * running under this worker: RESUME;
+    * running under a worker silent for ``takeover_after_s`` (a redelivered message of a dead worker's job):
+      taken over (RESUME, ``resumes`` + 1), unless its cancel was requested (it ends ``cancelled``) or it was
+      already resumed ``max_resumes`` times (SKIP; the reaper fails it);
+    * running under a live worker: SKIP at once. The message is a duplicate (Redis redelivers a long job's
+      message after the visibility timeout while its worker still runs it); dropping it is safe because, should
+      that worker die, the reaper re-enqueues the job with a new message;
+    * finished or deleted: SKIP.
+    """
     now = utcnow()
     job = session.get(Job, job_id)
     if job is None or job.status in TERMINAL_STATUSES:
@@ -313,25 +349,35 @@ def claim_job(session: Session, *, job_id: int, worker_id: str, takeover_after_s
         if job.cancel_requested:
             transition(session, job=job, to="cancelled", error="cancelled before it started")
             return Claim.SKIP
+        resumed = job.resumes > 0
         won = session.execute(
             update(Job).where(Job.id == job_id, Job.status == "queued")
-            .values(status="running", worker_id=worker_id, started_at=now, heartbeat_at=now)
+            .values(status="running", worker_id=worker_id, started_at=job.started_at or now, heartbeat_at=now)
         ).rowcount
         session.expire(job)
-        return Claim.START if won else claim_job(
-            session, job_id=job_id, worker_id=worker_id, takeover_after_s=takeover_after_s)
+        if won:
+            return Claim.RESUME if resumed else Claim.START
+        return claim_job(session, job_id=job_id, worker_id=worker_id, takeover_after_s=takeover_after_s,
+                         max_resumes=max_resumes)
     # running
     if job.worker_id == worker_id:
         return Claim.RESUME
     cutoff = now - timedelta(seconds=takeover_after_s)
+    if job.heartbeat_at is not None and job.heartbeat_at >= cutoff:
+        return Claim.SKIP  # a live worker runs it
+    silent = (Job.id == job_id, Job.status == "running", Job.worker_id == job.worker_id, _silent(cutoff))
+    if job.cancel_requested:
+        session.execute(update(Job).where(*silent).values(
+            status="cancelled", finished_at=now, error=_cancelled_reason(job.worker_id, job.heartbeat_at)))
+        session.expire(job)
+        return Claim.SKIP
+    if max_resumes is not None and job.resumes >= max_resumes:
+        return Claim.SKIP
     won = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running",
-               or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
-        .values(worker_id=worker_id, heartbeat_at=now, resumes=Job.resumes + 1)
+        update(Job).where(*silent).values(worker_id=worker_id, heartbeat_at=now, resumes=Job.resumes + 1)
     ).rowcount
     session.expire(job)
-    return Claim.RESUME if won else Claim.WAIT
+    return Claim.RESUME if won else Claim.SKIP
 
 
 def heartbeat(session: Session, *, job_id: int, worker_id: str) -> bool:
@@ -349,6 +395,12 @@ def cancel_requested(session: Session, *, job_id: int) -> bool:
     return True if flag is None else bool(flag)
 
 
+def owns_job(session: Session, *, job_id: int, worker_id: str) -> bool:
+    """True while the job is ``running`` under ``worker_id`` (False once reaped, taken over, finished, deleted)."""
+    return session.scalar(select(func.count(Job.id)).where(
+        Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")) == 1
+
+
 def finish_job(session: Session, *, job_id: int, worker_id: str, status: str, error: str | None = None,
                result: dict[str, Any] | None = None) -> bool:
     """End a running job owned by ``worker_id``; False (nothing written) if it is no longer ours."""
@@ -364,27 +416,70 @@ def finish_job(session: Session, *, job_id: int, worker_id: str, status: str, er
     return True
 
 
-def reap_stale(session: Session, *, timeout_s: float) -> list[int]:
-    """Fail every running job whose worker stopped heart-beating ``timeout_s`` ago; returns their ids."""
+def _when(beat) -> str:
+    return beat.isoformat(timespec="seconds") if beat else "never"
+
+
+def _cancelled_reason(worker_id: str | None, beat) -> str:
+    return (f"cancelled by the user; its worker {worker_id} stopped heart-beating (last heartbeat {_when(beat)}) "
+            "before the job could stop")
+
+
+def reap_stale(session: Session, *, timeout_s: float, enqueue: Enqueue | None = None,
+               max_resumes: int | None = None) -> list[tuple[int, str]]:
+    """Deal with every running job whose worker stopped heart-beating ``timeout_s`` ago; returns
+    ``(job_id, outcome)`` pairs, outcome ``"requeued"``, ``"failed"`` or ``"cancelled"``.
+
+    * a job whose cancel was requested ends ``cancelled`` (its worker died before it could stop);
+    * a job already resumed ``max_resumes`` times (``Settings.max_resumes``; None: no limit) ends ``failed``
+      with the reason;
+    * otherwise, given ``enqueue``, it goes back to ``queued`` (worker cleared, ``resumes`` + 1, a fresh task
+      id) and a new message is sent to the queue of its GPU count: the worker that takes it resumes it (a train
+      job from its last checkpoint, a solve job after its committed attempts). The row is committed before the
+      message is sent (as in ``submit_job``), so this commits the session when it re-enqueues; if the broker
+      refuses, the job ends ``failed`` with the reason. Without ``enqueue`` (callers that send no messages,
+      e.g. the UI) the job is left running for a worker's reaper to re-enqueue.
+
+    Every change is a conditional UPDATE (still running, still silent, same worker), so concurrent reapers and a
+    worker that takes the job over meanwhile never both act on it.
+    """
     now = utcnow()
     cutoff = now - timedelta(seconds=timeout_s)
     stale = session.execute(
-        select(Job.id, Job.worker_id, Job.heartbeat_at)
-        .where(Job.status == "running", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+        select(Job.id, Job.kind, Job.gpus, Job.worker_id, Job.heartbeat_at, Job.resumes, Job.cancel_requested)
+        .where(Job.status == "running", _silent(cutoff))
     ).all()
-    reaped = []
-    for job_id, worker_id, beat in stale:
-        when = beat.isoformat(timespec="seconds") if beat else "never"
-        reason = (f"worker {worker_id} stopped heart-beating (last heartbeat {when}, timeout {timeout_s:g} s); "
-                  "the worker probably crashed or lost its connection. Re-run the job to start it again.")
-        moved = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running",
-                   or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
-            .values(status="failed", error=reason, finished_at=now)
-        ).rowcount
-        if moved:
-            reaped.append(job_id)
+    reaped: list[tuple[int, str]] = []
+    for job_id, kind, gpus, worker_id, beat, resumes, cancel in stale:
+        still = update(Job).where(Job.id == job_id, Job.status == "running", _silent(cutoff),
+                                  Job.worker_id.is_(None) if worker_id is None else Job.worker_id == worker_id)
+        lost = (f"worker {worker_id} stopped heart-beating (last heartbeat {_when(beat)}, timeout {timeout_s:g} s); "
+                "the worker probably crashed, ran out of memory or lost its connection")
+        if cancel:
+            values, outcome = dict(status="cancelled", error=_cancelled_reason(worker_id, beat), finished_at=now), \
+                "cancelled"
+        elif max_resumes is not None and resumes >= max_resumes:
+            values, outcome = dict(status="failed", finished_at=now, error=(
+                f"{lost}. It was resumed {resumes} time(s) already (limit SDPO_MAX_RESUMES={max_resumes}), so it "
+                "is not resumed again. Re-run the job to start it again.")), "failed"
+        elif enqueue is not None:
+            values, outcome = dict(status="queued", worker_id=None, heartbeat_at=None, resumes=Job.resumes + 1,
+                                   task_id=str(uuid.uuid4())), "requeued"
+        else:
+            continue
+        if not session.execute(still.values(**values)).rowcount:
+            continue
+        reaped.append((job_id, outcome))
+        if outcome == "requeued":
+            session.commit()
+            task_id = session.scalar(select(Job.task_id).where(Job.id == job_id))
+            try:
+                enqueue(kind, job_id, task_id, gpus)
+            except Exception as e:  # noqa: BLE001 - recorded on the job
+                session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
+                    status="failed", finished_at=utcnow(), error=f"{lost}; re-enqueueing it failed: {e}"))
+                session.commit()
+                reaped[-1] = (job_id, "failed")
     return reaped
 
 
@@ -395,10 +490,28 @@ def _insert(session: Session, model: type):
     return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(model)
 
 
-def record_attempts(session: Session, *, job_id: int, attempts: Iterable[AttemptIn]) -> int:
+def _writable_job(session: Session, job_id: int, worker_id: str | None) -> Job:
+    """The job row, locked until the transaction ends (PostgreSQL ``FOR UPDATE``; SQLite transactions here
+    hold the write lock from BEGIN). With ``worker_id``, raise ``JobLost`` unless the job is ``running``
+    under that worker, so a worker that lost the job (taken over, re-enqueued, finished) writes nothing: a
+    takeover or the reaper waits for the lock, and a write after them sees the new owner."""
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update()
+                         .execution_options(populate_existing=True))
+    if job is None:
+        if worker_id is not None:
+            raise JobLost(job_id, worker_id)
+        raise NotFound("job", job_id)
+    if worker_id is not None and (job.worker_id != worker_id or job.status != "running"):
+        raise JobLost(job_id, worker_id)
+    return job
+
+
+def record_attempts(session: Session, *, job_id: int, attempts: Iterable[AttemptIn],
+                    worker_id: str | None = None) -> int:
     """Insert attempts; one already stored for the same (job, round, index) is kept, never duplicated.
-    Returns how many rows were new."""
-    job = get_job(session, job_id=job_id)
+    Returns how many rows were new. With ``worker_id`` (a worker's writes) nothing is written and
+    ``JobLost`` is raised unless the job runs under that worker."""
+    job = _writable_job(session, job_id, worker_id)
     rows = [dict(a.model_dump(), job_id=job_id, problem_id=job.problem_id, created_at=utcnow())
             for a in attempts]
     if not rows:
@@ -430,10 +543,13 @@ def next_round(session: Session, *, job_id: int) -> int:
     return 0 if last is None else int(last) + 1
 
 
-def append_metrics(session: Session, *, job_id: int, step: int, metrics: dict[str, float]) -> None:
-    """Store one step's scalars; re-logging the same (step, name) after a resume overwrites the value."""
+def append_metrics(session: Session, *, job_id: int, step: int, metrics: dict[str, float],
+                   worker_id: str | None = None) -> None:
+    """Store one step's scalars; re-logging the same (step, name) after a resume overwrites the value.
+    With ``worker_id``, only while the job runs under that worker (``JobLost`` otherwise)."""
     if not metrics:
         return
+    _writable_job(session, job_id, worker_id)
     rows = []
     for name, value in metrics.items():
         try:
@@ -471,10 +587,13 @@ def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def register_checkpoint(session: Session, *, job_id: int, step: int, kind: str, path: str) -> Checkpoint:
-    """Record a checkpoint folder (size measured now); registering the same (step, kind) again updates it."""
+def register_checkpoint(session: Session, *, job_id: int, step: int, kind: str, path: str,
+                        worker_id: str | None = None) -> Checkpoint:
+    """Record a checkpoint folder (size measured now); registering the same (step, kind) again updates it.
+    With ``worker_id``, only while the job runs under that worker (``JobLost`` otherwise)."""
     if kind not in ("lora", "full"):
         raise InvalidInput("kind", f"got {kind!r}; allowed values are 'lora', 'full'")
+    _writable_job(session, job_id, worker_id)
     p = Path(path)
     if not p.exists():
         raise InvalidInput("path", f"checkpoint path {path} does not exist")
@@ -489,6 +608,18 @@ def register_checkpoint(session: Session, *, job_id: int, step: int, kind: str, 
     session.add(ck)
     session.flush()
     return ck
+
+
+def discard_progress_after(session: Session, *, job_id: int, step: int, worker_id: str) -> int:
+    """Before a train job resumes from its checkpoint at ``step`` (0: none, it starts over), delete what its
+    previous run recorded after that step: attempts of later rounds (a train attempt's round is its step),
+    metric points and checkpoints of later steps. The resumed run re-runs those steps and records them anew,
+    so the job shows one timeline. Only for the job's owner (``JobLost`` otherwise). Returns rows deleted."""
+    _writable_job(session, job_id, worker_id)
+    n = 0
+    for model, column in ((Attempt, Attempt.round), (MetricPoint, MetricPoint.step), (Checkpoint, Checkpoint.step)):
+        n += session.execute(delete(model).where(model.job_id == job_id, column > step)).rowcount or 0
+    return n
 
 
 def list_checkpoints(session: Session, *, job_id: int) -> list[Checkpoint]:

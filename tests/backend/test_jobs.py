@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import update
 
 from backend.db import session_scope
-from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
+from backend.errors import EnqueueError, IllegalTransition, InvalidInput, JobLost, NotFound
 from backend.models import Job, utcnow
 from backend.queue import JobQueue
 from backend.schemas import AttemptIn, ParsedProblem
@@ -25,7 +25,8 @@ class FieldError(ValueError):
 
 def validate(kind: str, config: dict) -> dict:
     """A stand-in engine config: budget (int >= 1) and lr (> 0), unknown keys refused."""
-    known = {"budget": 4, "lr": 1e-5} if kind == "solve" else {"max_steps": 2}
+    known = {"budget": 4, "lr": 1e-5} if kind == "solve" else {"max_steps": 2, "train_batch_size": 4,
+                                                              "sampler": "auto", "distributed": "none"}
     unknown = sorted(set(config) - set(known))
     if unknown:
         raise FieldError(unknown[0], f"unknown key; known keys are {', '.join(known)}")
@@ -102,6 +103,10 @@ def test_submit_stores_and_enqueues(db, queue, problem_id):
     (dict(kind="solve", config={}, problem_id=None), "problem_id"),
     (dict(kind="train", config={}, dataset_id=42), "dataset_id"),
     (dict(kind="train", config={}, gpus=0), "gpus"),
+    (dict(kind="train", config={"train_batch_size": 3}, gpus=4), "train_batch_size"),
+    (dict(kind="train", config={"sampler": "vllm"}, gpus=2), "sampler"),
+    (dict(kind="train", config={"distributed": "fsdp"}, gpus=2), "distributed"),
+    (dict(kind="solve", config={}, gpus=2), "gpus"),
 ])
 def test_invalid_submission_stores_and_queues_nothing(db, queue, problem_id, kwargs, field):
     kwargs.setdefault("problem_id", problem_id if kwargs["kind"] == "solve" else None)
@@ -115,7 +120,7 @@ def test_invalid_submission_stores_and_queues_nothing(db, queue, problem_id, kwa
 
 
 def test_enqueue_failure_marks_the_job_failed(db, problem_id):
-    def broken(kind, job_id, task_id):
+    def broken(kind, job_id, task_id, gpus):
         raise ConnectionError("broker down")
 
     with session_scope(db) as s:
@@ -134,10 +139,10 @@ def test_state_machine_claim_takeover_and_finish(db, queue, problem_id):
     with session_scope(db) as s:
         job = J.get_job(s, job_id=job_id)
         assert (job.status, job.worker_id) == ("running", "w1") and job.started_at is not None
-        # a live worker's job is not taken
-        assert J.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30) is J.Claim.WAIT
-        with pytest.raises(IllegalTransition, match="running -> queued"):
-            J.transition(s, job=job, to="queued")
+        # a live worker's job is not taken: the (duplicate) message is dropped at once
+        assert J.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30) is J.Claim.SKIP
+        with pytest.raises(IllegalTransition, match="queued -> succeeded"):
+            J.transition(s, job=submit(s, queue, problem_id), to="succeeded")
     with session_scope(db) as s:  # w1 goes silent
         s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
     with session_scope(db) as s:
@@ -222,20 +227,208 @@ def test_metrics_checkpoints_and_detail(db, queue, problem_id, tmp_path):
         assert J.latest_checkpoint(s, job_id=job_id).path == str(ck)
 
 
-def test_reaper_fails_silent_jobs_with_a_reason(db, queue, problem_id):
+def _silence(s, job_id: int, seconds: float = 100) -> None:
+    s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
+
+
+def test_reaper_requeues_silent_jobs_then_fails_them_after_max_resumes(db, queue, problem_id):
     with session_scope(db) as s:
         stale, fresh = submit(s, queue, problem_id).id, submit(s, queue, problem_id).id
         for j in (stale, fresh):
             J.claim_job(s, job_id=j, worker_id=f"host:{j}", takeover_after_s=5)
+    queue.purge()
     with session_scope(db) as s:
-        s.execute(update(Job).where(Job.id == stale).values(heartbeat_at=utcnow() - timedelta(seconds=100)))
+        _silence(s, stale)
+        old_task = J.get_job(s, job_id=stale).task_id
+    with session_scope(db) as s:  # a caller that sends nothing (the UI) leaves it to the workers' reapers
+        assert J.reap_stale(s, timeout_s=60) == []
+        assert J.get_job(s, job_id=stale).status == "running"
     with session_scope(db) as s:
-        assert J.reap_stale(s, timeout_s=60) == [stale]
+        assert J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue, max_resumes=2) == [(stale, "requeued")]
     with session_scope(db) as s:
         job = J.get_job(s, job_id=stale)
-        assert job.status == "failed" and f"worker host:{stale} stopped heart-beating" in job.error
+        assert (job.status, job.worker_id, job.resumes, job.error) == ("queued", None, 1, None)
+        assert job.task_id != old_task and job.started_at is not None
         assert J.get_job(s, job_id=fresh).status == "running"
-        assert J.reap_stale(s, timeout_s=60) == []
+        assert J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue) == []  # nothing twice
+    assert queue.length() == 1  # exactly one fresh message
+    with session_scope(db) as s:  # the worker taking the new message resumes the job
+        assert J.claim_job(s, job_id=stale, worker_id="host:new", takeover_after_s=60) is J.Claim.RESUME
+    with session_scope(db) as s:
+        assert J.owns_job(s, job_id=stale, worker_id="host:new")
+        assert not J.heartbeat(s, job_id=stale, worker_id=f"host:{stale}")  # the old worker lost it
+        _silence(s, stale)
+    with session_scope(db) as s:
+        assert J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue, max_resumes=2) == [(stale, "requeued")]
+        J.claim_job(s, job_id=stale, worker_id="host:third", takeover_after_s=60)
+    with session_scope(db) as s:
+        assert J.get_job(s, job_id=stale).resumes == 2
+        _silence(s, stale)
+    with session_scope(db) as s:
+        assert J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue, max_resumes=2) == [(stale, "failed")]
+    with session_scope(db) as s:
+        job = J.get_job(s, job_id=stale)
+        assert job.status == "failed" and job.finished_at is not None
+        assert "worker host:third stopped heart-beating" in job.error and "timeout 60 s" in job.error
+        assert "resumed 2 time(s) already (limit SDPO_MAX_RESUMES=2)" in job.error
+    assert queue.length() == 2
+
+
+def test_reaper_ends_a_cancelled_job_cancelled_when_its_worker_died(db, queue, problem_id):
+    with session_scope(db) as s:
+        job_id = submit(s, queue, problem_id).id
+        J.claim_job(s, job_id=job_id, worker_id="host:1", takeover_after_s=5)
+    with session_scope(db) as s:
+        J.cancel_job(s, job_id=job_id)  # the flag is set; the worker dies before its next check
+        _silence(s, job_id)
+    queue.purge()
+    with session_scope(db) as s:
+        assert J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue) == [(job_id, "cancelled")]
+    with session_scope(db) as s:
+        job = J.get_job(s, job_id=job_id)
+        assert job.status == "cancelled" and job.finished_at is not None
+        assert job.error.startswith("cancelled by the user") and "host:1 stopped heart-beating" in job.error
+    assert queue.length() == 0
+
+
+def test_cancelling_a_job_waiting_to_resume(db, queue, problem_id):
+    with session_scope(db) as s:
+        job_id = submit(s, queue, problem_id).id
+        J.claim_job(s, job_id=job_id, worker_id="host:1", takeover_after_s=5)
+        _silence(s, job_id)
+    with session_scope(db) as s:
+        assert J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue) == [(job_id, "requeued")]
+    with session_scope(db) as s:
+        job = J.cancel_job(s, job_id=job_id, revoke=queue.revoke)
+        assert (job.status, job.error) == ("cancelled", "cancelled while waiting to resume")
+    with session_scope(db) as s:  # the re-enqueued message then finds it cancelled
+        assert J.claim_job(s, job_id=job_id, worker_id="host:2", takeover_after_s=60) is J.Claim.SKIP
+
+
+def test_reaper_fails_a_job_it_cannot_requeue(db, queue, problem_id):
+    def broken(kind, job_id, task_id, gpus):
+        raise ConnectionError("broker down")
+
+    with session_scope(db) as s:
+        job_id = submit(s, queue, problem_id).id
+        J.claim_job(s, job_id=job_id, worker_id="host:1", takeover_after_s=5)
+        _silence(s, job_id)
+    with session_scope(db) as s:
+        assert J.reap_stale(s, timeout_s=60, enqueue=broken) == [(job_id, "failed")]
+    with session_scope(db) as s:
+        job = J.get_job(s, job_id=job_id)
+        assert job.status == "failed" and "re-enqueueing it failed: broker down" in job.error
+
+
+def test_redelivered_message_of_a_silent_job(db, queue, problem_id):
+    """A message for a running job: a live owner keeps it (SKIP); a silent one is taken over, unless the job
+    was cancelled (it ends cancelled) or resumed max_resumes times already (SKIP, the reaper fails it)."""
+    with session_scope(db) as s:
+        a, b, c = (submit(s, queue, problem_id).id for _ in range(3))
+        for j in (a, b, c):
+            J.claim_job(s, job_id=j, worker_id="old", takeover_after_s=30)
+    with session_scope(db) as s:
+        assert J.claim_job(s, job_id=a, worker_id="new", takeover_after_s=30) is J.Claim.SKIP
+        J.cancel_job(s, job_id=b)
+        s.execute(update(Job).where(Job.id == c).values(resumes=1))
+        for j in (a, b, c):
+            _silence(s, j)
+    with session_scope(db) as s:
+        assert J.claim_job(s, job_id=b, worker_id="new", takeover_after_s=30) is J.Claim.SKIP
+        assert J.claim_job(s, job_id=c, worker_id="new", takeover_after_s=30, max_resumes=1) is J.Claim.SKIP
+        assert J.claim_job(s, job_id=a, worker_id="new", takeover_after_s=30, max_resumes=1) is J.Claim.RESUME
+    with session_scope(db) as s:
+        assert (J.get_job(s, job_id=a).worker_id, J.get_job(s, job_id=a).resumes) == ("new", 1)
+        assert J.get_job(s, job_id=b).status == "cancelled"
+        assert (J.get_job(s, job_id=c).status, J.get_job(s, job_id=c).worker_id) == ("running", "old")
+
+
+def test_progress_writes_only_by_the_owner(db, queue, problem_id, tmp_path):
+    """After a takeover the old worker's attempts, metrics and checkpoints are refused (JobLost) and nothing
+    of them is stored; the owner's go in."""
+    ck = tmp_path / "step_1"
+    ck.mkdir()
+    (ck / "w").write_bytes(b"x")
+    with session_scope(db) as s:
+        job_id = submit(s, queue, problem_id).id
+    with session_scope(db) as s:  # a queued job has no owner yet
+        with pytest.raises(JobLost):
+            J.record_attempts(s, job_id=job_id, attempts=[_attempt(0, 0)], worker_id="w1")
+    with session_scope(db) as s:
+        J.claim_job(s, job_id=job_id, worker_id="w1", takeover_after_s=30)
+    with session_scope(db) as s:
+        assert J.record_attempts(s, job_id=job_id, attempts=[_attempt(0, 0)], worker_id="w1") == 1
+        J.append_metrics(s, job_id=job_id, step=1, metrics={"loss": 1.0}, worker_id="w1")
+        J.register_checkpoint(s, job_id=job_id, step=1, kind="lora", path=str(ck), worker_id="w1")
+        _silence(s, job_id)
+    with session_scope(db) as s:
+        assert J.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30) is J.Claim.RESUME
+    writes = [
+        lambda s: J.record_attempts(s, job_id=job_id, attempts=[_attempt(1, 0)], worker_id="w1"),
+        lambda s: J.append_metrics(s, job_id=job_id, step=1, metrics={"loss": 9.0}, worker_id="w1"),
+        lambda s: J.register_checkpoint(s, job_id=job_id, step=2, kind="lora", path=str(ck), worker_id="w1"),
+    ]
+    for write in writes:
+        with pytest.raises(JobLost, match="no longer running under worker w1"):
+            with session_scope(db) as s:
+                write(s)
+    with session_scope(db) as s:
+        assert [(a.round, a.index) for a in J.list_attempts(s, job_id=job_id)] == [(0, 0)]
+        assert J.metric_series(s, job_id=job_id) == {"loss": [(1, 1.0)]}
+        assert [c.step for c in J.list_checkpoints(s, job_id=job_id)] == [1]
+        assert J.record_attempts(s, job_id=job_id, attempts=[_attempt(1, 0)], worker_id="w2") == 1
+    with session_scope(db) as s:
+        J.finish_job(s, job_id=job_id, worker_id="w2", status="succeeded")
+    with pytest.raises(JobLost):  # nor after the end
+        with session_scope(db) as s:
+            J.append_metrics(s, job_id=job_id, step=3, metrics={"loss": 1.0}, worker_id="w2")
+
+
+def test_train_takeover_discards_what_came_after_the_checkpoint(db, queue, tmp_path):
+    with session_scope(db) as s:
+        job_id = J.submit_job(s, kind="train", config={}, validate=validate, enqueue=queue.enqueue).id
+        J.claim_job(s, job_id=job_id, worker_id="w1", takeover_after_s=30)
+    for step in (1, 2, 3):
+        with session_scope(db) as s:
+            J.record_attempts(s, job_id=job_id, attempts=[_attempt(step, 0), _attempt(step, 1)], worker_id="w1")
+            J.append_metrics(s, job_id=job_id, step=step, metrics={"loss": float(step)}, worker_id="w1")
+            if step <= 2:  # killed after step 3's attempts and metrics, before its checkpoint... and the
+                ck = tmp_path / f"step_{step}"  # newest checkpoint's folder (step 2) went missing too
+                ck.mkdir()
+                J.register_checkpoint(s, job_id=job_id, step=step, kind="lora", path=str(ck), worker_id="w1")
+    (tmp_path / "step_2").rmdir()
+    with session_scope(db) as s:
+        kept = [a.id for a in J.list_attempts(s, job_id=job_id) if a.round == 1]
+        _silence(s, job_id)
+    with session_scope(db) as s:
+        J.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30)
+    with session_scope(db) as s:
+        ck = J.latest_checkpoint(s, job_id=job_id)
+        assert ck.step == 1
+        with pytest.raises(JobLost):
+            J.discard_progress_after(s, job_id=job_id, step=ck.step, worker_id="w1")
+        assert J.discard_progress_after(s, job_id=job_id, step=ck.step, worker_id="w2") == 4 + 2 + 1
+    with session_scope(db) as s:
+        assert [a.id for a in J.list_attempts(s, job_id=job_id)] == kept
+        assert J.metric_series(s, job_id=job_id) == {"loss": [(1, 1.0)]}
+        assert [c.step for c in J.list_checkpoints(s, job_id=job_id)] == [1]
+
+
+def test_jobs_are_routed_by_gpu_count(db, queue, settings):
+    with session_scope(db) as s:
+        one = J.submit_job(s, kind="train", config={}, validate=validate, enqueue=queue.enqueue).id
+        four = J.submit_job(s, kind="train", config={"train_batch_size": 8}, validate=validate,
+                            enqueue=queue.enqueue, gpus=4).id
+    assert (settings.queue_for(1), settings.queue_for(4)) == ("gpu", "gpu4")
+    assert (queue.length(gpus=1), queue.length(gpus=2), queue.length(gpus=4), queue.length()) == (1, 0, 1, 2)
+    with session_scope(db) as s:  # the reaper re-enqueues to the queue of the job's GPU count
+        for j in (one, four):
+            J.claim_job(s, job_id=j, worker_id="w", takeover_after_s=30)
+            _silence(s, j)
+    queue.purge()
+    with session_scope(db) as s:
+        assert sorted(J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue)) == [(one, "requeued"), (four, "requeued")]
+    assert (queue.length(gpus=1), queue.length(gpus=4)) == (1, 1)
 
 
 def test_list_filter_search_delete_rerun(db, queue, problem_id, settings):

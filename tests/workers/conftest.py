@@ -2,8 +2,9 @@
 Redis, each with real ``sdpo worker`` processes (solo pool, one job at a time).
 
 Each stack gets its own data dir, database (a fresh PostgreSQL database, dropped afterwards), Redis db 13
-with a unique queue name, and short heartbeat/visibility timeouts so crash recovery is observable in seconds.
-Stacks are module-scoped: worker start-up (~5 s) is paid once per module and backend.
+with a unique queue name (workers consume the one-GPU and the two-GPU queue), and short heartbeat /
+visibility timeouts (6 s) so crash recovery is observable in seconds. Stacks are module-scoped: worker
+start-up (~5 s) is paid once per module and backend.
 """
 
 from __future__ import annotations
@@ -47,16 +48,24 @@ class Stack:
     logs: Path
     workers: list[subprocess.Popen] = field(default_factory=list)
 
-    def start_worker(self, timeout: float = 90) -> subprocess.Popen:
-        """Start ``sdpo worker`` and wait until it registered itself in the database."""
+    def start_worker(self, timeout: float = 90, wait: bool = True, **env: str) -> subprocess.Popen:
+        """Start ``sdpo worker`` (with extra environment ``env``) and (``wait``) wait until it registered
+        itself in the database (``wait_started``). Its log is ``worker_log(p)``."""
         log = open(self.logs / f"worker-{len(self.workers)}.log", "w")
         p = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--loglevel", "INFO"],
-                             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                             cwd=ROOT, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(p)
+        if wait:
+            self.wait_started(p, timeout)
+        return p
+
+    def wait_started(self, p: subprocess.Popen, timeout: float = 90) -> None:
         self.wait(lambda: self._registered(p.pid) or p.poll() is not None, timeout, "worker start")
         if p.poll() is not None:
             raise RuntimeError(f"worker exited with {p.returncode}:\n{self.log_tail()}")
-        return p
+
+    def worker_log(self, p: subprocess.Popen) -> str:
+        return (self.logs / f"worker-{self.workers.index(p)}.log").read_text(errors="replace")
 
     def _registered(self, pid: int) -> bool:
         with session_scope(self.sessions) as s:
@@ -106,7 +115,7 @@ def _stack_env(name: str, data_dir: Path, model: Path, database_url: str, broker
     env.update({
         "SDPO_DATA_DIR": str(data_dir), "SDPO_DATABASE_URL": database_url, "SDPO_BROKER_URL": broker_url,
         "SDPO_QUEUE": queue, "SDPO_MODEL": str(model), "SDPO_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
-        "SDPO_HEARTBEAT_TIMEOUT_S": "6", "SDPO_VISIBILITY_TIMEOUT_S": "2",
+        "SDPO_HEARTBEAT_TIMEOUT_S": "6", "SDPO_VISIBILITY_TIMEOUT_S": "6", "SDPO_WORKER_QUEUES": f"{queue},{queue}2",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
     })
@@ -119,7 +128,7 @@ def _settings_from(env: dict[str, str]) -> Settings:
         data_dir=env["SDPO_DATA_DIR"], database_url=env["SDPO_DATABASE_URL"], broker_url=env["SDPO_BROKER_URL"],
         queue=env["SDPO_QUEUE"], model=env["SDPO_MODEL"], heartbeat_interval_s=float(env["SDPO_HEARTBEAT_INTERVAL_S"]),
         heartbeat_timeout_s=float(env["SDPO_HEARTBEAT_TIMEOUT_S"]),
-        visibility_timeout_s=float(env["SDPO_VISIBILITY_TIMEOUT_S"]),
+        visibility_timeout_s=float(env["SDPO_VISIBILITY_TIMEOUT_S"]), worker_queues=env["SDPO_WORKER_QUEUES"],
     )
 
 
@@ -128,7 +137,7 @@ def _settings_from(env: dict[str, str]) -> Settings:
 def stack(request, tmp_path_factory, tiny_model_path):
     name = request.param
     root = tmp_path_factory.mktemp(name.replace("+", "_"))
-    queue_name = f"gpu-test-{uuid.uuid4().hex[:10]}"
+    queue_name = f"gpu-{uuid.uuid4().hex[:10]}-test"
     pg_url = None
     if name == "sqlite+filesystem":
         db_url, broker = f"sqlite:///{root / 'data' / 'sdpo.db'}", "filesystem://"
@@ -141,12 +150,9 @@ def stack(request, tmp_path_factory, tiny_model_path):
             pytest.skip(f"Redis not reachable at {REDIS_URL}: {e}")
         pg_url = create_pg_database()
         db_url, broker = pg_url, REDIS_URL
-    # SQLite + filesystem: a killed worker's message is gone, so the reaper must fail the job soon (6 s).
-    # Redis redelivers after the 2 s visibility timeout; the reaper waits 120 s so the new worker resumes
-    # every redelivered job, even one waiting behind another (one job at a time per worker).
-    timeout = "6" if name == "sqlite+filesystem" else "120"
-    env = _stack_env(name, root / "data", tiny_model_path, db_url, broker, queue_name,
-                     SDPO_HEARTBEAT_TIMEOUT_S=timeout)
+    # A killed worker's job is re-enqueued by a live worker's reaper 6 s after its last heartbeat (both
+    # brokers); Redis also redelivers unacknowledged messages after the 6 s visibility timeout.
+    env = _stack_env(name, root / "data", tiny_model_path, db_url, broker, queue_name)
     settings = _settings_from(env)
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)

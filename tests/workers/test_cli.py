@@ -158,7 +158,9 @@ def test_submit_train_errors_and_success(env, tmp_path):
     assert queue_length(env) == 1
 
 
-def test_jobs_list_reaps_silent_jobs(env, tmp_path):
+def test_jobs_list_reaps_silent_jobs(env, tmp_path, monkeypatch):
+    """``jobs list`` runs the reaper: a job whose worker went silent is re-enqueued (one fresh message), and
+    failed with the reason once it has used up SDPO_MAX_RESUMES."""
     from datetime import timedelta
 
     from sqlalchemy import update
@@ -171,8 +173,19 @@ def test_jobs_list_reaps_silent_jobs(env, tmp_path):
     path.write_text(json.dumps(PROBLEM))
     job_id = int(run("submit", "solve", "--problem", str(path), "--budget", "2").output.strip())
     sessions = session_factory_from_settings(env)
-    with session_scope(sessions) as s:
-        claim_job(s, job_id=job_id, worker_id="gone:1", takeover_after_s=15)
-        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+
+    def silent_worker(worker_id: str) -> None:
+        with session_scope(sessions) as s:
+            claim_job(s, job_id=job_id, worker_id=worker_id, takeover_after_s=15)
+            s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+
+    silent_worker("gone:1")
+    assert queue_length(env) == 1  # the submission's message (its worker "took" it and died)
     (row,) = json.loads(run("jobs", "list", "--json").output)
-    assert row["status"] == "failed" and "worker gone:1 stopped heart-beating" in row["error"]
+    assert (row["status"], row["resumes"], row["worker_id"]) == ("queued", 1, None)
+    assert queue_length(env) == 2
+    silent_worker("gone:2")
+    monkeypatch.setenv("SDPO_MAX_RESUMES", "1")
+    (row,) = json.loads(run("jobs", "list", "--json").output)
+    assert row["status"] == "failed" and "worker gone:2 stopped heart-beating" in row["error"]
+    assert "SDPO_MAX_RESUMES=1" in row["error"] and queue_length(env) == 2

@@ -87,3 +87,51 @@ def test_attempt_conversion_keeps_every_field():
     assert attempt_in(a) == AttemptIn(round=2, index=1, response="r", code="c", reward=0.5, passed_public=1,
                                       total_public=2, passed_hidden=0, total_hidden=1, feedback="fb", tokens=7,
                                       seconds=0.25, task_id="t")
+
+
+def test_strategy_is_another_name_of_distributed():
+    base = {"dataset": "humaneval", "train_batch_size": 2}
+    out = validate_config("train", {**base, "strategy": "ddp"})
+    assert out["distributed"] == "ddp" and "strategy" not in out
+    assert out == validate_config("train", {**base, "distributed": "ddp"})
+    with pytest.raises(InvalidInput) as e:
+        validate_config("train", {**base, "strategy": "ddp", "distributed": "none"})
+    assert e.value.field == "strategy"
+    with pytest.raises(InvalidInput) as e:
+        validate_config("train", {**base, "strategy": "zero3"})
+    assert e.value.field == "distributed" and "'zero3'" in e.value.message
+
+
+def test_a_cpu_host_accepts_an_fsdp_config_meant_for_gpu_workers():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only app host")
+    out = validate_config("train", {"dataset": "humaneval", "distributed": "fsdp"})
+    assert out["distributed"] == "fsdp"  # stored as asked; the GPU worker validates it again
+
+
+@pytest.mark.parametrize("batch, gpus, sampler", [
+    (b, g, s) for b in (1, 2, 3, 4) for g in (2, 3, 4) for s in ("auto", "hf", "vllm")])
+def test_submit_time_world_check_mirrors_the_trainer(batch, gpus, sampler):
+    """backend.services.jobs.check_world_size refuses exactly what sdpo.trainer.check_world refuses on
+    ``gpus`` ranks, with the same field."""
+    from backend.services.jobs import check_world_size
+    from sdpo.config import ConfigError
+    from sdpo.distributed import DistContext, resolve_strategy
+    from sdpo.trainer import check_world
+
+    config = validate_config("train", {"dataset": "humaneval", "train_batch_size": batch, "sampler": sampler})
+    cfg = TrainConfig.from_dict(config)
+    ctx = DistContext(rank=0, world_size=gpus, strategy=resolve_strategy(cfg.distributed, gpus))
+    try:
+        check_world(cfg, ctx)
+        trainer_field = None
+    except ConfigError as e:
+        trainer_field = e.field
+    try:
+        check_world_size(config, gpus)
+        backend_field = None
+    except InvalidInput as e:
+        backend_field = e.field
+    assert backend_field == trainer_field

@@ -6,7 +6,13 @@ on the assistant tokens only, see :func:`encode`):
 - ``direct``: the problem -> its solution (the student's context);
 - ``solution``: the teacher context with a successful sibling ("Correct solution: ...") -> that solution;
 - ``feedback``: the teacher context with the environment's feedback on a failed near-miss attempt -> the
-  corrected solution.
+  corrected solution;
+- ``copy``: copy practice in the same "Correct solution" teacher context, where the shown program is not the
+  problem's reference (half the time a near miss of it: one parameter / primitive / step changed; else the
+  solution of another, unrelated pretraining problem) and the target is that shown program. The target cannot
+  be predicted from the statement, only by copying, so the loss pushes a small model to learn to copy the
+  demonstration (plain ``solution`` examples barely do: their target is mostly predictable from the problem).
+  SDPO's teacher is only ever shown correct solutions, where "copy what is shown" is exactly right.
 
 Teacher contexts are built by :func:`sdpo.reprompt.build_teacher_messages` with the default
 :class:`sdpo.config.SelfDistillationConfig` templates, i.e. exactly what the trainer shows the teacher.
@@ -35,8 +41,8 @@ from sdpo.toy.generator import (
     stream,
 )
 
-KINDS = ("direct", "solution", "feedback")
-DEFAULT_MIX = (0.5, 0.25, 0.25)
+KINDS = ("direct", "solution", "feedback", "copy")
+DEFAULT_MIX = (0.35, 0.2, 0.2, 0.25)
 
 # Primitive a careless attempt confuses with each one.
 SIBLINGS: dict[str, tuple[str, ...]] = {
@@ -168,7 +174,7 @@ def build_corpus(n: int, *, seed: int = 0, mix: Sequence[float] = DEFAULT_MIX, d
                  feedback_fn: FeedbackFn = feedback_text,
                  cfg: SelfDistillationConfig | None = None) -> list[CorpusExample]:
     """``n`` examples from the 'pretrain' bucket (never test/RL/held-out problems), kinds drawn by ``mix``
-    (weights of direct, solution, feedback). Deterministic given ``seed``."""
+    (weights of direct, solution, feedback, copy). Deterministic given ``seed``."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n: got {n!r}; expected an integer >= 0")
     if len(mix) != len(KINDS) or any(w < 0 for w in mix) or sum(mix) <= 0:
@@ -176,6 +182,7 @@ def build_corpus(n: int, *, seed: int = 0, mix: Sequence[float] = DEFAULT_MIX, d
     cfg = cfg or SelfDistillationConfig()
     rng = random.Random(f"corpus-{seed}")
     problems = stream(seed=seed, depths=depths, split="pretrain")
+    others = stream(seed=10**6 + seed, depths=depths, split="pretrain")  # unrelated programs to copy
     out: list[CorpusExample] = []
     while len(out) < n:
         p = next(problems)
@@ -185,12 +192,21 @@ def build_corpus(n: int, *, seed: int = 0, mix: Sequence[float] = DEFAULT_MIX, d
             out.append(CorpusExample(kind, p.messages(), sol, p.id))
         elif kind == "solution":
             out.append(CorpusExample(kind, teacher_messages(p, solution=sol, cfg=cfg), sol, p.id))
-        else:
+        elif kind == "feedback":
             wrong = near_miss(p, rng)
             if wrong is None:
                 continue
             fb = feedback_fn(p, wrong)
             out.append(CorpusExample(kind, teacher_messages(p, feedback=fb, cfg=cfg), sol, p.id))
+        else:
+            if rng.random() < 0.5:
+                wrong = near_miss(p, rng)
+                shown = wrong.response if wrong is not None else None
+            else:
+                shown = next(others).solution()
+            if shown is None or shown == sol:
+                continue
+            out.append(CorpusExample(kind, teacher_messages(p, solution=shown, cfg=cfg), shown, p.id))
     return out
 
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from sdpo.config import ConfigError, _number
-from sdpo.toy.corpus import DEFAULT_MIX, build_corpus, encode, tokenizer_texts
+from sdpo.toy.corpus import DEFAULT_MIX, KINDS, build_corpus, encode, tokenizer_texts
 
-DEFAULT_STEPS = 1200
+DEFAULT_STEPS = 400
 
 
 @dataclass
@@ -84,10 +84,10 @@ class ToyModelConfig:
         if self.num_heads % self.num_kv_heads:
             raise ConfigError("num_kv_heads", f"got {self.num_kv_heads}; must divide num_heads ({self.num_heads})")
         self.mix = tuple(self.mix)  # type: ignore[assignment]
-        if len(self.mix) != 3 or any(not isinstance(w, (int, float)) or w < 0 for w in self.mix) or not sum(
+        if len(self.mix) != len(KINDS) or any(not isinstance(w, (int, float)) or w < 0 for w in self.mix) or not sum(
                 self.mix):
-            raise ConfigError("mix", f"got {self.mix!r}; expected 3 non-negative weights (direct, solution, "
-                                     "feedback) with a positive sum")
+            raise ConfigError("mix", f"got {self.mix!r}; expected {len(KINDS)} non-negative weights {KINDS} with a "
+                                     "positive sum")
         _number("lr", self.lr, lo=0.0, lo_open=True)
         _number("min_lr_ratio", self.min_lr_ratio, lo=0.0, hi=1.0)
         _number("weight_decay", self.weight_decay, lo=0.0)

@@ -7,10 +7,11 @@ from sdpo.toy.generator import bucket, generate_problem, held_out, run_program, 
 FB_HEAD = DEFAULT_FEEDBACK_TEMPLATE.split("{feedback_raw}")[0]
 
 
-def test_corpus_is_deterministic_and_has_the_three_contexts_with_exact_templates():
-    a = build_corpus(300, seed=0)
-    assert a == build_corpus(300, seed=0)
-    assert a != build_corpus(300, seed=1)
+def test_corpus_is_deterministic_and_has_the_contexts_with_exact_templates():
+    mix = (0.25, 0.25, 0.25, 0.25)
+    a = build_corpus(300, seed=0, mix=mix)
+    assert a == build_corpus(300, seed=0, mix=mix)
+    assert a != build_corpus(300, seed=1, mix=mix)
     by_kind = {k: [e for e in a if e.kind == k] for k in KINDS}
     assert all(len(v) > 30 for v in by_kind.values())
     for ex in a:
@@ -19,7 +20,7 @@ def test_corpus_is_deterministic_and_has_the_three_contexts_with_exact_templates
         assert ex.response.startswith("```python\n")
     for ex in by_kind["direct"]:
         assert "Correct solution" not in ex.messages[1]["content"]
-    for ex in by_kind["solution"]:
+    for ex in by_kind["solution"] + by_kind["copy"]:
         user = ex.messages[1]["content"]
         prompt = user.split(DEFAULT_SOLUTION_TEMPLATE.split("{")[0])[0]
         expected = DEFAULT_REPROMPT_TEMPLATE.format(
@@ -34,6 +35,13 @@ def test_corpus_is_deterministic_and_has_the_three_contexts_with_exact_templates
         assert user == DEFAULT_REPROMPT_TEMPLATE.format(
             prompt=prompt, solution="", feedback=DEFAULT_FEEDBACK_TEMPLATE.format(feedback_raw=fb))
         assert "Correct solution" not in user
+    # copy practice: the program shown (and targeted) is a near miss, never the problem's reference solution
+    from sdpo.toy.generator import stream
+
+    gen = stream(seed=0)
+    reference = {p.id: p.solution() for p in (next(gen) for _ in range(600))}
+    assert all(ex.response != reference[ex.problem_id] for ex in by_kind["copy"])
+    assert all(ex.response == reference[ex.problem_id] for ex in by_kind["solution"] + by_kind["feedback"])
 
 
 def test_teacher_messages_match_the_trainer_reprompt():

@@ -3,6 +3,7 @@ production settings, dependencies wait for the right conditions, the worker rese
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -56,27 +57,37 @@ def test_app_and_worker_wait_for_migrations_and_servers(name):
     assert deps["redis"]["condition"] == "service_healthy"
 
 
-def test_worker_reserves_a_gpu_and_app_requires_auth():
+def test_worker_reserves_the_gpu_it_is_given_and_app_requires_auth():
+    """Each worker container reserves one named GPU (SDPO_GPU_ID, default 0), not "any one GPU", and sees it as
+    its only device: no CUDA_VISIBLE_DEVICES inside (an index other than 0 would hide it)."""
     w = SERVICES["worker"]
     (device,) = w["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == 1
-    assert "CUDA_VISIBLE_DEVICES" in w["environment"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device["device_ids"] == ["${SDPO_GPU_ID:-0}"] and "count" not in device
+    assert "CUDA_VISIBLE_DEVICES" not in w["environment"]
     assert w["command"] == ["sdpo", "worker"]
     app = SERVICES["app"]
     assert app["environment"]["SDPO_HOST"] == "0.0.0.0" and "SDPO_AUTH" in app["environment"]
 
 
-def test_settings_accept_the_compose_environment(monkeypatch):
-    """The app service's environment is a valid Settings (not refused as unsafe)."""
+@pytest.mark.parametrize("name", SDPO_SERVICES)
+def test_settings_accept_the_compose_environment(monkeypatch, name):
+    """Each SDPO service's environment is a valid Settings (not refused as unsafe or inconsistent, e.g. a
+    Redis visibility timeout below the heartbeat timeout)."""
     from backend.settings import Settings
 
-    env = dict(SERVICES["app"]["environment"], SDPO_AUTH="admin:secret")
+    for key in [k for k in os.environ if k.startswith("SDPO_")]:
+        monkeypatch.delenv(key)
+    env = dict(SERVICES[name]["environment"])
+    if "SDPO_AUTH" in env:
+        env["SDPO_AUTH"] = "admin:secret"
     for k, v in env.items():
         if k.startswith("SDPO_"):
             monkeypatch.setenv(k, str(v).replace("${POSTGRES_PASSWORD:-sdpo}", "sdpo").replace(
                 "${SDPO_MODEL:-/data/models/tiny}", "/data/models/tiny"))
     s = Settings()
-    assert s.host == "0.0.0.0" and s.broker_url == "redis://redis:6379/0"
+    assert s.broker_url == "redis://redis:6379/0" and s.visibility_timeout_s >= s.heartbeat_timeout_s
+    assert s.host == ("0.0.0.0" if name == "app" else "127.0.0.1")
 
 
 def test_sandbox_service_is_isolated_and_shared_with_the_worker_only():

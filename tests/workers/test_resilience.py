@@ -13,6 +13,7 @@ filesystem broker and (b) PostgreSQL + Redis (see conftest; heartbeat timeout an
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -88,6 +89,15 @@ def processes_with(text: str) -> list[int]:
     return out
 
 
+def kill_leftovers(text: str) -> None:
+    """After a failed test: SIGKILL whatever still runs with ``text`` in its command line (our ranks)."""
+    for pid in processes_with(text):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_idle_worker_resumes_the_job_of_a_killed_worker(stack, problem_id):
     workers = fresh_workers(stack, 2)
     # long enough to outlive the redelivery (Redis: 6 s after delivery) and the kill
@@ -120,25 +130,30 @@ def test_sigkill_of_the_worker_takes_the_ranks_of_its_two_gpu_job_with_it(stack)
     workers = [p for p in stack.workers if p.poll() is None] or fresh_workers(stack, 1)
     job_id = submit(stack, "train", gpus=2, max_steps=50)
     config = str(stack.settings.job_dir(job_id) / "rank_config.json")
-    stack.wait(lambda: attempt_keys(stack, job_id), 120, "the ranks' first step")
-    worker = worker_of(stack, job_id, workers)
-    for p in workers:  # the job's worker is killed; nothing else may reap meanwhile
-        if p is not worker:
-            stack.stop_worker(p)
-    procs = processes_with(config)
-    assert len(procs) >= 3, procs  # torchrun and two ranks
-    worker.send_signal(signal.SIGKILL)
-    worker.wait(timeout=10)
-    with session_scope(stack.sessions) as s:  # a cancel asked while nobody runs the job
-        J.cancel_job(s, job_id=job_id)
-    stack.wait(lambda: not processes_with(config), 20, "torchrun and the ranks to die with their worker")
-    n = len(attempt_keys(stack, job_id))
-    time.sleep(1.0)
-    assert len(attempt_keys(stack, job_id)) == n  # nothing writes for the dead worker
-    stack.start_worker()  # its reaper: the job lost its worker and a cancel was asked -> cancelled
-    d = stack.wait_status(job_id, TERMINAL, 30)
-    assert d.status == "cancelled" and d.error.startswith("cancelled by the user"), d.error
-    assert "stopped heart-beating" in d.error and d.resumes == 0
+    try:
+        stack.wait(lambda: attempt_keys(stack, job_id), 120, "the ranks' first step")
+        worker = worker_of(stack, job_id, workers)
+        for p in workers:  # the job's worker is killed; nothing else may reap meanwhile
+            if p is not worker:
+                stack.stop_worker(p)
+        procs = processes_with(config)
+        assert len(procs) >= 3, procs  # torchrun and two ranks
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+        # Nothing else tells the ranks to stop: the job still looks like the dead worker's (no other worker, so no
+        # reaper) and has 49 steps to go.
+        stack.wait(lambda: not processes_with(config), 10, "torchrun and the ranks to die with their worker")
+        n = len(attempt_keys(stack, job_id))
+        time.sleep(1.0)
+        assert len(attempt_keys(stack, job_id)) == n  # nothing writes for the dead worker
+        with session_scope(stack.sessions) as s:  # a cancel asked while nobody runs the job
+            J.cancel_job(s, job_id=job_id)
+        stack.start_worker()  # its reaper: the job lost its worker and a cancel was asked -> cancelled
+        d = stack.wait_status(job_id, TERMINAL, 30)
+        assert d.status == "cancelled" and d.error.startswith("cancelled by the user"), d.error
+        assert "stopped heart-beating" in d.error and d.resumes == 0
+    finally:
+        kill_leftovers(config)
 
 
 def test_cancel_of_a_running_two_gpu_job_stops_every_rank(stack):
@@ -147,14 +162,17 @@ def test_cancel_of_a_running_two_gpu_job_stops_every_rank(stack):
     stack.live_worker()
     job_id = submit(stack, "train", gpus=2, max_steps=50)
     config = str(stack.settings.job_dir(job_id) / "rank_config.json")
-    stack.wait(lambda: attempt_keys(stack, job_id), 120, "the ranks' first step")
-    assert len(processes_with(config)) >= 3
-    with session_scope(stack.sessions) as s:
-        J.cancel_job(s, job_id=job_id)
-    d = stack.wait_status(job_id, TERMINAL, 60)
-    assert d.status == "cancelled" and d.result["stopped"] is True, f"{d.error}\n{stack.log_tail()}"
-    assert d.result["steps"] < 50
-    stack.wait(lambda: not processes_with(config), 10, "every rank to exit")
+    try:
+        stack.wait(lambda: attempt_keys(stack, job_id), 120, "the ranks' first step")
+        assert len(processes_with(config)) >= 3
+        with session_scope(stack.sessions) as s:
+            J.cancel_job(s, job_id=job_id)
+        d = stack.wait_status(job_id, TERMINAL, 60)
+        assert d.status == "cancelled" and d.result["stopped"] is True, f"{d.error}\n{stack.log_tail()}"
+        assert d.result["steps"] < 50
+        stack.wait(lambda: not processes_with(config), 10, "every rank to exit")
+    finally:
+        kill_leftovers(config)
 
 
 def test_two_gpu_job_waits_for_its_queue_and_a_smaller_worker_refuses_it(stack):

@@ -244,7 +244,7 @@ def gaps_for(model, tokenizer, problems, *, seed: int, max_new_tokens: int) -> d
     """Per-problem log p of the solution / a failed near-miss under the three contexts, and greedy solve rates
     under each context (reusing ``sdpo.toy.measure``'s pieces)."""
     from sdpo.toy.corpus import CorpusExample, feedback_text, near_miss, teacher_messages
-    from sdpo.toy.measure import response_logprobs, solved
+    from sdpo.toy.measure import response_logprobs, solved_many
 
     rng = random.Random(seed)
     rows = [(p, w) for p in problems if (w := near_miss(p, rng)) is not None]
@@ -263,7 +263,7 @@ def gaps_for(model, tokenizer, problems, *, seed: int, max_new_tokens: int) -> d
     solve = {}
     for ctx in CONTEXTS:
         texts = _greedy(model, tokenizer, chats[ctx], max_new_tokens)
-        solve[ctx] = [float(solved(t, p)) for t, (p, _) in zip(texts, rows, strict=True)]
+        solve[ctx] = [float(x) for x in solved_many(texts, [p for p, _ in rows])]  # judged in the sandbox
     gap = {t: {c: [a - b for a, b in zip(logp[t][c], logp[t]["student"], strict=True)] for c in ("demo", "feedback")}
            for t in logp}
     return {"n": len(rows), "logp": {t: {c: mean_se(v) for c, v in d.items()} for t, d in logp.items()},

@@ -52,8 +52,18 @@ __all__ = [
 
 #: Bytes of one [rows, V] float32 chunk for the logits path (rows = CHUNK_BYTES // (4 V), at least 1).
 CHUNK_BYTES = 32 * 2**20
-#: Default number of positions per chunk for the from-hidden paths (matmul efficiency vs. memory).
+#: Bytes of the two [rows, V] compute-dtype workspaces (logits, logit gradient) of ``sdpo_loss_from_hidden``
+#: together: rows = HIDDEN_CHUNK_BYTES // (2 * 4 V), clamped to [1, HIDDEN_CHUNK_MAX_ROWS]. Larger chunks make
+#: the lm-head GEMMs more efficient and the weight-gradient accumulation less frequent (CPU: 128 -> 256 rows
+#: is ~30% faster per token at V = 151,936); at that V this is ~276 rows, 320 MiB, about 0.6 of the fp32
+#: [V, H] weight gradient at H = 896 and independent of the number of tokens.
+HIDDEN_CHUNK_BYTES = 320 * 2**20
+HIDDEN_CHUNK_MAX_ROWS = 4096
+#: Default number of positions per chunk of ``token_logprobs_from_hidden``.
 HIDDEN_CHUNK_ROWS = 128
+#: Bytes of the temporaries of the row-blocked full-width reductions (cache-sized: several times faster than
+#: one [c, V] temporary, and nothing [c, V]-sized is allocated).
+_ROW_BLOCK_BYTES = 4 * 2**20
 #: Upper clamp of the top-k log-mass before forming the tail bucket (reference value).
 TAIL_LOG_MASS_MAX = -1e-7
 #: Clamp of the log importance ratio (reference value).
@@ -146,31 +156,56 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _by_rows(fn: Callable[..., Tensor], *xs: Tensor) -> Tensor:
+    """``fn(*xs)`` for a row-wise reduction fn: [c, V] -> [c], evaluated on blocks of rows so that its
+    temporaries stay cache-sized (``_ROW_BLOCK_BYTES``) instead of [c, V]."""
+    c, v = xs[0].shape
+    step = max(1, _ROW_BLOCK_BYTES // max(1, v * xs[0].element_size()))
+    if step >= c:
+        return fn(*xs)
+    out = torch.empty(c, dtype=xs[0].dtype, device=xs[0].device)
+    for r0 in range(0, c, step):
+        out[r0:r0 + step] = fn(*(x[r0:r0 + step] for x in xs))
+    return out
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    return _by_rows(torch.linalg.vecdot, a, b)
+
+
+def _row_logsumexp(x: Tensor) -> Tensor:
+    return _by_rows(lambda blk: torch.logsumexp(blk, dim=-1), x)
+
+
 def _sdpo_chunk(
     s_logits: Tensor, teacher: Callable[[], Tensor], ids: Tensor, weight: Tensor, old: Tensor | None,
-    rollout_w: Tensor | None, plan: _Plan, grad_out: Tensor | None,
+    rollout_w: Tensor | None, plan: _Plan, grad_out: Tensor | None, owned: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """SDPO on one chunk of c positions.
 
-    s_logits: [c, V] raw student logits (any float dtype); teacher(): the [c, V] teacher logits, produced only
-    once the student's [c, V] temporaries are gone (keeps at most three [c, V] tensors alive); ids: [c]
+    s_logits: [c, V] raw student logits (any float dtype); teacher(): the [c, V] teacher logits, called only
+    once the student's logits are no longer needed (so it may write them into the same buffer); ids: [c]
     sampled tokens; weight: [c] aggregation weights (0 = masked); old / rollout_w: [c] or None. grad_out:
     [c, V] compute-dtype buffer receiving d(sum(weight * loss))/d(s_logits) when plan.need_grad.
+    owned: s_logits and teacher()'s result are scratch buffers the kernel may overwrite (from-hidden path).
+    Besides grad_out and the inputs, at most one [c, V] tensor is allocated (none when owned in top-k or
+    token mode); full-width reductions run on cache-sized row blocks.
     Returns (weighted loss sum, stats [_N_STATS, c]).
     """
     cd = _compute_dtype(s_logits.dtype)
     c = s_logits.shape[0]
     temp = plan.temperature
     x = s_logits.to(cd)
-    del s_logits  # when the caller passed a temporary (from-hidden path) this frees it as soon as x does
+    own = owned or x.data_ptr() != s_logits.data_ptr()
+    del s_logits  # when the caller passed a temporary this frees it as soon as x does
     if temp != 1.0:
-        x = x / temp
+        x = x.div_(temp) if own else x / temp
     # Student: one fused softmax, written straight into the gradient buffer when there is one. The
     # log-normaliser comes from the arg-max entry, lse = max(x) - log(max(p)), which is as accurate as
     # log_softmax (p_max >= 1/V never underflows) and saves a full exp pass; log-probs are x[idx] - lse.
     p = torch.softmax(x, dim=-1, out=grad_out) if grad_out is not None else torch.softmax(x, dim=-1)
     lse = x.amax(dim=-1) - torch.log(p.amax(dim=-1))
-    entropy = lse - torch.linalg.vecdot(p, x)   # NaN where a logit is -inf (excluded from the metric)
+    entropy = lse - _rowdot(p, x)   # NaN where a logit is -inf (excluded from the metric)
     y = ids[:, None]
     full = plan.mode == "logit" and plan.topk is None
     idx = None
@@ -183,13 +218,19 @@ def _sdpo_chunk(
     else:
         sel_s = x - lse[:, None]
     del x
-    tx = teacher().to(cd)
+    tx = teacher()
+    t_raw = tx
+    tx = tx.to(cd)
+    own_t = owned or tx.data_ptr() != t_raw.data_ptr()
+    del t_raw
     if temp != 1.0:
-        tx = tx / temp
-    lpt = torch.log_softmax(tx, dim=-1)
+        tx = tx.div_(temp) if own_t else tx / temp
+    lse_t = _row_logsumexp(tx)
+    if full:
+        sel_t = tx.sub_(lse_t[:, None]) if own_t else tx - lse_t[:, None]
+    else:
+        sel_t = tx.gather(1, y if idx is None else idx) - lse_t[:, None]
     del tx
-    sel_t = lpt if full else lpt.gather(1, y if idx is None else idx)
-    del lpt
 
     stats = torch.zeros(_N_STATS, c, dtype=cd, device=ids.device)
     with torch.enable_grad():
@@ -296,10 +337,16 @@ def _scaled(grad: Tensor, grad_loss: Tensor) -> Tensor:
 
 
 class _SdpoFromHidden(torch.autograd.Function):
-    """Chunked SDPO on hidden states: logits = hidden @ weight.T per chunk, never [B, T, V]."""
+    """Chunked SDPO on hidden states: logits = hidden @ weight.T per chunk, never [B, T, V].
+
+    Only active positions (aggregation weight != 0) are processed, packed across sequences into chunks of
+    ``rows``; two [rows, V] workspaces (logits, then teacher logits in the same buffer; the logit gradient)
+    are allocated once and reused by every chunk.
+    """
 
     @staticmethod
-    def forward(ctx, s_hidden, t_hidden, weight_mat, ids, agg_w, old, rollout_w, plan: _Plan, rows: int):
+    def forward(ctx, s_hidden, t_hidden, weight_mat, t_weight, ids, agg_w, old, rollout_w, plan: _Plan,
+                rows: int):
         B, T, H = s_hidden.shape
         V = weight_mat.shape[0]
         cd = _compute_dtype(s_hidden.dtype)
@@ -307,27 +354,39 @@ class _SdpoFromHidden(torch.autograd.Function):
         want_h = plan.need_grad and ctx.needs_input_grad[0]
         want_w = plan.need_grad and ctx.needs_input_grad[2]
         g_h = torch.zeros_like(s_hidden) if want_h else None
-        g_w = torch.zeros((V, H), dtype=cd, device=dev) if want_w else None
         total = torch.zeros((), dtype=cd, device=dev)
         stats = torch.zeros(_N_STATS, B, T, dtype=cd, device=dev)
-        for b, t0, t1, any_active in _row_blocks(agg_w != 0, B, T, rows):
-            if not any_active:
-                continue
-            h = s_hidden[b, t0:t1]
-            ht = t_hidden[b, t0:t1].to(weight_mat.dtype)
-            buf = torch.empty((t1 - t0, V), dtype=cd, device=dev) if plan.need_grad else None
-            # logits are passed as temporaries so that the kernel can free them early
-            part, st = _sdpo_chunk(h @ weight_mat.T, lambda ht=ht: ht @ weight_mat.T, ids[b, t0:t1],
-                                   agg_w[b, t0:t1], _opt_rows(old, b, t0, t1), _opt_rows(rollout_w, b, t0, t1),
-                                   plan, buf)
+        pos_b, pos_t = torch.nonzero(agg_w != 0, as_tuple=True)
+        n = pos_b.numel()
+        # the first chunk writes the weight gradient (no zero-fill pass over [V, H]), later ones accumulate
+        g_w = (torch.empty if n else torch.zeros)((V, H), dtype=cd, device=dev) if want_w else None
+        rows = max(1, min(rows, n))
+        ldt = torch.promote_types(weight_mat.dtype, t_weight.dtype)   # the dtype the logits are formed in
+        w_s, w_t = weight_mat.to(ldt), t_weight.to(ldt)                # no copies when the dtypes agree
+        logits_buf = torch.empty((rows, V), dtype=ldt, device=dev) if n else None
+        grad_buf = torch.empty((rows, V), dtype=cd, device=dev) if plan.need_grad and n else None
+        for r0 in range(0, n, rows):
+            pb, pt = pos_b[r0:r0 + rows], pos_t[r0:r0 + rows]
+            c = pb.numel()
+            h = s_hidden[pb, pt]                 # [c, H] (a gather: a copy)
+            ht = t_hidden[pb, pt].to(ldt)        # [c, H_t]
+            lb = logits_buf[:c]
+            buf = None if grad_buf is None else grad_buf[:c]
+            torch.matmul(h.to(ldt), w_s.T, out=lb)
+            # the teacher logits overwrite the student's once the kernel no longer needs them
+            part, st = _sdpo_chunk(lb, lambda ht=ht, lb=lb: torch.matmul(ht, w_t.T, out=lb),
+                                   ids[pb, pt], agg_w[pb, pt], None if old is None else old[pb, pt],
+                                   None if rollout_w is None else rollout_w[pb, pt], plan, buf, owned=True)
             total += part
-            stats[:, b, t0:t1] = st
+            stats[:, pb, pt] = st
             if buf is not None:
-                g_logits = buf.to(weight_mat.dtype)
                 if g_h is not None:
-                    g_h[b, t0:t1] = g_logits @ weight_mat
+                    g_h[pb, pt] = buf.to(weight_mat.dtype) @ weight_mat
                 if g_w is not None:
-                    g_w.addmm_(buf.T, h.to(cd))
+                    if r0 == 0:
+                        torch.mm(buf.T, h.to(cd), out=g_w)
+                    else:
+                        g_w.addmm_(buf.T, h.to(cd))
         ctx.grads = (g_h, None if g_w is None else g_w.to(weight_mat.dtype))
         ctx.mark_non_differentiable(stats)
         return total, stats
@@ -340,7 +399,7 @@ class _SdpoFromHidden(torch.autograd.Function):
         ctx.grads = None
         g_h = None if g_h is None else _scaled(g_h, grad_loss)
         g_w = None if g_w is None else _scaled(g_w, grad_loss)
-        return g_h, None, g_w, None, None, None, None, None, None
+        return g_h, None, g_w, None, None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,7 +409,9 @@ class _SdpoFromHidden(torch.autograd.Function):
 def _check_inputs(
     B: int, T: int, V: int, response_ids: Tensor, response_mask: Tensor, cfg: SelfDistillationConfig,
     old_logprobs: Tensor | None, sample_mask: Tensor | None, rollout_is_weights: Tensor | None,
-) -> None:
+    cd: torch.dtype,
+) -> Tensor:
+    """Validate the inputs; return the combined mask ``response_mask * sample_mask[:, None]`` [B, T] in ``cd``."""
     if not isinstance(cfg, SelfDistillationConfig):
         raise TypeError(f"cfg must be a SelfDistillationConfig, got {type(cfg).__name__}")
     if cfg.mode == "token" and cfg.alpha != 1.0:
@@ -368,27 +429,38 @@ def _check_inputs(
                            ("rollout_is_weights", rollout_is_weights, (B, T))):
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if response_ids.is_floating_point() or response_ids.is_complex() or response_ids.dtype == torch.bool:
+        raise ValueError(f"response_ids must be an integer tensor, got dtype {response_ids.dtype}")
     if cfg.is_clip is not None and old_logprobs is None:
         raise ValueError(f"cfg.is_clip={cfg.is_clip!r} needs old_logprobs (the sampler's log-probs of "
                          "response_ids); pass them or set is_clip=None")
-
-
-def _prepare(
-    response_ids: Tensor, response_mask: Tensor, cfg: SelfDistillationConfig, cd: torch.dtype,
-    old_logprobs: Tensor | None, sample_mask: Tensor | None, rollout_is_weights: Tensor | None,
-    need_grad: bool,
-):
     mask = response_mask.to(cd)
     if sample_mask is not None:
         mask = mask * sample_mask.to(device=mask.device, dtype=cd)[:, None]
-    ids = torch.where(response_mask != 0, response_ids, torch.zeros_like(response_ids)).long()
+    # token ids must index the vocabulary wherever they count (masked positions may hold padding ids)
+    bad = (mask != 0) & ((response_ids < 0) | (response_ids >= V))
+    if bool(bad.any()):
+        b, t = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"response_ids[{b}, {t}] = {int(response_ids[b, t])} is outside the vocabulary "
+                         f"[0, {V}) at an active position ({int(bad.sum())} such positions); mask such "
+                         "positions out (response_mask = 0) or fix the token ids / vocabulary size")
+    return mask
+
+
+def _prepare(
+    response_ids: Tensor, mask: Tensor, cfg: SelfDistillationConfig, cd: torch.dtype,
+    old_logprobs: Tensor | None, rollout_is_weights: Tensor | None, need_grad: bool,
+):
+    """mask: the combined mask from ``_check_inputs``. Ids at masked positions become 0 (never gathered
+    with a padding id)."""
+    ids = torch.where(mask != 0, response_ids, torch.zeros_like(response_ids)).long()
     agg_w = aggregation_weights(mask, cfg.loss_agg_mode, cd)
     old = old_logprobs.detach().to(cd) if (cfg.is_clip is not None) else None
     rw = rollout_is_weights.detach().to(cd) if rollout_is_weights is not None else None
     plan = _Plan(mode=cfg.mode, topk=cfg.distillation_topk if cfg.mode == "logit" else None,
                  add_tail=cfg.distillation_add_tail, alpha=float(cfg.alpha),
                  temperature=float(cfg.temperature), is_clip=cfg.is_clip, need_grad=need_grad)
-    return mask, ids, agg_w, old, rw, plan
+    return ids, agg_w, old, rw, plan
 
 
 def _metrics(loss: Tensor, stats: Tensor, mask: Tensor, cfg: SelfDistillationConfig) -> dict[str, float]:
@@ -452,11 +524,11 @@ def sdpo_loss(
         raise ValueError(f"student_logits and teacher_logits must both be [B, T, V]; got "
                          f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
     B, T, V = student_logits.shape
-    _check_inputs(B, T, V, response_ids, response_mask, cfg, old_logprobs, sample_mask, rollout_is_weights)
     cd = _compute_dtype(student_logits.dtype)
+    mask = _check_inputs(B, T, V, response_ids, response_mask, cfg, old_logprobs, sample_mask,
+                         rollout_is_weights, cd)
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
-    mask, ids, agg_w, old, rw, plan = _prepare(response_ids, response_mask, cfg, cd, old_logprobs,
-                                               sample_mask, rollout_is_weights, need_grad)
+    ids, agg_w, old, rw, plan = _prepare(response_ids, mask, cfg, cd, old_logprobs, rollout_is_weights, need_grad)
     rows = chunk_size or max(1, CHUNK_BYTES // (4 * V))
     loss, stats = _SdpoFromLogits.apply(student_logits, teacher_logits.detach(), ids, agg_w, old, rw,
                                         plan, rows)
@@ -471,36 +543,52 @@ def sdpo_loss_from_hidden(
     response_mask: Tensor,
     cfg: SelfDistillationConfig,
     *,
+    teacher_lm_head_weight: Tensor | None = None,
     old_logprobs: Tensor | None = None,
     sample_mask: Tensor | None = None,
     rollout_is_weights: Tensor | None = None,
-    chunk_size: int = HIDDEN_CHUNK_ROWS,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """``sdpo_loss`` on logits ``hidden @ lm_head_weight.T`` without ever holding [B, T, V] logits.
+    """``sdpo_loss`` on logits ``hidden @ W.T`` without ever holding [B, T, V] logits.
 
-    student_hidden, teacher_hidden: [B, T, H] final hidden states aligned to response positions (teacher gets
-    no gradient); lm_head_weight: [V, H] (tied or not; no bias). Gradients flow to ``student_hidden`` and
-    ``lm_head_weight``. Same values and gradients as ``sdpo_loss(student_hidden @ W.T, teacher_hidden @ W.T,
-    ...)`` up to floating-point summation order. chunk_size: positions per chunk ([chunk_size, V] logits
-    are formed at a time).
+    student_hidden: [B, T, H] final hidden states aligned to response positions; lm_head_weight: [V, H] the
+    student's LM head (tied or not; no bias). teacher_hidden: [B, T, H_t], the teacher's (no gradient);
+    teacher_lm_head_weight: [V, H_t], the teacher's own head (no gradient), e.g. an EMA teacher's; default
+    ``lm_head_weight`` (a teacher sharing the student's head: live teacher, LoRA teachers). Gradients flow to
+    ``student_hidden`` and ``lm_head_weight``. Same values and gradients as ``sdpo_loss(student_hidden @ W.T,
+    teacher_hidden @ W_t.T, ...)`` up to floating-point summation order.
+    chunk_size: positions per chunk (default: ``HIDDEN_CHUNK_BYTES // (8 V)``, at most
+    ``HIDDEN_CHUNK_MAX_ROWS``); only active positions are processed, packed across sequences. Besides the
+    returned gradients ([B, T, H] and the [V, H] weight gradient) it allocates two [chunk_size, V] buffers.
     """
-    if student_hidden.dim() != 3 or teacher_hidden.shape != student_hidden.shape:
-        raise ValueError(f"student_hidden and teacher_hidden must both be [B, T, H]; got "
+    if student_hidden.dim() != 3 or teacher_hidden.dim() != 3 or \
+            teacher_hidden.shape[:2] != student_hidden.shape[:2]:
+        raise ValueError(f"student_hidden and teacher_hidden must be [B, T, H] and [B, T, H_t]; got "
                          f"{tuple(student_hidden.shape)} and {tuple(teacher_hidden.shape)}")
     if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != student_hidden.shape[-1]:
         raise ValueError(f"lm_head_weight must be [V, H] with H={student_hidden.shape[-1]}, "
                          f"got {tuple(lm_head_weight.shape)}")
-    if chunk_size < 1:
+    V = lm_head_weight.shape[0]
+    if teacher_lm_head_weight is None:
+        if teacher_hidden.shape[-1] != student_hidden.shape[-1]:
+            raise ValueError(f"teacher_hidden has H_t={teacher_hidden.shape[-1]} != H={student_hidden.shape[-1]}; "
+                             "pass the teacher's own teacher_lm_head_weight [V, H_t]")
+        teacher_lm_head_weight = lm_head_weight
+    elif (teacher_lm_head_weight.dim() != 2 or teacher_lm_head_weight.shape[0] != V
+          or teacher_lm_head_weight.shape[1] != teacher_hidden.shape[-1]):
+        raise ValueError(f"teacher_lm_head_weight must be [V, H_t] = [{V}, {teacher_hidden.shape[-1]}], "
+                         f"got {tuple(teacher_lm_head_weight.shape)}")
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     B, T, _ = student_hidden.shape
-    V = lm_head_weight.shape[0]
-    _check_inputs(B, T, V, response_ids, response_mask, cfg, old_logprobs, sample_mask, rollout_is_weights)
     cd = _compute_dtype(student_hidden.dtype)
+    mask = _check_inputs(B, T, V, response_ids, response_mask, cfg, old_logprobs, sample_mask,
+                         rollout_is_weights, cd)
     need_grad = torch.is_grad_enabled() and (student_hidden.requires_grad or lm_head_weight.requires_grad)
-    mask, ids, agg_w, old, rw, plan = _prepare(response_ids, response_mask, cfg, cd, old_logprobs,
-                                               sample_mask, rollout_is_weights, need_grad)
-    loss, stats = _SdpoFromHidden.apply(student_hidden, teacher_hidden.detach(), lm_head_weight, ids, agg_w,
-                                        old, rw, plan, chunk_size)
+    ids, agg_w, old, rw, plan = _prepare(response_ids, mask, cfg, cd, old_logprobs, rollout_is_weights, need_grad)
+    rows = chunk_size or min(HIDDEN_CHUNK_MAX_ROWS, max(1, HIDDEN_CHUNK_BYTES // (8 * V)))
+    loss, stats = _SdpoFromHidden.apply(student_hidden, teacher_hidden.detach(), lm_head_weight,
+                                        teacher_lm_head_weight.detach(), ids, agg_w, old, rw, plan, rows)
     return loss, _metrics(loss, stats, mask, cfg)
 
 
@@ -519,8 +607,8 @@ class _TokenLogprobs(torch.autograd.Function):
         for b in range(B):
             for t0 in range(0, T, rows):
                 t1 = min(T, t0 + rows)
-                x = _scaled_logits(logits[b, t0:t1], cd, temperature)
-                out[b, t0:t1] = torch.log_softmax(x, dim=-1).gather(1, ids[b, t0:t1, None]).squeeze(1)
+                out[b, t0:t1] = _sampled_logprobs(_scaled_logits(logits[b, t0:t1], cd, temperature),
+                                                  ids[b, t0:t1])
         ctx.save_for_backward(logits, ids)
         ctx.temperature, ctx.rows = temperature, rows
         return out
@@ -552,8 +640,8 @@ class _TokenLogprobsFromHidden(torch.autograd.Function):
         for b in range(B):
             for t0 in range(0, T, rows):
                 t1 = min(T, t0 + rows)
-                x = _scaled_logits(hidden[b, t0:t1] @ weight_mat.T, cd, temperature)
-                out[b, t0:t1] = torch.log_softmax(x, dim=-1).gather(1, ids[b, t0:t1, None]).squeeze(1)
+                out[b, t0:t1] = _sampled_logprobs(_scaled_logits(hidden[b, t0:t1] @ weight_mat.T, cd, temperature),
+                                                  ids[b, t0:t1])
         ctx.save_for_backward(hidden, weight_mat, ids)
         ctx.temperature, ctx.rows = temperature, rows
         return out
@@ -578,6 +666,15 @@ class _TokenLogprobsFromHidden(torch.autograd.Function):
                 if g_w is not None:
                     g_w.addmm_(p.T, h.to(cd))
         return g_h, None if g_w is None else g_w.to(weight_mat.dtype), None, None, None
+
+
+def _sampled_logprobs(x: Tensor, ids: Tensor) -> Tensor:
+    """log softmax(x)[ids] for x [c, V], ids [c], with the same operations as the SDPO kernel
+    (``x[ids] - (max(x) - log(max(softmax(x))))``), so that the old log-probs of the policy before an update and
+    the SDPO kernel's log-probs of the same logits agree bit for bit (importance ratio exactly 1 on the first
+    step), not only up to rounding."""
+    lse = x.amax(dim=-1) - torch.log(torch.softmax(x, dim=-1).amax(dim=-1))
+    return x.gather(1, ids[:, None]).squeeze(1) - lse
 
 
 def _scaled_logits(x: Tensor, cd: torch.dtype, temperature: float) -> Tensor:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdpo.config import SelfDistillationConfig
+from sdpo.config import ConfigError, SelfDistillationConfig
 from sdpo.reprompt import ResponseBatch, output_head, response_hidden, response_logits
 
 TEACHER_ADAPTER = "teacher"
@@ -55,11 +55,16 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
 
 
 def _plain_head_weight(model: nn.Module) -> torch.Tensor:
+    """The LM-head weight [V, H] of ``model`` for a fused (from-hidden) loss. Raises ConfigError (field
+    ``fused_lm_head``) unless the head is a plain bias-free ``nn.Linear``: a LoRA-wrapped head's ``.weight``
+    is only its frozen base, so fusing it would silently drop the adapter."""
     head = output_head(model)
     if type(head) is not nn.Linear or head.bias is not None:
-        raise NotImplementedError(
-            f"hidden(): the fused path needs a bias-free nn.Linear LM head, got {type(head).__name__}; "
-            "use logits() instead"
+        kind = type(head).__name__ + (" with a bias" if type(head) is nn.Linear else "")
+        raise ConfigError(
+            "fused_lm_head", f"the fused LM-head path needs a bias-free nn.Linear LM head, got {kind} "
+            f"({type(head).__module__}); a LoRA adapter on the head (lora_target_modules containing it) cannot be "
+            "fused: remove the head from lora_target_modules or set fused_lm_head=false"
         )
     return head.weight
 
@@ -227,8 +232,8 @@ class TrustRegionTeacher:
         """Only for peft models whose LM head is not adapted: then both sides share the head W and
         lerp(h_ref·Wᵀ, h_s·Wᵀ, τ) = lerp(h_ref, h_s, τ)·Wᵀ."""
         if not self.is_peft:
-            raise NotImplementedError("TrustRegionTeacher.hidden: the full-model ref has its own LM head; "
-                                      "use logits()")
+            raise NotImplementedError("TrustRegionTeacher.hidden: the full-model ref has its own LM head, so the "
+                                      "teacher logits are not hidden @ one head; use logits() (fused_lm_head=false)")
         weight = _plain_head_weight(self.student).detach()
         with self.student.disable_adapter(), eval_mode(self.student):
             ref = response_hidden(self.student, batch)

@@ -27,7 +27,6 @@ from sdpo.losses import (
 )
 from sdpo.reprompt import (
     build_teacher_messages,
-    output_head,
     reprompt_metrics,
     response_hidden,
     response_logits,
@@ -36,6 +35,7 @@ from sdpo.reprompt import (
 )
 from sdpo.rollout.base import Rollout
 from sdpo.rollout.correction import rollout_is_weights
+from sdpo.teacher import _plain_head_weight
 
 LOSSES = ("sdpo", "grpo", "hybrid")
 
@@ -49,6 +49,10 @@ class UpdateConfig:
     micro_batch_size: samples per forward/backward. mini_batch_size: samples per optimizer step
         (None = the whole batch, i.e. one on-policy step). ppo_epochs: passes over the batch.
     rollout_correction_threshold: truncation of the token-level trainer/sampler ratio (None = off).
+    fused_lm_head: compute the losses from hidden states and the LM-head weight chunk by chunk, never holding
+        [B, T, V] logits (``sdpo_loss_from_hidden``). Needs a bias-free ``nn.Linear`` LM head on the student
+        (not LoRA-wrapped) and a teacher that exposes (hidden, head weight): not the full-model trust-region
+        teacher, whose reference model has its own head.
     """
 
     loss: str = "sdpo"
@@ -89,6 +93,34 @@ class UpdateConfig:
         _number("clip_ratio_c", self.clip_ratio_c, lo=1.0, lo_open=True)
         if self.rollout_correction_threshold is not None:
             _number("rollout_correction_threshold", self.rollout_correction_threshold, lo=1.0)
+        if not isinstance(self.fused_lm_head, bool):
+            raise ConfigError("fused_lm_head", f"got {self.fused_lm_head!r}; expected true or false")
+        if self.fused_lm_head:
+            # the entry-point configs extending this one (TrainConfig, SolveConfig) carry the adapter fields
+            _check_fused_lm_head(self, getattr(self, "adapter", None), getattr(self, "lora_target_modules", None))
+
+
+#: Names under which transformers models keep their LM head (output embedding).
+LM_HEAD_NAMES = ("lm_head", "embed_out")
+
+
+def _check_fused_lm_head(cfg: UpdateConfig, adapter: str | None, lora_target_modules) -> None:
+    """Reject ``fused_lm_head`` combinations the fused path cannot run (checked again at run time by
+    ``_plain_head_weight`` on the actual model)."""
+    sd = cfg.self_distillation
+    if cfg.loss != "grpo" and sd.teacher_regularization == "trust-region" and adapter == "full":
+        raise ConfigError(
+            "fused_lm_head", "fused_lm_head=true with self_distillation.teacher_regularization='trust-region' "
+            "and adapter='full' is not supported (the frozen reference model has its own LM head, so the teacher "
+            "logits are not one hidden state times one head); set fused_lm_head=false, use adapter='lora', or "
+            "teacher_regularization='ema' or 'live'")
+    if adapter == "lora" and lora_target_modules:
+        wrapped = [m for m in lora_target_modules if m in LM_HEAD_NAMES]
+        if wrapped:
+            raise ConfigError(
+                "fused_lm_head", f"fused_lm_head=true with the LM head in lora_target_modules ({wrapped[0]!r}) "
+                "is not supported (the fused loss uses the plain head weight and would drop the adapter); remove "
+                f"{wrapped[0]!r} from lora_target_modules or set fused_lm_head=false")
 
 
 @dataclass
@@ -174,7 +206,7 @@ def _old_logprobs(model, batch, ids, mask, micro: int, temperature: float, fused
         rows = torch.tensor([0]) if dummy else rows
         mb = _trim(_index(batch, rows)).to(_device(model))
         if fused:
-            lp = token_logprobs_from_hidden(response_hidden(model, mb), output_head(model).weight,
+            lp = token_logprobs_from_hidden(response_hidden(model, mb), _plain_head_weight(model),
                                             ids[rows].to(_device(model)), temperature)
         else:
             lp = token_logprobs(response_logits(model, mb), ids[rows].to(_device(model)), temperature)
@@ -317,8 +349,8 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
                 rcw = rc_weights[rows].to(device) if rc_weights is not None else None
                 total = torch.zeros((), device=device)
                 if cfg.fused_lm_head:
+                    head_w = _plain_head_weight(model)  # refuses a LoRA-wrapped / biased head
                     s_hidden = response_hidden(model, mb)
-                    head_w = output_head(model).weight
                 else:
                     s_logits = response_logits(model, mb)
                 if use_sdpo:
@@ -328,8 +360,10 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
                     kw = dict(old_logprobs=old_lp_sd[rows].to(device) if sd.is_clip is not None else None,
                               sample_mask=sample_mask[rows].to(device), rollout_is_weights=rcw)
                     if cfg.fused_lm_head:
-                        t_hidden, _ = teacher.hidden(tb)
-                        l_sd, m_sd = sdpo_loss_from_hidden(s_hidden, t_hidden, head_w, ids, rmask, sd, **kw)
+                        # the teacher's own head: an EMA teacher of a full model has its own (EMA'd) weights
+                        t_hidden, t_head_w = teacher.hidden(tb)
+                        l_sd, m_sd = sdpo_loss_from_hidden(s_hidden, t_hidden, head_w, ids, rmask, sd,
+                                                           teacher_lm_head_weight=t_head_w, **kw)
                     else:
                         l_sd, m_sd = sdpo_loss(s_logits, teacher.logits(tb), ids, rmask, sd, **kw)
                     w = cfg.hybrid_weight if cfg.loss == "hybrid" else 1.0

@@ -391,7 +391,8 @@ def test_bfloat16_logits_run_and_return_bfloat16_gradients():
     dict(mode="token", alpha=1.0, is_clip=2.0),
 ])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_fused_from_hidden_equals_unfused(cfg_kwargs, dtype, tol):
+@pytest.mark.parametrize("chunk", [4, None])
+def test_fused_from_hidden_equals_unfused(cfg_kwargs, dtype, tol, chunk):
     g = torch.Generator().manual_seed(1)
     B, T, H, V = 3, 7, 16, 50
     hs = torch.randn(B, T, H, generator=g, dtype=torch.float64).to(dtype)
@@ -402,7 +403,7 @@ def test_fused_from_hidden_equals_unfused(cfg_kwargs, dtype, tol):
     kw = dict(old_logprobs=old, sample_mask=smask, rollout_is_weights=rw)
 
     h1, w1 = hs.clone().requires_grad_(), w.clone().requires_grad_()
-    loss_f, m_f = sdpo_loss_from_hidden(h1, ht, w1, ids, rmask, cfg, chunk_size=4, **kw)
+    loss_f, m_f = sdpo_loss_from_hidden(h1, ht, w1, ids, rmask, cfg, chunk_size=chunk, **kw)
     loss_f.backward()
     h2, w2 = hs.clone().requires_grad_(), w.clone().requires_grad_()
     loss_u, m_u = sdpo_loss(h2 @ w2.T, ht @ w2.T.detach(), ids, rmask, cfg, **kw)
@@ -414,6 +415,59 @@ def test_fused_from_hidden_equals_unfused(cfg_kwargs, dtype, tol):
     assert all(m_f[k] == pytest.approx(m_u[k], rel=tol, abs=1e-12) for k in m_f)
 
 
+@pytest.mark.parametrize("chunk", [1, 5, None])
+def test_fused_from_hidden_with_the_teacher_s_own_head(chunk):
+    """An EMA teacher of a full model has its own LM head W_t (and could have its own width H_t): the teacher
+    logits are teacher_hidden @ W_t.T, never the student's head. float64 reference: sdpo_loss on materialised
+    logits."""
+    g = torch.Generator().manual_seed(3)
+    B, T, H, Ht, V = 3, 7, 16, 12, 50
+    hs = torch.randn(B, T, H, generator=g, dtype=torch.float64)
+    ht = torch.randn(B, T, Ht, generator=g, dtype=torch.float64)
+    w = torch.randn(V, H, generator=g, dtype=torch.float64) * 0.5
+    wt = (torch.randn(V, Ht, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    _, _, ids, rmask, old, smask, rw = make_batch(torch.float64, B=B, T=T, V=V)
+    cfg = SelfDistillationConfig(alpha=0.5, distillation_topk=5, is_clip=2.0)
+    kw = dict(old_logprobs=old, sample_mask=smask, rollout_is_weights=rw)
+
+    h1, w1 = hs.clone().requires_grad_(), w.clone().requires_grad_()
+    loss_f, m_f = sdpo_loss_from_hidden(h1, ht, w1, ids, rmask, cfg, teacher_lm_head_weight=wt, chunk_size=chunk,
+                                        **kw)
+    loss_f.backward()
+    h2, w2 = hs.clone().requires_grad_(), w.clone().requires_grad_()
+    loss_u, m_u = sdpo_loss(h2 @ w2.T, (ht @ wt.T).detach(), ids, rmask, cfg, **kw)
+    loss_u.backward()
+    assert loss_f.item() == pytest.approx(loss_u.item(), rel=1e-10)
+    assert rel_err(h1.grad, h2.grad) < 1e-10 and rel_err(w1.grad, w2.grad) < 1e-10
+    assert all(m_f[k] == pytest.approx(m_u[k], rel=1e-10, abs=1e-12) for k in m_f)
+    assert wt.grad is None
+    with pytest.raises(ValueError, match="teacher_lm_head_weight"):
+        sdpo_loss_from_hidden(hs, ht, w, ids, rmask, cfg, teacher_lm_head_weight=wt[:, :5], **kw)
+    with pytest.raises(ValueError, match="teacher_lm_head_weight"):
+        sdpo_loss_from_hidden(hs, ht, w, ids, rmask, cfg, **kw)   # H_t != H needs the teacher's head
+
+
+def test_out_of_vocabulary_ids_at_active_positions_raise_a_value_error():
+    s, t, ids, rmask, _, smask, _ = make_batch(V=50)
+    cfg = SelfDistillationConfig(distillation_topk=5, is_clip=None)
+    hs, w = torch.randn(3, 7, 8, dtype=torch.float64), torch.randn(50, 8, dtype=torch.float64)
+    for bad in (50, 1000, -1):
+        x = ids.clone()
+        x[0, 2] = bad   # an active position
+        with pytest.raises(ValueError, match=rf"response_ids\[0, 2\] = {bad} .*vocabulary \[0, 50\)"):
+            sdpo_loss(s, t, x, rmask, cfg)
+        with pytest.raises(ValueError, match="response_ids"):
+            sdpo_loss_from_hidden(hs, hs, w, x, rmask, cfg)
+    # inactive positions (response_mask 0, or a sample_mask-ed sample) may hold anything
+    x = ids.clone()
+    x[1, 5] = 10**6        # response_mask[1, 4:] == 0
+    x[2, 3] = -100         # sample 2 has sample_mask 0
+    for fn, a, b in ((sdpo_loss, s, t), (sdpo_loss_from_hidden, hs, hs)):
+        args = (a, b, w) if fn is sdpo_loss_from_hidden else (a, b)
+        loss, _ = fn(*args, x, rmask, cfg, sample_mask=smask)
+        assert torch.isfinite(loss)
+
+
 def test_fused_teacher_hidden_gets_no_gradient():
     hs = torch.randn(1, 4, 8, requires_grad=True)
     ht = torch.randn(1, 4, 8, requires_grad=True)
@@ -422,6 +476,25 @@ def test_fused_teacher_hidden_gets_no_gradient():
                                     SelfDistillationConfig(is_clip=None, distillation_topk=3))
     loss.backward()
     assert ht.grad is None and hs.grad is not None and w.grad is not None
+
+
+@pytest.mark.parametrize("mode,topk", [("logit", 7), ("logit", None), ("token", None)])
+def test_old_logprobs_of_the_same_logits_give_an_importance_ratio_of_exactly_one(mode, topk):
+    """token_logprobs (the policy's old log-probs) and the SDPO kernel compute log p(y) with the same operations,
+    so on the first step the IS ratio is 1 bit for bit, not only up to rounding."""
+    g = torch.Generator().manual_seed(4)
+    B, T, V = 8, 64, 2048    # float32 log_softmax and the kernel's formula differ in the last bit at ~1/4 of these
+    s = torch.randn(B, T, V, generator=g) * 0.3
+    t = torch.randn(B, T, V, generator=g) * 0.3
+    ids = torch.randint(0, V, (B, T), generator=g)
+    # is_clip = 1: any ratio above 1, even by one ulp, counts as clipped (the mean would hide it in rounding)
+    cfg = SelfDistillationConfig(mode=mode, alpha=1.0, distillation_topk=topk, is_clip=1.0, temperature=0.7)
+    old = token_logprobs(s, ids, 0.7)
+    _, m = sdpo_loss(s.clone().requires_grad_(), t, ids, torch.ones(B, T), cfg, old_logprobs=old)
+    assert m["sdpo/is_clip_fraction"] == 0.0 and m["sdpo/is_ratio_mean"] == 1.0
+    # and the value is log_softmax's up to rounding
+    ref = torch.log_softmax(s.double() / 0.7, -1).gather(-1, ids[..., None]).squeeze(-1)
+    assert rel_err(old, ref) < 1e-6
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])

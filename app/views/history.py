@@ -35,7 +35,10 @@ def outcome(d: JobSummary, result: dict | None, error: str | None) -> str:
 def rows(ctx: AppContext, *, kind: str = ALL, status: str = ALL, search: str = "", limit: int = 200) -> pd.DataFrame:
     """The jobs table (newest first) for the filters."""
     with ctx.session() as s:
-        J.reap_stale(s, timeout_s=ctx.settings.heartbeat_timeout_s)
+        # a job whose worker died goes back to the queue (resumed by the next free worker) or ends with the
+        # reason, as the workers' own reapers do
+        J.reap_stale(s, timeout_s=ctx.settings.heartbeat_timeout_s, enqueue=ctx.queue.enqueue,
+                     max_resumes=ctx.settings.max_resumes)
     with ctx.session() as s:
         jobs = J.list_jobs(s, kind=None if kind == ALL else kind, status=None if status == ALL else status,
                            search=(search or "").strip() or None, limit=limit)

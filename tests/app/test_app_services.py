@@ -291,3 +291,25 @@ def test_system_health_reports_database_broker_and_no_worker(ctx):
     assert "database | <span class=\"sdpo-dot-ok\">●</span> ok" in md
     assert "broker | <span class=\"sdpo-dot-ok\">●</span> ok" in md
     assert "No live worker" in md and str(ctx.settings.model) in md
+
+
+def test_history_requeues_a_job_whose_worker_died(ctx):
+    """Opening History reaps like a worker does: a running job whose worker stopped heart-beating goes back to
+    the queue with a new message (the next free worker resumes it), instead of showing "running" forever."""
+    from datetime import timedelta
+
+    from backend.models import utcnow
+
+    jid = solve.submit(ctx, problem=form_problem(ctx), config=small_config())
+    waiting = ctx.queue.length()
+    with ctx.session() as s:
+        J.claim_job(s, job_id=jid, worker_id="gone:1", takeover_after_s=ctx.settings.heartbeat_timeout_s)
+        job = s.get(Job, jid)
+        assert job.status == "running"
+        job.heartbeat_at = utcnow() - timedelta(seconds=ctx.settings.heartbeat_timeout_s + 5)
+    row = history.rows(ctx).set_index("id").loc[jid]
+    assert "queued" in row["status"]
+    with ctx.session() as s:
+        job = s.get(Job, jid)
+        assert (job.status, job.worker_id, job.resumes) == ("queued", None, 1)
+    assert ctx.queue.length() == waiting + 1  # a fresh message for the job

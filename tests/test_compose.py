@@ -66,6 +66,10 @@ def test_worker_reserves_the_gpu_it_is_given_and_app_requires_auth():
     assert device["device_ids"] == ["${SDPO_GPU_ID:-0}"] and "count" not in device
     assert "CUDA_VISIBLE_DEVICES" not in w["environment"]
     assert w["command"] == ["sdpo", "worker"]
+    # the GPU image (vLLM), with room in /dev/shm for the engine's processes
+    assert w["build"]["dockerfile"] == "docker/worker-gpu.Dockerfile" and w["image"] != SERVICES["app"]["image"]
+    assert ".[gpu]" in (ROOT / "docker/worker-gpu.Dockerfile").read_text()
+    assert w["shm_size"].endswith("gb")
     app = SERVICES["app"]
     assert app["environment"]["SDPO_HOST"] == "0.0.0.0" and "SDPO_AUTH" in app["environment"]
 

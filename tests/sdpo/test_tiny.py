@@ -17,6 +17,7 @@ def test_tiny_model_reload_gives_identical_logits(tmp_path, tiny_model_path):
     again = make_tiny_model(tmp_path / "again", seed=0)
     model2, tok2 = load_model_and_tokenizer(again)
     assert tok2.get_vocab() == tok.get_vocab()
+    assert (again / "tokenizer.json").read_bytes() == (tiny_model_path / "tokenizer.json").read_bytes()
     with torch.no_grad():
         b = model2(ids).logits
     assert torch.equal(a, b)

@@ -2,7 +2,7 @@
 
 ``sdpo train`` runs unchanged under ``torchrun --nproc_per_node=N``: :func:`init_from_env` reads the
 ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` variables torchrun sets and opens the process group (``gloo`` on
-CPU, ``nccl`` on CUDA). A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) gets :data:`SINGLE`, whose
+CPU, ``nccl`` on CUDA), for ``ddp`` and ``fsdp`` alike. A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) gets :data:`SINGLE`, whose
 collectives are no-ops, so the single-process code path is the distributed one with ``world_size == 1``.
 
 How a step is split (see ``docs/scale-out.md``):
@@ -15,6 +15,9 @@ How a step is split (see ``docs/scale-out.md``):
   i.e. DDP semantics with SUM instead of DDP's mean.
 - Every rank runs the same number of forward/backward passes and collectives: ranks with fewer micro-batches
   run zero-weight dummy micro-batches, and an all-masked micro-batch still goes through forward/backward.
+- ``fsdp`` (FSDP2, :func:`apply_fsdp`) shards the weights instead of replicating them; its forward and backward
+  are collectives, so equal pass counts matter there, and so does every generate call (:func:`sync_generate`).
+  Checkpoints gather full tensors (:func:`gather_full`) and resumes re-shard them (:func:`shard_like`).
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class DistContext:
     def all_reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Sum ``.grad`` over ranks in one flat buffer per dtype (a missing grad counts as zeros).
 
-        Not used under FSDP, whose backward already reduce-scatters the gradients."""
+        Not used under FSDP, whose backward already reduce-scatters (sums) the gradients."""
         if not self.enabled or self.strategy == "fsdp":
             return
         for p in params:
@@ -110,8 +113,9 @@ class DistContext:
                 offset += g.numel()
 
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
-        """Copy rank 0's trainable parameters to every rank (e.g. randomly initialised LoRA weights)."""
-        if not self.enabled or self.strategy == "fsdp":
+        """Copy rank 0's trainable parameters to every rank (e.g. randomly initialised LoRA weights).
+        Under FSDP call it before :func:`apply_fsdp` (each rank then keeps its shard of the same weights)."""
+        if not self.enabled:
             return
         with torch.no_grad():
             for p in module.parameters():
@@ -153,14 +157,13 @@ def init_from_env(requested: str = "none", *, device: str = "auto", timeout_s: f
     """Open the process group torchrun describes (idempotent); :data:`SINGLE` outside torchrun.
 
     device: "auto" | "cpu" | "cuda" (the run's device setting): nccl with CUDA, gloo on CPU. Under CUDA each
-    process binds to GPU ``LOCAL_RANK``."""
+    process binds to GPU ``LOCAL_RANK``. Both ``ddp`` and ``fsdp`` run on either backend (the tests run fsdp
+    with gloo on CPU)."""
     world, rank, local = env_world()
     strategy = resolve_strategy(requested, world)
     if strategy == "none":
         return SINGLE
     cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    if strategy == "fsdp" and not cuda:
-        raise ConfigError("distributed", "fsdp needs CUDA GPUs; use 'ddp' (gloo on CPU) or 'none'")
     if cuda:
         torch.cuda.set_device(local)
     if not torch.distributed.is_initialized():
@@ -188,25 +191,99 @@ def shard(items: Sequence[T], ctx: DistContext) -> list[T]:
     return list(items[start:end])
 
 
+def _is_dtensor(t: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether ``module``'s parameters are FSDP2 shards (DTensors), i.e. :func:`apply_fsdp` ran on it."""
+    return any(_is_dtensor(p) for p in module.parameters())
+
+
+def _generating_root(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (the module whose ``__call__`` both the training forward
+    and ``generate`` go through), else ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def apply_fsdp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     """Shard ``model`` in place with FSDP2 (``fully_shard`` on each decoder layer, then the root).
 
-    UNTESTED: CUDA only, and no GPU was available where this was written; the CPU/gloo tests cover DDP.
-    Gradients are summed, not averaged, across ranks (the losses are already globally normalised).
+    The root is the transformers model itself, also under a peft wrapper: peft's forward and ``generate`` both
+    call it, so its hooks gather the embeddings / (tied) LM head / final norm for every forward. Gradients
+    are summed, not averaged, across ranks (``set_gradient_divide_factor(1.0)`` and a plain SUM reduce-scatter,
+    ``set_force_sum_reduction_for_comms``, on every sharded module: the losses are already globally normalised). Every module is marked ``_is_fsdp_managed_module`` so that
+    transformers' ``generate`` keeps the ranks in step (``synced_gpus``: a rank that has finished keeps running
+    forwards until all have). Call it after loading weights and after :meth:`DistContext.broadcast_parameters`.
+    Tested on CPU with gloo and 2 processes (tests/sdpo/test_fsdp.py); not on GPUs (nccl).
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
     if ctx.strategy != "fsdp":
         return model
+    root = _generating_root(model)
     layers = None
-    for mod in model.modules():
+    for mod in root.modules():
         if hasattr(mod, "layers") and isinstance(mod.layers, torch.nn.ModuleList):
             layers = mod.layers
             break
     for layer in layers or []:
         fully_shard(layer)
-    fully_shard(model)
-    model.set_gradient_divide_factor(1.0)
+    # the root too is resharded after every forward (FSDP2's default keeps it gathered until the backward,
+    # which a no-grad forward -- generate, a frozen teacher copy -- never runs, leaving it unsharded)
+    fully_shard(root, reshard_after_forward=True)
+    for mod in model.modules():
+        if isinstance(mod, FSDPModule):
+            mod.set_gradient_divide_factor(1.0)
+            mod.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
     for mod in model.modules():  # transformers' generate then keeps the ranks in step (synced_gpus)
         mod._is_fsdp_managed_module = True
     return model
+
+
+def gather_full(obj: T) -> T:
+    """``obj`` (nested dicts / lists / tuples) with every DTensor replaced by its full tensor on CPU.
+
+    A collective per DTensor: every rank must call it on the same structure (a state dict of the same sharded
+    module / optimizer), in the same order. Plain tensors and other values are returned as they are."""
+    if _is_dtensor(obj):
+        return obj.full_tensor().cpu()  # type: ignore[union-attr]
+    if isinstance(obj, dict):
+        return type(obj)((k, gather_full(v)) for k, v in obj.items())  # type: ignore[return-value]
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(gather_full(v) for v in obj)  # type: ignore[return-value]
+    return obj
+
+
+def shard_like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of ``full`` laid out like the DTensor ``ref`` (no communication: every rank holds
+    ``full``; its dtype is kept); ``full`` itself when ``ref`` is a plain tensor."""
+    if not _is_dtensor(ref):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(device=ref.device), ref.device_mesh, ref.placements,
+                             src_data_rank=None)
+
+
+def sync_generate(sampler: Any, prompts: list, n: int, params: Any, ctx: DistContext) -> list:
+    """``sampler.generate(prompts, n, params)`` with the same number of ``generate`` calls on every rank.
+
+    Under FSDP every forward is a collective: transformers' ``synced_gpus`` keeps the decoding steps of one
+    call in step, but a rank with fewer chunks (fewer questions, or none) must still join the others' extra
+    calls, so it runs throw-away one-sequence generations (results dropped) up to the largest chunk count.
+    Other strategies call the sampler directly."""
+    if ctx.strategy != "fsdp" or not ctx.enabled:
+        return sampler.generate(prompts, n, params) if prompts else []
+    batch = max(1, int(getattr(sampler, "batch_size", 1)))
+    mine = -(-len(prompts) * n // batch)
+    most = int(ctx.all_reduce([float(mine)], "max")[0])
+    out = sampler.generate(prompts, n, params) if prompts else []
+    filler = [{"role": "user", "content": "."}]
+    for _ in range(most - mine):
+        sampler.generate([filler], 1, params)
+    return out
+
+

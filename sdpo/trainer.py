@@ -24,7 +24,17 @@ from sdpo.adapters import check_target_modules
 from sdpo.callbacks import Attempt, Callbacks, tensorboard_sink, wandb_sink
 from sdpo.config import ConfigError, _choice, _number, build_dataclass
 from sdpo.data.tasks import Task
-from sdpo.distributed import SINGLE, DistContext, apply_fsdp, init_from_env, shard, shutdown
+from sdpo.distributed import (
+    SINGLE,
+    DistContext,
+    apply_fsdp,
+    gather_full,
+    init_from_env,
+    shard,
+    shard_like,
+    shutdown,
+    sync_generate,
+)
 from sdpo.rollout.base import SamplingParams
 from sdpo.update import ScoredBatch, UpdateConfig, policy_update
 
@@ -86,8 +96,9 @@ class TrainConfig(UpdateConfig):
     gpu_memory_utilization: float = 0.5
     device: str = "auto"
     dtype: str = "auto"
-    # "none" | "ddp" | "fsdp". Only matters under torchrun (WORLD_SIZE > 1), where "none" means "ddp";
-    # one process ignores it. "fsdp" (FSDP2) needs CUDA and is untested (see docs/scale-out.md).
+    # "none" | "ddp" | "fsdp" (``strategy`` is another name of it in from_dict). Only matters under torchrun
+    # (WORLD_SIZE > 1), where "none" means "ddp"; one process ignores it. "fsdp" (FSDP2) runs on CPU (gloo) and
+    # CUDA (nccl); tested on CPU only, and not with fused_lm_head (see docs/scale-out.md).
     distributed: str = "none"
     progress: bool = True
     tensorboard: bool = False
@@ -140,8 +151,12 @@ class TrainConfig(UpdateConfig):
                 raise ConfigError(name, f"got {getattr(self, name)!r}; expected true or false")
         if not isinstance(self.wandb_project, str) or not self.wandb_project:
             raise ConfigError("wandb_project", f"got {self.wandb_project!r}; expected a project name")
-        if self.distributed == "fsdp" and not torch.cuda.is_available():
-            raise ConfigError("distributed", "fsdp needs CUDA GPUs; use 'ddp' (gloo on CPU) or 'none'")
+        if self.distributed == "fsdp" and self.fused_lm_head:
+            # the fused path runs the decoder and multiplies by the LM-head weight itself, outside the FSDP root
+            # whose forward gathers the (sharded) embeddings / head / norm
+            raise ConfigError("fused_lm_head", "fused_lm_head=true cannot run with distributed='fsdp' (the fused "
+                              "path reads the LM-head weight outside the sharded forward); set fused_lm_head=false "
+                              "or distributed='ddp'")
         if self.mini_batch_size is not None and self.mini_batch_size > self.train_batch_size * self.n:
             raise ConfigError("mini_batch_size", f"got {self.mini_batch_size}; must be <= train_batch_size * n "
                               f"= {self.train_batch_size * self.n} samples per step")
@@ -149,6 +164,10 @@ class TrainConfig(UpdateConfig):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         data = dict(data)
+        if "strategy" in data:  # another name of ``distributed`` (the issue's word); stored as distributed
+            if "distributed" in data:
+                raise ConfigError("strategy", "is another name of 'distributed'; set one of them, not both")
+            data["distributed"] = data.pop("strategy")
         if "ppo_mini_batch_size" in data:  # an init-only alias: not a dataclass field, so not a known key
             data["mini_batch_size"] = _mini_batch_alias(data.get("mini_batch_size"), data.pop("ppo_mini_batch_size"))
         return build_dataclass(cls, data)
@@ -317,11 +336,10 @@ def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
         return {}
     local = shard(tasks, dist)
     sums = [0.0, 0.0, 0.0, 0.0]  # reward sum, solved questions, response tokens, questions
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.val_temperature,
+                            top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed * 7919 + step + 1_000_003 * dist.rank)
+    rollouts = sync_generate(sampler, [t.messages for t in local], cfg.val_k, params, dist)  # fsdp: all ranks
     if local:
-        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.val_temperature,
-                                top_p=cfg.top_p, top_k=cfg.top_k,
-                                seed=cfg.seed * 7919 + step + 1_000_003 * dist.rank)
-        rollouts = sampler.generate([t.messages for t in local], cfg.val_k, params)
         full = [t if t.hidden_tests is None else _with_tests(t, t.hidden_tests) for t in local]
         scores = score_rollouts(full, rollouts, cfg.val_k, sparse=True)
         rewards = [s.reward for s in scores]
@@ -346,14 +364,52 @@ def _rng_state() -> dict[str, Any]:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
+def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext) -> dict[str, Any] | None:
+    """Under FSDP, the full (unsharded) model weights, optimizer state and teacher state, on rank 0 (CPU);
+    None otherwise (the replicas are whole already). Every rank must call it: each gather is a collective.
+
+    Model: ``get_model_state_dict(full_state_dict=True, cpu_offload=True)``. Optimizer and teacher: their own
+    ``state_dict()`` with each DTensor gathered to its full tensor, which is the one-process layout (the
+    optimizer's state keyed by parameter index, as ``optimizer.state_dict()``), so a 1-process run loads it."""
+    if ctx.strategy != "fsdp" or not ctx.enabled:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if ctx.is_main:  # tied weights (embeddings / LM head) are one tensor again, as in model.state_dict()
+        first: dict[int, str] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if id(p) in first and first[id(p)] in weights and name in weights:
+                weights[name] = weights[first[id(p)]]
+            first.setdefault(id(p), name)
+    opt = gather_full(optimizer.state_dict())
+    teacher_state = gather_full(teacher.state_dict()) if teacher is not None else None
+    return {"model": weights, "optimizer": opt, "teacher": teacher_state} if ctx.is_main else None
+
+
+def _save_gathered_weights(model, tokenizer, out_dir: Path, weights: dict[str, torch.Tensor]) -> tuple[Path, str]:
+    """``sdpo.adapters.save_weights``'s layout (adapter/ or model/) written from a gathered full state dict."""
+    from sdpo.adapters import is_lora
+
+    if is_lora(model):
+        path = out_dir / "adapter"
+        model.save_pretrained(path, selected_adapters=["default"], state_dict=weights)
+        return path, "lora"
+    path = out_dir / "model"
+    model.save_pretrained(path, safe_serialization=True, state_dict=weights)
+    tokenizer.save_pretrained(path)
+    return path, "full"
+
+
 def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, scheduler, teacher,
-                    stream: TaskStream, cfg: TrainConfig, rng_ranks: list[dict[str, Any]] | None = None
-                    ) -> tuple[Path, str]:
+                    stream: TaskStream, cfg: TrainConfig, rng_ranks: list[dict[str, Any]] | None = None,
+                    gathered: dict[str, Any] | None = None) -> tuple[Path, str]:
     """``out_dir/checkpoints/step_N/``: weights (adapter/ or model/), trainer_state.pt (optimizer, scheduler,
     teacher state, RNG states, step, data position), config.yaml. Written to a temp dir, then renamed.
 
     rng_ranks: every data-parallel rank's RNG state (rank order), written by rank 0 alone (weights, optimizer
-    and teacher are identical replicas on every rank)."""
+    and teacher are identical replicas on every rank). gathered: under FSDP, :func:`gather_checkpoint_state`'s
+    full states, written instead of the (sharded) live ones; the layout is the same either way."""
     import shutil
 
     import yaml
@@ -364,10 +420,16 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _, kind = save_weights(model, tokenizer, tmp)
+    if gathered is not None:
+        _, kind = _save_gathered_weights(model, tokenizer, tmp, gathered["model"])
+        opt_state, teacher_state = gathered["optimizer"], gathered["teacher"]
+    else:
+        _, kind = save_weights(model, tokenizer, tmp)
+        opt_state = optimizer.state_dict()
+        teacher_state = teacher.state_dict() if teacher is not None else None
     torch.save({
-        "step": step, "position": stream.position, "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "teacher": teacher.state_dict() if teacher is not None else None,
+        "step": step, "position": stream.position, "optimizer": opt_state,
+        "scheduler": scheduler.state_dict(), "teacher": teacher_state,
         "rng": _rng_state(), "rng_ranks": rng_ranks,
         "adapter": kind,
     }, tmp / "trainer_state.pt")
@@ -379,7 +441,18 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, teacher, rank: int = 0) -> dict[str, Any]:
     """Restore a checkpoint into this process; ``rank`` picks its RNG state when the checkpoint holds one per
-    data-parallel rank (any other world size gets rank 0's)."""
+    data-parallel rank (any other world size gets rank 0's). For unsharded models; ``train()`` under FSDP
+    uses the same pieces around :func:`sdpo.distributed.apply_fsdp` (:func:`load_model_state` first)."""
+    state = load_model_state(path, model)
+    if teacher is not None and state["teacher"] is not None:
+        teacher.load_state_dict(state["teacher"])
+    load_training_state(state, optimizer, scheduler, rank)
+    return state
+
+
+def load_model_state(path: Path, model) -> dict[str, Any]:
+    """Read ``path/trainer_state.pt`` and load the checkpoint's weights into the (unsharded) ``model``; returns
+    the trainer state. Every rank reads the same full checkpoint, whatever world size wrote it."""
     from sdpo.adapters import is_lora, load_adapter_weights
 
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
@@ -389,17 +462,45 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, teacher, rank: int 
         load_adapter_weights(model, path / "adapter")
     else:
         _load_full_weights(model, path / "model" / "model.safetensors")
-    optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
+def load_training_state(state: dict[str, Any], optimizer, scheduler, rank: int = 0) -> None:
+    """Optimizer (full tensors, re-sharded like their parameters when those are FSDP shards), scheduler and
+    this rank's RNG state from a checkpoint's trainer state."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    opt = state["optimizer"]
+    per_param = {}
+    for i, entry in opt["state"].items():
+        p = params[int(i)]
+        per_param[i] = {k: shard_like(v, p) if isinstance(v, torch.Tensor) and v.shape == p.shape else v
+                        for k, v in entry.items()}
+    optimizer.load_state_dict({**opt, "state": per_param})
     scheduler.load_state_dict(state["scheduler"])
-    if teacher is not None and state["teacher"] is not None:
-        teacher.load_state_dict(state["teacher"])
     ranks = state.get("rng_ranks") or []
     rng = ranks[rank] if rank < len(ranks) else state["rng"]
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return state
+
+
+def shard_teacher(teacher, ctx: DistContext) -> None:
+    """Under FSDP, shard the teacher's own weights like the student (call after ``apply_fsdp(student)``):
+    a full-model EMA copy or trust-region reference is sharded with :func:`apply_fsdp`, so its forward is a
+    sharded forward and the EMA step (element-wise) runs on the local shards against the student's shards;
+    a float32 EMA master is re-sharded too. LoRA teachers live in the (already sharded) student; live needs
+    nothing."""
+    if teacher is None or ctx.strategy != "fsdp" or not ctx.enabled:
+        return
+    own = getattr(teacher, "ref", None) if teacher.kind == "trust-region" else None
+    if teacher.kind == "ema" and not teacher.is_peft:
+        own = teacher.model
+    if own is not None:
+        apply_fsdp(own, ctx)
+    if teacher.kind == "ema" and teacher.master is not None:
+        params = teacher._teacher_params()
+        teacher.master = {k: shard_like(v, params[k]).float() for k, v in teacher.master.items()}
 
 
 def _load_full_weights(model, weights: Path) -> None:
@@ -472,16 +573,11 @@ class _Sinks:
 def check_world(cfg: TrainConfig, ctx: DistContext) -> str:
     """Settings that depend on the process group (known only under torchrun); returns the sampler kind to build.
 
-    Raises ConfigError when each rank would get no question, for ``sampler: vllm`` with several processes
-    (ranks generate with HF; ``auto`` picks it), and for ``fsdp``, whose sharded checkpoints are not written."""
+    Raises ConfigError when each rank would get no question, and for ``sampler: vllm`` with several processes
+    (ranks generate with HF; ``auto`` picks it). ``fsdp`` is allowed with any world size and backend."""
     if cfg.train_batch_size < ctx.world_size:
         raise ConfigError("train_batch_size", f"got {cfg.train_batch_size}; must be >= the number of processes "
                           f"({ctx.world_size}): each rank needs at least one question per step")
-    if ctx.strategy == "fsdp":
-        # apply_fsdp (FSDP2 sharding, summed gradients, rank-synchronised HF generate) is written but untested
-        # (no GPU here), and checkpoints of sharded weights / optimizer / EMA teacher are not implemented.
-        raise ConfigError("distributed", "fsdp: checkpointing sharded weights is not implemented yet; use 'ddp' "
-                          "(docs/scale-out.md)")
     if not ctx.enabled:
         return cfg.sampler
     if cfg.sampler == "vllm":
@@ -520,17 +616,24 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     check_prompt_lengths(tokenizer, train_tasks, cfg.max_prompt_len, cfg.train_file or f"{cfg.dataset} (train)")
     check_prompt_lengths(tokenizer, val_tasks, cfg.max_prompt_len,
                          cfg.test_file or f"{cfg.dataset or cfg.train_file} (validation)")
+    #    Checkpoint weights and teacher state are loaded into the whole model (every rank reads the full
+    #    checkpoint); under fsdp the student and the teacher's own weights are sharded after that, and the
+    #    optimizer (built on the shards) gets its state re-sharded.
     ctx.broadcast_parameters(model)
-    model = apply_fsdp(model, ctx)
+    state = load_model_state(Path(cfg.resume_from), model) if cfg.resume_from else None
     if ctx.enabled:
         _set_seed(cfg.seed + ctx.rank)
     teacher = make_teacher(cfg.self_distillation, model) if cfg.loss in ("sdpo", "hybrid") else None
+    if state is not None and teacher is not None and state["teacher"] is not None:
+        teacher.load_state_dict(state["teacher"])
+    model = apply_fsdp(model, ctx)
+    shard_teacher(teacher, ctx)
     optimizer, scheduler = make_optimizer(model, cfg, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
                                           schedule=cfg.lr_schedule)
     stream = TaskStream(train_tasks, cfg.seed)
     start = 0
-    if cfg.resume_from:
-        state = load_checkpoint(Path(cfg.resume_from), model, optimizer, scheduler, teacher, rank=ctx.rank)
+    if state is not None:
+        load_training_state(state, optimizer, scheduler, rank=ctx.rank)
         start, stream.position = state["step"], state["position"]
     sinks = _Sinks(out_dir, cfg, start) if ctx.is_main else None
     result = TrainResult(out_dir=str(out_dir), steps=start)
@@ -553,7 +656,7 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
             params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                     top_p=cfg.top_p, top_k=cfg.top_k,
                                     seed=cfg.seed * 100_003 + step + 1_000_003 * ctx.rank)
-            rollouts = sampler.generate([t.messages for t in tasks], cfg.n, params)
+            rollouts = sync_generate(sampler, [t.messages for t in tasks], cfg.n, params, ctx)
             t_sample = time.perf_counter()
 
             # 2. Reward + feedback from each question's environment (on the rank that holds the rollouts).
@@ -617,10 +720,11 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                 callbacks.metrics(step, metrics)
             if (cfg.save_every and step % cfg.save_every == 0) or last:
                 rng_ranks = ctx.all_gather_object(_rng_state()) if ctx.enabled else None
+                gathered = gather_checkpoint_state(model, optimizer, teacher, ctx)  # fsdp: every rank gathers
                 path = out_dir / "checkpoints" / f"step_{step}"
                 if ctx.is_main:
                     path, kind = save_checkpoint(out_dir, step, model, tokenizer, optimizer, scheduler, teacher,
-                                                 stream, cfg, rng_ranks)
+                                                 stream, cfg, rng_ranks, gathered)
                     callbacks.checkpoint(step, str(path), kind)
                 result.checkpoints.append(str(path))
                 ctx.barrier()  # no rank moves on (or exits) before the checkpoint is on disk

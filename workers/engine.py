@@ -8,13 +8,9 @@ The services never import ``sdpo``; they take these functions as arguments:
   the normalized config (every field, defaults filled) that is stored on the job;
 * ``parse_problem(data)`` parses with ``sdpo.data.problem.Problem.parse``.
 
-Both re-raise engine errors as ``backend.errors.InvalidInput`` naming the field.
-
-Two train-config adjustments let the app host validate what GPU workers will run:
-
-* ``strategy: ddp | fsdp`` (the name the issue uses) is accepted as the trainer's ``distributed`` key;
-* ``distributed: fsdp`` is validated as ``ddp`` on a host without CUDA (``TrainConfig`` refuses fsdp where it
-  cannot run; the app host is usually CPU-only) and stored as ``fsdp``; the GPU worker validates it again.
+Both re-raise engine errors as ``backend.errors.InvalidInput`` naming the field. (``strategy`` as another name
+of ``distributed``, and ``distributed: fsdp`` on a CPU-only host, are the trainer's own rules now:
+``TrainConfig.from_dict``.)
 """
 
 from __future__ import annotations
@@ -58,31 +54,7 @@ def build_solve_config(config: dict[str, Any]):
 def build_train_config(config: dict[str, Any], **runtime: Any):
     from sdpo.trainer import TrainConfig
 
-    config = train_config_aliases(config)
     return TrainConfig.from_dict({**config, **{k: v for k, v in runtime.items() if v is not None}})
-
-
-def _train_fields() -> set[str]:
-    from sdpo.trainer import TrainConfig
-
-    return {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def train_config_aliases(config: dict[str, Any]) -> dict[str, Any]:
-    """``strategy`` -> ``distributed`` (unless the trainer itself has a ``strategy`` field)."""
-    if "strategy" not in config or "strategy" in _train_fields():
-        return config
-    config = dict(config)
-    if "distributed" in config:
-        raise InvalidInput("strategy", "is another name of 'distributed'; set one of them, not both")
-    config["distributed"] = config.pop("strategy")
-    return config
-
-
-def _cuda_here() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def validate_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -94,13 +66,7 @@ def validate_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
             for key in TRAIN_RUNTIME_KEYS:
                 if config.get(key):
                     raise InvalidInput(key, "is set by the worker for each job (the job's folder); leave it out")
-            config = train_config_aliases(config)
-            fsdp_elsewhere = config.get("distributed") == "fsdp" and not _cuda_here()
-            if fsdp_elsewhere:
-                config = {**config, "distributed": "ddp"}
             normalized = _to_dict(build_train_config(config))
-            if fsdp_elsewhere:
-                normalized["distributed"] = "fsdp"
             for key in TRAIN_RUNTIME_KEYS:
                 normalized.pop(key, None)
             return normalized

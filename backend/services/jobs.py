@@ -103,9 +103,6 @@ def check_world_size(config: dict[str, Any], gpus: int) -> None:
     if isinstance(batch, int) and batch < gpus:
         raise InvalidInput("train_batch_size", f"got {batch}; must be >= gpus ({gpus}): each of the {gpus} ranks "
                            "needs at least one question per step")
-    if config.get("distributed") == "fsdp":
-        raise InvalidInput("distributed", "fsdp: checkpointing sharded weights is not implemented yet; use 'ddp' "
-                           "(docs/scale-out.md)")
     if config.get("sampler") == "vllm":
         raise InvalidInput("sampler", f"got 'vllm' with gpus={gpus}; multi-process (torchrun) runs sample with HF: "
                            "use 'hf' or 'auto' (auto picks hf there)")

@@ -105,7 +105,7 @@ def test_submit_stores_and_enqueues(db, queue, problem_id):
     (dict(kind="train", config={}, gpus=0), "gpus"),
     (dict(kind="train", config={"train_batch_size": 3}, gpus=4), "train_batch_size"),
     (dict(kind="train", config={"sampler": "vllm"}, gpus=2), "sampler"),
-    (dict(kind="train", config={"distributed": "fsdp"}, gpus=2), "distributed"),
+    (dict(kind="train", config={"distributed": "fsdp", "fused_lm_head": True}, gpus=2), "fused_lm_head"),
     (dict(kind="solve", config={}, gpus=2), "gpus"),
 ])
 def test_invalid_submission_stores_and_queues_nothing(db, queue, problem_id, kwargs, field):

@@ -61,9 +61,11 @@ HIDDEN_CHUNK_BYTES = 320 * 2**20
 HIDDEN_CHUNK_MAX_ROWS = 4096
 #: Default number of positions per chunk of ``token_logprobs_from_hidden``.
 HIDDEN_CHUNK_ROWS = 128
-#: Bytes of the temporaries of the row-blocked full-width reductions (cache-sized: several times faster than
-#: one [c, V] temporary, and nothing [c, V]-sized is allocated).
-_ROW_BLOCK_BYTES = 4 * 2**20
+#: Largest temporary of the row-blocked full-width operations of the chunk kernel (entropy dot product,
+#: teacher log-softmax): a logits-path chunk (CHUNK_BYTES) is one block, a from-hidden chunk a few. Smaller
+#: blocks are faster on one quiet core (cache-resident) but issue many short parallel regions, which cost far
+#: more on shared, loaded cores than they save.
+_ROW_BLOCK_BYTES = CHUNK_BYTES
 #: Upper clamp of the top-k log-mass before forming the tail bucket (reference value).
 TAIL_LOG_MASS_MAX = -1e-7
 #: Clamp of the log importance ratio (reference value).
@@ -173,8 +175,20 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
     return _by_rows(torch.linalg.vecdot, a, b)
 
 
-def _row_logsumexp(x: Tensor) -> Tensor:
-    return _by_rows(lambda blk: torch.logsumexp(blk, dim=-1), x)
+def _teacher_logprobs(tx: Tensor, idx: Tensor | None, own: bool) -> Tensor:
+    """log_softmax(tx) [c, V] at ``idx`` [c, k] (gathered), or everywhere when idx is None (then in place in
+    ``tx`` when ``own``), on row blocks of at most ``_ROW_BLOCK_BYTES``: no [c, V] temporary beyond one block."""
+    c, v = tx.shape
+    step = max(1, _ROW_BLOCK_BYTES // max(1, v * tx.element_size()))
+    if step >= c and not (own and idx is None):
+        lp = torch.log_softmax(tx, dim=-1)
+        return lp if idx is None else lp.gather(1, idx)
+    out = (tx if own else torch.empty_like(tx)) if idx is None else \
+        torch.empty(idx.shape, dtype=tx.dtype, device=tx.device)
+    for r0 in range(0, c, step):
+        lp = torch.log_softmax(tx[r0:r0 + step], dim=-1)
+        out[r0:r0 + step] = lp if idx is None else lp.gather(1, idx[r0:r0 + step])
+    return out
 
 
 def _sdpo_chunk(
@@ -188,8 +202,9 @@ def _sdpo_chunk(
     sampled tokens; weight: [c] aggregation weights (0 = masked); old / rollout_w: [c] or None. grad_out:
     [c, V] compute-dtype buffer receiving d(sum(weight * loss))/d(s_logits) when plan.need_grad.
     owned: s_logits and teacher()'s result are scratch buffers the kernel may overwrite (from-hidden path).
-    Besides grad_out and the inputs, at most one [c, V] tensor is allocated (none when owned in top-k or
-    token mode); full-width reductions run on cache-sized row blocks.
+    Top-k and token mode, besides grad_out and the inputs: with owned buffers only temporaries of one row block
+    (``_ROW_BLOCK_BYTES``); otherwise at most two [c, V] temporaries at a time (a temperature-scaled copy and
+    the teacher's log-softmax). Full-vocabulary mode adds the [c, V] support tensors of the divergence.
     Returns (weighted loss sum, stats [_N_STATS, c]).
     """
     cd = _compute_dtype(s_logits.dtype)
@@ -225,11 +240,7 @@ def _sdpo_chunk(
     del t_raw
     if temp != 1.0:
         tx = tx.div_(temp) if own_t else tx / temp
-    lse_t = _row_logsumexp(tx)
-    if full:
-        sel_t = tx.sub_(lse_t[:, None]) if own_t else tx - lse_t[:, None]
-    else:
-        sel_t = tx.gather(1, y if idx is None else idx) - lse_t[:, None]
+    sel_t = _teacher_logprobs(tx, None if full else (y if idx is None else idx), own_t)
     del tx
 
     stats = torch.zeros(_N_STATS, c, dtype=cd, device=ids.device)

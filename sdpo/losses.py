@@ -54,8 +54,9 @@ __all__ = [
 CHUNK_BYTES = 32 * 2**20
 #: Bytes of the two [rows, V] compute-dtype workspaces (logits, logit gradient) of ``sdpo_loss_from_hidden``
 #: together: rows = HIDDEN_CHUNK_BYTES // (2 * 4 V), clamped to [1, HIDDEN_CHUNK_MAX_ROWS]. Larger chunks make
-#: the lm-head GEMMs more efficient and the weight-gradient accumulation less frequent (CPU: 128 -> 256 rows
-#: is ~30% faster per token at V = 151,936); at that V this is ~276 rows, 320 MiB, about 0.6 of the fp32
+#: the lm-head GEMMs more efficient and the weight-gradient accumulation less frequent (one CPU core,
+#: V = 151,936, H = 896: [128, H] x [H, V] ran at ~40 GFLOP/s, [256, H] x [H, V] at ~75, about the rate of the
+#: [1024, H] GEMM of materialised logits); at that V this is ~276 rows, 320 MiB, about 0.6 of the fp32
 #: [V, H] weight gradient at H = 896 and independent of the number of tokens.
 HIDDEN_CHUNK_BYTES = 320 * 2**20
 HIDDEN_CHUNK_MAX_ROWS = 4096

@@ -216,7 +216,8 @@ def apply_fsdp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     are summed, not averaged, across ranks (``set_gradient_divide_factor(1.0)`` and a plain SUM reduce-scatter,
     ``set_force_sum_reduction_for_comms``, on every sharded module: the losses are already globally normalised). Every module is marked ``_is_fsdp_managed_module`` so that
     transformers' ``generate`` keeps the ranks in step (``synced_gpus``: a rank that has finished keeps running
-    forwards until all have). Call it after loading weights and after :meth:`DistContext.broadcast_parameters`.
+    forwards until all have; fully_shard itself marks the modules it manages, and this marks the peft wrapper
+    too). Call it after loading weights and after :meth:`DistContext.broadcast_parameters`.
     Tested on CPU with gloo and 2 processes (tests/sdpo/test_fsdp.py); not on GPUs (nccl).
     """
     from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -238,7 +239,9 @@ def apply_fsdp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
         if isinstance(mod, FSDPModule):
             mod.set_gradient_divide_factor(1.0)
             mod.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
-    for mod in model.modules():  # transformers' generate then keeps the ranks in step (synced_gpus)
+    # transformers' generate then keeps the ranks in step (synced_gpus). fully_shard marks the modules it
+    # manages itself; this also covers the wrapper above the root (peft) and any module left outside.
+    for mod in model.modules():
         mod._is_fsdp_managed_module = True
     return model
 

@@ -97,6 +97,33 @@ def _rank_update(model_path: str, out: str) -> None:
     shutdown(dist)
 
 
+def _rank_generate(model_path: str, out: str) -> None:
+    """Greedy HF generation from the sharded model where rank 1 stops after one token (its first greedy token
+    is made an EOS there) and rank 0 runs all max_new_tokens: without synced_gpus rank 1 would leave generate
+    while rank 0's forwards still all-gather. Rank 1 then has one prompt fewer (one generate call fewer)."""
+    from sdpo.distributed import apply_fsdp, init_from_env, shutdown, sync_generate
+    from sdpo.models import load_model_and_tokenizer
+    from sdpo.rollout.base import SamplingParams
+    from sdpo.rollout.hf import HFSampler
+
+    torch.set_num_threads(1)
+    dist = init_from_env("fsdp", device="cpu")
+    model, tok = load_model_and_tokenizer(model_path)
+    prompts = [[{"role": "user", "content": "Print hello."}], [{"role": "user", "content": "Say 2."}]]
+    prompts = prompts[: 2 - dist.rank]
+    params = SamplingParams(max_new_tokens=8, temperature=0.0, seed=1)
+    sampler = HFSampler(model, tok, batch_size=1)
+    if dist.rank == 1:
+        first = sampler.generate(prompts, 1, SamplingParams(max_new_tokens=1, temperature=0.0))[0].response_ids[0]
+        model.generation_config.eos_token_id = [tok.eos_token_id, first]
+    whole = [r.response_ids for r in sampler.generate(prompts, 1, params)]  # unsharded, no collectives
+    apply_fsdp(model, dist)
+    sharded = [r.response_ids for r in sync_generate(sampler, prompts, 1, params, dist)]
+    torch.save({"whole": whole, "sharded": sharded}, Path(out) / f"gen{dist.rank}.pt")
+    dist.barrier()
+    shutdown(dist)
+
+
 def _rank_train(cfg_json: str) -> None:
     from sdpo.trainer import TrainConfig, train
 
@@ -109,10 +136,18 @@ def _torchrun(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     """2 ranks on CPU via torchrun; a hang fails the test after ``timeout`` seconds instead of blocking."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(Path(__file__)), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:  # subprocess.run kills torchrun, whose agent stops the ranks
-        pytest.fail(f"2-rank fsdp run did not finish in {timeout} s (a rank waiting on a collective?):\n{e.stderr}")
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: torchrun's agent stops the ranks (a SIGKILL would orphan them)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"2-rank fsdp run did not finish in {timeout} s (a rank waiting on a collective?):\n{err[-6000:]}")
+    res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     return res
 
@@ -145,6 +180,13 @@ def test_fsdp_two_ranks_take_the_one_process_step(tiny_model_path, tmp_path):
             for a, b in zip(got["teacher"], ref["teacher"], strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9, msg=name)
         torch.testing.assert_close(ranks[0][name]["delta"], ranks[1][name]["delta"], rtol=0, atol=0)
+
+
+def test_fsdp_generate_keeps_ranks_of_different_lengths_and_call_counts_in_step(tiny_model_path, tmp_path):
+    _torchrun(["generate", str(tiny_model_path), str(tmp_path)], timeout=90)
+    r0, r1 = (torch.load(tmp_path / f"gen{r}.pt", weights_only=False) for r in (0, 1))
+    assert [len(x) for x in r1["whole"]] == [1] and all(len(x) == 8 for x in r0["whole"])  # lengths differ
+    assert r0["sharded"] == r0["whole"] and r1["sharded"] == r1["whole"]  # sharded generate = unsharded
 
 
 def _base(tiny_model_path, data: Path, **kw) -> dict:
@@ -244,6 +286,8 @@ def _tensors_raw(obj):
 if __name__ == "__main__":  # a rank of a torchrun launch (see the tests above)
     if sys.argv[1] == "update":
         _rank_update(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "generate":
+        _rank_generate(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "train":
         _rank_train(sys.argv[2])
     else:

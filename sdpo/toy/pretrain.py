@@ -40,7 +40,7 @@ class ToyModelConfig:
     minutes: optional wall-clock cap of the optimisation loop (None: no cap). Hitting it stops the run early
         (reported as ``stopped_by_time``); such a checkpoint depends on the machine's speed, not only the seed.
     n_examples: size of the pretraining corpus (cycled through in epochs).
-    mix: weights of the direct / solution / feedback contexts in the corpus.
+    mix: weights of the direct / solution / feedback / copy examples in the corpus (``sdpo.toy.corpus.KINDS``).
     init_from: continue training a toy checkpoint (its weights, tokenizer and architecture; the architecture
         fields here are then ignored). The corpus is drawn with a seed offset by the steps the checkpoint
         already made, so a continuation sees new examples; the schedule restarts (warmup + cosine).
@@ -55,7 +55,7 @@ class ToyModelConfig:
     num_kv_heads: int = 2
     vocab_size: int = 1024
     n_examples: int = 40_000
-    mix: tuple[float, float, float] = DEFAULT_MIX
+    mix: tuple[float, ...] = DEFAULT_MIX
     batch_size: int = 16
     lr: float = 2e-3
     min_lr_ratio: float = 0.05

@@ -148,7 +148,8 @@ def _torchrun(args: list[str], timeout: float) -> subprocess.CompletedProcess:
             out, err = proc.communicate()
         pytest.fail(f"2-rank fsdp run did not finish in {timeout} s (a rank waiting on a collective?):\n{err[-6000:]}")
     res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    ranks = "\n".join(line for line in err.splitlines() if line.startswith("[rank"))  # the ranks' own errors
+    assert res.returncode == 0, res.stdout[-3000:] + ranks[-6000:] + res.stderr[-4000:]
     return res
 
 

@@ -72,8 +72,10 @@ def import_lcb_cmd(
 def make_toy_model_cmd(
     out: str = typer.Option(..., "--out", help="Directory to write the checkpoint to."),
     seed: int = typer.Option(0, "--seed"),
-    minutes: float = typer.Option(20.0, "--minutes", help="Training time budget (used when --steps is not set)."),
-    steps: int | None = typer.Option(None, "--steps", help="Exact number of optimizer steps (reproducible)."),
+    minutes: float | None = typer.Option(None, "--minutes", help="Optional wall-clock cap; hitting it stops "
+                                         "early and the model then depends on the machine's speed."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default: the fixed default count, "
+                                     "so the seed determines the model)."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for training."),
     examples: int = typer.Option(40_000, "--examples", help="Size of the pretraining corpus."),
     init_from: str | None = typer.Option(None, "--init-from", help="Continue training this toy checkpoint."),

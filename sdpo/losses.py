@@ -56,9 +56,9 @@ CHUNK_BYTES = 32 * 2**20
 #: together: rows = HIDDEN_CHUNK_BYTES // (2 * 4 V), clamped to [1, HIDDEN_CHUNK_MAX_ROWS]. Larger chunks make
 #: the lm-head GEMMs more efficient and the weight-gradient accumulation less frequent (one CPU core,
 #: V = 151,936, H = 896: [128, H] x [H, V] ran at ~40 GFLOP/s, [256, H] x [H, V] at ~75, about the rate of the
-#: [1024, H] GEMM of materialised logits); at that V this is ~276 rows, 320 MiB, about 0.6 of the fp32
-#: [V, H] weight gradient at H = 896 and independent of the number of tokens.
-HIDDEN_CHUNK_BYTES = 320 * 2**20
+#: [1024, H] GEMM of materialised logits); at that V this is ~220 rows, 256 MiB, half the fp32 [V, H] weight
+#: gradient at H = 896 and independent of the number of tokens.
+HIDDEN_CHUNK_BYTES = 256 * 2**20
 HIDDEN_CHUNK_MAX_ROWS = 4096
 #: Default number of positions per chunk of ``token_logprobs_from_hidden``.
 HIDDEN_CHUNK_ROWS = 128

@@ -6,6 +6,7 @@ part); with sampling included the ratio approaches 1. Also times the fused LM-he
 
     python bench/step.py            # tiny model + a ~100M-parameter random Qwen2 model
     python bench/step.py --quick    # tiny model only, small batch (smoke)
+    python bench/step.py --variants grpo,sdpo_fused   # only the fused rows (GRPO is the reference)
 
 Medians of alternating repetitions; prints ratios, not absolute claims.
 """
@@ -43,15 +44,19 @@ def build_model(kind: str, root: Path) -> Path:
     return make_tiny_model(root / "m100", seed=0, hidden_size=768, num_layers=12)
 
 
+VARIANTS = ("grpo", "sdpo", "sdpo_fused")
+
+
 def variants(args) -> dict[str, UpdateConfig]:
     sd = SelfDistillationConfig(distillation_topk=20, alpha=1.0, is_clip=2.0, teacher_regularization="ema",
                                 teacher_update_rate=0.01)
     common = dict(lr=1e-6, self_distillation=sd, micro_batch_size=args.micro, rollout_correction_threshold=2.0)
-    return {
+    cfgs = {
         "grpo": UpdateConfig(loss="grpo", **common),
         "sdpo": UpdateConfig(loss="sdpo", **common),
         "sdpo_fused": UpdateConfig(loss="sdpo", fused_lm_head=True, **common),
     }
+    return {name: cfgs[name] for name in VARIANTS if name in args.variants}
 
 
 def one_step(model, tok, teacher, opt, cfg, batch, sample: bool, sampler, params) -> float:
@@ -93,7 +98,7 @@ def bench_model(path: Path, args) -> list[tuple[str, str, float, float]]:
                     times[name].append(t)
         base = statistics.median(times["grpo"])
         label = "incl. sampling" if sample else "update only"
-        for name in ("sdpo", "sdpo_fused"):
+        for name in (n for n in cfgs if n != "grpo"):
             rows.append((f"{path.name} ({n_params / 1e6:.1f}M)", f"{name}/grpo [{label}]",
                          statistics.median(times[name]) / base, base))
     return rows
@@ -109,7 +114,13 @@ def main(argv=None) -> None:
     ap.add_argument("--micro", type=int, default=4)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--models", default="tiny,m100", help="comma-separated: tiny (2M), m100 (~80M random Qwen2)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="comma-separated subset of grpo,sdpo,sdpo_fused (grpo, the reference, is always run)")
     args = ap.parse_args(argv)
+    args.variants = {"grpo"} | set(args.variants.split(","))
+    unknown = args.variants - set(VARIANTS)
+    if unknown:
+        ap.error(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.quick:
         args.questions, args.n, args.tokens, args.reps = 2, 2, 16, 1
     args_global = args

@@ -76,7 +76,8 @@ def make_toy_model_cmd(
                                          "early and the model then depends on the machine's speed."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default: the fixed default count, "
                                      "so the seed determines the model)."),
-    threads: int = typer.Option(1, "--threads", help="CPU threads for training."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for training (the weights do not depend on "
+                                 "it)."),
     examples: int = typer.Option(40_000, "--examples", help="Size of the pretraining corpus."),
     init_from: str | None = typer.Option(None, "--init-from", help="Continue training this toy checkpoint."),
     eval_problems: int = typer.Option(32, "--eval-problems", help="Held-out easy and hard problems to report "

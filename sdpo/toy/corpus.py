@@ -42,7 +42,7 @@ from sdpo.toy.generator import (
 )
 
 KINDS = ("direct", "solution", "feedback", "copy")
-DEFAULT_MIX = (0.35, 0.2, 0.2, 0.25)
+DEFAULT_MIX = (0.25, 0.15, 0.15, 0.45)
 
 # Primitive a careless attempt confuses with each one.
 SIBLINGS: dict[str, tuple[str, ...]] = {

@@ -45,10 +45,11 @@ def test_minutes_cap_stops_early_and_is_reported(tmp_path):
 
 def test_training_is_deterministic_and_reduces_loss(tmp_path):
     logs = []
-    a = make_toy_model(tmp_path / "a", ToyModelConfig(steps=8, **SMALL), log=logs.append)
-    # same seed, another process-level RNG state and a (never hit) time cap: identical weights
+    a = make_toy_model(tmp_path / "a", ToyModelConfig(steps=8, threads=1, **SMALL), log=logs.append)
+    # same seed, another process-level RNG state, another thread count and a (never hit) time cap: identical
+    # weights (so the default of 2 threads gives the same model on a 1-core machine)
     torch.manual_seed(123)
-    b = make_toy_model(tmp_path / "b", ToyModelConfig(steps=8, minutes=60, **SMALL), log=lambda s: None)
+    b = make_toy_model(tmp_path / "b", ToyModelConfig(steps=8, minutes=60, threads=2, **SMALL), log=lambda s: None)
     from safetensors.torch import load_file
 
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")

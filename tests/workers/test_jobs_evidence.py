@@ -62,6 +62,13 @@ def attempt_keys(stack, job_id: int) -> list[tuple[int, int, int]]:
         return [(a.id, a.round, a.index) for a in J.list_attempts(s, job_id=job_id)]
 
 
+def attempt_rows(stack, job_id: int) -> list[tuple[int, int, int, object]]:
+    """(id, round, index, created_at): SQLite reuses the ids of deleted rows, so an id alone does not tell a
+    re-run attempt from the one it replaced."""
+    with session_scope(stack.sessions) as s:
+        return [(a.id, a.round, a.index, a.created_at) for a in J.list_attempts(s, job_id=job_id)]
+
+
 def test_solve_job_goes_queued_running_succeeded_with_attempts_in_order(stack, problem_id):
     stack.live_worker()
     job_id = submit_solve(stack, problem_id, budget=6)
@@ -163,6 +170,7 @@ def test_sigkill_mid_job_then_new_worker(stack, problem_id):
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=10)
     before = {j: attempt_keys(stack, j) for j in (solve_id, train_id)}
+    train_before = attempt_rows(stack, train_id)
     ck_before = max(c.step for c in stack.detail(train_id).checkpoints)
     queued_id = submit_solve(stack, problem_id, budget=2)
     with session_scope(stack.sessions) as s:
@@ -188,10 +196,10 @@ def test_sigkill_mid_job_then_new_worker(stack, problem_id):
     assert train.result["steps"] == 6 and metric_steps(stack, train_id) == [1, 2, 3, 4, 5, 6]
     # resumed from its checkpoint: the steps up to it were not run again, the later ones were re-run and replace
     # what the killed run had recorded for them
-    train_after = attempt_keys(stack, train_id)
-    assert [k for k in train_after if k[1] <= ck_before] == [k for k in before[train_id] if k[1] <= ck_before]
-    assert not {k for k in before[train_id] if k[1] > ck_before} & set(train_after)
-    assert [(r, i) for _, r, i in train_after] == [(r, i) for r in range(1, 7) for i in range(2)]
+    train_after = attempt_rows(stack, train_id)
+    assert [k for k in train_after if k[1] <= ck_before] == [k for k in train_before if k[1] <= ck_before]
+    assert not {k for k in train_before if k[1] > ck_before} & set(train_after)
+    assert [(r, i) for _, r, i, _ in train_after] == [(r, i) for r in range(1, 7) for i in range(2)]
     assert [c.step for c in train.checkpoints] == [1, 2, 3, 4, 5, 6]
     q = stack.detail(queued_id)
     assert q.status == "cancelled" and q.started_at is None and attempt_keys(stack, queued_id) == []

@@ -163,7 +163,8 @@ def test_sigkill_mid_job_then_new_worker(stack, problem_id):
     while len(live) < 2:
         live.append(stack.start_worker())
     solve_id = submit_solve(stack, problem_id, budget=400)
-    train_id = submit_train(stack, max_steps=6)
+    steps = 12  # enough that the train job cannot finish while the solve job makes its first rounds (loaded CI)
+    train_id = submit_train(stack, max_steps=steps)
     stack.wait(lambda: len(attempt_keys(stack, solve_id)) >= 4, 120, "two rounds of solve attempts")
     stack.wait(lambda: len(stack.detail(train_id).checkpoints) >= 2, 120, "two train checkpoints")
     for p in live:
@@ -193,14 +194,14 @@ def test_sigkill_mid_job_then_new_worker(stack, problem_id):
     assert solve_rounds == [(r, i) for r in range(len(solve_rounds) // 2) for i in range(2)]  # contiguous
     assert done[solve_id].result["attempts_used"] == len(solve_rounds) > len(before[solve_id])
     train = done[train_id]
-    assert train.result["steps"] == 6 and metric_steps(stack, train_id) == [1, 2, 3, 4, 5, 6]
+    assert train.result["steps"] == steps and metric_steps(stack, train_id) == list(range(1, steps + 1))
     # resumed from its checkpoint: the steps up to it were not run again, the later ones were re-run and replace
     # what the killed run had recorded for them
     train_after = attempt_rows(stack, train_id)
     assert [k for k in train_after if k[1] <= ck_before] == [k for k in train_before if k[1] <= ck_before]
     assert not {k for k in train_before if k[1] > ck_before} & set(train_after)
-    assert [(r, i) for _, r, i, _ in train_after] == [(r, i) for r in range(1, 7) for i in range(2)]
-    assert [c.step for c in train.checkpoints] == [1, 2, 3, 4, 5, 6]
+    assert [(r, i) for _, r, i, _ in train_after] == [(r, i) for r in range(1, steps + 1) for i in range(2)]
+    assert [c.step for c in train.checkpoints] == list(range(1, steps + 1))
     q = stack.detail(queued_id)
     assert q.status == "cancelled" and q.started_at is None and attempt_keys(stack, queued_id) == []
 

@@ -8,8 +8,9 @@ Steps:
 5. save a normal Hugging Face checkpoint (``save_pretrained`` + tokenizer), ``sdpo_model.json`` (kind "toy")
    and ``toy_training.json`` (the config, the step count and the loss curve).
 
-Deterministic given ``seed`` (with the other settings fixed; 1 and 2 ``threads`` give identical weights on CPU,
-tested): the step count and the schedule
+Deterministic given ``seed`` on one machine (with the other settings fixed; 1 and 2 ``threads`` give identical
+weights on CPU, tested), not across CPUs: float kernels differ between processors, so a rebuild elsewhere gives
+other weights and can be a much weaker model (docs/toyworld.md, "Determinism"). The step count and the schedule
 never depend on the machine's speed (default ``DEFAULT_STEPS``). ``minutes`` is only an optional safety cap:
 when it is hit the loop stops early, the run is reported (``stopped_by_time`` in ``toy_training.json`` and in
 the log) and the weights then depend on how fast the machine was, i.e. determinism is lost for that run.

@@ -304,8 +304,11 @@ def build_policy(cfg: TrainConfig):
 
 def make_optimizer(model, cfg: UpdateConfig, *, warmup_steps: int = 0, total_steps: int = 1,
                    schedule: str = "constant"):
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    """AdamW (float32 masters for a bfloat16 / float16 full fine-tune, ``sdpo.precision``) and its LambdaLR:
+    linear warmup over ``warmup_steps`` from lr/warmup_steps, then constant or cosine to 0 at ``total_steps``."""
+    from sdpo.precision import make_adamw
+
+    optimizer = make_adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
 
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
@@ -382,6 +385,13 @@ def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext) -> dict
             if id(p) in first and first[id(p)] in weights and name in weights:
                 weights[name] = weights[first[id(p)]]
             first.setdefault(id(p), name)
+    from sdpo.precision import checkpoint_weights, master_weights
+
+    masters = master_weights(optimizer)
+    if masters is not None:  # the float32 masters are the real weights (gathered on every rank: collectives)
+        masters = gather_full(masters)
+        if ctx.is_main:
+            weights = checkpoint_weights(model, masters, weights)
     opt = gather_full(optimizer.state_dict())
     teacher_state = gather_full(teacher.state_dict()) if teacher is not None else None
     return {"model": weights, "optimizer": opt, "teacher": teacher_state} if ctx.is_main else None
@@ -407,6 +417,10 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
     """``out_dir/checkpoints/step_N/``: weights (adapter/ or model/), trainer_state.pt (optimizer, scheduler,
     teacher state, RNG states, step, data position), config.yaml. Written to a temp dir, then renamed.
 
+    A full fine-tune with float32 masters (``sdpo.precision``) stores the masters as the model's weights
+    (float32 tensors; ``load_model_and_tokenizer(..., dtype="bfloat16")`` gives the compute-dtype model), so
+    the saved model is the real update and a resume continues exactly.
+
     rng_ranks: every data-parallel rank's RNG state (rank order), written by rank 0 alone (weights, optimizer
     and teacher are identical replicas on every rank). gathered: under FSDP, :func:`gather_checkpoint_state`'s
     full states, written instead of the (sharded) live ones; the layout is the same either way."""
@@ -424,7 +438,11 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
         _, kind = _save_gathered_weights(model, tokenizer, tmp, gathered["model"])
         opt_state, teacher_state = gathered["optimizer"], gathered["teacher"]
     else:
-        _, kind = save_weights(model, tokenizer, tmp)
+        from sdpo.precision import checkpoint_weights, master_weights
+
+        masters = master_weights(optimizer)
+        _, kind = save_weights(model, tokenizer, tmp,
+                               state_dict=None if masters is None else checkpoint_weights(model, masters))
         opt_state = optimizer.state_dict()
         teacher_state = teacher.state_dict() if teacher is not None else None
     torch.save({
@@ -462,12 +480,20 @@ def load_model_state(path: Path, model) -> dict[str, Any]:
         load_adapter_weights(model, path / "adapter")
     else:
         _load_full_weights(model, path / "model" / "model.safetensors")
+        state["weights_file"] = path / "model" / "model.safetensors"  # float32 masters (load_training_state)
     return state
 
 
 def load_training_state(state: dict[str, Any], optimizer, scheduler, rank: int = 0) -> None:
     """Optimizer (full tensors, re-sharded like their parameters when those are FSDP shards), scheduler and
-    this rank's RNG state from a checkpoint's trainer state."""
+    this rank's RNG state from a checkpoint's trainer state. An optimizer with float32 masters gets them from
+    the checkpoint's weights file (float32 since masters are saved; a bfloat16 file gives bfloat16 values)."""
+    from sdpo.precision import MasterWeightAdamW
+
+    if isinstance(optimizer, MasterWeightAdamW) and state.get("weights_file") is not None:
+        from safetensors.torch import load_file
+
+        optimizer.load_master_weights(load_file(str(state["weights_file"])))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     opt = state["optimizer"]
     per_param = {}
@@ -595,6 +621,7 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     import yaml
 
     from sdpo.envs.code import extract_code
+    from sdpo.precision import master_weights
     from sdpo.rollout.select import make_sampler
     from sdpo.teacher import make_teacher
 
@@ -685,10 +712,11 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                                            dist=ctx)
             scheduler.step()
 
-            # 7. Teacher update, once per step (EMA; no-op for live / trust-region). Deterministic from the
-            #    replicas' identical weights, so the teachers stay identical across ranks too.
-            if teacher is not None:
-                teacher.update(model)
+            # 7. Teacher update, once per step and only after a real optimizer step (EMA; no-op for live /
+            #    trust-region), towards the float32 masters when kept. Deterministic from the replicas'
+            #    identical weights, so the teachers stay identical across ranks too.
+            if teacher is not None and update_metrics["update/optimizer_steps"] > 0:
+                teacher.update(model, master_weights(optimizer))
             sampler.update_weights(model)
             t_update = time.perf_counter()
 

@@ -383,8 +383,10 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
             if updated:
                 extra.update(policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
                                            seed=round_seed(cfg, attempt)))
-                if teacher is not None:
-                    teacher.update(model)
+                if teacher is not None and extra["update/optimizer_steps"] > 0:  # not after skipped steps only
+                    from sdpo.precision import master_weights
+
+                    teacher.update(model, master_weights(optimizer))
                 sampler.update_weights(model)
                 if out is not None and getattr(model, "peft_config", None) is not None:
                     from sdpo.adapters import save_weights

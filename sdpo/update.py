@@ -16,6 +16,7 @@ import torch
 
 from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
 from sdpo.distributed import SINGLE, DistContext
+from sdpo.precision import step_tensors
 from sdpo.losses import (
     aggregation_weights,
     group_advantages,
@@ -35,7 +36,7 @@ from sdpo.reprompt import (
 )
 from sdpo.rollout.base import Rollout
 from sdpo.rollout.correction import rollout_is_weights
-from sdpo.teacher import _plain_head_weight
+from sdpo.teacher import _plain_head_weight, eval_mode
 
 LOSSES = ("sdpo", "grpo", "hybrid")
 
@@ -197,21 +198,23 @@ def _acc_scale(mask_mini: torch.Tensor, rows: torch.Tensor, mode: str,
 def _old_logprobs(model, batch, ids, mask, micro: int, temperature: float, fused: bool,
                   n_passes: int = 0) -> torch.Tensor:
     """Log-probs of ``ids`` under ``model`` in micro-batches; at least ``n_passes`` forwards (extra ones repeat
-    row 0 and are discarded: under FSDP every rank must run the same number of forwards)."""
+    row 0 and are discarded: under FSDP every rank must run the same number of forwards). In eval mode (no
+    dropout), as the reference's ``compute_log_prob``, whatever mode an earlier update left the model in."""
     out = torch.zeros(ids.shape, dtype=torch.float32)
     chunks = _split_rows(len(ids), micro)
     chunks += [None] * max(0, n_passes - len(chunks))
-    for rows in chunks:
-        dummy = rows is None
-        rows = torch.tensor([0]) if dummy else rows
-        mb = _trim(_index(batch, rows)).to(_device(model))
-        if fused:
-            lp = token_logprobs_from_hidden(response_hidden(model, mb), _plain_head_weight(model),
-                                            ids[rows].to(_device(model)), temperature)
-        else:
-            lp = token_logprobs(response_logits(model, mb), ids[rows].to(_device(model)), temperature)
-        if not dummy:
-            out[rows] = lp.float().cpu()
+    with eval_mode(model):
+        for rows in chunks:
+            dummy = rows is None
+            rows = torch.tensor([0]) if dummy else rows
+            mb = _trim(_index(batch, rows)).to(_device(model))
+            if fused:
+                lp = token_logprobs_from_hidden(response_hidden(model, mb), _plain_head_weight(model),
+                                                ids[rows].to(_device(model)), temperature)
+            else:
+                lp = token_logprobs(response_logits(model, mb), ids[rows].to(_device(model)), temperature)
+            if not dummy:
+                out[rows] = lp.float().cpu()
     return out
 
 
@@ -321,6 +324,7 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     params = [p for p in model.parameters() if p.requires_grad]
     starts = [sum(sizes[:r]) for r in range(len(sizes))]
     model.train()
+    n_steps = 0
     for _epoch in range(cfg.ppo_epochs):
         order = list(range(n_global))
         if cfg.ppo_epochs > 1 or mini < n_global:
@@ -389,16 +393,21 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
                             metrics[k].append(v)
                 total.backward()
                 metrics["loss"].append(float(total.detach()))
-            ctx.all_reduce_grads(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            # float32 masters (bf16 / fp16 full fine-tuning) take the gradients before they are reduced and clipped
+            grads = step_tensors(optimizer, params)
+            ctx.all_reduce_grads(grads)
+            grad_norm = torch.nn.utils.clip_grad_norm_(grads, cfg.max_grad_norm)
             if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
                 grad_norm = grad_norm.full_tensor()
             metrics["grad_norm"].append(float(grad_norm))
-            if torch.isfinite(grad_norm):
+            if torch.isfinite(grad_norm):  # the same decision on every rank (reduced gradients)
                 optimizer.step()
+                n_steps += 1
             else:
                 metrics["update/skipped_nonfinite"].append(1.0)
             optimizer.zero_grad(set_to_none=True)
     # "loss" is the sum of scaled micro-batch losses of each optimizer step; report it per optimizer step
     steps = cfg.ppo_epochs * len(range(0, n_global, mini))
-    return _reduce_metrics(metrics, batch_keys, n, max(steps, 1), ctx)
+    out = _reduce_metrics(metrics, batch_keys, n, max(steps, 1), ctx)
+    out["update/optimizer_steps"] = float(n_steps)  # steps taken (a skipped one is not): the EMA teacher's cue
+    return out

@@ -338,9 +338,12 @@ def _metrics(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("adapter", ["lora", "full"])
-def test_resume_reproduces_the_uninterrupted_run(tiny_model_path, dataset, tmp_path, adapter):
-    full = train(_cfg(tiny_model_path, dataset, tmp_path / "a", adapter=adapter, max_steps=4, save_every=2))
+@pytest.mark.parametrize("adapter, dtype", [("lora", "float32"), ("full", "float32"), ("full", "bfloat16")])
+def test_resume_reproduces_the_uninterrupted_run(tiny_model_path, dataset, tmp_path, adapter, dtype):
+    """bfloat16 full fine-tuning: the checkpoint's float32 masters (weights file) and the teacher's float32
+    master are restored, so the resumed run is the uninterrupted one."""
+    full = train(_cfg(tiny_model_path, dataset, tmp_path / "a", adapter=adapter, max_steps=4, save_every=2,
+                      dtype=dtype))
     assert full.steps == 4
     ckpt = tmp_path / "a" / "checkpoints" / "step_2"
     state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
@@ -348,7 +351,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_path, dataset, tmp_p
     assert (ckpt / ("adapter" if adapter == "lora" else "model")).is_dir()
     # interrupted after step 2, resumed in a new run directory
     resumed = train(_cfg(tiny_model_path, dataset, tmp_path / "b", adapter=adapter, max_steps=4, save_every=2,
-                         resume_from=str(ckpt)))
+                         resume_from=str(ckpt), dtype=dtype))
     assert resumed.steps == 4
     a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
     assert sorted(b) == [3, 4]
@@ -364,6 +367,14 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_path, dataset, tmp_p
     assert flat_a.keys() == flat_b.keys() and flat_a
     for k in flat_a:
         torch.testing.assert_close(flat_a[k], flat_b[k], rtol=1e-5, atol=1e-7)
+    if adapter == "full":  # so are the saved weights (float32: the masters when the model is bfloat16)
+        from safetensors.torch import load_file
+
+        wa = load_file(str(tmp_path / "a/checkpoints/step_4/model/model.safetensors"))
+        wb = load_file(str(tmp_path / "b/checkpoints/step_4/model/model.safetensors"))
+        assert wa.keys() == wb.keys() and {v.dtype for v in wa.values()} == {torch.float32}
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-7)
 
 
 def _flatten(obj, prefix=""):
@@ -636,3 +647,31 @@ def test_train_closes_its_sampler_also_when_a_step_fails(tiny_model_path, datase
     with pytest.raises(RuntimeError, match="update fell over"):
         train(_cfg(tiny_model_path, dataset, tmp_path / "bad", max_steps=1))
     assert len(closed) == 2
+
+
+# ----------------------------------------------------------------- reference semantics of the loop
+
+def test_ema_teacher_waits_for_a_real_optimizer_step(tiny_model_path, dataset, tmp_path, monkeypatch):
+    """Step 2's only optimizer step is skipped (non-finite gradient norm): the student does not move and
+    neither does the EMA teacher (the reference updates it only after a real step), although the teacher still
+    differs from the student after step 1, so an EMA step would have moved it."""
+    from safetensors.torch import load_file
+
+    real, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def clip(params, max_norm):
+        calls.append(1)
+        norm = real(params, max_norm)
+        return torch.tensor(float("nan")) if len(calls) == 2 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    train(_cfg(tiny_model_path, dataset, tmp_path / "run", adapter="full", max_steps=2, save_every=1, val_every=0))
+    m = _metrics(tmp_path / "run")
+    assert len(calls) == 2 and m[1]["update/optimizer_steps"] == 1.0
+    assert m[2]["update/optimizer_steps"] == 0.0 and m[2]["update/skipped_nonfinite"] == 1.0
+    ck = tmp_path / "run/checkpoints"
+    t1, t2 = (torch.load(ck / f"step_{s}/trainer_state.pt", weights_only=False)["teacher"]["weights"] for s in (1, 2))
+    w1, w2 = (load_file(str(ck / f"step_{s}/model/model.safetensors")) for s in (1, 2))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)  # the student did not move at step 2
+    assert any(not torch.equal(t1[k], w1[k]) for k in w1)  # the teacher lags the student after step 1
+    assert all(torch.equal(t1[k], t2[k]) for k in t1)  # and stayed where it was

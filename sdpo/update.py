@@ -16,7 +16,6 @@ import torch
 
 from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
 from sdpo.distributed import SINGLE, DistContext
-from sdpo.precision import step_tensors
 from sdpo.losses import (
     aggregation_weights,
     group_advantages,
@@ -26,6 +25,7 @@ from sdpo.losses import (
     token_logprobs,
     token_logprobs_from_hidden,
 )
+from sdpo.precision import step_tensors
 from sdpo.reprompt import (
     build_teacher_messages,
     reprompt_metrics,

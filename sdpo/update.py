@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -167,11 +167,14 @@ def _split_rows(n: int, size: int) -> list[torch.Tensor]:
 def _agg_denominator(mask: torch.Tensor, mode: str) -> float:
     """The batch-dependent normaliser of ``aggregation_weights(mask, mode)`` before clamping, additive over
     data-parallel ranks: the token count (token-mean), the active-sequence count (seq-mean-token-sum,
-    seq-mean-token-mean); 0 for seq-mean-token-sum-norm, whose normaliser is the (global) padded width."""
+    seq-mean-token-mean), the sequence count (seq-mean-token-mean-all); 0 for seq-mean-token-sum-norm, whose
+    normaliser is a constant (loss_scale_factor, else the global padded width)."""
     if mode == "token-mean":
         return float(mask.float().sum())
     if mode == "seq-mean-token-sum-norm":
         return 0.0
+    if mode == "seq-mean-token-mean-all":
+        return float(mask.shape[0])
     return float((mask.float().sum(-1) > 0).sum())
 
 
@@ -260,6 +263,9 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     """
     ctx = dist or SINGLE
     sd = cfg.self_distillation
+    if sd.loss_scale_factor is None and getattr(cfg, "max_new_tokens", None):
+        # seq-mean-token-sum-norm divides by a constant: the entry point's max response length (as verl)
+        sd = replace(sd, loss_scale_factor=cfg.max_new_tokens)
     device = _device(model)
     n = len(batch)
     if n == 0:
@@ -271,7 +277,8 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     sizes, offset = _global_layout(ctx, n)
     n_global = sum(sizes)
 
-    # 1. Tensors: right-padded responses (to the global width: seq-mean-token-sum-norm divides by it),
+    # 1. Tensors: right-padded responses (to the global width: seq-mean-token-sum-norm without a
+    #    loss_scale_factor divides by it),
     #    sampler log-probs, student input layout.
     width = None
     if ctx.enabled:
@@ -385,7 +392,7 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
                     l_pg, m_pg = grpo_loss(lp, old_lp[rows].to(device), advantages[rows].to(device), rmask,
                                            clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
                                            clip_ratio_c=cfg.clip_ratio_c, loss_agg_mode=sd.loss_agg_mode,
-                                           rollout_is_weights=rcw)
+                                           loss_scale_factor=sd.loss_scale_factor, rollout_is_weights=rcw)
                     w = (1.0 - cfg.hybrid_weight) if cfg.loss == "hybrid" else 1.0
                     total = total + w * scale * l_pg
                     if not dummy:

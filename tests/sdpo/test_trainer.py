@@ -90,7 +90,8 @@ def test_shipped_configs_validate(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("loss,agg", [("sdpo", "token-mean"), ("sdpo", "seq-mean-token-mean"),
-                                      ("grpo", "token-mean"), ("hybrid", "seq-mean-token-sum")])
+                                      ("grpo", "token-mean"), ("hybrid", "seq-mean-token-sum"),
+                                      ("sdpo", "seq-mean-token-mean-all")])
 def test_micro_batching_gives_the_mini_batch_gradient(tiny_model_path, loss, agg):
     """Accumulated micro-batch gradients equal the full-batch gradient (SGD makes the update linear in it)."""
     model, tok = load_model_and_tokenizer(tiny_model_path)

@@ -3,7 +3,9 @@
 
 Paper Sec. 3: SDPO re-scores each rollout under a teacher context (a successful sibling and/or the
 environment's feedback) and distils the teacher's next-token distribution into the student. GRPO (the
-baseline) uses group-normalised scalar rewards; ``hybrid`` mixes both losses.
+baseline) uses group-normalised scalar rewards; ``hybrid`` mixes the two, either their losses
+(``hybrid_mix="loss"``, TRL's ``distillation_weight``) or their advantages (``hybrid_mix="advantage"``, the
+paper's Sec. 4 combination A = λ·A_GRPO + (1 − λ)·A_SDPO).
 """
 
 from __future__ import annotations
@@ -39,13 +41,22 @@ from sdpo.rollout.correction import rollout_is_weights
 from sdpo.teacher import _plain_head_weight, eval_mode
 
 LOSSES = ("sdpo", "grpo", "hybrid")
+HYBRID_MIXES = ("loss", "advantage")
 
 
 @dataclass
 class UpdateConfig:
     """Settings of the policy update (shared by ``TrainConfig`` and ``SolveConfig``, which extend it).
 
-    loss: "sdpo" | "grpo" | "hybrid" (= (1 - hybrid_weight) * grpo + hybrid_weight * sdpo).
+    loss: "sdpo" | "grpo" | "hybrid". hybrid_weight w is the SDPO share of a hybrid, mixed by ``hybrid_mix``:
+        "loss": (1 - w) * L_GRPO + w * L_SDPO (TRL's ``distillation_weight`` = w);
+        "advantage": one PPO-clipped policy-gradient loss on the per-token advantage
+        λ * A_GRPO + (1 - λ) * A_SDPO with λ = 1 - w (the paper's Sec. 4 λ weighs GRPO), where A_SDPO on a
+        response token y_t is log π_teacher(y_t) - log π(y_t) (detached, at self_distillation.temperature; zero
+        on samples without a teacher context): the sampled-token form of SDPO's advantage, so it needs
+        self_distillation.mode "token"; the PPO clip of the mixed surrogate replaces self_distillation.is_clip.
+        On the first, on-policy step with seq-mean-token-mean-all the two mixes take the same gradient; they
+        differ once ratios leave 1 (later mini-batches / epochs) and the clip engages on the mixed advantage.
     temperature: the sampling temperature; GRPO ratios and rollout correction use log-probs at it.
     micro_batch_size: samples per forward/backward. mini_batch_size: samples per optimizer step
         (None = the whole batch, i.e. one on-policy step). ppo_epochs: passes over the batch.
@@ -58,6 +69,7 @@ class UpdateConfig:
 
     loss: str = "sdpo"
     hybrid_weight: float = 0.5
+    hybrid_mix: str = "loss"
     self_distillation: SelfDistillationConfig = field(default_factory=SelfDistillationConfig)
     lr: float = 1e-5
     weight_decay: float = 0.0
@@ -81,6 +93,11 @@ class UpdateConfig:
             raise ConfigError("self_distillation", f"expected a mapping, got {self.self_distillation!r}")
         _choice("loss", self.loss, LOSSES)
         _number("hybrid_weight", self.hybrid_weight, lo=0.0, hi=1.0)
+        _choice("hybrid_mix", self.hybrid_mix, HYBRID_MIXES)
+        if self.loss == "hybrid" and self.hybrid_mix == "advantage" and self.self_distillation.mode != "token":
+            raise ConfigError("hybrid_mix", f"hybrid_mix='advantage' mixes the sampled token's SDPO advantage "
+                              f"into GRPO's; it needs self_distillation.mode='token' (and alpha 1.0), got mode="
+                              f"{self.self_distillation.mode!r}; set it, or use hybrid_mix='loss'")
         _number("lr", self.lr, lo=0.0, lo_open=True)
         _number("weight_decay", self.weight_decay, lo=0.0)
         _number("max_grad_norm", self.max_grad_norm, lo=0.0, lo_open=True)
@@ -249,6 +266,24 @@ def _reduce_metrics(metrics: dict[str, list[float]], batch_keys: set[str], n: in
     return {k: float(tot[2 * i] / tot[2 * i + 1]) for i, k in enumerate(keys) if float(tot[2 * i + 1]) > 0}
 
 
+@torch.no_grad()
+def _sdpo_token_advantages(teacher, t_batch, student_lp: torch.Tensor, student_out: torch.Tensor,
+                           head_w: torch.Tensor | None, ids: torch.Tensor, cfg: UpdateConfig) -> torch.Tensor:
+    """A_SDPO [B, T] = log π_teacher(y_t) - log π(y_t) at ``self_distillation.temperature`` (paper Sec. 3: the
+    sampled-token advantage whose policy gradient is the token-mode SDPO gradient). student_lp: the student's
+    log-probs at ``cfg.temperature`` (reused when the temperatures agree); student_out: its logits [B, T, V],
+    or hidden states [B, T, H] with ``head_w`` [V, H] (fused LM head)."""
+    temp = cfg.self_distillation.temperature
+    if head_w is not None:
+        t_hidden, t_head_w = teacher.hidden(t_batch)
+        lt = token_logprobs_from_hidden(t_hidden, t_head_w, ids, temp)
+        ls = student_lp if temp == cfg.temperature else token_logprobs_from_hidden(student_out, head_w, ids, temp)
+    else:
+        lt = token_logprobs(teacher.logits(t_batch), ids, temp)
+        ls = student_lp if temp == cfg.temperature else token_logprobs(student_out, ids, temp)
+    return (lt - ls.detach()).to(student_lp.dtype)
+
+
 def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg: UpdateConfig, *,
                   seed: int = 0, dist: DistContext | None = None) -> dict[str, float]:
     """Run ``cfg.ppo_epochs`` passes of mini-batch optimizer steps on ``batch``; return mean metrics.
@@ -272,6 +307,7 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
         raise ValueError("policy_update: empty batch (each data-parallel rank needs at least one sample)")
     use_sdpo = cfg.loss in ("sdpo", "hybrid")
     use_grpo = cfg.loss in ("grpo", "hybrid")
+    mix_advantages = cfg.loss == "hybrid" and cfg.hybrid_mix == "advantage"  # one PG loss, no SDPO loss term
     metrics: dict[str, list[float]] = defaultdict(list)
     batch_keys: set[str] = set()
     sizes, offset = _global_layout(ctx, n)
@@ -366,6 +402,7 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
                     s_logits = response_logits(model, mb)
                 if use_sdpo:
                     tb = _trim(_index(t_batch, rows)).to(device)
+                if use_sdpo and not mix_advantages:
                     scale = 0.0 if dummy else _acc_scale(sd_mask[mini_rows], local, sd.loss_agg_mode,
                                                          denom[0] if denom else None)
                     kw = dict(old_logprobs=old_lp_sd[rows].to(device) if sd.is_clip is not None else None,
@@ -389,11 +426,21 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
                         lp = token_logprobs(s_logits, ids, cfg.temperature)
                     scale = 0.0 if dummy else _acc_scale(response_mask[mini_rows].float(), local,
                                                          sd.loss_agg_mode, denom[1] if denom else None)
-                    l_pg, m_pg = grpo_loss(lp, old_lp[rows].to(device), advantages[rows].to(device), rmask,
+                    adv = advantages[rows].to(device)
+                    w = (1.0 - cfg.hybrid_weight) if cfg.loss == "hybrid" else 1.0
+                    if mix_advantages:
+                        a_sd = _sdpo_token_advantages(teacher, tb, lp, s_hidden if cfg.fused_lm_head else s_logits,
+                                                      head_w if cfg.fused_lm_head else None, ids, cfg)
+                        a_sd = a_sd * sample_mask[rows].to(device)[:, None]
+                        lam = 1.0 - cfg.hybrid_weight
+                        adv, w = lam * adv[:, None] + (1.0 - lam) * a_sd, 1.0
+                        if not dummy:
+                            metrics["hybrid/sdpo_advantage_mean"].append(
+                                float((a_sd * rmask).sum() / rmask.sum().clamp(min=1)))
+                    l_pg, m_pg = grpo_loss(lp, old_lp[rows].to(device), adv, rmask,
                                            clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
                                            clip_ratio_c=cfg.clip_ratio_c, loss_agg_mode=sd.loss_agg_mode,
                                            loss_scale_factor=sd.loss_scale_factor, rollout_is_weights=rcw)
-                    w = (1.0 - cfg.hybrid_weight) if cfg.loss == "hybrid" else 1.0
                     total = total + w * scale * l_pg
                     if not dummy:
                         for k, v in m_pg.items():

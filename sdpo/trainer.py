@@ -52,7 +52,10 @@ class TrainConfig(UpdateConfig):
     dataset: "humaneval", or None with ``train_file`` (+ optional ``test_file``) in the lasgroup JSONL format.
     train_batch_size: questions per step; n: rollouts per question (a group).
     val_every / save_every: steps between validation / checkpoints (0 = only at the end).
-    val_k: samples per validation question (val/avg@k = mean reward over them).
+    val_k: samples per validation question (val/avg@k = mean reward over them). Validation samples with its
+        own settings, the reference's protocol by default: val_temperature 0.6, val_top_p 0.95, val_top_k None
+        (user.yaml val_kwargs), every question of the test set (val_max_questions None; a number keeps the
+        first that many), responses up to max_new_tokens.
     lora_target_modules: module names (e.g. ['q_proj', 'v_proj']; one name alone is a one-element list) or
         None for ``sdpo.adapters.DEFAULT_LORA_TARGETS``.
     max_prompt_len: longest chat-templated prompt, in tokens; every train and validation row is checked when
@@ -87,8 +90,10 @@ class TrainConfig(UpdateConfig):
     dense_reward: bool = False
     val_every: int = 0
     val_k: int = 4
-    val_temperature: float = 1.0
-    val_max_questions: int | None = 32
+    val_temperature: float = 0.6
+    val_top_p: float = 0.95
+    val_top_k: int | None = None
+    val_max_questions: int | None = None
     save_every: int = 0
     resume_from: str | None = None
     sampler: str = "auto"
@@ -138,6 +143,9 @@ class TrainConfig(UpdateConfig):
         if self.top_k is not None:
             _number("top_k", self.top_k, lo=1, integer=True)
         _number("val_temperature", self.val_temperature, lo=0.0)
+        _number("val_top_p", self.val_top_p, lo=0.0, hi=1.0, lo_open=True)
+        if self.val_top_k is not None:
+            _number("val_top_k", self.val_top_k, lo=1, integer=True)
         if self.val_max_questions is not None:
             _number("val_max_questions", self.val_max_questions, lo=1, integer=True)
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
@@ -340,7 +348,8 @@ def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
     local = shard(tasks, dist)
     sums = [0.0, 0.0, 0.0, 0.0]  # reward sum, solved questions, response tokens, questions
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.val_temperature,
-                            top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed * 7919 + step + 1_000_003 * dist.rank)
+                            top_p=cfg.val_top_p, top_k=cfg.val_top_k,
+                            seed=cfg.seed * 7919 + step + 1_000_003 * dist.rank)
     rollouts = sync_generate(sampler, [t.messages for t in local], cfg.val_k, params, dist)  # fsdp: all ranks
     if local:
         full = [t if t.hidden_tests is None else _with_tests(t, t.hidden_tests) for t in local]

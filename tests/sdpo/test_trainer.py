@@ -676,3 +676,33 @@ def test_ema_teacher_waits_for_a_real_optimizer_step(tiny_model_path, dataset, t
     assert all(torch.equal(w1[k], w2[k]) for k in w1)  # the student did not move at step 2
     assert any(not torch.equal(t1[k], w1[k]) for k in w1)  # the teacher lags the student after step 1
     assert all(torch.equal(t1[k], t2[k]) for k in t1)  # and stayed where it was
+
+
+def test_validation_samples_with_its_own_settings_over_the_whole_test_set(tiny_model_path, tmp_path):
+    """The reference's protocol by default: temperature 0.6, top_p 0.95, every test question (not the first
+    32), val_k samples each; the training sampling settings (temperature 1.0 here) do not leak in."""
+    from sdpo.trainer import load_data, validate
+
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"prompt": f"Which letter? {i}\nA: a\nB: b", "kind": "mcq", "answer": "A"})
+                            + "\n" for i in range(40)))
+    cfg = TrainConfig(model_path=str(tiny_model_path), train_file=str(test), test_file=str(test), max_new_tokens=3,
+                      val_k=2, temperature=1.0, top_p=1.0, progress=False)
+    assert (cfg.val_temperature, cfg.val_top_p, cfg.val_top_k, cfg.val_max_questions) == (0.6, 0.95, None, None)
+    model, tok = load_model_and_tokenizer(tiny_model_path)
+    calls = []
+
+    class Recording(HFSampler):
+        def generate(self, prompts, n, params):
+            calls.append((len(prompts), n, params))
+            return super().generate(prompts, n, params)
+
+    _, val_tasks = load_data(cfg)
+    metrics = validate(Recording(model, tok, batch_size=40), val_tasks, cfg, step=1)
+    assert sum(c[0] for c in calls) == 40 and {c[1] for c in calls} == {2}
+    assert {(c[2].temperature, c[2].top_p, c[2].top_k) for c in calls} == {(0.6, 0.95, None)}
+    assert set(metrics) == {"val/avg@2", "val/pass@2", "val/response_length_mean"}
+    capped = TrainConfig(**{**cfg.to_dict(), "val_max_questions": 5, "self_distillation": cfg.self_distillation})
+    calls.clear()
+    validate(Recording(model, tok, batch_size=40), val_tasks, capped, step=1)
+    assert sum(c[0] for c in calls) == 5

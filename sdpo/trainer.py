@@ -329,12 +329,26 @@ def make_optimizer(model, cfg: UpdateConfig, *, warmup_steps: int = 0, total_ste
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def score_rollouts(tasks: list[Task], rollouts, n: int, *, sparse: bool):
-    """Reward + feedback for rollout ``i`` of question ``i // n``."""
+def score_rollouts(tasks: list[Task], rollouts, n: int, *, sparse: bool, code_feedback: str | None = None):
+    """Reward + feedback for rollout ``i`` of question ``i // n``; code_feedback: ``UpdateConfig.code_feedback``
+    (None: the environment's default)."""
     from sdpo.envs import score_many
 
     per_rollout = [tasks[r.prompt_index] for r in rollouts]
-    return score_many(per_rollout, [r.text for r in rollouts], [r.truncated for r in rollouts], sparse=sparse)
+    return score_many(per_rollout, [r.text for r in rollouts], [r.truncated for r in rollouts], sparse=sparse,
+                      **code_feedback_kwargs(code_feedback))
+
+
+def code_feedback_kwargs(code_feedback: str | None) -> dict[str, str]:
+    """``{"code_feedback": value}`` for ``sdpo.envs.score_many`` / ``score``, or {} for None or a code
+    environment without that keyword (then it gathers feedback its own way)."""
+    import inspect
+
+    from sdpo.envs import score_many
+
+    if code_feedback is None or "code_feedback" not in inspect.signature(score_many).parameters:
+        return {}
+    return {"code_feedback": code_feedback}
 
 
 def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
@@ -696,7 +710,8 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
             t_sample = time.perf_counter()
 
             # 2. Reward + feedback from each question's environment (on the rank that holds the rollouts).
-            scores = score_rollouts(tasks, rollouts, cfg.n, sparse=not cfg.dense_reward)
+            scores = score_rollouts(tasks, rollouts, cfg.n, sparse=not cfg.dense_reward,
+                                    code_feedback=cfg.code_feedback)
             t_score = time.perf_counter()
             attempts = [
                 Attempt(round=step, index=i, response=r.text,

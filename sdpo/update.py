@@ -42,6 +42,7 @@ from sdpo.teacher import _plain_head_weight, eval_mode
 
 LOSSES = ("sdpo", "grpo", "hybrid")
 HYBRID_MIXES = ("loss", "advantage")
+CODE_FEEDBACK = ("all_tests", "first_failure")
 
 
 @dataclass
@@ -61,6 +62,9 @@ class UpdateConfig:
     micro_batch_size: samples per forward/backward. mini_batch_size: samples per optimizer step
         (None = the whole batch, i.e. one on-policy step). ppo_epochs: passes over the batch.
     rollout_correction_threshold: truncation of the token-level trainer/sampler ratio (None = off).
+    code_feedback: what the code environment reports to the teacher about a failed attempt: "all_tests" (the
+        reference's: every test runs; a runtime error first, then a timeout, then the two shortest wrong
+        answers) or "first_failure" (the first failing test in test order; cheaper). The reward is unchanged.
     fused_lm_head: compute the losses from hidden states and the LM-head weight chunk by chunk, never holding
         [B, T, V] logits (``sdpo_loss_from_hidden``). Needs a bias-free ``nn.Linear`` LM head on the student
         (not LoRA-wrapped) and a teacher that exposes (hidden, head weight): not the full-model trust-region
@@ -83,6 +87,7 @@ class UpdateConfig:
     clip_ratio_c: float = 3.0
     norm_adv_by_std: bool = True
     rollout_correction_threshold: float | None = 2.0
+    code_feedback: str = "all_tests"
     fused_lm_head: bool = False
 
     def __post_init__(self) -> None:
@@ -111,6 +116,7 @@ class UpdateConfig:
         _number("clip_ratio_c", self.clip_ratio_c, lo=1.0, lo_open=True)
         if self.rollout_correction_threshold is not None:
             _number("rollout_correction_threshold", self.rollout_correction_threshold, lo=1.0)
+        _choice("code_feedback", self.code_feedback, CODE_FEEDBACK)
         if not isinstance(self.fused_lm_head, bool):
             raise ConfigError("fused_lm_head", f"got {self.fused_lm_head!r}; expected true or false")
         if self.fused_lm_head:

@@ -706,3 +706,31 @@ def test_validation_samples_with_its_own_settings_over_the_whole_test_set(tiny_m
     calls.clear()
     validate(Recording(model, tok, batch_size=40), val_tasks, capped, step=1)
     assert sum(c[0] for c in calls) == 5
+
+
+def test_code_feedback_setting_reaches_the_scorer(monkeypatch):
+    """``code_feedback`` (validated on the shared update config) is what the trainer and the solver hand the
+    code environment's scorer."""
+    import sdpo.envs
+    from sdpo.data.tasks import Task
+    from sdpo.envs.base import Score
+    from sdpo.trainer import score_rollouts
+    from sdpo.ttt import SolveConfig, score_attempts
+
+    with pytest.raises(ConfigError, match="^code_feedback: got 'some'; allowed values are 'all_tests', "
+                                          "'first_failure'"):
+        UpdateConfig(code_feedback="some")
+    assert UpdateConfig().code_feedback == SolveConfig().code_feedback == "all_tests"
+    seen = []
+
+    def scorer(tasks, responses, truncated=False, *, sparse=True, tests=None, tooluse_feedback=False,
+               code_feedback="first_failure"):
+        seen.append(code_feedback)
+        return [Score(reward=0.0, feedback="f", passed=0, total=1) for _ in tasks]
+
+    monkeypatch.setattr(sdpo.envs, "score_many", scorer)
+    task = Task(id="t", messages=P, kind="code", tests=None)
+    rollouts = [Rollout(prompt_ids=[1], response_ids=[2], text="x", logprobs=[0.0], truncated=False)]
+    score_rollouts([task], rollouts, 1, sparse=True, code_feedback="all_tests")
+    score_attempts(task, rollouts, "first_failure")
+    assert seen == ["all_tests", "first_failure"]

@@ -209,8 +209,10 @@ def solve_cmd(
     question_id: str = typer.Option(None, "--question-id", help="With --lcb: the row's question_id."),
     prompt: str = typer.Option("ours", "--prompt", help="With --lcb: ours | reference (the reference's "
                                "CODE_PROMPT as one user message)."),
-    strategy: str = typer.Option("sdpo", "--strategy", help="sdpo | best_of_k | multiturn."),
-    budget: int = typer.Option(64, "--budget", help="Attempts in all."),
+    config: str = typer.Option(None, "--config", help="YAML SolveConfig (e.g. configs/paper/ttt_sdpo.yaml); "
+                               "--strategy, --budget and --set override it."),
+    strategy: str = typer.Option(None, "--strategy", help="sdpo | best_of_k | multiturn (default sdpo)."),
+    budget: int = typer.Option(None, "--budget", help="Attempts in all (default 64)."),
     model: str = typer.Option(None, "--model", help="Local HF checkpoint (default: SDPO_MODEL / toy / tiny)."),
     set_: list[str] = typer.Option([], "--set", help="SolveConfig override: key=value (dotted keys nest)."),
     out: str = typer.Option("runs/solve", "--out", help="Directory for result.json, attempts.jsonl, weights."),
@@ -250,9 +252,20 @@ def solve_cmd(
     if model is not None and not (Path(model) / "config.json").is_file():
         fail(f"--model: no Hugging Face checkpoint (config.json) at {model}")
     try:
+        import yaml
+
         from sdpo.ttt import SolveConfig
 
-        cfg = SolveConfig.from_dict(apply_overrides({"strategy": strategy, "budget": budget}, list(set_)))
+        data = {}
+        if config is not None:
+            if not Path(config).is_file():
+                fail(f"--config: no such file: {config}")
+            try:
+                data = yaml.safe_load(Path(config).read_text()) or {}
+            except yaml.YAMLError as e:
+                fail(f"--config: invalid YAML in {config}: {e}")
+        data.update({k: v for k, v in (("strategy", strategy), ("budget", budget)) if v is not None})
+        cfg = SolveConfig.from_dict(apply_overrides(data, list(set_)))
     except ConfigError as e:
         fail(str(e))
 

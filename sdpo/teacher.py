@@ -86,7 +86,9 @@ class EmaTeacher:
     adapter ``"teacher"`` on the same (shared, frozen) base, initialised from the student's adapter; the EMA runs
     over adapter weights only. Its forward switches the active adapter to ``"teacher"`` under no_grad and then
     restores the student's adapter and every parameter's ``requires_grad`` flag, so the student's trainable set
-    and optimizer state are unaffected.
+    and optimizer state are unaffected. The LoRA EMA averages the factors A and B separately (as TRL's EMA
+    adapter does), so the teacher's weight update is EMA(B)·EMA(A), which is not the EMA of the products B·A
+    the student went through; a full-model EMA averages the weights themselves.
 
     Precision: with τ = 0.01–0.05 a bfloat16 teacher cannot represent one EMA step (its relative precision is
     2^-8), so the step would round away. ``fp32_master`` (default: whenever a teacher weight is below float32)

@@ -52,16 +52,18 @@ def is_lora(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_weights(model, tokenizer, out_dir: str | Path) -> tuple[Path, str]:
+def save_weights(model, tokenizer, out_dir: str | Path, *,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> tuple[Path, str]:
     """Save the trained weights: the LoRA adapter ("default" only) under ``adapter/``, or the whole model
-    (safetensors) + tokenizer under ``model/``. Returns (path, kind)."""
+    (safetensors) + tokenizer under ``model/``. Returns (path, kind). state_dict: full model only, the tensors
+    to write instead of the model's own (the float32 masters of ``sdpo.precision``)."""
     out_dir = Path(out_dir)
     if is_lora(model):
         path = out_dir / "adapter"
         model.save_pretrained(path, selected_adapters=["default"])
         return path, "lora"
     path = out_dir / "model"
-    model.save_pretrained(path, safe_serialization=True)
+    model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(path)
     return path, "full"
 

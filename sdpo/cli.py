@@ -41,13 +41,17 @@ def import_lcb_cmd(
     ),
     split_tests: float = typer.Option(0.5, "--split-tests", help="Fraction of each question's tests for training."),
     seed: int = typer.Option(0, "--seed"),
+    prompt: str = typer.Option("ours", "--prompt", help="ours (system + user message) | reference (the "
+                               "reference's CODE_PROMPT, one user message)."),
 ) -> None:
     """Import LiveCodeBench rows (public + private tests, decoded safely) into train/test/problem files."""
     from pathlib import Path
 
     from sdpo.config import ConfigError
-    from sdpo.data.lcb import LcbError, import_lcb, parse_date
+    from sdpo.data.lcb import PROMPTS, LcbError, import_lcb, parse_date
 
+    if prompt not in PROMPTS:
+        fail(f"--prompt: got {prompt!r}; allowed values are {', '.join(map(repr, PROMPTS))}")
     for f in files:
         if not Path(f).is_file():
             fail(f"{f}: no such file")
@@ -59,7 +63,7 @@ def import_lcb_cmd(
                 fail(f"{name}: {e}; expected e.g. 2025-02-01")
     try:
         summary = import_lcb(files, out, since=since, until=until, cutoff=cutoff,
-                             split_tests_fraction=split_tests, seed=seed)
+                             split_tests_fraction=split_tests, seed=seed, prompt=prompt)
     except ConfigError as e:
         fail(f"--split-tests: {str(e).split(': ', 1)[1]}")
     except LcbError as e:
@@ -203,8 +207,12 @@ def solve_cmd(
     problem: str = typer.Option(None, "--problem", help="Problem JSON file (title, statement, tests, ...)."),
     lcb: str = typer.Option(None, "--lcb", help="LiveCodeBench JSONL file to take the problem from."),
     question_id: str = typer.Option(None, "--question-id", help="With --lcb: the row's question_id."),
-    strategy: str = typer.Option("sdpo", "--strategy", help="sdpo | best_of_k | multiturn."),
-    budget: int = typer.Option(64, "--budget", help="Attempts in all."),
+    prompt: str = typer.Option("ours", "--prompt", help="With --lcb: ours | reference (the reference's "
+                               "CODE_PROMPT as one user message)."),
+    config: str = typer.Option(None, "--config", help="YAML SolveConfig (e.g. configs/paper/ttt_sdpo.yaml); "
+                               "--strategy, --budget and --set override it."),
+    strategy: str = typer.Option(None, "--strategy", help="sdpo | best_of_k | multiturn (default sdpo)."),
+    budget: int = typer.Option(None, "--budget", help="Attempts in all (default 64)."),
     model: str = typer.Option(None, "--model", help="Local HF checkpoint (default: SDPO_MODEL / toy / tiny)."),
     set_: list[str] = typer.Option([], "--set", help="SolveConfig override: key=value (dotted keys nest)."),
     out: str = typer.Option("runs/solve", "--out", help="Directory for result.json, attempts.jsonl, weights."),
@@ -227,14 +235,16 @@ def solve_cmd(
                 fail(f"--problem: no such file: {problem}")
             prob = load_problem(problem)
         else:
-            from sdpo.data.lcb import find_problem
+            from sdpo.data.lcb import PROMPTS, find_problem
 
             if not question_id:
                 fail("--question-id: required with --lcb")
+            if prompt not in PROMPTS:
+                fail(f"--prompt: got {prompt!r}; allowed values are {', '.join(map(repr, PROMPTS))}")
             if not Path(lcb).is_file():
                 fail(f"--lcb: no such file: {lcb}")
             try:
-                prob = find_problem([lcb], question_id)
+                prob = find_problem([lcb], question_id, prompt=prompt)
             except KeyError as e:
                 fail(f"--question-id: {e.args[0]}")
     except ValueError as e:  # Problem.parse / LcbError: the message starts with the field
@@ -242,9 +252,20 @@ def solve_cmd(
     if model is not None and not (Path(model) / "config.json").is_file():
         fail(f"--model: no Hugging Face checkpoint (config.json) at {model}")
     try:
+        import yaml
+
         from sdpo.ttt import SolveConfig
 
-        cfg = SolveConfig.from_dict(apply_overrides({"strategy": strategy, "budget": budget}, list(set_)))
+        data = {}
+        if config is not None:
+            if not Path(config).is_file():
+                fail(f"--config: no such file: {config}")
+            try:
+                data = yaml.safe_load(Path(config).read_text()) or {}
+            except yaml.YAMLError as e:
+                fail(f"--config: invalid YAML in {config}: {e}")
+        data.update({k: v for k, v in (("strategy", strategy), ("budget", budget)) if v is not None})
+        cfg = SolveConfig.from_dict(apply_overrides(data, list(set_)))
     except ConfigError as e:
         fail(str(e))
 

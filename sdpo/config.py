@@ -18,7 +18,8 @@ DEFAULT_FEEDBACK_TEMPLATE = (
 )
 
 MODES = ("logit", "token")
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm",
+                  "seq-mean-token-mean-all")
 TRUNCATIONS = ("right", "left", "error")
 TEACHER_REGULARIZATIONS = ("ema", "trust-region", "live")
 
@@ -75,6 +76,12 @@ class SelfDistillationConfig:
     alpha: interpolation of the generalised Jensen-Shannon divergence; 0 = KL(teacher||student) (forward),
         1 = KL(student||teacher) (reverse).
     is_clip: clip of the off-policy importance ratio exp(logp - old_logp); None disables IS weighting.
+    loss_agg_mode: how per-token losses become one loss (``sdpo.losses`` module docstring); also GRPO's.
+        "seq-mean-token-mean-all" is the reference's (and TRL's) weighting: each sequence's token-mean,
+        averaged over every sequence of the mini-batch, undistilled ones counting as zero. The default
+        "token-mean" averages over distilled tokens only (docs/fidelity.md says why).
+    loss_scale_factor: the constant divisor of "seq-mean-token-sum-norm" (the reference's name); None = the
+        run's max_new_tokens (the trainer and the solver pass it), i.e. verl's padded response length.
     """
 
     mode: str = "logit"
@@ -84,6 +91,7 @@ class SelfDistillationConfig:
     is_clip: float | None = 2.0
     temperature: float = 1.0
     loss_agg_mode: str = "token-mean"
+    loss_scale_factor: int | None = None
     success_reward_threshold: float = 1.0
     dont_reprompt_on_self_success: bool = True
     remove_thinking_from_demonstration: bool = True
@@ -116,6 +124,8 @@ class SelfDistillationConfig:
             _number("is_clip", self.is_clip, lo=0.0, lo_open=True)
         _number("temperature", self.temperature, lo=0.0, lo_open=True)
         _choice("loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
+        if self.loss_scale_factor is not None:
+            _number("loss_scale_factor", self.loss_scale_factor, lo=1, integer=True)
         _number("success_reward_threshold", self.success_reward_threshold)
         _number("max_reprompt_len", self.max_reprompt_len, lo=1, integer=True)
         _choice("reprompt_truncation", self.reprompt_truncation, TRUNCATIONS)

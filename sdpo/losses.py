@@ -19,13 +19,20 @@ Aggregation (``loss_agg_mode``), with ``mask = response_mask * sample_mask[:, No
 * ``token-mean``: sum(mask * l) / max(sum(mask), 1).
 * ``seq-mean-token-sum``: mean over *active* sequences (at least one unmasked token) of sum_t mask * l.
 * ``seq-mean-token-mean``: mean over active sequences of sum_t mask * l / sum_t mask.
-* ``seq-mean-token-sum-norm``: sum(mask * l) / T, T = the padded response length (mask.shape[-1]); this is
-  verl's default constant ("max response length"), so that the loss scale does not depend on the batch.
+* ``seq-mean-token-sum-norm``: sum(mask * l) / L with L a constant: ``norm_length`` (the config's
+  ``loss_scale_factor``; the trainer and the solver pass their max_new_tokens), so that the loss scale does not
+  depend on the batch. That is verl's default divisor, the padded response length, which verl's rollouts pad
+  to max_response_length. Without ``norm_length`` L is mask.shape[-1] (the width of the tensors given).
+* ``seq-mean-token-mean-all``: mean over *all* B sequences of sum_t mask * l / sum_t mask; fully masked
+  sequences (no tokens, or samples without a teacher context) count as zero. This is the reference's SDPO
+  weighting (lasgroup/SDPO, core_algos.py ``compute_self_distillation_loss`` + dp_actor.py ``update_policy``: a
+  token-mean per micro-batch of one sequence, scaled by 1 / mini-batch size) and TRL's SDPO loss.
 
-Counting only active sequences in the seq-mean modes (rather than all B rows, as older verl does) keeps
-``sample_mask`` (samples without a teacher context) from diluting the loss, consistent with token-mean.
-The denominators of every mode are clamped to at least 1, so a fully masked batch gives a zero loss that is
-still connected to the graph (backward works and yields zero gradients).
+Counting only active sequences in seq-mean-token-sum / seq-mean-token-mean (rather than all B rows, as older
+verl does) keeps ``sample_mask`` (samples without a teacher context) from diluting the loss, consistent with
+token-mean; seq-mean-token-mean-all is the diluting variant. The denominators of every mode are clamped to at
+least 1, so a fully masked batch gives a zero loss that is still connected to the graph (backward works and
+yields zero gradients).
 """
 
 from __future__ import annotations
@@ -80,10 +87,12 @@ _DIV, _ISW, _CLIPPED, _ENT, _TOPK_MASS, _N_STATS = 0, 1, 2, 3, 4, 5
 # Aggregation
 # --------------------------------------------------------------------------------------------------
 
-def aggregation_weights(mask: Tensor, loss_agg_mode: str, dtype: torch.dtype | None = None) -> Tensor:
+def aggregation_weights(mask: Tensor, loss_agg_mode: str, dtype: torch.dtype | None = None,
+                        norm_length: int | None = None) -> Tensor:
     """Weights ``w`` [B, T] such that the aggregated loss is ``sum(w * per_token_loss)``.
 
-    mask: [B, T], 0/1 (or non-negative weights). See the module docstring for the four modes.
+    mask: [B, T], 0/1 (or non-negative weights). norm_length: seq-mean-token-sum-norm's constant divisor
+    (default T). See the module docstring for the five modes.
     """
     if loss_agg_mode not in LOSS_AGG_MODES:
         raise ValueError(f"loss_agg_mode={loss_agg_mode!r}; allowed values are {', '.join(LOSS_AGG_MODES)}")
@@ -93,17 +102,20 @@ def aggregation_weights(mask: Tensor, loss_agg_mode: str, dtype: torch.dtype | N
     if loss_agg_mode == "token-mean":
         return m / m.sum().clamp(min=1.0)
     if loss_agg_mode == "seq-mean-token-sum-norm":
-        return m / max(m.shape[-1], 1)
+        return m / max(norm_length or m.shape[-1], 1)
     row = m.sum(-1)
+    if loss_agg_mode == "seq-mean-token-mean-all":
+        return m / row.clamp(min=1.0)[:, None] / max(m.shape[0], 1)
     n_seq = (row > 0).sum().to(m.dtype).clamp(min=1.0)
     if loss_agg_mode == "seq-mean-token-sum":
         return m / n_seq
     return m / row.clamp(min=1.0)[:, None] / n_seq  # seq-mean-token-mean
 
 
-def aggregate_loss(per_token: Tensor, mask: Tensor, loss_agg_mode: str = "token-mean") -> Tensor:
+def aggregate_loss(per_token: Tensor, mask: Tensor, loss_agg_mode: str = "token-mean",
+                   norm_length: int | None = None) -> Tensor:
     """Aggregate a [B, T] per-token loss under ``mask`` [B, T]; masked entries never contribute (even NaN)."""
-    w = aggregation_weights(mask, loss_agg_mode, per_token.dtype)
+    w = aggregation_weights(mask, loss_agg_mode, per_token.dtype, norm_length)
     return (torch.where(w != 0, per_token, torch.zeros_like(per_token)) * w).sum()
 
 
@@ -466,7 +478,7 @@ def _prepare(
     """mask: the combined mask from ``_check_inputs``. Ids at masked positions become 0 (never gathered
     with a padding id)."""
     ids = torch.where(mask != 0, response_ids, torch.zeros_like(response_ids)).long()
-    agg_w = aggregation_weights(mask, cfg.loss_agg_mode, cd)
+    agg_w = aggregation_weights(mask, cfg.loss_agg_mode, cd, cfg.loss_scale_factor)
     old = old_logprobs.detach().to(cd) if (cfg.is_clip is not None) else None
     rw = rollout_is_weights.detach().to(cd) if rollout_is_weights is not None else None
     plan = _Plan(mode=cfg.mode, topk=cfg.distillation_topk if cfg.mode == "logit" else None,
@@ -740,6 +752,7 @@ def grpo_loss(
     clip_ratio_high: float = 0.2,
     clip_ratio_c: float = 3.0,
     loss_agg_mode: str = "token-mean",
+    loss_scale_factor: int | None = None,
     sample_mask: Tensor | None = None,
     rollout_is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
@@ -747,6 +760,7 @@ def grpo_loss(
 
     logprobs, old_logprobs: [B, T] current / sampler log-probs of the response tokens; advantages: [B, T] or
     [B] (broadcast over T); response_mask: [B, T]; sample_mask: [B]; rollout_is_weights: [B, T] (detached).
+    loss_scale_factor: seq-mean-token-sum-norm's constant divisor (default T).
     ratio = exp(clamp(logprobs - old, -20, 20)); l1 = -A ratio; l2 = -A clamp(ratio, 1 - low, 1 + high);
     l = max(l1, l2); for A < 0 additionally l = min(l, -A c) (dual clip, c > 1).
     Metrics: grpo/loss, grpo/clip_fraction (l2 > l1), grpo/clip_fraction_lower (dual clip active),
@@ -777,7 +791,7 @@ def grpo_loss(
     per_token = torch.where(adv < 0, torch.minimum(clipped, l3), clipped)
     if rollout_is_weights is not None:
         per_token = per_token * rollout_is_weights.detach().to(dtype)
-    loss = aggregate_loss(per_token, mask, loss_agg_mode)
+    loss = aggregate_loss(per_token, mask, loss_agg_mode, loss_scale_factor)
 
     active = mask != 0
     n = max(int(active.sum()), 1)

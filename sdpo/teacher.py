@@ -86,7 +86,9 @@ class EmaTeacher:
     adapter ``"teacher"`` on the same (shared, frozen) base, initialised from the student's adapter; the EMA runs
     over adapter weights only. Its forward switches the active adapter to ``"teacher"`` under no_grad and then
     restores the student's adapter and every parameter's ``requires_grad`` flag, so the student's trainable set
-    and optimizer state are unaffected.
+    and optimizer state are unaffected. The LoRA EMA averages the factors A and B separately (as TRL's EMA
+    adapter does), so the teacher's weight update is EMA(B)·EMA(A), which is not the EMA of the products B·A
+    the student went through; a full-model EMA averages the weights themselves.
 
     Precision: with τ = 0.01–0.05 a bfloat16 teacher cannot represent one EMA step (its relative precision is
     2^-8), so the step would round away. ``fp32_master`` (default: whenever a teacher weight is below float32)
@@ -157,16 +159,23 @@ class EmaTeacher:
             return response_hidden(self.model, batch), _plain_head_weight(self.model).detach()
 
     @torch.no_grad()
-    def update(self, student: nn.Module) -> None:
-        """One EMA step towards ``student`` (call once per optimizer step, after it)."""
+    def update(self, student: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """One EMA step towards ``student`` (call once per training step, after a real optimizer step).
+
+        weights: the student's weights by parameter name when their real values are kept elsewhere: the float32
+        masters of a bfloat16 / float16 full fine-tune (``sdpo.precision.master_weights``), so that the
+        teacher's float32 master moves towards the student's float32 master rather than its rounded copy.
+        Full models only (LoRA adapters are float32 themselves)."""
         tau = self.update_rate
         teacher = self._teacher_params()
         if self.is_peft:
             if student is not self.model:
                 raise ValueError("EmaTeacher(LoRA): update() must get the same peft model the teacher lives in")
+            if weights is not None:
+                raise ValueError("EmaTeacher(LoRA): weights are for full models (the adapters are the weights)")
             student_params = _adapter_params(self.model, self.student_adapter)
         else:
-            student_params = dict(student.named_parameters())
+            student_params = weights if weights is not None else dict(student.named_parameters())
         if teacher.keys() != student_params.keys():
             raise ValueError("EmaTeacher: student parameters do not match the teacher's")
         for k, t in teacher.items():
@@ -241,7 +250,7 @@ class TrustRegionTeacher:
             student = response_hidden(self.student, batch)
         return torch.lerp(ref, student, self.update_rate), weight
 
-    def update(self, student: nn.Module) -> None:
+    def update(self, student: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> None:
         """No-op: the trust region follows the live student."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -273,7 +282,7 @@ class LiveTeacher:
         with eval_mode(self.student):
             return response_hidden(self.student, batch), _plain_head_weight(self.student).detach()
 
-    def update(self, student: nn.Module) -> None:
+    def update(self, student: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> None:
         """No-op."""
 
     def state_dict(self) -> dict[str, Any]:

@@ -52,7 +52,10 @@ class TrainConfig(UpdateConfig):
     dataset: "humaneval", or None with ``train_file`` (+ optional ``test_file``) in the lasgroup JSONL format.
     train_batch_size: questions per step; n: rollouts per question (a group).
     val_every / save_every: steps between validation / checkpoints (0 = only at the end).
-    val_k: samples per validation question (val/avg@k = mean reward over them).
+    val_k: samples per validation question (val/avg@k = mean reward over them). Validation samples with its
+        own settings, the reference's protocol by default: val_temperature 0.6, val_top_p 0.95, val_top_k None
+        (user.yaml val_kwargs), every question of the test set (val_max_questions None; a number keeps the
+        first that many), responses up to max_new_tokens.
     lora_target_modules: module names (e.g. ['q_proj', 'v_proj']; one name alone is a one-element list) or
         None for ``sdpo.adapters.DEFAULT_LORA_TARGETS``.
     max_prompt_len: longest chat-templated prompt, in tokens; every train and validation row is checked when
@@ -87,8 +90,10 @@ class TrainConfig(UpdateConfig):
     dense_reward: bool = False
     val_every: int = 0
     val_k: int = 4
-    val_temperature: float = 1.0
-    val_max_questions: int | None = 32
+    val_temperature: float = 0.6
+    val_top_p: float = 0.95
+    val_top_k: int | None = None
+    val_max_questions: int | None = None
     save_every: int = 0
     resume_from: str | None = None
     sampler: str = "auto"
@@ -138,6 +143,9 @@ class TrainConfig(UpdateConfig):
         if self.top_k is not None:
             _number("top_k", self.top_k, lo=1, integer=True)
         _number("val_temperature", self.val_temperature, lo=0.0)
+        _number("val_top_p", self.val_top_p, lo=0.0, hi=1.0, lo_open=True)
+        if self.val_top_k is not None:
+            _number("val_top_k", self.val_top_k, lo=1, integer=True)
         if self.val_max_questions is not None:
             _number("val_max_questions", self.val_max_questions, lo=1, integer=True)
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
@@ -304,8 +312,11 @@ def build_policy(cfg: TrainConfig):
 
 def make_optimizer(model, cfg: UpdateConfig, *, warmup_steps: int = 0, total_steps: int = 1,
                    schedule: str = "constant"):
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    """AdamW (float32 masters for a bfloat16 / float16 full fine-tune, ``sdpo.precision``) and its LambdaLR:
+    linear warmup over ``warmup_steps`` from lr/warmup_steps, then constant or cosine to 0 at ``total_steps``."""
+    from sdpo.precision import make_adamw
+
+    optimizer = make_adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
 
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
@@ -318,12 +329,26 @@ def make_optimizer(model, cfg: UpdateConfig, *, warmup_steps: int = 0, total_ste
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def score_rollouts(tasks: list[Task], rollouts, n: int, *, sparse: bool):
-    """Reward + feedback for rollout ``i`` of question ``i // n``."""
+def score_rollouts(tasks: list[Task], rollouts, n: int, *, sparse: bool, code_feedback: str | None = None):
+    """Reward + feedback for rollout ``i`` of question ``i // n``; code_feedback: ``UpdateConfig.code_feedback``
+    (None: the environment's default)."""
     from sdpo.envs import score_many
 
     per_rollout = [tasks[r.prompt_index] for r in rollouts]
-    return score_many(per_rollout, [r.text for r in rollouts], [r.truncated for r in rollouts], sparse=sparse)
+    return score_many(per_rollout, [r.text for r in rollouts], [r.truncated for r in rollouts], sparse=sparse,
+                      **code_feedback_kwargs(code_feedback))
+
+
+def code_feedback_kwargs(code_feedback: str | None) -> dict[str, str]:
+    """``{"code_feedback": value}`` for ``sdpo.envs.score_many`` / ``score``, or {} for None or a code
+    environment without that keyword (then it gathers feedback its own way)."""
+    import inspect
+
+    from sdpo.envs import score_many
+
+    if code_feedback is None or "code_feedback" not in inspect.signature(score_many).parameters:
+        return {}
+    return {"code_feedback": code_feedback}
 
 
 def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
@@ -337,7 +362,8 @@ def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
     local = shard(tasks, dist)
     sums = [0.0, 0.0, 0.0, 0.0]  # reward sum, solved questions, response tokens, questions
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.val_temperature,
-                            top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed * 7919 + step + 1_000_003 * dist.rank)
+                            top_p=cfg.val_top_p, top_k=cfg.val_top_k,
+                            seed=cfg.seed * 7919 + step + 1_000_003 * dist.rank)
     rollouts = sync_generate(sampler, [t.messages for t in local], cfg.val_k, params, dist)  # fsdp: all ranks
     if local:
         full = [t if t.hidden_tests is None else _with_tests(t, t.hidden_tests) for t in local]
@@ -382,6 +408,13 @@ def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext) -> dict
             if id(p) in first and first[id(p)] in weights and name in weights:
                 weights[name] = weights[first[id(p)]]
             first.setdefault(id(p), name)
+    from sdpo.precision import checkpoint_weights, master_weights
+
+    masters = master_weights(optimizer)
+    if masters is not None:  # the float32 masters are the real weights (gathered on every rank: collectives)
+        masters = gather_full(masters)
+        if ctx.is_main:
+            weights = checkpoint_weights(model, masters, weights)
     opt = gather_full(optimizer.state_dict())
     teacher_state = gather_full(teacher.state_dict()) if teacher is not None else None
     return {"model": weights, "optimizer": opt, "teacher": teacher_state} if ctx.is_main else None
@@ -407,6 +440,10 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
     """``out_dir/checkpoints/step_N/``: weights (adapter/ or model/), trainer_state.pt (optimizer, scheduler,
     teacher state, RNG states, step, data position), config.yaml. Written to a temp dir, then renamed.
 
+    A full fine-tune with float32 masters (``sdpo.precision``) stores the masters as the model's weights
+    (float32 tensors; ``load_model_and_tokenizer(..., dtype="bfloat16")`` gives the compute-dtype model), so
+    the saved model is the real update and a resume continues exactly.
+
     rng_ranks: every data-parallel rank's RNG state (rank order), written by rank 0 alone (weights, optimizer
     and teacher are identical replicas on every rank). gathered: under FSDP, :func:`gather_checkpoint_state`'s
     full states, written instead of the (sharded) live ones; the layout is the same either way."""
@@ -424,7 +461,11 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
         _, kind = _save_gathered_weights(model, tokenizer, tmp, gathered["model"])
         opt_state, teacher_state = gathered["optimizer"], gathered["teacher"]
     else:
-        _, kind = save_weights(model, tokenizer, tmp)
+        from sdpo.precision import checkpoint_weights, master_weights
+
+        masters = master_weights(optimizer)
+        _, kind = save_weights(model, tokenizer, tmp,
+                               state_dict=None if masters is None else checkpoint_weights(model, masters))
         opt_state = optimizer.state_dict()
         teacher_state = teacher.state_dict() if teacher is not None else None
     torch.save({
@@ -462,12 +503,20 @@ def load_model_state(path: Path, model) -> dict[str, Any]:
         load_adapter_weights(model, path / "adapter")
     else:
         _load_full_weights(model, path / "model" / "model.safetensors")
+        state["weights_file"] = path / "model" / "model.safetensors"  # float32 masters (load_training_state)
     return state
 
 
 def load_training_state(state: dict[str, Any], optimizer, scheduler, rank: int = 0) -> None:
     """Optimizer (full tensors, re-sharded like their parameters when those are FSDP shards), scheduler and
-    this rank's RNG state from a checkpoint's trainer state."""
+    this rank's RNG state from a checkpoint's trainer state. An optimizer with float32 masters gets them from
+    the checkpoint's weights file (float32 since masters are saved; a bfloat16 file gives bfloat16 values)."""
+    from sdpo.precision import MasterWeightAdamW
+
+    if isinstance(optimizer, MasterWeightAdamW) and state.get("weights_file") is not None:
+        from safetensors.torch import load_file
+
+        optimizer.load_master_weights(load_file(str(state["weights_file"])))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     opt = state["optimizer"]
     per_param = {}
@@ -595,6 +644,7 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     import yaml
 
     from sdpo.envs.code import extract_code
+    from sdpo.precision import master_weights
     from sdpo.rollout.select import make_sampler
     from sdpo.teacher import make_teacher
 
@@ -660,7 +710,8 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
             t_sample = time.perf_counter()
 
             # 2. Reward + feedback from each question's environment (on the rank that holds the rollouts).
-            scores = score_rollouts(tasks, rollouts, cfg.n, sparse=not cfg.dense_reward)
+            scores = score_rollouts(tasks, rollouts, cfg.n, sparse=not cfg.dense_reward,
+                                    code_feedback=cfg.code_feedback)
             t_score = time.perf_counter()
             attempts = [
                 Attempt(round=step, index=i, response=r.text,
@@ -685,10 +736,11 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                                            dist=ctx)
             scheduler.step()
 
-            # 7. Teacher update, once per step (EMA; no-op for live / trust-region). Deterministic from the
-            #    replicas' identical weights, so the teachers stay identical across ranks too.
-            if teacher is not None:
-                teacher.update(model)
+            # 7. Teacher update, once per step and only after a real optimizer step (EMA; no-op for live /
+            #    trust-region), towards the float32 masters when kept. Deterministic from the replicas'
+            #    identical weights, so the teachers stay identical across ranks too.
+            if teacher is not None and update_metrics["update/optimizer_steps"] > 0:
+                teacher.update(model, master_weights(optimizer))
             sampler.update_weights(model)
             t_update = time.perf_counter()
 

@@ -225,16 +225,17 @@ class _Scored:
         return self.hidden_total is not None and self.hidden_passed == self.hidden_total
 
 
-def score_attempts(task, rollouts: list[Rollout]) -> list[_Scored]:
-    """Public tests for every attempt (sparse reward + feedback); hidden tests, in attempt order, for the
-    attempts that pass all public tests, up to the first that passes them too (the later ones are never
-    counted, so their hidden tests need not run). An attempt that fails a hidden test keeps its public reward
-    and gets ``HIDDEN_FAIL_FEEDBACK`` (nothing of the hidden tests themselves)."""
+def score_attempts(task, rollouts: list[Rollout], code_feedback: str | None = None) -> list[_Scored]:
+    """Public tests for every attempt (sparse reward + feedback, gathered as ``code_feedback`` says); hidden
+    tests, in attempt order, for the attempts that pass all public tests, up to the first that passes them too
+    (the later ones are never counted, so their hidden tests need not run). An attempt that fails a hidden test
+    keeps its public reward and gets ``HIDDEN_FAIL_FEEDBACK`` (nothing of the hidden tests themselves)."""
     from sdpo.envs import score, score_many
     from sdpo.envs.code import extract_code
+    from sdpo.trainer import code_feedback_kwargs
 
     scores = score_many([task] * len(rollouts), [r.text for r in rollouts], [r.truncated for r in rollouts],
-                        sparse=True)
+                        sparse=True, **code_feedback_kwargs(code_feedback))
     has_hidden = task.hidden_tests is not None
     out = [_Scored(r, extract_code(r.text), s.reward, s.passed, s.total, s.feedback, has_hidden=has_hidden)
            for r, s in zip(rollouts, scores, strict=True)]
@@ -356,7 +357,7 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
         t1 = time.perf_counter()
 
         # 3. Public tests: reward + feedback; 4. hidden tests for public passes, up to the first discovery.
-        scored = score_attempts(task, rollouts)
+        scored = score_attempts(task, rollouts, cfg.code_feedback)
         t2 = time.perf_counter()
         hit = next((i for i, a in enumerate(scored) if a.discovered), None)
         counted = k if hit is None else hit + 1
@@ -383,8 +384,10 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
             if updated:
                 extra.update(policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
                                            seed=round_seed(cfg, attempt)))
-                if teacher is not None:
-                    teacher.update(model)
+                if teacher is not None and extra["update/optimizer_steps"] > 0:  # not after skipped steps only
+                    from sdpo.precision import master_weights
+
+                    teacher.update(model, master_weights(optimizer))
                 sampler.update_weights(model)
                 if out is not None and getattr(model, "peft_config", None) is not None:
                     from sdpo.adapters import save_weights
@@ -482,7 +485,7 @@ def _solve_multiturn(problem, tokenizer, sampler, cfg: SolveConfig, callbacks: C
         rollouts = sampler.generate([messages], 1, _sampling(cfg, attempt))
         t1 = time.perf_counter()
         # 3. Public tests, then hidden tests when it passes them.
-        a = score_attempts(task, rollouts)[0]
+        a = score_attempts(task, rollouts, cfg.code_feedback)[0]
         t2 = time.perf_counter()
         # 4. Report it.
         callbacks.attempts([_attempt_record(a, attempt, 0, t2 - t0, task.id)])

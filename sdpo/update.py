@@ -3,14 +3,16 @@
 
 Paper Sec. 3: SDPO re-scores each rollout under a teacher context (a successful sibling and/or the
 environment's feedback) and distils the teacher's next-token distribution into the student. GRPO (the
-baseline) uses group-normalised scalar rewards; ``hybrid`` mixes both losses.
+baseline) uses group-normalised scalar rewards; ``hybrid`` mixes the two, either their losses
+(``hybrid_mix="loss"``, TRL's ``distillation_weight``) or their advantages (``hybrid_mix="advantage"``, the
+paper's Sec. 4 combination A = λ·A_GRPO + (1 − λ)·A_SDPO).
 """
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -25,6 +27,7 @@ from sdpo.losses import (
     token_logprobs,
     token_logprobs_from_hidden,
 )
+from sdpo.precision import step_tensors
 from sdpo.reprompt import (
     build_teacher_messages,
     reprompt_metrics,
@@ -35,20 +38,33 @@ from sdpo.reprompt import (
 )
 from sdpo.rollout.base import Rollout
 from sdpo.rollout.correction import rollout_is_weights
-from sdpo.teacher import _plain_head_weight
+from sdpo.teacher import _plain_head_weight, eval_mode
 
 LOSSES = ("sdpo", "grpo", "hybrid")
+HYBRID_MIXES = ("loss", "advantage")
+CODE_FEEDBACK = ("all_tests", "first_failure")
 
 
 @dataclass
 class UpdateConfig:
     """Settings of the policy update (shared by ``TrainConfig`` and ``SolveConfig``, which extend it).
 
-    loss: "sdpo" | "grpo" | "hybrid" (= (1 - hybrid_weight) * grpo + hybrid_weight * sdpo).
+    loss: "sdpo" | "grpo" | "hybrid". hybrid_weight w is the SDPO share of a hybrid, mixed by ``hybrid_mix``:
+        "loss": (1 - w) * L_GRPO + w * L_SDPO (TRL's ``distillation_weight`` = w);
+        "advantage": one PPO-clipped policy-gradient loss on the per-token advantage
+        λ * A_GRPO + (1 - λ) * A_SDPO with λ = 1 - w (the paper's Sec. 4 λ weighs GRPO), where A_SDPO on a
+        response token y_t is log π_teacher(y_t) - log π(y_t) (detached, at self_distillation.temperature; zero
+        on samples without a teacher context): the sampled-token form of SDPO's advantage, so it needs
+        self_distillation.mode "token"; the PPO clip of the mixed surrogate replaces self_distillation.is_clip.
+        On the first, on-policy step with seq-mean-token-mean-all the two mixes take the same gradient; they
+        differ once ratios leave 1 (later mini-batches / epochs) and the clip engages on the mixed advantage.
     temperature: the sampling temperature; GRPO ratios and rollout correction use log-probs at it.
     micro_batch_size: samples per forward/backward. mini_batch_size: samples per optimizer step
         (None = the whole batch, i.e. one on-policy step). ppo_epochs: passes over the batch.
     rollout_correction_threshold: truncation of the token-level trainer/sampler ratio (None = off).
+    code_feedback: what the code environment reports to the teacher about a failed attempt: "all_tests" (the
+        reference's: every test runs; a runtime error first, then a timeout, then the two shortest wrong
+        answers) or "first_failure" (the first failing test in test order; cheaper). The reward is unchanged.
     fused_lm_head: compute the losses from hidden states and the LM-head weight chunk by chunk, never holding
         [B, T, V] logits (``sdpo_loss_from_hidden``). Needs a bias-free ``nn.Linear`` LM head on the student
         (not LoRA-wrapped) and a teacher that exposes (hidden, head weight): not the full-model trust-region
@@ -57,6 +73,7 @@ class UpdateConfig:
 
     loss: str = "sdpo"
     hybrid_weight: float = 0.5
+    hybrid_mix: str = "loss"
     self_distillation: SelfDistillationConfig = field(default_factory=SelfDistillationConfig)
     lr: float = 1e-5
     weight_decay: float = 0.0
@@ -70,6 +87,7 @@ class UpdateConfig:
     clip_ratio_c: float = 3.0
     norm_adv_by_std: bool = True
     rollout_correction_threshold: float | None = 2.0
+    code_feedback: str = "all_tests"
     fused_lm_head: bool = False
 
     def __post_init__(self) -> None:
@@ -80,6 +98,11 @@ class UpdateConfig:
             raise ConfigError("self_distillation", f"expected a mapping, got {self.self_distillation!r}")
         _choice("loss", self.loss, LOSSES)
         _number("hybrid_weight", self.hybrid_weight, lo=0.0, hi=1.0)
+        _choice("hybrid_mix", self.hybrid_mix, HYBRID_MIXES)
+        if self.loss == "hybrid" and self.hybrid_mix == "advantage" and self.self_distillation.mode != "token":
+            raise ConfigError("hybrid_mix", f"hybrid_mix='advantage' mixes the sampled token's SDPO advantage "
+                              f"into GRPO's; it needs self_distillation.mode='token' (and alpha 1.0), got mode="
+                              f"{self.self_distillation.mode!r}; set it, or use hybrid_mix='loss'")
         _number("lr", self.lr, lo=0.0, lo_open=True)
         _number("weight_decay", self.weight_decay, lo=0.0)
         _number("max_grad_norm", self.max_grad_norm, lo=0.0, lo_open=True)
@@ -93,6 +116,7 @@ class UpdateConfig:
         _number("clip_ratio_c", self.clip_ratio_c, lo=1.0, lo_open=True)
         if self.rollout_correction_threshold is not None:
             _number("rollout_correction_threshold", self.rollout_correction_threshold, lo=1.0)
+        _choice("code_feedback", self.code_feedback, CODE_FEEDBACK)
         if not isinstance(self.fused_lm_head, bool):
             raise ConfigError("fused_lm_head", f"got {self.fused_lm_head!r}; expected true or false")
         if self.fused_lm_head:
@@ -166,11 +190,14 @@ def _split_rows(n: int, size: int) -> list[torch.Tensor]:
 def _agg_denominator(mask: torch.Tensor, mode: str) -> float:
     """The batch-dependent normaliser of ``aggregation_weights(mask, mode)`` before clamping, additive over
     data-parallel ranks: the token count (token-mean), the active-sequence count (seq-mean-token-sum,
-    seq-mean-token-mean); 0 for seq-mean-token-sum-norm, whose normaliser is the (global) padded width."""
+    seq-mean-token-mean), the sequence count (seq-mean-token-mean-all); 0 for seq-mean-token-sum-norm, whose
+    normaliser is a constant (loss_scale_factor, else the global padded width)."""
     if mode == "token-mean":
         return float(mask.float().sum())
     if mode == "seq-mean-token-sum-norm":
         return 0.0
+    if mode == "seq-mean-token-mean-all":
+        return float(mask.shape[0])
     return float((mask.float().sum(-1) > 0).sum())
 
 
@@ -197,21 +224,23 @@ def _acc_scale(mask_mini: torch.Tensor, rows: torch.Tensor, mode: str,
 def _old_logprobs(model, batch, ids, mask, micro: int, temperature: float, fused: bool,
                   n_passes: int = 0) -> torch.Tensor:
     """Log-probs of ``ids`` under ``model`` in micro-batches; at least ``n_passes`` forwards (extra ones repeat
-    row 0 and are discarded: under FSDP every rank must run the same number of forwards)."""
+    row 0 and are discarded: under FSDP every rank must run the same number of forwards). In eval mode (no
+    dropout), as the reference's ``compute_log_prob``, whatever mode an earlier update left the model in."""
     out = torch.zeros(ids.shape, dtype=torch.float32)
     chunks = _split_rows(len(ids), micro)
     chunks += [None] * max(0, n_passes - len(chunks))
-    for rows in chunks:
-        dummy = rows is None
-        rows = torch.tensor([0]) if dummy else rows
-        mb = _trim(_index(batch, rows)).to(_device(model))
-        if fused:
-            lp = token_logprobs_from_hidden(response_hidden(model, mb), _plain_head_weight(model),
-                                            ids[rows].to(_device(model)), temperature)
-        else:
-            lp = token_logprobs(response_logits(model, mb), ids[rows].to(_device(model)), temperature)
-        if not dummy:
-            out[rows] = lp.float().cpu()
+    with eval_mode(model):
+        for rows in chunks:
+            dummy = rows is None
+            rows = torch.tensor([0]) if dummy else rows
+            mb = _trim(_index(batch, rows)).to(_device(model))
+            if fused:
+                lp = token_logprobs_from_hidden(response_hidden(model, mb), _plain_head_weight(model),
+                                                ids[rows].to(_device(model)), temperature)
+            else:
+                lp = token_logprobs(response_logits(model, mb), ids[rows].to(_device(model)), temperature)
+            if not dummy:
+                out[rows] = lp.float().cpu()
     return out
 
 
@@ -243,6 +272,24 @@ def _reduce_metrics(metrics: dict[str, list[float]], batch_keys: set[str], n: in
     return {k: float(tot[2 * i] / tot[2 * i + 1]) for i, k in enumerate(keys) if float(tot[2 * i + 1]) > 0}
 
 
+@torch.no_grad()
+def _sdpo_token_advantages(teacher, t_batch, student_lp: torch.Tensor, student_out: torch.Tensor,
+                           head_w: torch.Tensor | None, ids: torch.Tensor, cfg: UpdateConfig) -> torch.Tensor:
+    """A_SDPO [B, T] = log π_teacher(y_t) - log π(y_t) at ``self_distillation.temperature`` (paper Sec. 3: the
+    sampled-token advantage whose policy gradient is the token-mode SDPO gradient). student_lp: the student's
+    log-probs at ``cfg.temperature`` (reused when the temperatures agree); student_out: its logits [B, T, V],
+    or hidden states [B, T, H] with ``head_w`` [V, H] (fused LM head)."""
+    temp = cfg.self_distillation.temperature
+    if head_w is not None:
+        t_hidden, t_head_w = teacher.hidden(t_batch)
+        lt = token_logprobs_from_hidden(t_hidden, t_head_w, ids, temp)
+        ls = student_lp if temp == cfg.temperature else token_logprobs_from_hidden(student_out, head_w, ids, temp)
+    else:
+        lt = token_logprobs(teacher.logits(t_batch), ids, temp)
+        ls = student_lp if temp == cfg.temperature else token_logprobs(student_out, ids, temp)
+    return (lt - ls.detach()).to(student_lp.dtype)
+
+
 def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg: UpdateConfig, *,
                   seed: int = 0, dist: DistContext | None = None) -> dict[str, float]:
     """Run ``cfg.ppo_epochs`` passes of mini-batch optimizer steps on ``batch``; return mean metrics.
@@ -257,18 +304,23 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     """
     ctx = dist or SINGLE
     sd = cfg.self_distillation
+    if sd.loss_scale_factor is None and getattr(cfg, "max_new_tokens", None):
+        # seq-mean-token-sum-norm divides by a constant: the entry point's max response length (as verl)
+        sd = replace(sd, loss_scale_factor=cfg.max_new_tokens)
     device = _device(model)
     n = len(batch)
     if n == 0:
         raise ValueError("policy_update: empty batch (each data-parallel rank needs at least one sample)")
     use_sdpo = cfg.loss in ("sdpo", "hybrid")
     use_grpo = cfg.loss in ("grpo", "hybrid")
+    mix_advantages = cfg.loss == "hybrid" and cfg.hybrid_mix == "advantage"  # one PG loss, no SDPO loss term
     metrics: dict[str, list[float]] = defaultdict(list)
     batch_keys: set[str] = set()
     sizes, offset = _global_layout(ctx, n)
     n_global = sum(sizes)
 
-    # 1. Tensors: right-padded responses (to the global width: seq-mean-token-sum-norm divides by it),
+    # 1. Tensors: right-padded responses (to the global width: seq-mean-token-sum-norm without a
+    #    loss_scale_factor divides by it),
     #    sampler log-probs, student input layout.
     width = None
     if ctx.enabled:
@@ -321,6 +373,7 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     params = [p for p in model.parameters() if p.requires_grad]
     starts = [sum(sizes[:r]) for r in range(len(sizes))]
     model.train()
+    n_steps = 0
     for _epoch in range(cfg.ppo_epochs):
         order = list(range(n_global))
         if cfg.ppo_epochs > 1 or mini < n_global:
@@ -355,6 +408,7 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
                     s_logits = response_logits(model, mb)
                 if use_sdpo:
                     tb = _trim(_index(t_batch, rows)).to(device)
+                if use_sdpo and not mix_advantages:
                     scale = 0.0 if dummy else _acc_scale(sd_mask[mini_rows], local, sd.loss_agg_mode,
                                                          denom[0] if denom else None)
                     kw = dict(old_logprobs=old_lp_sd[rows].to(device) if sd.is_clip is not None else None,
@@ -378,27 +432,42 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
                         lp = token_logprobs(s_logits, ids, cfg.temperature)
                     scale = 0.0 if dummy else _acc_scale(response_mask[mini_rows].float(), local,
                                                          sd.loss_agg_mode, denom[1] if denom else None)
-                    l_pg, m_pg = grpo_loss(lp, old_lp[rows].to(device), advantages[rows].to(device), rmask,
+                    adv = advantages[rows].to(device)
+                    w = (1.0 - cfg.hybrid_weight) if cfg.loss == "hybrid" else 1.0
+                    if mix_advantages:
+                        a_sd = _sdpo_token_advantages(teacher, tb, lp, s_hidden if cfg.fused_lm_head else s_logits,
+                                                      head_w if cfg.fused_lm_head else None, ids, cfg)
+                        a_sd = a_sd * sample_mask[rows].to(device)[:, None]
+                        lam = 1.0 - cfg.hybrid_weight
+                        adv, w = lam * adv[:, None] + (1.0 - lam) * a_sd, 1.0
+                        if not dummy:
+                            metrics["hybrid/sdpo_advantage_mean"].append(
+                                float((a_sd * rmask).sum() / rmask.sum().clamp(min=1)))
+                    l_pg, m_pg = grpo_loss(lp, old_lp[rows].to(device), adv, rmask,
                                            clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
                                            clip_ratio_c=cfg.clip_ratio_c, loss_agg_mode=sd.loss_agg_mode,
-                                           rollout_is_weights=rcw)
-                    w = (1.0 - cfg.hybrid_weight) if cfg.loss == "hybrid" else 1.0
+                                           loss_scale_factor=sd.loss_scale_factor, rollout_is_weights=rcw)
                     total = total + w * scale * l_pg
                     if not dummy:
                         for k, v in m_pg.items():
                             metrics[k].append(v)
                 total.backward()
                 metrics["loss"].append(float(total.detach()))
-            ctx.all_reduce_grads(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            # float32 masters (bf16 / fp16 full fine-tuning) take the gradients before they are reduced and clipped
+            grads = step_tensors(optimizer, params)
+            ctx.all_reduce_grads(grads)
+            grad_norm = torch.nn.utils.clip_grad_norm_(grads, cfg.max_grad_norm)
             if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
                 grad_norm = grad_norm.full_tensor()
             metrics["grad_norm"].append(float(grad_norm))
-            if torch.isfinite(grad_norm):
+            if torch.isfinite(grad_norm):  # the same decision on every rank (reduced gradients)
                 optimizer.step()
+                n_steps += 1
             else:
                 metrics["update/skipped_nonfinite"].append(1.0)
             optimizer.zero_grad(set_to_none=True)
     # "loss" is the sum of scaled micro-batch losses of each optimizer step; report it per optimizer step
     steps = cfg.ppo_epochs * len(range(0, n_global, mini))
-    return _reduce_metrics(metrics, batch_keys, n, max(steps, 1), ctx)
+    out = _reduce_metrics(metrics, batch_keys, n, max(steps, 1), ctx)
+    out["update/optimizer_steps"] = float(n_steps)  # steps taken (a skipped one is not): the EMA teacher's cue
+    return out

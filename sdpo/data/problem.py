@@ -213,7 +213,12 @@ class Problem:
         return out
 
     def messages(self) -> list[dict[str, str]]:
-        """The chat prompt: ``CODE_SYSTEM_PROMPT`` then the statement with the starter-code signature."""
+        """The chat prompt: ``CODE_SYSTEM_PROMPT`` then the statement with the starter-code signature; with
+        ``meta["prompt"] == "reference"`` the reference's single user message (``sdpo.data.lcb``)."""
+        if self.meta.get("prompt") == "reference":
+            from sdpo.data.lcb import reference_code_messages
+
+            return reference_code_messages(self.statement, self.starter_code, self.tests.fn_name)
         return code_messages(self.statement, self.starter_code, self.tests.fn_name)
 
     def to_task(self) -> Task:

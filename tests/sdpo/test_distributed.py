@@ -52,6 +52,9 @@ CASES = {
     "sdpo-seq-mean-token-mean-mini": dict(loss="sdpo", micro_batch_size=1, mini_batch_size=2, ppo_epochs=2,
                                           agg="seq-mean-token-mean"),
     "grpo-token-mean": dict(loss="grpo", micro_batch_size=2, agg="token-mean"),
+    # the reference's weighting: every sequence of the mini-batch counts, the masked rank's as zero
+    "sdpo-token-mean-all": dict(loss="sdpo", micro_batch_size=1, agg="seq-mean-token-mean-all",
+                                layout="masked-rank"),
     "hybrid-token-sum-norm": dict(loss="hybrid", micro_batch_size=3, agg="seq-mean-token-sum-norm"),
     "hybrid-token-sum-clip": dict(loss="hybrid", micro_batch_size=2, agg="seq-mean-token-sum", is_clip=2.0,
                                   rollout_correction_threshold=2.0),
@@ -100,7 +103,7 @@ def test_world_dependent_settings_are_checked(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-                                  "seq-mean-token-sum-norm"])
+                                  "seq-mean-token-sum-norm", "seq-mean-token-mean-all"])
 def test_global_acc_scale_gives_the_global_aggregation_weights(mode):
     """Sum over ranks and micro-batches of scale * (micro-batch weights) == global mini-batch weights (float64),
     including a rank whose rows are all masked and micro-batches of different counts per rank."""

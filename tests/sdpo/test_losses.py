@@ -9,6 +9,7 @@ import torch
 
 from sdpo.config import ConfigError, SelfDistillationConfig
 from sdpo.losses import (
+    aggregate_loss,
     group_advantages,
     grpo_loss,
     sdpo_loss,
@@ -17,7 +18,8 @@ from sdpo.losses import (
     token_logprobs_from_hidden,
 )
 
-AGG_MODES = ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+AGG_MODES = ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm",
+             "seq-mean-token-mean-all"]
 ALPHAS = [0.0, 0.3, 0.5, 1.0]
 SUPPORTS = {"topk-tail": (5, True), "topk-renorm": (5, False), "full": (None, True)}
 
@@ -32,6 +34,8 @@ def ref_aggregate(per_token, mask, mode):
         return (per_token * mask).sum() / max(float(mask.sum()), 1.0)
     if mode == "seq-mean-token-sum-norm":
         return (per_token * mask).sum() / T
+    if mode == "seq-mean-token-mean-all":  # every row counts, a fully masked one as zero
+        return sum((per_token[b] * mask[b]).sum() / max(float(mask[b].sum()), 1.0) for b in range(B)) / B
     seq_values = []
     for b in range(B):
         n = float(mask[b].sum())
@@ -593,6 +597,37 @@ def test_grpo_loss_masks_aggregation_and_weights():
         assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
     with pytest.raises(ValueError, match="clip_ratio_c"):
         grpo_loss(lp, old, adv, rmask, clip_ratio_c=1.0)
+
+
+def test_reference_weighting_counts_undistilled_sequences_as_zero():
+    """Sequences of lengths 1, 9 and 1 with per-token losses 1, 2 and 3, the first two distilled: the global
+    token-mean over distilled tokens is (1 + 9 * 2) / 10 = 1.9; the reference's per-sequence token-mean averaged
+    over all three sequences is (1 + 2 + 0) / 3 = 1.0."""
+    per = torch.tensor([[1.0] + [0.0] * 8, [2.0] * 9, [3.0] + [0.0] * 8], dtype=torch.float64)
+    lengths = torch.tensor([[1] + [0] * 8, [1] * 9, [1] + [0] * 8], dtype=torch.float64)
+    mask = lengths * torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)[:, None]
+    assert aggregate_loss(per, mask, "token-mean").item() == pytest.approx(1.9, rel=1e-15)
+    assert aggregate_loss(per, mask, "seq-mean-token-mean-all").item() == pytest.approx(1.0, rel=1e-15)
+    assert aggregate_loss(per, mask, "seq-mean-token-mean").item() == pytest.approx(1.5, rel=1e-15)
+
+
+def test_seq_mean_token_sum_norm_divides_by_a_constant():
+    """The divisor is loss_scale_factor (the run's max response length), not the batch's longest response."""
+    per = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    assert aggregate_loss(per, mask, "seq-mean-token-sum-norm").item() == pytest.approx(6 / 3, rel=1e-15)
+    assert aggregate_loss(per, mask, "seq-mean-token-sum-norm", 8).item() == pytest.approx(6 / 8, rel=1e-15)
+    assert aggregate_loss(per[:, :2], mask[:, :2], "seq-mean-token-sum-norm", 8).item() == pytest.approx(
+        6 / 8, rel=1e-15)  # the same batch padded narrower: the same loss
+    s, t, ids, rmask, _, _, _ = make_batch()
+    cfg = SelfDistillationConfig(distillation_topk=5, is_clip=None, loss_agg_mode="seq-mean-token-sum-norm")
+    wide, _ = sdpo_loss(s, t, ids, rmask, cfg)
+    scaled, _ = sdpo_loss(s, t, ids, rmask, SelfDistillationConfig(**{**cfg.to_dict(), "loss_scale_factor": 64}))
+    assert scaled.item() == pytest.approx(wide.item() * ids.shape[1] / 64, rel=1e-12)
+    lp = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    loss, _ = grpo_loss(lp, lp.detach(), torch.tensor([1.0, -1.0], dtype=torch.float64), mask,
+                        loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=8)
+    assert loss.item() == pytest.approx((-1 - 1 + 1) / 8, rel=1e-15)
 
 
 def test_group_advantages_hand_computed():

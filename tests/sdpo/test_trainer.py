@@ -90,7 +90,8 @@ def test_shipped_configs_validate(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("loss,agg", [("sdpo", "token-mean"), ("sdpo", "seq-mean-token-mean"),
-                                      ("grpo", "token-mean"), ("hybrid", "seq-mean-token-sum")])
+                                      ("grpo", "token-mean"), ("hybrid", "seq-mean-token-sum"),
+                                      ("sdpo", "seq-mean-token-mean-all")])
 def test_micro_batching_gives_the_mini_batch_gradient(tiny_model_path, loss, agg):
     """Accumulated micro-batch gradients equal the full-batch gradient (SGD makes the update linear in it)."""
     model, tok = load_model_and_tokenizer(tiny_model_path)
@@ -368,9 +369,12 @@ def _metrics(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("adapter", ["lora", "full"])
-def test_resume_reproduces_the_uninterrupted_run(tiny_model_path, dataset, tmp_path, adapter):
-    full = train(_cfg(tiny_model_path, dataset, tmp_path / "a", adapter=adapter, max_steps=4, save_every=2))
+@pytest.mark.parametrize("adapter, dtype", [("lora", "float32"), ("full", "float32"), ("full", "bfloat16")])
+def test_resume_reproduces_the_uninterrupted_run(tiny_model_path, dataset, tmp_path, adapter, dtype):
+    """bfloat16 full fine-tuning: the checkpoint's float32 masters (weights file) and the teacher's float32
+    master are restored, so the resumed run is the uninterrupted one."""
+    full = train(_cfg(tiny_model_path, dataset, tmp_path / "a", adapter=adapter, max_steps=4, save_every=2,
+                      dtype=dtype))
     assert full.steps == 4
     ckpt = tmp_path / "a" / "checkpoints" / "step_2"
     state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
@@ -378,7 +382,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_path, dataset, tmp_p
     assert (ckpt / ("adapter" if adapter == "lora" else "model")).is_dir()
     # interrupted after step 2, resumed in a new run directory
     resumed = train(_cfg(tiny_model_path, dataset, tmp_path / "b", adapter=adapter, max_steps=4, save_every=2,
-                         resume_from=str(ckpt)))
+                         resume_from=str(ckpt), dtype=dtype))
     assert resumed.steps == 4
     a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
     assert sorted(b) == [3, 4]
@@ -394,6 +398,14 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_path, dataset, tmp_p
     assert flat_a.keys() == flat_b.keys() and flat_a
     for k in flat_a:
         torch.testing.assert_close(flat_a[k], flat_b[k], rtol=1e-5, atol=1e-7)
+    if adapter == "full":  # so are the saved weights (float32: the masters when the model is bfloat16)
+        from safetensors.torch import load_file
+
+        wa = load_file(str(tmp_path / "a/checkpoints/step_4/model/model.safetensors"))
+        wb = load_file(str(tmp_path / "b/checkpoints/step_4/model/model.safetensors"))
+        assert wa.keys() == wb.keys() and {v.dtype for v in wa.values()} == {torch.float32}
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-7)
 
 
 def _flatten(obj, prefix=""):
@@ -666,3 +678,89 @@ def test_train_closes_its_sampler_also_when_a_step_fails(tiny_model_path, datase
     with pytest.raises(RuntimeError, match="update fell over"):
         train(_cfg(tiny_model_path, dataset, tmp_path / "bad", max_steps=1))
     assert len(closed) == 2
+
+
+# ----------------------------------------------------------------- reference semantics of the loop
+
+def test_ema_teacher_waits_for_a_real_optimizer_step(tiny_model_path, dataset, tmp_path, monkeypatch):
+    """Step 2's only optimizer step is skipped (non-finite gradient norm): the student does not move and
+    neither does the EMA teacher (the reference updates it only after a real step), although the teacher still
+    differs from the student after step 1, so an EMA step would have moved it."""
+    from safetensors.torch import load_file
+
+    real, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def clip(params, max_norm):
+        calls.append(1)
+        norm = real(params, max_norm)
+        return torch.tensor(float("nan")) if len(calls) == 2 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    train(_cfg(tiny_model_path, dataset, tmp_path / "run", adapter="full", max_steps=2, save_every=1, val_every=0))
+    m = _metrics(tmp_path / "run")
+    assert len(calls) == 2 and m[1]["update/optimizer_steps"] == 1.0
+    assert m[2]["update/optimizer_steps"] == 0.0 and m[2]["update/skipped_nonfinite"] == 1.0
+    ck = tmp_path / "run/checkpoints"
+    t1, t2 = (torch.load(ck / f"step_{s}/trainer_state.pt", weights_only=False)["teacher"]["weights"] for s in (1, 2))
+    w1, w2 = (load_file(str(ck / f"step_{s}/model/model.safetensors")) for s in (1, 2))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)  # the student did not move at step 2
+    assert any(not torch.equal(t1[k], w1[k]) for k in w1)  # the teacher lags the student after step 1
+    assert all(torch.equal(t1[k], t2[k]) for k in t1)  # and stayed where it was
+
+
+def test_validation_samples_with_its_own_settings_over_the_whole_test_set(tiny_model_path, tmp_path):
+    """The reference's protocol by default: temperature 0.6, top_p 0.95, every test question (not the first
+    32), val_k samples each; the training sampling settings (temperature 1.0 here) do not leak in."""
+    from sdpo.trainer import load_data, validate
+
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"prompt": f"Which letter? {i}\nA: a\nB: b", "kind": "mcq", "answer": "A"})
+                            + "\n" for i in range(40)))
+    cfg = TrainConfig(model_path=str(tiny_model_path), train_file=str(test), test_file=str(test), max_new_tokens=3,
+                      val_k=2, temperature=1.0, top_p=1.0, progress=False)
+    assert (cfg.val_temperature, cfg.val_top_p, cfg.val_top_k, cfg.val_max_questions) == (0.6, 0.95, None, None)
+    model, tok = load_model_and_tokenizer(tiny_model_path)
+    calls = []
+
+    class Recording(HFSampler):
+        def generate(self, prompts, n, params):
+            calls.append((len(prompts), n, params))
+            return super().generate(prompts, n, params)
+
+    _, val_tasks = load_data(cfg)
+    metrics = validate(Recording(model, tok, batch_size=40), val_tasks, cfg, step=1)
+    assert sum(c[0] for c in calls) == 40 and {c[1] for c in calls} == {2}
+    assert {(c[2].temperature, c[2].top_p, c[2].top_k) for c in calls} == {(0.6, 0.95, None)}
+    assert set(metrics) == {"val/avg@2", "val/pass@2", "val/response_length_mean"}
+    capped = TrainConfig(**{**cfg.to_dict(), "val_max_questions": 5, "self_distillation": cfg.self_distillation})
+    calls.clear()
+    validate(Recording(model, tok, batch_size=40), val_tasks, capped, step=1)
+    assert sum(c[0] for c in calls) == 5
+
+
+def test_code_feedback_setting_reaches_the_scorer(monkeypatch):
+    """``code_feedback`` (validated on the shared update config) is what the trainer and the solver hand the
+    code environment's scorer."""
+    import sdpo.envs
+    from sdpo.data.tasks import Task
+    from sdpo.envs.base import Score
+    from sdpo.trainer import score_rollouts
+    from sdpo.ttt import SolveConfig, score_attempts
+
+    with pytest.raises(ConfigError, match="^code_feedback: got 'some'; allowed values are 'all_tests', "
+                                          "'first_failure'"):
+        UpdateConfig(code_feedback="some")
+    assert UpdateConfig().code_feedback == SolveConfig().code_feedback == "all_tests"
+    seen = []
+
+    def scorer(tasks, responses, truncated=False, *, sparse=True, tests=None, tooluse_feedback=False,
+               code_feedback="first_failure"):
+        seen.append(code_feedback)
+        return [Score(reward=0.0, feedback="f", passed=0, total=1) for _ in tasks]
+
+    monkeypatch.setattr(sdpo.envs, "score_many", scorer)
+    task = Task(id="t", messages=P, kind="code", tests=None)
+    rollouts = [Rollout(prompt_ids=[1], response_ids=[2], text="x", logprobs=[0.0], truncated=False)]
+    score_rollouts([task], rollouts, 1, sparse=True, code_feedback="all_tests")
+    score_attempts(task, rollouts, "first_failure")
+    assert seen == ["all_tests", "first_failure"]

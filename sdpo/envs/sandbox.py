@@ -181,7 +181,7 @@ class _Slot:
         self.cfg = cfg
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", str(EXECUTOR), json.dumps(cfg.executor_config())],
+            [sys.executable, "-I", str(EXECUTOR)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
             start_new_session=True, cwd="/",
         )
@@ -190,8 +190,9 @@ class _Slot:
         import time
 
         try:
+            _send(self.wfd, cfg.executor_config())
             hello = _recv(self.rfd, time.monotonic() + 60)
-        except (EOFError, TimeoutError) as e:
+        except (EOFError, TimeoutError, OSError) as e:
             self.close()
             raise SandboxUnavailable(f"sandbox executor failed to start ({e})") from None
         if not hello.get("ok"):

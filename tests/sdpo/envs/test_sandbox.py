@@ -223,10 +223,12 @@ print("ok")""", stdin_spec(), {"runtime_error"}),
 import socket
 socket.create_connection(("1.1.1.1", 53), timeout=0.5)
 print("ok")""", stdin_spec(), {"runtime_error"}),
+    # Its parent is the solution's zygote, pid 1 of the solution's PID namespace: the kernel drops the signal.
     ("kill_parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('ok')", stdin_spec(),
-     {"runtime_error"}),
+     {"passed"}),
+    # kill(-1) spares the caller and its PID namespace's init (the zygote): nothing is left to signal (ESRCH).
     ("kill_minus_one", "import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('ok')", stdin_spec(),
-     {"passed"}),  # kill(-1) spares the caller; all it can reach is its own slot
+     {"runtime_error"}),
     ("kill_every_pid", """
 import os, signal
 for pid in os.listdir("/proc"):

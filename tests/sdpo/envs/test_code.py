@@ -193,7 +193,7 @@ def test_wrong_answer_feedback_shortest_two_first(pool):
 def test_sparse_stops_at_first_failure_dense_runs_all(pool):
     spec = {"inputs": ["1", "2", "3"], "outputs": ["1", "0", "3"]}
     resp = py("print(input())")
-    sparse = evaluate(resp, spec, sandbox=pool)
+    sparse = evaluate(resp, spec, code_feedback="first_failure", sandbox=pool)
     assert [t.verdict for t in sparse.tests] == ["passed", "wrong_answer"] and sparse.reward == 0.0
     dense = evaluate(resp, spec, sparse=False, sandbox=pool)
     assert len(dense.tests) == 3 and dense.reward == pytest.approx(2 / 3)
@@ -214,6 +214,80 @@ def test_time_limit_feedback(pool):
     r = evaluate(py("import time\nn = int(input())\nif n == 2:\n    time.sleep(5)\nprint(n)"), spec, sandbox=pool)
     assert [t.verdict for t in r.tests] == ["passed", "time_limit"]
     assert r.feedback.startswith("Your code exceeded the time limit (0.5 s) on test 2 of 2.")
+
+
+MIXED = """
+import time
+n = int(input())
+if n == 1:
+    print("wrong")
+elif n == 2:
+    time.sleep(5)
+elif n == 3:
+    raise KeyError("boom")
+else:
+    print(n)
+"""
+
+
+def test_code_feedback_first_failure_stops_at_the_first_failing_test(pool):
+    spec = {"inputs": ["1", "2", "3", "4"], "outputs": ["1", "2", "3", "4"], "time_limit": 0.5}
+    r = evaluate(py(MIXED), spec, code_feedback="first_failure", sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["wrong_answer"] and r.reward == 0.0
+    assert r.feedback.startswith("Your code produced a wrong answer on 1 of the 1 tests run (4 in total).")
+
+
+def test_code_feedback_all_tests_reports_runtime_error_then_timeout_then_wrong_answers(pool):
+    spec = {"inputs": ["1", "2", "3", "4"], "outputs": ["1", "2", "3", "4"], "time_limit": 0.5}
+    # The default (the reference's): the run goes on past the wrong answer and the time-out; the runtime error
+    # of test 3 settles the feedback (and the sparse reward), so test 4 is not run.
+    r = evaluate(py(MIXED), spec, sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["wrong_answer", "time_limit", "runtime_error"] and r.reward == 0.0
+    assert r.feedback.startswith("Your code raised a runtime error on test 3 of 4.") and "KeyError" in r.feedback
+    # Without a runtime error, the first time-out wins over the earlier wrong answer.
+    no_crash = {**spec, "inputs": ["1", "2", "4"], "outputs": ["1", "2", "4"]}
+    r = evaluate(py(MIXED), no_crash, sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["wrong_answer", "time_limit", "passed"]
+    assert r.feedback.startswith("Your code exceeded the time limit (0.5 s) on test 2 of 3.")
+    # A dense reward runs every test in either mode.
+    r = evaluate(py(MIXED), spec, sparse=False, sandbox=pool)
+    assert len(r.tests) == 4 and r.passed == 1 and r.reward == pytest.approx(0.25)
+
+
+def test_code_feedback_all_tests_orders_wrong_answers_by_input_and_actual_output(pool):
+    # The program's outputs get shorter as the expected outputs get longer: the reference shows the two
+    # wrong answers whose input + actual output are shortest (tests 3 and 2); by input + expected output
+    # (first_failure, dense) they are tests 1 and 2.
+    spec = {"inputs": ["1", "2", "3"], "outputs": ["z", "z" * 50, "z" * 100]}
+    resp = py('print("y" * (10 * (4 - int(input()))))')
+    ours = evaluate(resp, spec, sandbox=pool).feedback
+    assert ours.startswith("Your code produced a wrong answer on 3 of the 3 tests run (3 in total).")
+    assert ours.index("Test 3:") < ours.index("Test 2:") and "Test 1:" not in ours
+    old = evaluate(resp, spec, sparse=False, code_feedback="first_failure", sandbox=pool).feedback
+    assert old.index("Test 1:") < old.index("Test 2:") and "Test 3:" not in old
+
+
+def test_code_feedback_is_plumbed_through_score_and_validated(pool, monkeypatch):
+    import sdpo.envs.sandbox as sb
+    from sdpo.data.tasks import Task
+    from sdpo.envs import score, score_many
+
+    monkeypatch.setattr(sb, "_default", pool)
+    spec = {"inputs": ["1", "2", "3", "4"], "outputs": ["1", "2", "3", "4"], "time_limit": 0.5}
+    task = Task(id="c", messages=[{"role": "user", "content": "Echo n."}], kind="code", tests=spec)
+    for mode in ("all_tests", "first_failure"):
+        want = evaluate(py(MIXED), spec, code_feedback=mode, sandbox=pool)
+        got = score(task, py(MIXED), code_feedback=mode)
+        assert (got.feedback, got.details["verdicts"]) == (want.feedback, [t.verdict for t in want.tests])
+        many = score_many([task, task], [py(MIXED), py("print(input())")], code_feedback=mode)
+        assert many[0].feedback == want.feedback and many[1].reward == 1.0
+    assert score(task, py(MIXED)).feedback.startswith("Your code raised a runtime error on test 3")  # default
+    mcq = Task(id="m", messages=[{"role": "user", "content": "Q"}], kind="mcq", answer="C")
+    for call in (lambda: evaluate(py(MIXED), spec, code_feedback="first", sandbox=pool),
+                 lambda: score(mcq, "<answer>C</answer>", code_feedback="every_test"),
+                 lambda: score_many([task], ["x"], code_feedback=None)):
+        with pytest.raises(ValueError, match="^code_feedback: got .*allowed values are 'all_tests', 'first_failure'"):
+            call()
 
 
 def test_feedback_truncates_values_and_caps_length(pool):
@@ -494,7 +568,7 @@ def test_sparse_stop_interrupts_a_speculative_later_test(pool):
     code = "import time\nn = int(input())\nif n == 2:\n    time.sleep(20)\nprint(n + 1)"
     spec = {"inputs": ["1", "2", "3"], "outputs": ["1", "2", "3"], "time_limit": 20}
     t0 = time.monotonic()
-    r = evaluate(py(code), spec, sandbox=pool)
+    r = evaluate(py(code), spec, code_feedback="first_failure", sandbox=pool)
     assert [t.verdict for t in r.tests] == ["wrong_answer"]
     assert time.monotonic() - t0 < 5
     # The slot is clean for the next solution (a stop that crossed the batch end is ignored).

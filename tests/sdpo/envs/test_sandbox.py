@@ -571,7 +571,7 @@ def test_service_over_unix_socket(tmp_path):
         slow = {"inputs": ["1", "2", "3"], "outputs": ["1", "2", "3"], "time_limit": 20}
         t0 = time.monotonic()
         r = evaluate("```python\nimport time\nn = int(input())\nif n == 2:\n    time.sleep(20)\nprint(n + 1)\n```",
-                     slow, sandbox=client)
+                     slow, code_feedback="first_failure", sandbox=client)
         assert [t.verdict for t in r.tests] == ["wrong_answer"] and time.monotonic() - t0 < 5
         r = evaluate("```python\nprint(int(input()))\n```", slow, sandbox=client, sparse=False)
         assert r.passed == 3

@@ -400,7 +400,26 @@ def make_job(spec: TestSpec, code: str, index: int) -> dict[str, Any]:
 
 
 def _b64text(data: str) -> str:
+    """A program's output as compared with the expected one (invalid UTF-8 as U+FFFD)."""
     return base64.b64decode(data).decode("utf-8", "replace")
+
+
+def _b64display(data: str) -> str:
+    """A program's output as shown (records, feedback): invalid UTF-8 bytes visible as ``\\xff``."""
+    return base64.b64decode(data).decode("utf-8", "backslashreplace")
+
+
+_NOT_PLAIN = re.compile(r"[^\n\t\x20-\x7e]")
+
+
+def visible(text: str) -> str:
+    """``text`` with every character that is neither printable nor a newline or tab written as its Python
+    escape: a NUL as ``\\x00``, ESC as ``\\x1b``, a carriage return as ``\\r``, a lone surrogate as
+    ``\\udcff``, U+202E as ``\\u202e``. What a program prints thus reaches the teacher prompt (and the
+    database) as valid UTF-8 without control characters, and still visibly."""
+    if not _NOT_PLAIN.search(text):
+        return text
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else repr(ch)[1:-1] for ch in text)
 
 
 def _last_report(text: str) -> dict[str, Any]:
@@ -430,8 +449,8 @@ def judge(spec: TestSpec, index: int, reply: dict[str, Any]) -> TestRecord:
     if not reply.get("ok"):
         raise SandboxError(f"sandbox error: {reply.get('error')}")
     rec = TestRecord(verdict="passed", seconds=float(reply["seconds"]), index=index,
-                     stdout=_b64text(reply["stdout"])[:RECORD_TEXT_CAP],
-                     stderr=_b64text(reply["stderr"])[:RECORD_TEXT_CAP])
+                     stdout=_b64display(reply["stdout"])[:RECORD_TEXT_CAP],
+                     stderr=_b64display(reply["stderr"])[:RECORD_TEXT_CAP])
     report = _last_report(reply.get("report", ""))
     err = report.get("error")
     signal_no = reply.get("signal")
@@ -506,8 +525,9 @@ def judge(spec: TestSpec, index: int, reply: dict[str, Any]) -> TestRecord:
 
 
 def _clip(text: str) -> str:
-    """Truncate a value for feedback: at most VALUE_LINES lines of VALUE_LINE_CHARS, VALUE_CHARS in all."""
-    text = "".join(ch if ch.isprintable() or ch in "\n\t" else "\ufffd" for ch in text)
+    """A value for feedback: control characters and lone surrogates escaped (``visible``), then at most
+    VALUE_LINES lines of VALUE_LINE_CHARS, VALUE_CHARS in all."""
+    text = visible(text)
     lines = text.split("\n")
     out = [ln if len(ln) <= VALUE_LINE_CHARS else ln[:VALUE_LINE_CHARS] + " …" for ln in lines[:VALUE_LINES]]
     if len(lines) > VALUE_LINES:

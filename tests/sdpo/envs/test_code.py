@@ -290,6 +290,49 @@ def test_code_feedback_is_plumbed_through_score_and_validated(pool, monkeypatch)
             call()
 
 
+HOSTILE_BYTES = (b"ok\x00\x01\x07\x1b[31mred\x1b[0m\x7f \xff\xfe \xc0\xaf \xed\xa0\x80 "
+                 b"\xe2\x80\xae rtl \x00\r\nend")
+
+
+def test_feedback_escapes_control_bytes_surrogates_and_invalid_utf8(pool, tiny_model_path):
+    """A program's NUL and control bytes, invalid UTF-8 and lone surrogates reach the feedback (the teacher
+    prompt) escaped visibly, as valid UTF-8 without control characters, and the teacher context tokenizes."""
+    from transformers import PreTrainedTokenizerFast
+
+    from sdpo.config import SelfDistillationConfig
+    from sdpo.reprompt import build_teacher_messages
+
+    wrong = py(f"import os\nos.write(1, {HOSTILE_BYTES!r})")
+    crash = py(f"import os\nos.write(2, {HOSTILE_BYTES!r})\nraise ValueError('bad \\x00 \\udcff \\x1b[2J')")
+    exit3 = py(f"import os\nos.write(2, {HOSTILE_BYTES!r})\nos._exit(3)")
+    fn = py("def f(x):\n    return 'nul \\x00 lone \\udcff'")
+    stdin_spec = {"inputs": ["in\x00put \x1b[1m"], "outputs": ["expected"]}
+    results = [evaluate(wrong, stdin_spec, sandbox=pool), evaluate(crash, stdin_spec, sandbox=pool),
+               evaluate(exit3, stdin_spec, sandbox=pool),
+               evaluate(fn, {"inputs": ["1"], "outputs": ['"x"'], "fn_name": "f"}, sandbox=pool)]
+    assert [r.tests[0].verdict for r in results] == ["wrong_answer", "runtime_error", "runtime_error",
+                                                    "wrong_answer"]
+    feedbacks = [r.feedback for r in results]
+    for fb in feedbacks:
+        assert all(ch.isprintable() or ch in "\n\t" for ch in fb), ascii(fb)
+        fb.encode("utf-8")  # no lone surrogate: strict UTF-8 works
+    # visibly escaped, not dropped: each byte the program wrote can be read off the feedback
+    assert "ok\\x00\\x01\\x07\\x1b[31mred\\x1b[0m\\x7f \\xff\\xfe \\xc0\\xaf \\xed\\xa0\\x80 \\u202e rtl \\x00\\r" in feedbacks[0]
+    assert "in\\x00put \\x1b[1m" in feedbacks[0]  # the test's own input too
+    assert "ValueError: bad \\x00 \\udcff \\x1b[2J" in feedbacks[1]
+    assert "exit code 3" in feedbacks[2] and "\\xff\\xfe" in feedbacks[2]
+    assert "\\u0000" in feedbacks[3] and "\\udcff" in feedbacks[3]
+    tok = PreTrainedTokenizerFast.from_pretrained(str(tiny_model_path))
+    prompt = [{"role": "user", "content": "Print the answer."}]
+    contexts = build_teacher_messages([prompt] * 4, ["attempt"] * 4, [0.0] * 4, [0, 1, 2, 3], feedbacks,
+                                      SelfDistillationConfig())
+    for fb, ctx in zip(feedbacks, contexts, strict=True):
+        assert ctx.uses_feedback and fb in ctx.messages[-1]["content"]
+        assert tok.decode(tok(fb)["input_ids"]) == fb
+        ids = tok.apply_chat_template(ctx.messages, tokenize=True, add_generation_prompt=True)
+        assert len(ids) > 0
+
+
 def test_feedback_truncates_values_and_caps_length(pool):
     big = "\n".join(str(i) for i in range(5000))
     spec = {"inputs": [big, big], "outputs": ["x" * 3000, "y" * 3000]}

@@ -252,9 +252,10 @@ class CodeResult:
 
 # A fenced block as in Markdown (CommonMark): the opening fence starts a line (up to 3 spaces of indent) with
 # 3+ backticks and an info string; the block ends at the first later line that is only a fence at least as
-# long. Backticks elsewhere (inline ```code``` in prose, s = '```' inside the code) neither open nor close.
-_FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,})(?P<info>[^`\n]*)\n(?P<code>.*?)^ {0,3}(?P=fence)`*[ \t\r]*$",
-                    re.DOTALL | re.MULTILINE)
+# long, or, as models often write it, that ends with such a fence right after its code ("print(1)```").
+# Backticks elsewhere (inline ```code``` in prose, s = '```' inside the code) neither open nor close.
+_FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,})(?P<info>[^`\n]*)\n(?P<code>.*?)"
+                    r"(?:^ {0,3}|(?<=[^`\s])[ \t]*)(?P=fence)`*[ \t\r]*$", re.DOTALL | re.MULTILINE)
 
 
 def extract_code(response: str) -> str | None:

@@ -118,6 +118,17 @@ def test_extract_code_fences_only_at_line_starts():
     assert extract_code("1. Code:\n   ```python\nprint(2)\n   ```\n") == "print(2)\n"
 
 
+def test_extract_code_closing_fence_on_the_line_of_the_code():
+    assert extract_code("```python\nprint(1)```") == "print(1)"
+    assert extract_code("```python\nn = int(input())\nprint(n) ```\nDone.") == "n = int(input())\nprint(n)"
+    assert extract_code("```python\nprint(1)```\ntext\n```python\nprint(2)```\n") == "print(2)"
+    # Backticks that end a line inside a string or a longer fence still do not close the block.
+    code = "s = '```'\nprint(s + '```')\n"
+    assert extract_code(f"```python\n{code}```\n") == code
+    assert extract_code("````python\nx = 1```\ny = 2\n````") == "x = 1```\ny = 2\n"
+    assert extract_code("```python\ndef f():\n    ```\n") is None  # an indented fence-only line is code
+
+
 # --------------------------------------------------------------------------------------------- comparison
 
 

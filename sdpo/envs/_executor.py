@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import fcntl
+import gc
 import json
 import os
 import resource
@@ -632,12 +633,13 @@ def _program_end() -> None:
     """What the interpreter does when a program's main module is done (``Py_FinalizeEx``: first
     ``threading._shutdown``, then the atexit handlers), without ending this process: wait for every non-daemon
     thread (threads that start threads included), then run and clear the atexit handlers. The executor's
-    deadline still applies: a thread that never ends is a time limit, as it would be for a real process."""
-    import threading
-
+    deadline still applies: a thread that never ends is a time limit, as it would be for a real process.
+    (A program that never imported ``threading`` has no thread to wait for: CPython does not wait for threads
+    of ``_thread`` either.)"""
+    threading = sys.modules.get("threading")
     try:
-        me = threading.current_thread()
-        while True:
+        me = threading.current_thread() if threading is not None else None
+        while threading is not None:
             pending = [t for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
             if not pending:
                 break
@@ -785,7 +787,6 @@ def zygote(job: dict, ctl_fd: int, pid_ns: bool) -> int:
     sys.setrecursionlimit(50000)
     _thread_stack()
     import atexit
-    import threading  # noqa: F401  (imported once here, not in every test process)
 
     atexit._clear()
     if pid_ns and os.getpid() != 1:
@@ -798,6 +799,9 @@ def zygote(job: dict, ctl_fd: int, pid_ns: bool) -> int:
         code, err = compile(job["code"], "<solution>", "exec"), None
     except BaseException as e:
         code, err = None, e
+    # Every object so far is shared with the test processes (fork): a garbage collection that walked them
+    # would write to (and so copy) every page they are on, in the zygote and in each test process alike.
+    gc.freeze()
     try:
         spare = _fork_test_process(job, code, err)
     except OSError:

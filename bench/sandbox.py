@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdpo.envs.code import TestSpec, evaluate_many, stdout_matches  # noqa: E402
-from sdpo.envs.sandbox import SandboxConfig, SandboxPool  # noqa: E402
+from sdpo_sandbox import SandboxConfig, SandboxPool  # noqa: E402
 
 CORRECT = "n, k = map(int, input().split())\nprint(sum(i * k for i in range(n)))"
 WRONG_LATE = "n, k = map(int, input().split())\nprint(sum(i * k for i in range(n)) + (n > 60))"

@@ -64,7 +64,7 @@ def judge_reference(path: Path, cases) -> list[bool]:
 def judge_ours(cases, slots: int) -> list[bool]:
     sys.path.insert(0, str(ROOT))
     from sdpo.envs.code import evaluate_many
-    from sdpo.envs.sandbox import SandboxConfig, SandboxPool
+    from sdpo_sandbox import SandboxConfig, SandboxPool
 
     with SandboxPool(SandboxConfig(slots=slots)) as pool:
         results = evaluate_many([c.response() for c in cases], [c.tests for c in cases], sandbox=pool)

@@ -1,7 +1,7 @@
 """Code environment: LiveCodeBench-style unit tests run in the sandbox (paper Sec. 4, issue 3).
 
 ``evaluate(response, tests)`` extracts the last python block, runs it against a ``TestSpec`` in the sandbox
-(``sdpo.envs.sandbox``; see docs/sandbox.md for the isolation) and returns a ``CodeResult``: reward (sparse
+(``sdpo_sandbox``; see docs/sandbox.md for the isolation) and returns a ``CodeResult``: reward (sparse
 1/0 or dense fraction), per-test verdicts and the feedback text for the self-teacher. Expected outputs stay in
 this (trusted) process: the sandbox only ever receives inputs, and every verdict is computed here.
 """
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sdpo.envs.base import Score
-from sdpo.envs.sandbox import Sandbox, SandboxError, default_pool
+from sdpo_sandbox import Sandbox, SandboxError, decode_value, default_pool
 
 TESTTYPES = ("stdin", "functional", "assert")
 
@@ -505,8 +505,6 @@ def judge(spec: TestSpec, index: int, reply: dict[str, Any]) -> TestRecord:
             rec.message = _error_text(err) if err else "the function did not return a value"
             return rec
         try:
-            from sdpo.envs._executor import decode_value
-
             got = decode_value(report["result"])
         except (ValueError, TypeError, KeyError, RecursionError, OverflowError):
             rec.verdict = "runtime_error"

@@ -12,7 +12,7 @@ import pytest
 from sandbox_corpus import CORRECT, WRONG
 
 from sdpo.envs.code import CodeResult, evaluate_many
-from sdpo.envs.sandbox import SandboxConfig, SandboxPool
+from sdpo_sandbox import SandboxConfig, SandboxPool
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the hostile cases need the strong sandbox (root)")
 

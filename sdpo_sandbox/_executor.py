@@ -1,6 +1,6 @@
 """Sandbox executor: one long-lived process per pool slot (stdlib only, runnable as a script).
 
-Started by ``sdpo.envs.sandbox`` as ``python -I _executor.py`` (a fresh interpreter, never a fork of the caller).
+Started by ``sdpo_sandbox.pool`` as ``python -I _executor.py`` (a fresh interpreter, never a fork of the caller).
 It talks length-prefixed JSON frames over its stdin/stdout (the first one is its configuration) and runs one
 test case per request.
 Nothing here is imported by untrusted code; untrusted code only ever runs in children of this process, after

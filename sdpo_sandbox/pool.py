@@ -1,6 +1,6 @@
 """Sandbox pool for untrusted code: pre-started executor processes, one per slot (see docs/sandbox.md).
 
-The pool never forks the calling process: each slot is a fresh ``python -I sdpo/envs/_executor.py``
+The pool never forks the calling process: each slot is a fresh ``python -I sdpo_sandbox/_executor.py``
 interpreter (spawned with ``subprocess``), which confines itself once (uid, namespaces) and then forks one
 small child per test case. Requests and replies are length-prefixed JSON frames; the same frames travel over a
 unix socket when the executor runs as its own service (``sdpo sandbox serve``), so ``SandboxPool`` and
@@ -21,16 +21,22 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sdpo.config import ConfigError
-
 EXECUTOR = Path(__file__).with_name("_executor.py")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ISOLATION_MODES = ("strong", "weak")
 DEFAULT_HIDE = ("/run", "/root", "/home", "/srv", "/mnt", "/media", "/opt/secrets")
+
+
+class ConfigError(ValueError):
+    """A sandbox setting is invalid. The message names the field, the value and the fix."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
 
 
 class SandboxError(RuntimeError):
@@ -109,7 +115,8 @@ class Runner(Protocol):
 
 
 class Sandbox(Protocol):
-    """Runs test-case jobs (dicts, see ``sdpo.envs.code.make_job``) and returns the executor's replies.
+    """Runs test-case jobs (dicts with ``mode``, ``code``, ``input``, ``time_limit``, ``fn_name``) and returns the
+    executor's replies.
 
     ``run`` uses any free slot with a fresh process per test. ``lease()`` holds one slot for the tests of one
     solution: they run one after the other in a warm process of that solution (LiveCodeBench style: fresh
@@ -621,7 +628,3 @@ def serve(socket_path: str | os.PathLike[str], config: SandboxConfig | None = No
         pool.close()
         if os.path.exists(path):
             os.unlink(path)
-
-
-def config_dict(config: SandboxConfig) -> dict[str, Any]:
-    return asdict(config)

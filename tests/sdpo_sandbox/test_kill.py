@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 from sdpo.envs.code import TestSpec, evaluate, evaluate_many, make_job
-from sdpo.envs.sandbox import SandboxConfig, SandboxPool
+from sdpo_sandbox import SandboxConfig, SandboxPool
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="strong sandbox mode needs root (as in CI)")
 

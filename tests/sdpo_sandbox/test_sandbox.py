@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from sdpo.config import ConfigError
 from sdpo.envs.code import evaluate, evaluate_many
-from sdpo.envs.sandbox import (
-    PROJECT_ROOT,
+from sdpo_sandbox import (
+    ConfigError,
     SandboxClient,
     SandboxConfig,
     SandboxPool,
     SandboxUnavailable,
     serve,
 )
+from sdpo_sandbox.pool import PROJECT_ROOT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="strong sandbox mode needs root (as in CI)")
 
@@ -538,7 +538,7 @@ def test_strong_mode_refusal_message():
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) not installed")
     code = (
-        "from sdpo.envs.sandbox import SandboxPool, SandboxConfig, SandboxUnavailable\n"
+        "from sdpo_sandbox import SandboxPool, SandboxConfig, SandboxUnavailable\n"
         "try:\n    SandboxPool(SandboxConfig(slots=1, isolation='strong'))\n"
         "except SandboxUnavailable as e:\n    print('REFUSED', e)\n"
     )
@@ -625,8 +625,6 @@ def test_service_socket_handed_to_the_workers_uid():
 
 
 def test_invalid_config_names_field():
-    from sdpo.config import ConfigError
-
     with pytest.raises(ConfigError, match="isolation"):
         SandboxConfig(isolation="none")
     with pytest.raises(ConfigError, match="memory_mb"):
@@ -754,7 +752,7 @@ def test_error_in_the_callers_judging_is_not_an_executor_failure(solo):
 
 
 def test_seccomp_filter_has_every_required_rule():
-    from sdpo.envs._executor import SECCOMP_REQUIRED, SeccompFilter
+    from sdpo_sandbox._executor import SECCOMP_REQUIRED, SeccompFilter
 
     f = SeccompFilter()
     denied = {name for name, *_ in f.denied}

@@ -8,22 +8,43 @@ test cases in confined, namespaced processes and report what happened (exit stat
 
 from __future__ import annotations
 
+import atexit
+import os
+import threading
 from typing import Any
 
 from sdpo_sandbox.pool import (
     ConfigError,
     Sandbox,
-    SandboxClient,
     SandboxConfig,
     SandboxError,
     SandboxPool,
     SandboxUnavailable,
-    default_pool,
-    serve,
 )
+from sdpo_sandbox.service import SandboxClient, serve
 
 __all__ = ["ConfigError", "Sandbox", "SandboxClient", "SandboxConfig", "SandboxError", "SandboxPool",
            "SandboxUnavailable", "decode_value", "default_pool", "serve"]
+
+
+_default: Sandbox | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool() -> Sandbox:
+    """The process-wide sandbox, created on first use: a ``SandboxClient`` when ``SDPO_SANDBOX_SOCKET`` names
+    a running ``sdpo sandbox serve`` socket, else an embedded ``SandboxPool`` (closed at exit)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            path = os.environ.get("SDPO_SANDBOX_SOCKET")
+            if path:
+                _default = SandboxClient(path)
+            else:
+                pool = SandboxPool()
+                atexit.register(pool.close)
+                _default = pool
+        return _default
 
 
 def decode_value(tagged: Any) -> Any:

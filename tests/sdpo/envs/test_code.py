@@ -279,7 +279,7 @@ def test_code_feedback_all_tests_orders_wrong_answers_by_input_and_actual_output
 
 
 def test_code_feedback_is_plumbed_through_score_and_validated(pool, monkeypatch):
-    import sdpo_sandbox.pool as sb
+    import sdpo_sandbox as sb
     from sdpo.data.tasks import Task
     from sdpo.envs import score, score_many
 
@@ -534,7 +534,7 @@ def test_assert_mutation_fails_with_feedback(pool):
 def test_cli_check_prints_code_result_json(tmp_path, pool, monkeypatch):
     from typer.testing import CliRunner
 
-    import sdpo_sandbox.pool as sb
+    import sdpo_sandbox as sb
     from sdpo.cli import app
 
     monkeypatch.setattr(sb, "_default", pool)

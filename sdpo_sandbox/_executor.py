@@ -16,18 +16,20 @@ Strong mode (root required), set up once at start:
     imports work).
   * a seccomp deny-list filter (``SeccompFilter``, built with libseccomp through ctypes; refuses to start
     without it), loaded by every child before it runs untrusted code.
-Per solution (a forked "warm" child that runs the solution's tests one after the other, each with fresh
-module globals and stdin; see ``serve_tests``) or per test case (``run``/``assert``): own session/process
-group, a private IPC namespace, rlimits (address space = executor + memory limit, CPU = time limit + 2 s,
-processes, file size, open files, no core), ``setresuid`` to the slot uid, ``PR_SET_NO_NEW_PRIVS``, the
-seccomp filter, a fresh 0700 scratch directory, an empty environment, stdout/stderr/report pipes drained
-concurrently with byte caps, a wall-clock deadline, and afterwards SIGKILL of the process group and of every
-process owned by the slot uid (``kill(-1)`` issued from a helper that runs as that uid), then the scratch
-directory and everything the slot's uids left in /tmp and /dev/shm are removed.
+Per solution (``stdin``/``functional``): a zygote (``zygote``), pid 1 of a PID namespace and an IPC namespace
+of its own, with its own session, rlimits (address space = executor + memory limit, CPU = time limit + 2 s,
+processes, file size, open files, no core), ``setresuid`` to the slot uid, ``PR_SET_PDEATHSIG``,
+``PR_SET_NO_NEW_PRIVS`` and the seccomp filter; it compiles the solution and forks one fresh process per test
+(fds 0-3, module state, argv, environment and a 0700 scratch directory of its own), then kills and reaps
+everything the test started before it answers. The executor drains each test's stdout/stderr/report pipes
+with byte caps (``Capture``, ``await_run``), enforces the wall-clock deadline by killing the whole namespace
+(``waitpid`` on its init returns once every process in it is gone), and afterwards removes the scratch
+directory and everything the slot's uids left in /tmp and /dev/shm. ``assert`` tests: the solution in a
+fresh interpreter (pid 1 of a namespace of its own) and the trusted check code in a checker of another uid.
 
 Weak mode (``SDPO_SANDBOX=weak``): no uid change and no namespaces; rlimits, sessions, scratch, empty
-environment, the seccomp filter when libseccomp is there, and the kill of the process group plus every orphan
-re-parented to this (sub-reaper) process.
+environment, the seccomp filter when libseccomp is there, and the kill of every descendant (the zygote and
+this process are child sub-reapers) before a verdict.
 """
 
 from __future__ import annotations

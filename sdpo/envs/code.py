@@ -1,4 +1,4 @@
-"""Code environment: LiveCodeBench-style unit tests run in the sandbox (paper Sec. 4, issue 3).
+"""Code environment: LiveCodeBench-style unit tests run in the sandbox (paper Sec. 4).
 
 ``evaluate(response, tests)`` extracts the last python block, runs it against a ``TestSpec`` in the sandbox
 (``sdpo_sandbox``; see docs/sandbox.md for the isolation) and returns a ``CodeResult``: reward (sparse

@@ -25,7 +25,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sdpo backend workers app tests bench
+	$(VENV)/bin/ruff check sdpo sdpo_sandbox backend workers app tests bench
 
 clean-venv:
 	rm -rf $(VENV)

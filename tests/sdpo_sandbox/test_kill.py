@@ -17,7 +17,8 @@ import pytest
 from sdpo.envs.code import TestSpec, evaluate, evaluate_many, make_job
 from sdpo_sandbox import SandboxConfig, SandboxPool
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="strong sandbox mode needs root (as in CI)")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="strong sandbox mode needs root (as in CI)"),
+              pytest.mark.slow]  # about 30 s: hostile programs with time limits, beside CPU hogs
 
 FORK_BOMB = """
 import os

@@ -775,11 +775,11 @@ def zygote(job: dict, ctl_fd: int, pid_ns: bool) -> int:
     runner's settings, its own scratch directory as cwd, HOME and TMPDIR. Per control message (the test's
     nonce and scratch directory, with its stdin memfd and the write ends of its three pipes) it hands the
     test to a test process, waits for it, kills and reaps everything the test started (``sweep``), removes the
-    test's System V IPC objects, forks the process for the next test (unless this was the last: its start then
-    overlaps with the caller's handling of the answer) and answers ``{"done": nonce, "status": wait status}``.
-    In strong mode the zygote is pid 1 of the
-    solution's own PID namespace (signals from the tests cannot reach it) and not dumpable (the tests, same
-    uid, cannot read or write its memory), so what it reports is not under the tests' control.
+    test's System V IPC objects and answers ``{"done": nonce, "status": wait status}``; then, unless that was
+    the last test, it forks the process for the next one, while the caller handles the answer. In strong mode
+    the zygote is pid 1 of the solution's own PID namespace (signals from the tests cannot reach it) and not
+    dumpable (the tests, same uid, cannot read or write its memory), so what it reports is not under the
+    tests' control.
     """
     import socket
 
@@ -804,11 +804,14 @@ def zygote(job: dict, ctl_fd: int, pid_ns: bool) -> int:
     # Every object so far is shared with the test processes (fork): a garbage collection that walked them
     # would write to (and so copy) every page they are on, in the zygote and in each test process alike.
     gc.freeze()
-    try:
-        spare = _fork_test_process(job, code, err)
-    except OSError:
-        spare = None  # tried again when the test arrives
+    spare = None
+    more = True
     while True:
+        if spare is None and more:  # ahead of the test: overlaps with the caller's handling of the last answer
+            try:
+                spare = _fork_test_process(job, code, err)
+            except OSError:
+                spare = None  # tried again when the test arrives
         try:
             msg, fds, _, _ = socket.recv_fds(ctl, 4096, 4)
         except OSError:
@@ -838,11 +841,7 @@ def zygote(job: dict, ctl_fd: int, pid_ns: bool) -> int:
         sweep(pid_ns)
         if pid_ns:
             remove_sysv_ipc()
-        if not req.get("last"):
-            try:  # before answering: its start overlaps with the caller's handling of the answer
-                spare = _fork_test_process(job, code, err)
-            except OSError:
-                spare = None  # tried again when the next test arrives
+        more = not req.get("last")
         ctl.send(json.dumps({"done": req["nonce"], "status": status}).encode())
 
 

@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sdpo backend workers app tests bench
+	$(VENV)/bin/ruff check sdpo sdpo_sandbox backend workers app tests bench
 
 lock:
 	PYTHON=$(PYTHON) .ci/lock

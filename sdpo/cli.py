@@ -158,7 +158,7 @@ def check_cmd(
     from pathlib import Path
 
     from sdpo.envs.code import evaluate
-    from sdpo.envs.sandbox import SandboxUnavailable
+    from sdpo_sandbox import SandboxUnavailable
 
     try:
         spec_text = Path(tests).read_text(encoding="utf-8")
@@ -185,9 +185,8 @@ def sandbox_serve_cmd(
     socket_uid: int = typer.Option(None, "--socket-uid",
                                    help="Give the socket to this uid (the workers' user, e.g. 1000 in our images)."),
 ) -> None:
-    """Serve the sandbox pool on a unix socket (clients: sdpo.envs.sandbox.SandboxClient)."""
-    from sdpo.config import ConfigError
-    from sdpo.envs.sandbox import SandboxConfig, SandboxUnavailable, serve
+    """Serve the sandbox pool on a unix socket (clients: sdpo_sandbox.SandboxClient)."""
+    from sdpo_sandbox import ConfigError, SandboxConfig, SandboxUnavailable, serve
 
     try:
         cfg = SandboxConfig(slots=slots)

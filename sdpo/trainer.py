@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from sdpo.adapters import check_target_modules
-from sdpo.callbacks import Attempt, Callbacks, tensorboard_sink, wandb_sink
+from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll, tensorboard_sink, wandb_sink
 from sdpo.config import ConfigError, _choice, _number, build_dataclass
 from sdpo.data.tasks import Task
 from sdpo.distributed import (
@@ -638,8 +638,11 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     sinks = _Sinks(out_dir, cfg, start) if ctx.is_main else None
     result = TrainResult(out_dir=str(out_dir), steps=start)
     sampler = None
+    # One process also stops inside a step (while sampling, before an update's micro-batch); ranks of a
+    # torchrun job stop together at step boundaries only (a rank alone must not skip a collective).
+    poll = stop_poll(callbacks) if not ctx.enabled else None
     try:
-        sampler = make_sampler(sampler_kind, model, tokenizer, batch_size=cfg.sampler_batch_size,
+        sampler = make_sampler(sampler_kind, model, tokenizer, batch_size=cfg.sampler_batch_size, should_stop=poll,
                                max_prompt_len=cfg.max_prompt_len, adapter=cfg.adapter,
                                gpu_memory_utilization=cfg.gpu_memory_utilization,
                                max_model_len=cfg.max_prompt_len + cfg.max_new_tokens)
@@ -682,7 +685,7 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                                 group_ids=[r.prompt_index for r in rollouts])
             lr = optimizer.param_groups[0]["lr"]  # the rate of this step's updates (logged below)
             update_metrics = policy_update(model, optimizer, teacher, tokenizer, batch, cfg, seed=cfg.seed + step,
-                                           dist=ctx)
+                                           dist=ctx, should_stop=poll)
             scheduler.step()
 
             # 7. Teacher update, once per step (EMA; no-op for live / trust-region). Deterministic from the
@@ -728,6 +731,8 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                     callbacks.checkpoint(step, str(path), kind)
                 result.checkpoints.append(str(path))
                 ctx.barrier()  # no rank moves on (or exits) before the checkpoint is on disk
+    except StopRequested:  # one process, asked to stop inside a step: that step is not logged or saved
+        result.stopped = True
     finally:
         if sampler is not None:  # frees a vLLM engine's GPU memory and work dir (no-op for HF)
             sampler.close()

@@ -636,3 +636,21 @@ def test_train_closes_its_sampler_also_when_a_step_fails(tiny_model_path, datase
     with pytest.raises(RuntimeError, match="update fell over"):
         train(_cfg(tiny_model_path, dataset, tmp_path / "bad", max_steps=1))
     assert len(closed) == 2
+
+
+# ------------------------------------------------------------------- stopping inside a step
+
+def test_stop_inside_a_step_ends_the_run_before_its_update(tiny_model_path, dataset, tmp_path, monkeypatch):
+    """A stop seen after step 2's rollouts were reported (before its first update micro-batch) ends the run
+    there: step 1 logged and checkpointed, nothing of step 2 logged or saved, ``stopped``."""
+    import sdpo.callbacks
+    from sdpo.callbacks import Callbacks
+
+    monkeypatch.setattr(sdpo.callbacks, "STOP_POLL_S", 0.0)  # ask every time (no wall-clock dependence)
+    got, steps, ckpts = [], [], []
+    cb = Callbacks(on_attempts=got.append, on_metrics=lambda step, m: steps.append(step),
+                   on_checkpoint=lambda step, path, kind: ckpts.append(step),
+                   should_stop=lambda: len(got) >= 2)
+    res = train(_cfg(tiny_model_path, dataset, tmp_path / "run", max_steps=3, save_every=1, val_every=0), cb)
+    assert res.stopped and res.steps == 1 and steps == [1] and ckpts == [1] and len(got) == 2
+    assert list(_metrics(tmp_path / "run")) == [1]

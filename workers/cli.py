@@ -127,8 +127,9 @@ def worker_cmd(
     from workers.celery_app import app as celery_app
 
     queues = settings.consumed_queues(settings.worker_gpus or visible_gpus())
+    # no --pool: the app's worker_pool (workers.pool, the solo pool that can stop its job) is used
     celery_app.worker_main([
-        "worker", "--pool", "solo", "--concurrency", "1", "--queues", ",".join(queues),
+        "worker", "--concurrency", "1", "--queues", ",".join(queues),
         "--loglevel", loglevel, "--hostname", hostname or f"sdpo-{os.getpid()}@%h", "--without-mingle",
         "--without-gossip",
     ])
@@ -300,7 +301,7 @@ def jobs_show(job_id: int = typer.Argument(...), as_json: bool = typer.Option(Fa
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: int = typer.Argument(...)) -> None:
-    """Cancel a job (queued: at once; running: after the current step)."""
+    """Cancel a job (queued: at once; running: within seconds, keeping what it had committed)."""
     from backend.db import session_scope
     from backend.errors import IllegalTransition, NotFound
     from backend.queue import JobQueue

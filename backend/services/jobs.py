@@ -160,7 +160,8 @@ def rerun_job(session: Session, *, job_id: int, validate: ConfigValidator, enque
 
 def cancel_job(session: Session, *, job_id: int, revoke: Callable[[str], None] | None = None) -> Job:
     """Cancel a job: a queued one is ``cancelled`` at once (and its message revoked when possible); a
-    running one gets its cancel flag set and its worker ends it ``cancelled`` after the current step."""
+    running one gets its cancel flag set and its worker ends it ``cancelled`` within seconds (the engine polls
+    the flag while it generates, scores and updates)."""
     job = get_job(session, job_id=job_id)
     if job.status in TERMINAL_STATUSES:
         raise IllegalTransition(job.id, job.status, "cancelled", JOB_TRANSITIONS[job.status])
@@ -411,6 +412,51 @@ def finish_job(session: Session, *, job_id: int, worker_id: str, status: str, er
         job.result = result
     session.flush()
     return True
+
+
+def release_job(session: Session, *, job_id: int, worker_id: str, reason: str, enqueue: Enqueue,
+                max_resumes: int | None = None) -> str:
+    """Hand back a running job that ``worker_id`` stopped because it is shutting down (``reason``, one line,
+    e.g. "the worker was shut down (SIGTERM, warm shutdown)"); returns ``"cancelled"``, ``"requeued"``,
+    ``"failed"`` or ``"lost"`` (no longer that worker's: nothing written).
+
+    * a cancel was requested: the job ends ``cancelled``;
+    * it was resumed ``max_resumes`` times already: it ends ``failed`` with ``reason`` and the limit;
+    * otherwise it goes back to ``queued`` (worker cleared, ``resumes`` + 1, a fresh task id), is committed, and
+      a new message is sent (as the reaper does): the next worker resumes it (a train job from its last
+      checkpoint, a solve job after its committed attempts). If the broker refuses, it ends ``failed``.
+    """
+    job = session.get(Job, job_id)
+    if job is None or job.worker_id != worker_id or job.status != "running":
+        return "lost"
+    ours = update(Job).where(Job.id == job_id, Job.status == "running", Job.worker_id == worker_id)
+    reason = " ".join(reason.split())
+    if job.cancel_requested:
+        values, outcome = dict(status="cancelled", finished_at=utcnow(), error="cancelled by the user"), "cancelled"
+    elif max_resumes is not None and job.resumes >= max_resumes:
+        values, outcome = dict(status="failed", finished_at=utcnow(), error=(
+            f"stopped because {reason}; it was resumed {job.resumes} time(s) already (limit "
+            f"SDPO_MAX_RESUMES={max_resumes}), so it is not queued again. Re-run the job to start it again.")), \
+            "failed"
+    else:
+        values, outcome = dict(status="queued", worker_id=None, heartbeat_at=None, resumes=Job.resumes + 1,
+                               task_id=str(uuid.uuid4())), "requeued"
+    if not session.execute(ours.values(**values)).rowcount:
+        return "lost"
+    session.expire(job)
+    if outcome != "requeued":
+        return outcome
+    session.commit()
+    task_id = session.scalar(select(Job.task_id).where(Job.id == job_id))
+    try:
+        enqueue(job.kind, job_id, task_id, job.gpus)
+    except Exception as e:  # noqa: BLE001 - recorded on the job
+        session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
+            status="failed", finished_at=utcnow(),
+            error=f"stopped because {reason}; queueing it again failed: {' '.join(str(e).split())}"))
+        session.commit()
+        return "failed"
+    return outcome
 
 
 def _when(beat) -> str:

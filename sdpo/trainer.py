@@ -22,7 +22,15 @@ import torch
 
 from sdpo.adapters import check_target_modules
 from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll, tensorboard_sink, wandb_sink
-from sdpo.config import ConfigError, _choice, _number, build_dataclass
+from sdpo.config import (
+    ConfigError,
+    _choice,
+    _number,
+    apply_overrides,
+    build_dataclass,
+    check_limits,
+    read_config_file,
+)
 from sdpo.data.tasks import Task
 from sdpo.distributed import (
     SINGLE,
@@ -108,6 +116,7 @@ class TrainConfig(UpdateConfig):
 
     def __post_init__(self, ppo_mini_batch_size: int | None = None) -> None:
         self.mini_batch_size = _mini_batch_alias(self.mini_batch_size, ppo_mini_batch_size)
+        check_limits(self)  # first: a typo is reported on the field the user set
         super().__post_init__()
         if self.dataset is not None:
             _choice("dataset", self.dataset, DATASETS)
@@ -185,41 +194,10 @@ def _mini_batch_alias(mini_batch_size: int | None, ppo_mini_batch_size: int | No
     return ppo_mini_batch_size
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` (YAML-typed value, dotted keys for nesting: self_distillation.alpha=1.0)."""
-    import yaml
-
-    data = json.loads(json.dumps(data))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(item, "expected key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as e:
-            raise ConfigError(key, f"cannot parse value {raw!r}: {e}") from None
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(key, f"{p} is not a mapping")
-        node[parts[-1]] = value
-    return data
-
-
 def load_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML run config, apply ``--set`` overrides, validate everything (no model is loaded)."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError("config", f"file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError("config", f"invalid YAML in {path}: {e}") from None
+    """Read a YAML run config, apply ``--set`` overrides, validate everything (no model is loaded). Values are
+    read as users mean them (``sdpo.config.parse_value``: ``lr: 1e-5`` is a number)."""
+    data = read_config_file(path) if path is not None else {}
     return TrainConfig.from_dict(apply_overrides(data, overrides or []))
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll
-from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
+from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass, check_limits
 from sdpo.rollout.base import Rollout, SamplingParams
 from sdpo.update import ScoredBatch, UpdateConfig, policy_update
 
@@ -118,6 +118,7 @@ class SolveConfig(UpdateConfig):
     def __post_init__(self) -> None:
         if isinstance(self.self_distillation, dict):
             self.self_distillation = _ttt_self_distillation(self.self_distillation)
+        check_limits(self)  # first: a typo is reported on the field the user set
         super().__post_init__()
         _choice("strategy", self.strategy, STRATEGIES)
         _number("steps_per_round", self.steps_per_round, lo=1, integer=True)

@@ -437,8 +437,11 @@ def run_train_ranks(ctx: WorkerContext, *, cfg: Any, gpus: int, job_id: int | No
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)  # the ranks follow (parent-death signal)
                 proc.wait()
-    if terminated and not (job_dir / "result.json").is_file():
-        return {"stopped": True}
+    if terminated:  # stopped by us: rank 0's result if it got to write one, else what we know
+        try:
+            return {**json.loads((job_dir / "result.json").read_text()), "stopped": True}
+        except (OSError, ValueError):
+            return {"stopped": True}
     if proc.returncode != 0:
         tail = (job_dir / "torchrun.log").read_text(errors="replace").splitlines()[-15:]
         raise RuntimeError(f"torchrun with {gpus} ranks exited with {proc.returncode}:\n" + "\n".join(tail))

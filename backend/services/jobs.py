@@ -38,7 +38,16 @@ from backend.models import (
     Problem,
     utcnow,
 )
-from backend.schemas import AttemptIn, CheckpointOut, ConfigValidator, Enqueue, JobDetail
+from backend.schemas import (
+    AttemptIn,
+    CheckpointOut,
+    ConfigValidator,
+    Enqueue,
+    JobDetail,
+    RawConfig,
+    RoundSummary,
+)
+from backend.services.workers import gpus_offered
 
 MAX_LABEL = 200
 
@@ -55,16 +64,21 @@ def validate_job_input(
     problem_id: int | None = None,
     dataset_id: int | None = None,
     gpus: int = 1,
+    model: str = "",
 ) -> dict[str, Any]:
     """Check everything about a job submission without writing; return the normalized config.
 
-    Raises ``InvalidInput`` naming the field (``kind``, ``problem_id``, ``dataset_id``, ``gpus`` or the
-    engine config field, e.g. ``budget`` or ``self_distillation.alpha``). A train job on ``gpus`` > 1 must also
-    pass the trainer's rules for that many processes (``check_world_size``).
+    ``config``: a mapping, or a ``RawConfig`` as typed in a form (read by the engine's parser). ``model``: the
+    model the job will use ("" = the server's default); the validator checks that it exists and fits the
+    defaults to it and to the live workers (GPUs or not, ``gpus_offered``).
+
+    Raises ``InvalidInput`` naming the field (``kind``, ``problem_id``, ``dataset_id``, ``gpus``, ``model`` or
+    the engine config field, e.g. ``budget`` or ``self_distillation.alpha``). A train job on ``gpus`` > 1 must
+    also pass the trainer's rules for that many processes (``check_world_size``).
     """
     if kind not in JOB_KINDS:
         raise InvalidInput("kind", f"got {kind!r}; allowed values are {', '.join(map(repr, JOB_KINDS))}")
-    if not isinstance(config, dict):
+    if not isinstance(config, dict | RawConfig):
         raise InvalidInput("config", f"expected a mapping of settings, got {type(config).__name__}")
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
         raise InvalidInput("gpus", f"got {gpus!r}; expected an integer >= 1")
@@ -81,7 +95,7 @@ def validate_job_input(
         names = session.scalars(select(Dataset.name).order_by(Dataset.name)).all()
         raise InvalidInput("dataset_id", f"unknown dataset {dataset_id}; registered: {', '.join(names) or 'none'}")
     try:
-        normalized = validate(kind, config)
+        normalized = validate(kind, config, model=model, gpu=gpus_offered(session))
     except InvalidInput:
         raise
     except (ValueError, TypeError) as e:
@@ -128,7 +142,7 @@ def submit_job(
     """
     normalized = validate_job_input(
         session, kind=kind, config=config, validate=validate, problem_id=problem_id,
-        dataset_id=dataset_id, gpus=gpus,
+        dataset_id=dataset_id, gpus=gpus, model=model,
     )
     if not label and problem_id is not None:
         problem = session.get(Problem, problem_id)
@@ -261,6 +275,28 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
     detail.last_metrics = last_metrics
     detail.checkpoints = [CheckpointOut.model_validate(c) for c in list_checkpoints(session, job_id=job_id)]
     return detail
+
+
+def round_summaries(session: Session, *, job_id: int) -> list[RoundSummary]:
+    """Every round of the job (a training job's rounds are its steps) in order: its attempts (count, mean
+    reward, best public tests passed, how many passed every public and hidden test, the 1-based number of its
+    first attempt in the job's (round, index) order) and the metrics logged for it."""
+    get_job(session, job_id=job_id)
+    rounds: dict[int, RoundSummary] = {}
+    number = 0
+    for a in list_attempts(session, job_id=job_id):
+        number += 1
+        r = rounds.setdefault(a.round, RoundSummary(round=a.round, first_attempt=number, reward_mean=0.0))
+        r.attempts += 1
+        r.reward_mean += (float(a.reward) - r.reward_mean) / r.attempts
+        if r.best_passed is None or a.passed_public > r.best_passed:
+            r.best_passed = a.passed_public
+        r.tests = a.total_public
+        r.solved += int(a.total_public > 0 and a.passed_public == a.total_public
+                        and (a.total_hidden is None or a.passed_hidden == a.total_hidden))
+    for p in list_metrics(session, job_id=job_id):
+        rounds.setdefault(p.step, RoundSummary(round=p.step)).metrics[p.name] = p.value
+    return [rounds[k] for k in sorted(rounds)]
 
 
 def delete_job(session: Session, *, job_id: int, jobs_dir: Path) -> None:

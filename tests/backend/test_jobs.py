@@ -23,7 +23,7 @@ class FieldError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def validate(kind: str, config: dict) -> dict:
+def validate(kind: str, config: dict, **_target) -> dict:
     """A stand-in engine config: budget (int >= 1) and lr (> 0), unknown keys refused."""
     known = {"budget": 4, "lr": 1e-5} if kind == "solve" else {"max_steps": 2, "train_batch_size": 4,
                                                               "sampler": "auto", "distributed": "none"}

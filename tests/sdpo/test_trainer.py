@@ -423,6 +423,16 @@ def _train_cli(tiny_model_path, dataset, tmp_path, *sets):
     return CliRunner().invoke(app, args)
 
 
+def test_cli_set_reads_numbers_as_the_user_means_them(tiny_model_path, dataset, tmp_path):
+    """``--set lr=1e-5`` and ``1E-5`` are numbers (YAML 1.1 alone reads them as text: "lr: got '1e-5'")."""
+    import yaml
+
+    r = _train_cli(tiny_model_path, dataset, tmp_path, "lr=1e-5", "weight_decay=1E-3", "val_every=1_000")
+    assert r.exit_code == 0, r.output
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["lr"], saved["weight_decay"], saved["val_every"]) == (1e-5, 1e-3, 1000)
+
+
 def test_cli_malformed_dataset_row_exits_2_naming_file_line_and_field(tiny_model_path, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(TASKS[0]) + "\n" + json.dumps({**TASKS[0], "kind": "essay"}) + "\n")

@@ -242,6 +242,31 @@ def test_solve_snapshot_table_curve_and_solution(ctx):
     assert open(path).read() == snap.solution
 
 
+def test_job_views_show_time_per_round_and_an_estimate_for_the_rest(ctx):
+    """After the first round: its measured time (sampling + scoring + update) and, while the job runs, the
+    time the rest of the budget will take at that rate; a training run per step."""
+    jid = solve.submit(ctx, problem=form_problem(ctx), config=small_config(budget="10"))  # n = 2
+    assert "per round" not in solve.snapshot(ctx, jid).status_md  # nothing measured yet
+    with ctx.session() as s:
+        J.claim_job(s, job_id=jid, worker_id="w:1", takeover_after_s=60)
+        J.record_attempts(s, job_id=jid, attempts=[_attempt(0, 0, 0, 2), _attempt(0, 1, 1, 2)])
+        J.append_metrics(s, job_id=jid, step=0, metrics={"ttt/attempts": 2, "perf/sample_s": 50.0,
+                                                         "perf/score_s": 6.0, "perf/update_s": 4.0})
+    line = solve.snapshot(ctx, jid).status_md
+    assert "1 min 00 s per round" in line and "about 4 min 00 s for the remaining 8 attempts" in line, line
+    with ctx.session() as s:
+        J.finish_job(s, job_id=jid, worker_id="w:1", status="cancelled")
+    line = solve.snapshot(ctx, jid).status_md
+    assert "1 min 00 s per round" in line and "remaining" not in line  # finished: no estimate
+    tid = train.submit(ctx, source="humaneval", config={"loss": "sdpo", "max_steps": 5})
+    with ctx.session() as s:
+        J.claim_job(s, job_id=tid, worker_id="w:2", takeover_after_s=60)
+        for step in (1, 2):
+            J.append_metrics(s, job_id=tid, step=step, metrics={"perf/step_s": 2.0 + step})
+    line = train.snapshot(ctx, tid).status_md
+    assert "4 s per step" in line and "about 10 s for the remaining 3 steps" in line, line
+
+
 def test_train_snapshot_plots_and_checkpoint_zip(ctx, tmp_path):
     jid = train.submit(ctx, source="humaneval", config={"loss": "sdpo", "max_steps": 2})
     ck = tmp_path / "ck" / "step_1"

@@ -392,7 +392,9 @@ def test_sdpo_resume_reloads_the_adapter_saved_after_each_round(tiny_model_path,
     model, tok, sampler = load(tiny_model_path)
     solve(Problem.parse(PROBLEM), model, tok, sampler, c, full, out_dir=tmp_path / "a")
     model, tok, sampler = load(tiny_model_path)
-    first.should_stop = lambda: len(first.got) >= 4  # the job is interrupted after round 0
+    rounds_done = []
+    first.on_metrics = lambda step, m: rounds_done.append(step)  # round 0 ended (updated, adapter saved)
+    first.should_stop = lambda: bool(rounds_done)  # the job is interrupted between round 0 and round 1
     solve(Problem.parse(PROBLEM), model, tok, sampler, c, first, out_dir=tmp_path / "b")
     model, tok, sampler = load(tiny_model_path)
     res = solve(Problem.parse(PROBLEM), model, tok, sampler, c, resumed, out_dir=tmp_path / "b", start_attempt=4)

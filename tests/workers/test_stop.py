@@ -141,6 +141,8 @@ def test_sigterm_hands_the_running_job_back_and_the_next_worker_finishes_it(stac
 def test_cold_shutdown_stops_the_job_without_a_pool_error(stack, problem_id, cancelled):
     """Ctrl-C twice: Celery's cold shutdown cancels the running task through ``pool.terminate_job``, which
     Celery's solo pool does not implement (the job used to end ``failed`` with that traceback)."""
+    if cancelled and stack.name != "sqlite+filesystem":
+        pytest.skip("the cancelled case needs no broker message; run once")
     worker = one_worker(stack)
     job_id = submit(stack, "solve", LONG_SOLVE, problem_id)
     wait_generating(stack, job_id)

@@ -121,9 +121,8 @@ def test_advanced_fields_are_the_engine_defaults(ctx):
     assert err is None
     fields = {p: v for p, _, v in solve.advanced_fields(defaults)}
     # the form shows the engine's own values (sdpo.ttt.SolveConfig), not copies of them
-    from sdpo.ttt import SolveConfig
-
     from sdpo.sizing import CPU_SOLVE
+    from sdpo.ttt import SolveConfig
 
     engine = SolveConfig(**CPU_SOLVE)  # the server's default model is the (small) demo model: CPU-sized
     assert set(fields) == {p for p, _ in solve.ADVANCED}

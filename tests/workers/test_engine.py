@@ -10,9 +10,9 @@ import pytest
 from backend.errors import InvalidInput
 from backend.schemas import AttemptIn
 from sdpo.callbacks import Attempt
+from sdpo.sizing import CPU_SOLVE, CPU_TRAIN
 from sdpo.trainer import TrainConfig
 from sdpo.ttt import SolveConfig
-from sdpo.sizing import CPU_SOLVE, CPU_TRAIN
 from workers.engine import TRAIN_RUNTIME_KEYS, attempt_in, parse_problem, validate_config
 
 PROBLEM = {

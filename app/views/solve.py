@@ -281,7 +281,8 @@ def build(ctx: AppContext) -> SolveHandles:
             model = gr.Textbox(label="Model", placeholder=f"default: {ctx.settings.model}", elem_id="solve-model",
                                info="The budget and the Advanced values below are the defaults for this model: "
                                "CPU-sized for the demo models or without a GPU, the paper's on a GPU.")
-            defaults_msg = gr.HTML(error_md(defaults_error) if defaults_error else "", elem_id="solve-defaults-message")
+            defaults_msg = gr.HTML(error_md(defaults_error) if defaults_error else "", visible=bool(defaults_error),
+                                   elem_id="solve-defaults-message")
             adapter = gr.Radio([("LoRA adapter", "lora"), ("Full fine-tune", "full")],
                                value=defaults.get("adapter", "lora") if defaults.get("adapter") in ("lora", "full")
                                else "lora", label="Weights updated", elem_id="solve-adapter")
@@ -297,8 +298,9 @@ def build(ctx: AppContext) -> SolveHandles:
                 """Show the defaults of the model typed in (they are what a submission leaves unset gets)."""
                 d, err = ctx.defaults("solve", model_v)
                 if err:
-                    return (error_md(err), gr.skip(), *(gr.skip() for _ in adv))
-                return ("", str(d.get("budget", "")), *(_fmt_default(get_path(d, p)) for p, _, _ in adv))
+                    return (gr.HTML(error_md(err), visible=True), gr.skip(), *(gr.skip() for _ in adv))
+                return (gr.HTML("", visible=False), str(d.get("budget", "")),
+                        *(_fmt_default(get_path(d, p)) for p, _, _ in adv))
 
             for event in (model.submit, model.blur):
                 event(on_model, model, [defaults_msg, budget, *adv_boxes], api_visibility="private")

@@ -268,7 +268,7 @@ def build(ctx: AppContext) -> TrainHandles:
             model = gr.Textbox(label="Model", placeholder=f"default: {ctx.settings.model}", elem_id="train-model",
                                info="An empty hyperparameter box uses the default shown in it, which fits this "
                                "model: CPU-sized for the demo models or without a GPU, the paper's on a GPU.")
-            defaults_msg = gr.HTML("", elem_id="train-defaults-message")
+            defaults_msg = gr.HTML("", visible=False, elem_id="train-defaults-message")
         with gr.Column(scale=3):
             gr.Markdown("### Hyperparameters")
             preset = gr.Dropdown(list(PRESETS), value=first, label="Preset", elem_id="train-preset")
@@ -292,8 +292,8 @@ def build(ctx: AppContext) -> TrainHandles:
         """The defaults an empty box gets, for the model typed in."""
         d, err = ctx.defaults("train", model_v)
         if err:
-            return (error_md(err), *(gr.skip() for _ in boxes))
-        return ("", *(gr.Textbox(placeholder=default_hint(d, key)) for key, _ in FIELDS))
+            return (gr.HTML(error_md(err), visible=True), *(gr.skip() for _ in boxes))
+        return (gr.HTML("", visible=False), *(gr.Textbox(placeholder=default_hint(d, key)) for key, _ in FIELDS))
 
     for event in (model.submit, model.blur):
         event(on_model, model, [defaults_msg, *boxes], api_visibility="private")

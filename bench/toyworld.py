@@ -159,7 +159,7 @@ def _base_validation(args, data: dict, seed: int) -> dict[str, float]:
 
 
 def _train_dict(args, data: dict, loss: str, seed: int, out_dir: Path) -> dict:
-    from sdpo.trainer import apply_overrides
+    from sdpo.config import apply_overrides
 
     base = {"model_path": args.model, "train_file": data["paths"]["train"], "test_file": data["paths"]["test"],
             "loss": loss, "seed": seed, "out_dir": str(out_dir), "adapter": "full", "lr": args.lr,

@@ -123,13 +123,18 @@ def train_cmd(
     out: str = typer.Option(None, "--out", help="Run directory (default: the config's out_dir)."),
 ) -> None:
     """Train with SDPO / GRPO / hybrid. The whole config is validated before any model is loaded; the data
-    (malformed rows, prompts over max_prompt_len) before any step."""
-    from sdpo.config import ConfigError
-    from sdpo.trainer import load_config, train
+    (malformed rows, prompts over max_prompt_len) before any step. Settings left unset fit the model
+    (CPU-sized for the demo models or a CPU, the paper's on a GPU)."""
+    from sdpo.config import ConfigError, apply_overrides, read_config_file
+    from sdpo.models import default_model_path
+    from sdpo.sizing import fit_config
+    from sdpo.trainer import TrainConfig, train
 
     overrides = list(set_) + ([f"out_dir={out}"] if out else [])
     try:
-        cfg = load_config(config, overrides)
+        data = apply_overrides(read_config_file(config) if config is not None else {}, overrides)
+        model_path = data.get("model_path") if isinstance(data.get("model_path"), str) else None
+        cfg = TrainConfig.from_dict(fit_config("train", data, model_path=model_path or default_model_path()))
     except ConfigError as e:
         fail(str(e))
     import os
@@ -211,17 +216,18 @@ def solve_cmd(
     config: str = typer.Option(None, "--config", help="YAML SolveConfig (e.g. configs/paper/ttt_sdpo.yaml); "
                                "--strategy, --budget and --set override it."),
     strategy: str = typer.Option(None, "--strategy", help="sdpo | best_of_k | multiturn (default sdpo)."),
-    budget: int = typer.Option(None, "--budget", help="Attempts in all (default 64)."),
+    budget: int = typer.Option(None, "--budget", help="Attempts in all (default: 16 for the demo models or on a "
+                               "CPU, 64 on a GPU)."),
     model: str = typer.Option(None, "--model", help="Local HF checkpoint (default: SDPO_MODEL / toy / tiny)."),
     set_: list[str] = typer.Option([], "--set", help="SolveConfig override: key=value (dotted keys nest)."),
     out: str = typer.Option("runs/solve", "--out", help="Directory for result.json, attempts.jsonl, weights."),
 ) -> None:
-    """Test-time solve of one problem (issue 5): SDPO on the problem, or the best-of-k / multi-turn baselines."""
+    """Test-time solve of one problem: SDPO on the problem, or the best-of-k / multi-turn baselines. Settings
+    left unset fit the model (CPU-sized for the demo models or a CPU, the paper's on a GPU)."""
     import json
     from pathlib import Path
 
-    from sdpo.config import ConfigError
-    from sdpo.trainer import apply_overrides
+    from sdpo.config import ConfigError, apply_overrides
 
     # 1. Problem and settings, all validated before the model is loaded.
     if (problem is None) == (lcb is None):
@@ -251,20 +257,15 @@ def solve_cmd(
     if model is not None and not (Path(model) / "config.json").is_file():
         fail(f"--model: no Hugging Face checkpoint (config.json) at {model}")
     try:
-        import yaml
-
+        from sdpo.config import read_config_file
+        from sdpo.models import default_model_path
+        from sdpo.sizing import fit_config
         from sdpo.ttt import SolveConfig
 
-        data = {}
-        if config is not None:
-            if not Path(config).is_file():
-                fail(f"--config: no such file: {config}")
-            try:
-                data = yaml.safe_load(Path(config).read_text()) or {}
-            except yaml.YAMLError as e:
-                fail(f"--config: invalid YAML in {config}: {e}")
+        data = read_config_file(config, field="--config") if config is not None else {}
         data.update({k: v for k, v in (("strategy", strategy), ("budget", budget)) if v is not None})
-        cfg = SolveConfig.from_dict(apply_overrides(data, list(set_)))
+        data = apply_overrides(data, list(set_))
+        cfg = SolveConfig.from_dict(fit_config("solve", data, model_path=model or default_model_path()))
     except ConfigError as e:
         fail(str(e))
 
@@ -279,12 +280,15 @@ def solve_cmd(
     attempts_file = (out_dir / "attempts.jsonl").open("w", encoding="utf-8")
     bar = tqdm(total=cfg.budget, desc=f"solve ({cfg.strategy})", unit="attempt", dynamic_ncols=True)
 
+    numbered = [0]  # attempts arrive in order: "attempt" is the 1-based number "solved at attempt N" uses
+
     def on_attempts(attempts) -> None:
         for a in attempts:
+            numbered[0] += 1
             attempts_file.write(json.dumps({
-                "round": a.round, "index": a.index, "reward": a.reward, "passed": a.passed, "total": a.total,
-                "hidden_passed": a.hidden_passed, "hidden_total": a.hidden_total, "feedback": a.feedback,
-                "code": a.code}) + "\n")
+                "attempt": numbered[0], "round": a.round, "index": a.index, "reward": a.reward, "passed": a.passed,
+                "total": a.total, "hidden_passed": a.hidden_passed, "hidden_total": a.hidden_total,
+                "feedback": a.feedback, "code": a.code}) + "\n")
         attempts_file.flush()
         bar.update(len(attempts))
         bar.set_postfix(best=f"{max(a.reward for a in attempts):.2f}")

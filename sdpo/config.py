@@ -159,3 +159,203 @@ def build_dataclass(cls: type, data: dict[str, Any], *, prefix: str = ""):
         if prefix and not e.field.startswith(prefix):
             raise ConfigError(prefix + e.field, str(e).split(": ", 1)[1]) from None
         raise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading settings as a user means them: the one parser of config files, ``--set KEY=VALUE`` and form fields
+# ---------------------------------------------------------------------------------------------------------
+import re  # noqa: E402
+
+import yaml  # noqa: E402
+
+
+class _UserLoader(yaml.SafeLoader):
+    """YAML with numbers read like Python literals: ``1e-5``, ``1E-5``, ``.5``, ``1_000`` and ``1e3`` (an integer,
+    1000: an exponent without a fraction) are numbers, ``010`` is ten; ``true``/``false`` are the booleans
+    (``yes``/``no``/``on``/``off`` stay text), and there are no sexagesimal numbers or timestamps (YAML 1.1's
+    ``SafeLoader`` reads ``1e-5`` as text, ``010`` as eight and ``1:30`` as ninety)."""
+
+
+_REPLACED_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "timestamp")}
+_UserLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _REPLACED_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_INT_RE = re.compile(r"^[-+]?[0-9][0-9_]*(?:[eE]\+?[0-9]+)?$")
+_FLOAT_RE = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*|[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?
+                           |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.VERBOSE)
+_UserLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
+_UserLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_RE, list("-+0123456789"))
+_UserLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+
+
+def _construct_int(loader: yaml.SafeLoader, node) -> int | float:
+    text = loader.construct_scalar(node).replace("_", "")
+    mantissa, _, exponent = text.lower().partition("e")
+    if not exponent:
+        return int(mantissa)
+    if int(exponent) > 18:  # 1e400 is not a count anyone means; a float (inf) the checks then reject
+        return float(text)
+    return int(mantissa) * 10 ** int(exponent)
+
+
+def _construct_float(loader: yaml.SafeLoader, node) -> float:
+    text = loader.construct_scalar(node).replace("_", "")
+    low = text.lower()
+    if low.endswith(".inf"):
+        return -math.inf if low.startswith("-") else math.inf
+    if low == ".nan":
+        return math.nan
+    return float(text)
+
+
+_UserLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_UserLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+_NULLS = ("null", "Null", "NULL", "~")
+
+
+def parse_value(text: Any) -> Any:
+    """One setting's value typed by a user (``--set`` or a form field): a number as above, ``true``/``false``,
+    ``null``, a list (``[q_proj, v_proj]``), a mapping in braces, a quoted string (``"1e-5"`` is text), else the
+    text itself (stripped). Empty text is None. Values that are not text are returned as they are."""
+    if not isinstance(text, str):
+        return text
+    s = text.strip()
+    if not s:
+        return None
+    try:
+        value = yaml.load(s, Loader=_UserLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return s
+    if value is None and s not in _NULLS:  # "#3" (a YAML comment), "---": the text was meant
+        return s
+    if isinstance(value, dict) and not s.startswith("{"):  # "Question: {x}" is text, not a mapping
+        return s
+    return value
+
+
+def parse_override(pair: str) -> tuple[str, Any]:
+    """``"self_distillation.alpha=1"`` -> ``("self_distillation.alpha", 1)``; ConfigError without ``=``."""
+    key, sep, raw = pair.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("set", f"{pair!r}: expected KEY=VALUE, e.g. lr=1e-5 or self_distillation.alpha=1")
+    return key.strip(), parse_value(raw)
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``data[a][b] = value`` for ``"a.b"``, creating mappings on the way; ConfigError when ``a`` is not one."""
+    node = data
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(dotted, f"{'.'.join(parts[:i + 1])} is not a mapping of settings")
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A copy of ``data`` with ``KEY=VALUE`` overrides applied in order (dotted keys nest; values read with
+    ``parse_value``)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for pair in overrides:
+        key, value = parse_override(pair)
+        set_path(out, key, value)
+    return out
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, mappings merged key by key."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(text: str | None, *, field: str = "config") -> dict[str, Any]:
+    """A mapping of settings from YAML (or JSON) text read with the rules of ``parse_value``; empty text is {}.
+    ConfigError naming ``field`` when the text is not YAML or not a mapping."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        data = yaml.load(text, Loader=_UserLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(field, f"not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(field, f"must hold a mapping of settings (key: value), got {type(data).__name__}")
+    return data
+
+
+def read_config_file(path: str | Any, *, field: str = "config") -> dict[str, Any]:
+    """``load_yaml`` of a file; ConfigError naming ``field`` when it cannot be read."""
+    from pathlib import Path
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(field, f"file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(field, f"cannot read {path}: {e.strerror}") from None
+    try:
+        return load_yaml(text, field=field)
+    except ConfigError as e:
+        raise ConfigError(field, f"{path}: {str(e).split(': ', 1)[1]}") from None
+
+
+def compose_config(values: dict[str, Any] | None = None, overrides=(), text: str = "", *,
+                   text_field: str = "config", fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One config from the pieces a form or a command line gives, later pieces winning: ``values`` (already
+    typed), ``overrides`` (``KEY=VALUE`` strings, or ``(key, text)`` pairs whose empty text keeps the default),
+    ``text`` (a YAML mapping, named ``text_field`` in errors), then ``fixed`` (set by the caller itself)."""
+    out = dict(values or {})
+    for item in overrides:
+        if isinstance(item, str):
+            key, value = parse_override(item)
+        else:
+            key, raw = item
+            value = parse_value(raw)
+            if value is None:
+                continue
+        set_path(out, key, value)
+    out = deep_merge(out, load_yaml(text, field=text_field))
+    return deep_merge(out, fixed or {})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Upper limits: the same for every entry point (CLI, UI, API, config files all build the config dataclasses)
+# ---------------------------------------------------------------------------------------------------------
+LIMITS: dict[str, int] = {
+    "budget": 100_000,
+    "n": 1_024,
+    "steps_per_round": 1_000,
+    "ppo_epochs": 1_000,
+    "max_new_tokens": 131_072,
+    "context_budget": 262_144,
+    "max_prompt_len": 131_072,
+    "self_distillation.max_reprompt_len": 262_144,
+    "max_steps": 10_000_000,
+    "train_batch_size": 65_536,
+    "mini_batch_size": 1_048_576,
+    "micro_batch_size": 65_536,
+    "sampler_batch_size": 65_536,
+    "val_k": 1_024,
+    "val_max_questions": 1_000_000,
+    "lora_r": 4_096,
+    "lora_alpha": 65_536,
+}
+
+
+def check_limits(cfg: Any, limits: dict[str, int] = LIMITS) -> None:
+    """ConfigError naming the first field of ``cfg`` (a dataclass; dotted names reach into nested ones) whose
+    whole-number value is above its limit. Called first in ``__post_init__``, so the error names the field the
+    user set, not one computed from it. Values of the wrong type are left to the type checks."""
+    for name, limit in limits.items():
+        value: Any = cfg
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+            raise ConfigError(name, f"got {value}; must be <= {limit} (an upper limit against typos)")

@@ -21,8 +21,16 @@ from typing import Any
 import torch
 
 from sdpo.adapters import check_target_modules
-from sdpo.callbacks import Attempt, Callbacks, tensorboard_sink, wandb_sink
-from sdpo.config import ConfigError, _choice, _number, build_dataclass
+from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll, tensorboard_sink, wandb_sink
+from sdpo.config import (
+    ConfigError,
+    _choice,
+    _number,
+    apply_overrides,
+    build_dataclass,
+    check_limits,
+    read_config_file,
+)
 from sdpo.data.tasks import Task
 from sdpo.distributed import (
     SINGLE,
@@ -113,6 +121,7 @@ class TrainConfig(UpdateConfig):
 
     def __post_init__(self, ppo_mini_batch_size: int | None = None) -> None:
         self.mini_batch_size = _mini_batch_alias(self.mini_batch_size, ppo_mini_batch_size)
+        check_limits(self)  # first: a typo is reported on the field the user set
         super().__post_init__()
         if self.dataset is not None:
             _choice("dataset", self.dataset, DATASETS)
@@ -193,41 +202,10 @@ def _mini_batch_alias(mini_batch_size: int | None, ppo_mini_batch_size: int | No
     return ppo_mini_batch_size
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` (YAML-typed value, dotted keys for nesting: self_distillation.alpha=1.0)."""
-    import yaml
-
-    data = json.loads(json.dumps(data))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(item, "expected key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as e:
-            raise ConfigError(key, f"cannot parse value {raw!r}: {e}") from None
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(key, f"{p} is not a mapping")
-        node[parts[-1]] = value
-    return data
-
-
 def load_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML run config, apply ``--set`` overrides, validate everything (no model is loaded)."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError("config", f"file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError("config", f"invalid YAML in {path}: {e}") from None
+    """Read a YAML run config, apply ``--set`` overrides, validate everything (no model is loaded). Values are
+    read as users mean them (``sdpo.config.parse_value``: ``lr: 1e-5`` is a number)."""
+    data = read_config_file(path) if path is not None else {}
     return TrainConfig.from_dict(apply_overrides(data, overrides or []))
 
 
@@ -329,26 +307,13 @@ def make_optimizer(model, cfg: UpdateConfig, *, warmup_steps: int = 0, total_ste
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def score_rollouts(tasks: list[Task], rollouts, n: int, *, sparse: bool, code_feedback: str | None = None):
-    """Reward + feedback for rollout ``i`` of question ``i // n``; code_feedback: ``UpdateConfig.code_feedback``
-    (None: the environment's default)."""
+def score_rollouts(tasks: list[Task], rollouts, n: int, *, sparse: bool, code_feedback: str = "all_tests"):
+    """Reward + feedback for rollout ``i`` of question ``i // n``; code_feedback: ``UpdateConfig.code_feedback``."""
     from sdpo.envs import score_many
 
     per_rollout = [tasks[r.prompt_index] for r in rollouts]
     return score_many(per_rollout, [r.text for r in rollouts], [r.truncated for r in rollouts], sparse=sparse,
-                      **code_feedback_kwargs(code_feedback))
-
-
-def code_feedback_kwargs(code_feedback: str | None) -> dict[str, str]:
-    """``{"code_feedback": value}`` for ``sdpo.envs.score_many`` / ``score``, or {} for None or a code
-    environment without that keyword (then it gathers feedback its own way)."""
-    import inspect
-
-    from sdpo.envs import score_many
-
-    if code_feedback is None or "code_feedback" not in inspect.signature(score_many).parameters:
-        return {}
-    return {"code_feedback": code_feedback}
+                      code_feedback=code_feedback)
 
 
 def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
@@ -367,7 +332,7 @@ def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
     rollouts = sync_generate(sampler, [t.messages for t in local], cfg.val_k, params, dist)  # fsdp: all ranks
     if local:
         full = [t if t.hidden_tests is None else _with_tests(t, t.hidden_tests) for t in local]
-        scores = score_rollouts(full, rollouts, cfg.val_k, sparse=True)
+        scores = score_rollouts(full, rollouts, cfg.val_k, sparse=True, code_feedback="first_failure")
         rewards = [s.reward for s in scores]
         solved = [max(rewards[i * cfg.val_k:(i + 1) * cfg.val_k]) for i in range(len(local))]
         sums = [sum(rewards), sum(1.0 for s in solved if s >= 1.0),
@@ -688,8 +653,11 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     sinks = _Sinks(out_dir, cfg, start) if ctx.is_main else None
     result = TrainResult(out_dir=str(out_dir), steps=start)
     sampler = None
+    # One process also stops inside a step (while sampling, before an update's micro-batch); ranks of a
+    # torchrun job stop together at step boundaries only (a rank alone must not skip a collective).
+    poll = stop_poll(callbacks) if not ctx.enabled else None
     try:
-        sampler = make_sampler(sampler_kind, model, tokenizer, batch_size=cfg.sampler_batch_size,
+        sampler = make_sampler(sampler_kind, model, tokenizer, batch_size=cfg.sampler_batch_size, should_stop=poll,
                                max_prompt_len=cfg.max_prompt_len, adapter=cfg.adapter,
                                gpu_memory_utilization=cfg.gpu_memory_utilization,
                                max_model_len=cfg.max_prompt_len + cfg.max_new_tokens)
@@ -733,7 +701,7 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                                 group_ids=[r.prompt_index for r in rollouts])
             lr = optimizer.param_groups[0]["lr"]  # the rate of this step's updates (logged below)
             update_metrics = policy_update(model, optimizer, teacher, tokenizer, batch, cfg, seed=cfg.seed + step,
-                                           dist=ctx)
+                                           dist=ctx, should_stop=poll)
             scheduler.step()
 
             # 7. Teacher update, once per step and only after a real optimizer step (EMA; no-op for live /
@@ -780,6 +748,8 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                     callbacks.checkpoint(step, str(path), kind)
                 result.checkpoints.append(str(path))
                 ctx.barrier()  # no rank moves on (or exits) before the checkpoint is on disk
+    except StopRequested:  # one process, asked to stop inside a step: that step is not logged or saved
+        result.stopped = True
     finally:
         if sampler is not None:  # frees a vLLM engine's GPU memory and work dir (no-op for HF)
             sampler.close()

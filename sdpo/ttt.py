@@ -42,8 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdpo.callbacks import Attempt, Callbacks
-from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
+from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll
+from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass, check_limits
 from sdpo.rollout.base import Rollout, SamplingParams
 from sdpo.update import ScoredBatch, UpdateConfig, policy_update
 
@@ -118,6 +118,7 @@ class SolveConfig(UpdateConfig):
     def __post_init__(self) -> None:
         if isinstance(self.self_distillation, dict):
             self.self_distillation = _ttt_self_distillation(self.self_distillation)
+        check_limits(self)  # first: a typo is reported on the field the user set
         super().__post_init__()
         _choice("strategy", self.strategy, STRATEGIES)
         _number("steps_per_round", self.steps_per_round, lo=1, integer=True)
@@ -225,17 +226,19 @@ class _Scored:
         return self.hidden_total is not None and self.hidden_passed == self.hidden_total
 
 
-def score_attempts(task, rollouts: list[Rollout], code_feedback: str | None = None) -> list[_Scored]:
-    """Public tests for every attempt (sparse reward + feedback, gathered as ``code_feedback`` says); hidden
+def score_attempts(task, rollouts: list[Rollout], should_stop=None, code_feedback: str = "all_tests",
+                   ) -> list[_Scored]:
+    """Public tests for every attempt (sparse reward + feedback gathered as ``code_feedback`` says); hidden
     tests, in attempt order, for the attempts that pass all public tests, up to the first that passes them too
     (the later ones are never counted, so their hidden tests need not run). An attempt that fails a hidden test
-    keeps its public reward and gets ``HIDDEN_FAIL_FEEDBACK`` (nothing of the hidden tests themselves)."""
+    keeps its public reward and gets ``HIDDEN_FAIL_FEEDBACK`` (nothing of the hidden tests themselves, so they
+    stop at their first failure). ``should_stop`` is asked
+    before every sandbox run after the first (``StopRequested`` when it says stop)."""
     from sdpo.envs import score, score_many
     from sdpo.envs.code import extract_code
-    from sdpo.trainer import code_feedback_kwargs
 
     scores = score_many([task] * len(rollouts), [r.text for r in rollouts], [r.truncated for r in rollouts],
-                        sparse=True, **code_feedback_kwargs(code_feedback))
+                        sparse=True, code_feedback=code_feedback)
     has_hidden = task.hidden_tests is not None
     out = [_Scored(r, extract_code(r.text), s.reward, s.passed, s.total, s.feedback, has_hidden=has_hidden)
            for r, s in zip(rollouts, scores, strict=True)]
@@ -243,7 +246,10 @@ def score_attempts(task, rollouts: list[Rollout], code_feedback: str | None = No
         return out
     for a in out:
         if a.public_pass:
-            h = score(task, a.rollout.text, truncated=a.rollout.truncated, sparse=True, tests=task.hidden_tests)
+            if should_stop is not None and should_stop():
+                raise StopRequested
+            h = score(task, a.rollout.text, truncated=a.rollout.truncated, sparse=True, tests=task.hidden_tests,
+                      code_feedback="first_failure")
             a.hidden_passed, a.hidden_total = h.passed, h.total
             if a.discovered:
                 break
@@ -316,13 +322,17 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
     model / tokenizer: the policy (``sdpo`` applies ``cfg.adapter`` unless the model already has a LoRA
     adapter; the sampler is pointed at the trainable model). sampler: a ``Sampler`` over that model.
     callbacks: ``attempts`` after every round, ``metrics(round, ...)``, ``checkpoint`` for the saved weights,
-    ``stop_requested()`` checked before every round. start_attempt: attempts already spent (a resumed job).
+    ``stop_requested()`` checked before every round, between sandbox runs and before every micro-batch of an
+    update (the sampler asks it while generating when it was built with ``should_stop``, as
+    ``solve_from_config`` does). A round interrupted by a stop reports nothing more, and weights interrupted
+    mid-update are not saved. start_attempt: attempts already spent (a resumed job).
     """
     _number("start_attempt", start_attempt, lo=0, integer=True)
     if cfg.strategy == "multiturn":
         return _solve_multiturn(problem, tokenizer, sampler, cfg, callbacks or Callbacks(),
                                 start_attempt=start_attempt)
     callbacks = callbacks or Callbacks()
+    poll = stop_poll(callbacks)
     task = _as_task(problem)
     result = SolveResult(cfg.strategy, cfg.budget, attempts_used=min(start_attempt, cfg.budget))
     out = Path(out_dir) if out_dir is not None else None
@@ -343,69 +353,76 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
         optimizer, _ = make_optimizer(model, cfg)
 
     attempt = start_attempt
-    while attempt < cfg.budget:
-        if callbacks.stop_requested():
-            result.stopped = True
-            break
-        # 1. This round's attempts: up to the next multiple of n, clamped to the budget.
-        rnd = attempt // cfg.n
-        k = min((rnd + 1) * cfg.n, cfg.budget) - attempt
-        t0 = time.perf_counter()
+    updating = False  # a stop inside a policy update leaves weights that are not saved
+    try:
+        while attempt < cfg.budget:
+            if callbacks.stop_requested():
+                result.stopped = True
+                break
+            # 1. This round's attempts: up to the next multiple of n, clamped to the budget.
+            rnd = attempt // cfg.n
+            k = min((rnd + 1) * cfg.n, cfg.budget) - attempt
+            t0 = time.perf_counter()
 
-        # 2. Sample k attempts from the current policy (seed from the round's first attempt number).
-        rollouts = sampler.generate([task.messages], k, _sampling(cfg, attempt))
-        t1 = time.perf_counter()
+            # 2. Sample k attempts from the current policy (seed from the round's first attempt number).
+            rollouts = sampler.generate([task.messages], k, _sampling(cfg, attempt))
+            t1 = time.perf_counter()
 
-        # 3. Public tests: reward + feedback; 4. hidden tests for public passes, up to the first discovery.
-        scored = score_attempts(task, rollouts, cfg.code_feedback)
-        t2 = time.perf_counter()
-        hit = next((i for i, a in enumerate(scored) if a.discovered), None)
-        counted = k if hit is None else hit + 1
+            # 3. Public tests: reward + feedback; 4. hidden tests for public passes, up to the first discovery.
+            scored = score_attempts(task, rollouts, poll, cfg.code_feedback)
+            t2 = time.perf_counter()
+            hit = next((i for i, a in enumerate(scored) if a.discovered), None)
+            counted = k if hit is None else hit + 1
 
-        # 5. Report the counted attempts.
-        per_attempt = (t2 - t0) / k
-        callbacks.attempts([_attempt_record(a, rnd, attempt - rnd * cfg.n + i, per_attempt, task.id)
-                            for i, a in enumerate(scored[:counted])])
-        timing = {"perf/sample_s": t1 - t0, "perf/score_s": t2 - t1}
-        extra: dict[str, float] = {}
+            # 5. Report the counted attempts.
+            per_attempt = (t2 - t0) / k
+            callbacks.attempts([_attempt_record(a, rnd, attempt - rnd * cfg.n + i, per_attempt, task.id)
+                                for i, a in enumerate(scored[:counted])])
+            result.attempts_used = attempt + counted
+            timing = {"perf/sample_s": t1 - t0, "perf/score_s": t2 - t1}
+            extra: dict[str, float] = {}
 
-        # 6. A discovery ends the run.
-        if hit is not None:
-            result.discovered_at = attempt + hit + 1
-            result.solution = scored[hit].code
-        # 7. sdpo: one update of steps_per_round epochs (= cfg.ppo_epochs: the old log-probs, hence every
-        #    epoch's IS ratios, are the sampling policy's) on this round's batch when it carries a learning
-        #    signal and attempts remain to sample from the updated policy.
-        elif learn:
-            batch = ScoredBatch(prompts=[task.messages] * k, rollouts=rollouts, rewards=[a.reward for a in scored],
-                                feedback=[a.feedback for a in scored], group_ids=[0] * k)
-            updated = attempt + counted < cfg.budget and has_learning_signal(batch, cfg)
-            extra["ttt/updated"] = float(updated)
-            if updated:
-                extra.update(policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
-                                           seed=round_seed(cfg, attempt)))
-                if teacher is not None and extra["update/optimizer_steps"] > 0:  # not after skipped steps only
-                    from sdpo.precision import master_weights
+            # 6. A discovery ends the run.
+            if hit is not None:
+                result.discovered_at = attempt + hit + 1
+                result.solution = scored[hit].code
+            # 7. sdpo: one update of steps_per_round epochs (= cfg.ppo_epochs: the old log-probs, hence every
+            #    epoch's IS ratios, are the sampling policy's) on this round's batch when it carries a learning
+            #    signal and attempts remain to sample from the updated policy.
+            elif learn:
+                batch = ScoredBatch(prompts=[task.messages] * k, rollouts=rollouts, rewards=[a.reward for a in scored],
+                                    feedback=[a.feedback for a in scored], group_ids=[0] * k)
+                updated = attempt + counted < cfg.budget and has_learning_signal(batch, cfg)
+                extra["ttt/updated"] = float(updated)
+                if updated:
+                    updating = True
+                    extra.update(policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
+                                               seed=round_seed(cfg, attempt), should_stop=poll))
+                    if teacher is not None and extra["update/optimizer_steps"] > 0:  # not after skipped steps only
+                        from sdpo.precision import master_weights
 
-                    teacher.update(model, master_weights(optimizer))
-                sampler.update_weights(model)
-                if out is not None and getattr(model, "peft_config", None) is not None:
-                    from sdpo.adapters import save_weights
+                        teacher.update(model, master_weights(optimizer))
+                    sampler.update_weights(model)
+                    if out is not None and getattr(model, "peft_config", None) is not None:
+                        from sdpo.adapters import save_weights
 
-                    save_weights(model, tokenizer, out)  # small; lets a resumed job continue from here
-            extra["perf/update_s"] = time.perf_counter() - t2
+                        save_weights(model, tokenizer, out)  # small; lets a resumed job continue from here
+                    updating = False
+                extra["perf/update_s"] = time.perf_counter() - t2
 
-        # 8. Round metrics.
-        attempt += counted
-        result.attempts_used = attempt
-        metrics = _round_metrics(rnd, scored, counted, hit is not None, timing, extra)
-        result.rounds.append(metrics)
-        callbacks.metrics(rnd, metrics)
-        if hit is not None:
-            break
+            # 8. Round metrics.
+            attempt += counted
+            result.attempts_used = attempt
+            metrics = _round_metrics(rnd, scored, counted, hit is not None, timing, extra)
+            result.rounds.append(metrics)
+            callbacks.metrics(rnd, metrics)
+            if hit is not None:
+                break
+    except StopRequested:  # asked to stop while sampling, scoring or updating
+        result.stopped = True
 
     # 9. Save the adapted weights.
-    if learn and out is not None:
+    if learn and out is not None and not updating:
         from sdpo.adapters import save_weights
 
         path, kind = save_weights(model, tokenizer, out)
@@ -472,37 +489,41 @@ def _solve_multiturn(problem, tokenizer, sampler, cfg: SolveConfig, callbacks: C
                           f"least {question + cfg.max_new_tokens} (or lower max_new_tokens)")
     result = SolveResult(cfg.strategy, cfg.budget, attempts_used=min(start_attempt, cfg.budget))
     history: list[tuple[str, str]] = []
+    poll = stop_poll(callbacks)
     attempt = start_attempt
-    while attempt < cfg.budget:
-        if callbacks.stop_requested():
-            result.stopped = True
-            break
-        t0 = time.perf_counter()
-        # 1. The conversation so far, truncated (oldest first) to fit the context budget.
-        messages, kept = fit_history(tokenizer, task.messages, history, cfg.multiturn_template,
-                                     cfg.context_budget - cfg.max_new_tokens)
-        # 2. One attempt.
-        rollouts = sampler.generate([messages], 1, _sampling(cfg, attempt))
-        t1 = time.perf_counter()
-        # 3. Public tests, then hidden tests when it passes them.
-        a = score_attempts(task, rollouts, cfg.code_feedback)[0]
-        t2 = time.perf_counter()
-        # 4. Report it.
-        callbacks.attempts([_attempt_record(a, attempt, 0, t2 - t0, task.id)])
-        metrics = _round_metrics(attempt, [a], 1, a.discovered,
-                                 {"perf/sample_s": t1 - t0, "perf/score_s": t2 - t1},
-                                 {"multiturn/history_kept": float(kept),
-                                  "multiturn/history_dropped": float(len(history) - kept),
-                                  "multiturn/prompt_tokens": float(len(rollouts[0].prompt_ids))})
-        result.rounds.append(metrics)
-        callbacks.metrics(attempt, metrics)
-        attempt += 1
-        result.attempts_used = attempt
-        # 5. A discovery ends the run; otherwise the attempt and its feedback join the conversation.
-        if a.discovered:
-            result.discovered_at, result.solution = attempt, a.code
-            break
-        history.append((strip_thinking(a.rollout.text), a.feedback or HIDDEN_FAIL_FEEDBACK))
+    try:
+        while attempt < cfg.budget:
+            if callbacks.stop_requested():
+                result.stopped = True
+                break
+            t0 = time.perf_counter()
+            # 1. The conversation so far, truncated (oldest first) to fit the context budget.
+            messages, kept = fit_history(tokenizer, task.messages, history, cfg.multiturn_template,
+                                         cfg.context_budget - cfg.max_new_tokens)
+            # 2. One attempt.
+            rollouts = sampler.generate([messages], 1, _sampling(cfg, attempt))
+            t1 = time.perf_counter()
+            # 3. Public tests, then hidden tests when it passes them.
+            a = score_attempts(task, rollouts, poll, cfg.code_feedback)[0]
+            t2 = time.perf_counter()
+            # 4. Report it.
+            callbacks.attempts([_attempt_record(a, attempt, 0, t2 - t0, task.id)])
+            metrics = _round_metrics(attempt, [a], 1, a.discovered,
+                                     {"perf/sample_s": t1 - t0, "perf/score_s": t2 - t1},
+                                     {"multiturn/history_kept": float(kept),
+                                      "multiturn/history_dropped": float(len(history) - kept),
+                                      "multiturn/prompt_tokens": float(len(rollouts[0].prompt_ids))})
+            result.rounds.append(metrics)
+            callbacks.metrics(attempt, metrics)
+            attempt += 1
+            result.attempts_used = attempt
+            # 5. A discovery ends the run; otherwise the attempt and its feedback join the conversation.
+            if a.discovered:
+                result.discovered_at, result.solution = attempt, a.code
+                break
+            history.append((strip_thinking(a.rollout.text), a.feedback or HIDDEN_FAIL_FEEDBACK))
+    except StopRequested:  # asked to stop while sampling or scoring
+        result.stopped = True
     return result
 
 
@@ -516,7 +537,8 @@ def solve_from_config(problem, cfg: SolveConfig, callbacks: Callbacks | None = N
                       model_path: str | Path | None = None, out_dir: str | Path | None = None,
                       start_attempt: int = 0) -> SolveResult:
     """Load the model (``model_path``, default ``sdpo.models.default_model_path()``) on ``cfg.device`` in
-    ``cfg.dtype``, apply the adapter (sdpo), build the sampler (``cfg.sampler``) and ``solve``."""
+    ``cfg.dtype``, apply the adapter (sdpo), build the sampler (``cfg.sampler``, asking
+    ``callbacks.stop_requested()`` while it generates) and ``solve``."""
     from sdpo.models import default_model_path, load_model_and_tokenizer, resolve_device
     from sdpo.rollout.select import make_sampler
 
@@ -527,6 +549,7 @@ def solve_from_config(problem, cfg: SolveConfig, callbacks: Callbacks | None = N
         model = prepare_policy(model, cfg)
         adapter = cfg.adapter
     sampler = make_sampler(cfg.sampler, model, tokenizer, batch_size=cfg.sampler_batch_size, adapter=adapter,
+                           should_stop=stop_poll(callbacks),
                            model_path=path, gpu_memory_utilization=cfg.gpu_memory_utilization,
                            max_model_len=_engine_len(model, cfg.context_budget))
     try:

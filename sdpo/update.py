@@ -291,7 +291,7 @@ def _sdpo_token_advantages(teacher, t_batch, student_lp: torch.Tensor, student_o
 
 
 def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg: UpdateConfig, *,
-                  seed: int = 0, dist: DistContext | None = None) -> dict[str, float]:
+                  seed: int = 0, dist: DistContext | None = None, should_stop=None) -> dict[str, float]:
     """Run ``cfg.ppo_epochs`` passes of mini-batch optimizer steps on ``batch``; return mean metrics.
 
     The teacher is *not* updated here (the caller does it once per training step, after all mini-batches).
@@ -301,6 +301,8 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     normalised by global aggregation weights and gradients summed over ranks, so every rank takes the same
     optimizer step as one process holding the global batch. Every rank runs the same number of forward /
     backward passes and collectives (zero-weight dummy micro-batches pad the ranks with fewer rows).
+    should_stop: single process only; asked before every micro-batch, raising ``sdpo.callbacks.StopRequested``
+        when it says stop (the optimizer steps already taken stay taken).
     """
     ctx = dist or SINGLE
     sd = cfg.self_distillation
@@ -394,6 +396,10 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
             chunks: list[torch.Tensor | None] = list(_split_rows(len(mini_rows), cfg.micro_batch_size))
             chunks += [None] * (n_micro - len(chunks))
             for local in chunks:
+                if should_stop is not None and should_stop():
+                    from sdpo.callbacks import StopRequested
+
+                    raise StopRequested
                 dummy = local is None  # zero-weight pass: same forward/backward/collectives, no contribution
                 rows = torch.tensor([0]) if dummy else mini_rows[local]
                 mb = _trim(_index(s_batch, rows)).to(device)

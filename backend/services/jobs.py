@@ -38,7 +38,16 @@ from backend.models import (
     Problem,
     utcnow,
 )
-from backend.schemas import AttemptIn, CheckpointOut, ConfigValidator, Enqueue, JobDetail
+from backend.schemas import (
+    AttemptIn,
+    CheckpointOut,
+    ConfigValidator,
+    Enqueue,
+    JobDetail,
+    RawConfig,
+    RoundSummary,
+)
+from backend.services.workers import gpus_offered
 
 MAX_LABEL = 200
 
@@ -55,16 +64,21 @@ def validate_job_input(
     problem_id: int | None = None,
     dataset_id: int | None = None,
     gpus: int = 1,
+    model: str = "",
 ) -> dict[str, Any]:
     """Check everything about a job submission without writing; return the normalized config.
 
-    Raises ``InvalidInput`` naming the field (``kind``, ``problem_id``, ``dataset_id``, ``gpus`` or the
-    engine config field, e.g. ``budget`` or ``self_distillation.alpha``). A train job on ``gpus`` > 1 must also
-    pass the trainer's rules for that many processes (``check_world_size``).
+    ``config``: a mapping, or a ``RawConfig`` as typed in a form (read by the engine's parser). ``model``: the
+    model the job will use ("" = the server's default); the validator checks that it exists and fits the
+    defaults to it and to the live workers (GPUs or not, ``gpus_offered``).
+
+    Raises ``InvalidInput`` naming the field (``kind``, ``problem_id``, ``dataset_id``, ``gpus``, ``model`` or
+    the engine config field, e.g. ``budget`` or ``self_distillation.alpha``). A train job on ``gpus`` > 1 must
+    also pass the trainer's rules for that many processes (``check_world_size``).
     """
     if kind not in JOB_KINDS:
         raise InvalidInput("kind", f"got {kind!r}; allowed values are {', '.join(map(repr, JOB_KINDS))}")
-    if not isinstance(config, dict):
+    if not isinstance(config, dict | RawConfig):
         raise InvalidInput("config", f"expected a mapping of settings, got {type(config).__name__}")
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
         raise InvalidInput("gpus", f"got {gpus!r}; expected an integer >= 1")
@@ -81,7 +95,7 @@ def validate_job_input(
         names = session.scalars(select(Dataset.name).order_by(Dataset.name)).all()
         raise InvalidInput("dataset_id", f"unknown dataset {dataset_id}; registered: {', '.join(names) or 'none'}")
     try:
-        normalized = validate(kind, config)
+        normalized = validate(kind, config, model=model, gpu=gpus_offered(session))
     except InvalidInput:
         raise
     except (ValueError, TypeError) as e:
@@ -128,7 +142,7 @@ def submit_job(
     """
     normalized = validate_job_input(
         session, kind=kind, config=config, validate=validate, problem_id=problem_id,
-        dataset_id=dataset_id, gpus=gpus,
+        dataset_id=dataset_id, gpus=gpus, model=model,
     )
     if not label and problem_id is not None:
         problem = session.get(Problem, problem_id)
@@ -160,7 +174,8 @@ def rerun_job(session: Session, *, job_id: int, validate: ConfigValidator, enque
 
 def cancel_job(session: Session, *, job_id: int, revoke: Callable[[str], None] | None = None) -> Job:
     """Cancel a job: a queued one is ``cancelled`` at once (and its message revoked when possible); a
-    running one gets its cancel flag set and its worker ends it ``cancelled`` after the current step."""
+    running one gets its cancel flag set and its worker ends it ``cancelled`` within seconds (the engine polls
+    the flag while it generates, scores and updates)."""
     job = get_job(session, job_id=job_id)
     if job.status in TERMINAL_STATUSES:
         raise IllegalTransition(job.id, job.status, "cancelled", JOB_TRANSITIONS[job.status])
@@ -260,6 +275,28 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
     detail.last_metrics = last_metrics
     detail.checkpoints = [CheckpointOut.model_validate(c) for c in list_checkpoints(session, job_id=job_id)]
     return detail
+
+
+def round_summaries(session: Session, *, job_id: int) -> list[RoundSummary]:
+    """Every round of the job (a training job's rounds are its steps) in order: its attempts (count, mean
+    reward, best public tests passed, how many passed every public and hidden test, the 1-based number of its
+    first attempt in the job's (round, index) order) and the metrics logged for it."""
+    get_job(session, job_id=job_id)
+    rounds: dict[int, RoundSummary] = {}
+    number = 0
+    for a in list_attempts(session, job_id=job_id):
+        number += 1
+        r = rounds.setdefault(a.round, RoundSummary(round=a.round, first_attempt=number, reward_mean=0.0))
+        r.attempts += 1
+        r.reward_mean += (float(a.reward) - r.reward_mean) / r.attempts
+        if r.best_passed is None or a.passed_public > r.best_passed:
+            r.best_passed = a.passed_public
+        r.tests = a.total_public
+        r.solved += int(a.total_public > 0 and a.passed_public == a.total_public
+                        and (a.total_hidden is None or a.passed_hidden == a.total_hidden))
+    for p in list_metrics(session, job_id=job_id):
+        rounds.setdefault(p.step, RoundSummary(round=p.step)).metrics[p.name] = p.value
+    return [rounds[k] for k in sorted(rounds)]
 
 
 def delete_job(session: Session, *, job_id: int, jobs_dir: Path) -> None:
@@ -411,6 +448,51 @@ def finish_job(session: Session, *, job_id: int, worker_id: str, status: str, er
         job.result = result
     session.flush()
     return True
+
+
+def release_job(session: Session, *, job_id: int, worker_id: str, reason: str, enqueue: Enqueue,
+                max_resumes: int | None = None) -> str:
+    """Hand back a running job that ``worker_id`` stopped because it is shutting down (``reason``, one line,
+    e.g. "the worker was shut down (SIGTERM, warm shutdown)"); returns ``"cancelled"``, ``"requeued"``,
+    ``"failed"`` or ``"lost"`` (no longer that worker's: nothing written).
+
+    * a cancel was requested: the job ends ``cancelled``;
+    * it was resumed ``max_resumes`` times already: it ends ``failed`` with ``reason`` and the limit;
+    * otherwise it goes back to ``queued`` (worker cleared, ``resumes`` + 1, a fresh task id), is committed, and
+      a new message is sent (as the reaper does): the next worker resumes it (a train job from its last
+      checkpoint, a solve job after its committed attempts). If the broker refuses, it ends ``failed``.
+    """
+    job = session.get(Job, job_id)
+    if job is None or job.worker_id != worker_id or job.status != "running":
+        return "lost"
+    ours = update(Job).where(Job.id == job_id, Job.status == "running", Job.worker_id == worker_id)
+    reason = " ".join(reason.split())
+    if job.cancel_requested:
+        values, outcome = dict(status="cancelled", finished_at=utcnow(), error="cancelled by the user"), "cancelled"
+    elif max_resumes is not None and job.resumes >= max_resumes:
+        values, outcome = dict(status="failed", finished_at=utcnow(), error=(
+            f"stopped because {reason}; it was resumed {job.resumes} time(s) already (limit "
+            f"SDPO_MAX_RESUMES={max_resumes}), so it is not queued again. Re-run the job to start it again.")), \
+            "failed"
+    else:
+        values, outcome = dict(status="queued", worker_id=None, heartbeat_at=None, resumes=Job.resumes + 1,
+                               task_id=str(uuid.uuid4())), "requeued"
+    if not session.execute(ours.values(**values)).rowcount:
+        return "lost"
+    session.expire(job)
+    if outcome != "requeued":
+        return outcome
+    session.commit()
+    task_id = session.scalar(select(Job.task_id).where(Job.id == job_id))
+    try:
+        enqueue(job.kind, job_id, task_id, job.gpus)
+    except Exception as e:  # noqa: BLE001 - recorded on the job
+        session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
+            status="failed", finished_at=utcnow(),
+            error=f"stopped because {reason}; queueing it again failed: {' '.join(str(e).split())}"))
+        session.commit()
+        return "failed"
+    return outcome
 
 
 def _when(beat) -> str:

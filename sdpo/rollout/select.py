@@ -11,6 +11,7 @@ fallback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,11 +52,13 @@ def resolve_sampler_kind(kind: str, device: torch.device | str | None = None) ->
 
 
 def make_sampler(kind: str, model, tokenizer, *, batch_size: int = 16, max_prompt_len: int | None = None,
-                 **vllm_opts: Any) -> Sampler:
+                 should_stop: Callable[[], bool] | None = None, **vllm_opts: Any) -> Sampler:
     """Build the sampler named by ``kind`` for the trainer's ``model`` and ``tokenizer``.
 
     batch_size: sequences per HF ``generate`` call (vLLM schedules its own batches and ignores it).
     max_prompt_len: longest chat-templated prompt accepted, in tokens (both samplers; None = no limit).
+    should_stop: asked while generating (both samplers); when it says stop, ``generate`` ends early and raises
+        ``sdpo.callbacks.StopRequested``. Pass a ``sdpo.callbacks.StopPoll`` when asking is costly.
     vllm_opts: the vLLM engine options (``sdpo.rollout.vllm.VLLMOptions``: adapter, gpu_memory_utilization,
         max_model_len (pass max_prompt_len + max_new_tokens when both are known), enable_sleep, lora_rank,
         ...). They only concern vLLM and are unused when the HF sampler is chosen (so one config serves both
@@ -69,10 +72,11 @@ def make_sampler(kind: str, model, tokenizer, *, batch_size: int = 16, max_promp
     if resolved == "vllm":
         from sdpo.rollout.vllm import VLLMSampler
 
-        return VLLMSampler(model, tokenizer, max_prompt_len=max_prompt_len, **vllm_opts)
+        return VLLMSampler(model, tokenizer, max_prompt_len=max_prompt_len, should_stop=should_stop, **vllm_opts)
     from sdpo.rollout.hf import HFSampler
 
-    return HFSampler(model, tokenizer, batch_size=batch_size, max_prompt_len=max_prompt_len)
+    return HFSampler(model, tokenizer, batch_size=batch_size, max_prompt_len=max_prompt_len,
+                     should_stop=should_stop)
 
 
 def _model_device(model) -> torch.device | None:

@@ -465,6 +465,16 @@ def _train_cli(tiny_model_path, dataset, tmp_path, *sets):
     return CliRunner().invoke(app, args)
 
 
+def test_cli_set_reads_numbers_as_the_user_means_them(tiny_model_path, dataset, tmp_path):
+    """``--set lr=1e-5`` and ``1E-5`` are numbers (YAML 1.1 alone reads them as text: "lr: got '1e-5'")."""
+    import yaml
+
+    r = _train_cli(tiny_model_path, dataset, tmp_path, "lr=1e-5", "weight_decay=1E-3", "val_every=1_000")
+    assert r.exit_code == 0, r.output
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["lr"], saved["weight_decay"], saved["val_every"]) == (1e-5, 1e-3, 1000)
+
+
 def test_cli_malformed_dataset_row_exits_2_naming_file_line_and_field(tiny_model_path, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(TASKS[0]) + "\n" + json.dumps({**TASKS[0], "kind": "essay"}) + "\n")
@@ -762,5 +772,23 @@ def test_code_feedback_setting_reaches_the_scorer(monkeypatch):
     task = Task(id="t", messages=P, kind="code", tests=None)
     rollouts = [Rollout(prompt_ids=[1], response_ids=[2], text="x", logprobs=[0.0], truncated=False)]
     score_rollouts([task], rollouts, 1, sparse=True, code_feedback="all_tests")
-    score_attempts(task, rollouts, "first_failure")
+    score_attempts(task, rollouts, code_feedback="first_failure")
     assert seen == ["all_tests", "first_failure"]
+
+
+# ------------------------------------------------------------------- stopping inside a step
+
+def test_stop_inside_a_step_ends_the_run_before_its_update(tiny_model_path, dataset, tmp_path, monkeypatch):
+    """A stop seen after step 2's rollouts were reported (before its first update micro-batch) ends the run
+    there: step 1 logged and checkpointed, nothing of step 2 logged or saved, ``stopped``."""
+    import sdpo.callbacks
+    from sdpo.callbacks import Callbacks
+
+    monkeypatch.setattr(sdpo.callbacks, "STOP_POLL_S", 0.0)  # ask every time (no wall-clock dependence)
+    got, steps, ckpts = [], [], []
+    cb = Callbacks(on_attempts=got.append, on_metrics=lambda step, m: steps.append(step),
+                   on_checkpoint=lambda step, path, kind: ckpts.append(step),
+                   should_stop=lambda: len(got) >= 2)
+    res = train(_cfg(tiny_model_path, dataset, tmp_path / "run", max_steps=3, save_every=1, val_every=0), cb)
+    assert res.stopped and res.steps == 1 and steps == [1] and ckpts == [1] and len(got) == 2
+    assert list(_metrics(tmp_path / "run")) == [1]

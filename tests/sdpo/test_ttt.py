@@ -392,7 +392,9 @@ def test_sdpo_resume_reloads_the_adapter_saved_after_each_round(tiny_model_path,
     model, tok, sampler = load(tiny_model_path)
     solve(Problem.parse(PROBLEM), model, tok, sampler, c, full, out_dir=tmp_path / "a")
     model, tok, sampler = load(tiny_model_path)
-    first.should_stop = lambda: len(first.got) >= 4  # the job is interrupted after round 0
+    rounds_done = []
+    first.on_metrics = lambda step, m: rounds_done.append(step)  # round 0 ended (updated, adapter saved)
+    first.should_stop = lambda: bool(rounds_done)  # the job is interrupted between round 0 and round 1
     solve(Problem.parse(PROBLEM), model, tok, sampler, c, first, out_dir=tmp_path / "b")
     model, tok, sampler = load(tiny_model_path)
     res = solve(Problem.parse(PROBLEM), model, tok, sampler, c, resumed, out_dir=tmp_path / "b", start_attempt=4)
@@ -412,6 +414,29 @@ def test_stop_requested_is_honoured_between_rounds(tiny_model_path):
     rec.should_stop = lambda: len(rec.got) >= 4
     res = solve(Problem.parse(PROBLEM), model, tok, sampler, cfg(strategy="best_of_k", budget=12), rec)
     assert res.stopped and res.attempts_used == 4 and len(rec.got) == 4
+
+
+@pytest.mark.parametrize("strategy", ["sdpo", "multiturn"])
+def test_stop_inside_a_round_ends_the_run_without_reporting_that_round(tiny_model_path, tmp_path, strategy):
+    """A stop the sampler sees while round 1 generates (it asks after every token) ends the run at once:
+    ``stopped``, round 0's attempts and metrics reported, nothing of round 1, no more tokens generated."""
+    model, tok = load_model_and_tokenizer(tiny_model_path)
+    rec = Recorder()
+    metrics = []
+    rec.on_metrics = lambda step, m: metrics.append(step)
+    per_round = 1 if strategy == "multiturn" else 2
+    polls = []
+
+    def sampler_stop():  # says stop on the 5th token of round 1
+        if len(rec.got) >= per_round:
+            polls.append(1)
+        return len(polls) >= 5
+
+    sampler = HFSampler(model, tok, should_stop=sampler_stop)
+    res = solve(Problem.parse(PROBLEM), model, tok, sampler,
+                cfg(strategy=strategy, budget=6, n=2, max_new_tokens=200, context_budget=600), rec, out_dir=tmp_path)
+    assert res.stopped and len(rec.got) == per_round and res.attempts_used == per_round
+    assert metrics == [0] and len(res.rounds) == 1 and len(polls) == 5
 
 
 def test_multiturn_question_longer_than_the_context_budget_is_a_config_error(tiny_model_path):
@@ -450,3 +475,21 @@ def test_solve_from_config_closes_its_sampler(tiny_model_path, monkeypatch, fail
         res = solve_from_config(Problem.parse(PROBLEM), cfg(sampler="hf", budget=4), model_path=tiny_model_path)
         assert res.attempts_used == 4
     assert len(closed) == 1 and isinstance(closed[0], Hf)
+
+
+def test_stop_inside_an_update_saves_no_weights_and_reports_nothing_more(tiny_model_path, tmp_path, monkeypatch):
+    """A stop first seen inside round 0's policy update (asked before each micro-batch) ends the run: its
+    attempts stay reported, its metrics are not, and the interrupted weights are not saved."""
+    import sdpo.callbacks
+
+    monkeypatch.setattr(sdpo.callbacks, "STOP_POLL_S", 0.0)  # ask every time (no wall-clock dependence)
+    model, tok, sampler = load(tiny_model_path)
+    rec = Recorder()
+    metrics, ckpts = [], []
+    rec.on_metrics = lambda step, m: metrics.append(step)
+    rec.on_checkpoint = lambda step, path, kind: ckpts.append(path)
+    rec.should_stop = lambda: len(rec.got) >= 2
+    res = solve(Problem.parse(PROBLEM), model, tok, sampler, cfg(budget=6, n=2), rec, out_dir=tmp_path)
+    assert res.stopped and len(rec.got) == 2 and res.attempts_used == 2
+    assert metrics == [] and ckpts == [] and res.adapter_path is None
+    assert not (tmp_path / "adapter").exists()

@@ -70,7 +70,7 @@ def _ctx(settings: Settings, worker_id: str, gpus: int | None = None) -> WorkerC
 
 def _job(ctx: WorkerContext, gpus: int = 2) -> int:
     with session_scope(ctx.sessions) as s:
-        return J.submit_job(s, kind="train", config={"max_steps": 1}, validate=lambda kind, config: config,
+        return J.submit_job(s, kind="train", config={"max_steps": 1}, validate=lambda kind, config, **_: config,
                             enqueue=lambda *a: None, gpus=gpus).id
 
 

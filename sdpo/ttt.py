@@ -1,5 +1,5 @@
 """Test-time self-distillation on one hard problem, with the two baselines it is compared against (SDPO,
-arXiv 2601.20802, the test-time discovery experiment; issue 5).
+arXiv 2601.20802, the test-time discovery experiment).
 
 ``solve(problem, model, tokenizer, sampler, cfg, callbacks)`` spends an attempt budget on one problem and
 stops at the first *discovery*: an attempt that passes every public test and then every hidden test (without
@@ -21,8 +21,8 @@ hidden tests the public tests decide). Strategies (``SolveConfig.strategy``):
   always kept), like the reference's multi-turn baseline with a bounded context window.
 
 Hidden tests: the reward is the public tests' (sparse), so an attempt that passes every public test but
-fails a hidden one keeps reward 1 and is a sibling demonstration for ``sdpo`` (the issue's "teacher contexts
-from this round's successes"): it is the best evidence the round has. It also carries ``HIDDEN_FAIL_FEEDBACK``
+fails a hidden one keeps reward 1 and is a sibling demonstration for ``sdpo`` (teacher contexts come from the
+round's successes): it is the best evidence the round has. It also carries ``HIDDEN_FAIL_FEEDBACK``
 (which says it was not accepted, without showing the hidden tests) as its feedback: its own teacher context
 shows that feedback when no other sibling succeeded, and multi-turn shows it in the conversation.
 
@@ -33,6 +33,13 @@ Sampling seeds derive from ``cfg.seed`` and the number of the round's first atte
 ``start_attempt`` at a round boundary samples what the uninterrupted run would have (exactly so for
 ``best_of_k``; for ``sdpo`` the LoRA adapter saved after each updated round in ``out_dir`` is reloaded, the
 optimizer moments restart; a resumed ``multiturn`` conversation restarts empty).
+
+What the teacher says (``sdpo`` with the SDPO loss): every round without a discovery reports, through
+``callbacks.teacher``, one ``TeacherView`` per attempt before the update: the teacher context the update uses
+(which sibling is the demonstration, whether the attempt's feedback is shown, or no teacher signal) and, with
+``token_view``, the per-token view of ``sdpo.credit.token_credit`` (teacher minus student log-probabilities of
+each token, and the teacher's preferred tokens where it disagrees most). The round that spends the budget is
+reported too (its weights are not updated: ``ttt/updated`` is 0). The baselines have no teacher.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll
+from sdpo.callbacks import Attempt, Callbacks, StopRequested, TeacherView, stop_poll
 from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass, check_limits
 from sdpo.rollout.base import Rollout, SamplingParams
 from sdpo.update import ScoredBatch, UpdateConfig, policy_update
@@ -80,6 +87,8 @@ class SolveConfig(UpdateConfig):
     max_new_tokens, temperature (inherited), top_p, top_k: sampling. seed: base of every sampling seed.
     multiturn_template: "feedback_only" | "attempt_and_feedback". context_budget: tokens of prompt + response
         the multi-turn conversation may use (the oldest history is dropped to fit).
+    token_view: compute the per-token view of each distilled attempt (``sdpo.credit``; sdpo strategy with the
+        SDPO loss): one more student and teacher forward per attempt and round; off, it costs nothing.
     sampler: "auto" | "hf" | "vllm" and sampler_batch_size, gpu_memory_utilization (vLLM's share of the GPU),
         device, dtype: used by ``solve_from_config``.
 
@@ -108,6 +117,7 @@ class SolveConfig(UpdateConfig):
     seed: int = 0
     multiturn_template: str = "feedback_only"
     context_budget: int = 16384
+    token_view: bool = True
     sampler: str = "auto"
     sampler_batch_size: int = 16
     gpu_memory_utilization: float = 0.5
@@ -140,6 +150,8 @@ class SolveConfig(UpdateConfig):
         if self.top_k is not None:
             _number("top_k", self.top_k, lo=1, integer=True)
         _choice("multiturn_template", self.multiturn_template, MULTITURN_TEMPLATES)
+        if not isinstance(self.token_view, bool):
+            raise ConfigError("token_view", f"got {self.token_view!r}; expected true or false")
         if self.context_budget <= self.max_new_tokens:
             raise ConfigError("context_budget", f"got {self.context_budget}; must exceed max_new_tokens="
                               f"{self.max_new_tokens} (it holds the prompt and the response)")
@@ -263,16 +275,37 @@ def _attempt_record(a: _Scored, rnd: int, index: int, seconds: float, task_id: s
                    seconds=seconds, hidden_passed=a.hidden_passed, hidden_total=a.hidden_total, task_id=task_id)
 
 
-def has_learning_signal(batch: ScoredBatch, cfg: UpdateConfig) -> bool:
-    """Whether an update on ``batch`` can move the weights: for the SDPO loss, some sample has a teacher
-    context (a demonstration or feedback); for GRPO, the rewards differ (else every advantage is 0)."""
+def teacher_contexts(batch: ScoredBatch, cfg: UpdateConfig) -> list:
+    """The teacher contexts of ``batch``'s samples, as the policy update builds them
+    (``sdpo.reprompt.build_teacher_messages``)."""
     from sdpo.reprompt import build_teacher_messages
 
-    sdpo_signal = any(c.distill_mask for c in build_teacher_messages(
-        batch.prompts, [r.text for r in batch.rollouts], batch.rewards, batch.group_ids, batch.feedback,
-        cfg.self_distillation))
+    return build_teacher_messages(batch.prompts, [r.text for r in batch.rollouts], batch.rewards, batch.group_ids,
+                                  batch.feedback, cfg.self_distillation)
+
+
+def has_learning_signal(batch: ScoredBatch, cfg: UpdateConfig, contexts: list | None = None) -> bool:
+    """Whether an update on ``batch`` can move the weights: for the SDPO loss, some sample has a teacher
+    context (a demonstration or feedback; ``contexts``: ``teacher_contexts(batch, cfg)`` when computed already);
+    for GRPO, the rewards differ (else every advantage is 0)."""
+    contexts = teacher_contexts(batch, cfg) if contexts is None else contexts
+    sdpo_signal = any(c.distill_mask for c in contexts)
     grpo_signal = len(set(batch.rewards)) > 1
     return {"sdpo": sdpo_signal, "grpo": grpo_signal, "hybrid": sdpo_signal or grpo_signal}[cfg.loss]
+
+
+def teacher_views(model, teacher, tokenizer, rollouts: list[Rollout], contexts: list, cfg: SolveConfig, rnd: int,
+                  first_index: int, should_stop=None) -> list[TeacherView]:
+    """One ``TeacherView`` per attempt of round ``rnd`` (the round's attempts are numbered from
+    ``first_index``): its teacher context and, with ``cfg.token_view``, its per-token view."""
+    from sdpo.credit import context_text, token_credit
+
+    credits = (token_credit(model, teacher, tokenizer, rollouts, contexts, cfg.self_distillation,
+                            should_stop=should_stop) if cfg.token_view else [None] * len(rollouts))
+    return [TeacherView(round=rnd, index=first_index + i, distilled=c.distill_mask,
+                        demonstration=None if c.demonstration is None else first_index + c.demonstration,
+                        feedback=c.uses_feedback, context=context_text(c), credit=credit)
+            for i, (c, credit) in enumerate(zip(contexts, credits, strict=True))]
 
 
 def prepare_policy(model, cfg: SolveConfig):
@@ -321,7 +354,8 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
 
     model / tokenizer: the policy (``sdpo`` applies ``cfg.adapter`` unless the model already has a LoRA
     adapter; the sampler is pointed at the trainable model). sampler: a ``Sampler`` over that model.
-    callbacks: ``attempts`` after every round, ``metrics(round, ...)``, ``checkpoint`` for the saved weights,
+    callbacks: ``attempts`` after every round, ``teacher`` (sdpo: what the teacher says about them, before the
+    update), ``metrics(round, ...)``, ``checkpoint`` for the saved weights,
     ``stop_requested()`` checked before every round, between sandbox runs and before every micro-batch of an
     update (the sampler asks it while generating when it was built with ``should_stop``, as
     ``solve_from_config`` does). A round interrupted by a stop reports nothing more, and weights interrupted
@@ -392,8 +426,16 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
             elif learn:
                 batch = ScoredBatch(prompts=[task.messages] * k, rollouts=rollouts, rewards=[a.reward for a in scored],
                                     feedback=[a.feedback for a in scored], group_ids=[0] * k)
-                updated = attempt + counted < cfg.budget and has_learning_signal(batch, cfg)
+                contexts = teacher_contexts(batch, cfg)
+                updated = attempt + counted < cfg.budget and has_learning_signal(batch, cfg, contexts)
                 extra["ttt/updated"] = float(updated)
+                # 7a. What the teacher sees and says about each attempt, with the weights that sampled them.
+                if teacher is not None:
+                    extra["sdpo/reprompt_sample_fraction"] = sum(c.distill_mask for c in contexts) / k
+                    callbacks.teacher(teacher_views(model, teacher, tokenizer, rollouts, contexts, cfg, rnd,
+                                                    attempt - rnd * cfg.n, poll))
+                    extra["perf/token_view_s"] = time.perf_counter() - t2
+                t3 = time.perf_counter()
                 if updated:
                     updating = True
                     extra.update(policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
@@ -408,7 +450,7 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
 
                         save_weights(model, tokenizer, out)  # small; lets a resumed job continue from here
                     updating = False
-                extra["perf/update_s"] = time.perf_counter() - t2
+                extra["perf/update_s"] = time.perf_counter() - t3
 
             # 8. Round metrics.
             attempt += counted

@@ -1,7 +1,7 @@
 """Running one job inside a worker: claim it, heart-beat, run the engine with callbacks that commit
 progress as it happens, honour cancellation, and record how it ended.
 
-Crash safety (issue 6):
+Crash safety:
 * a job whose worker stopped heart-beating for ``heartbeat_timeout_s`` is re-enqueued by the reaper
   (``backend.services.jobs.reap_stale``, run by every worker each heartbeat interval and by ``sdpo jobs list``)
   with a fresh message, up to ``max_resumes`` times, then failed with the reason; a cancel requested before the
@@ -46,9 +46,10 @@ from backend.db import session_factory_from_settings, session_scope
 from backend.errors import JobLost, NotFound
 from backend.queue import JobQueue
 from backend.services import jobs as J
+from backend.services import teacher as T
 from backend.services.workers import touch_worker
 from backend.settings import Settings
-from workers.engine import attempt_in, build_solve_config, build_train_config
+from workers.engine import attempt_in, build_solve_config, build_train_config, teacher_view_in
 
 log = logging.getLogger("sdpo.worker")
 # Seconds the ranks of an N-GPU job get to stop by themselves (at a step boundary) after a cancel or shutdown.
@@ -162,6 +163,9 @@ class DbCallbacks:
     def on_attempts(self, attempts: list[Any]) -> None:
         self._write(J.record_attempts, attempts=[attempt_in(a) for a in attempts])
 
+    def on_teacher(self, views: list[Any]) -> None:
+        self._write(T.record_teacher_views, views=[teacher_view_in(v) for v in views])
+
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self._write(J.append_metrics, step=step, metrics=metrics)
 
@@ -186,7 +190,7 @@ class DbCallbacks:
         from sdpo.callbacks import Callbacks
 
         return Callbacks(on_attempts=self.on_attempts, on_metrics=self.on_metrics,
-                         on_checkpoint=self.on_checkpoint, should_stop=self.should_stop)
+                         on_checkpoint=self.on_checkpoint, should_stop=self.should_stop, on_teacher=self.on_teacher)
 
 
 def ensure_model(path: str, settings: Settings) -> Path:

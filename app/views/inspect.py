@@ -55,7 +55,8 @@ def round_md(a: T.AttemptInspection) -> str:
     if a.strategy in NO_TEACHER:
         return f"Round {a.round}: {a.round_updated or 'in progress'}."
     if not m:
-        return f"Round {a.round}: still running (its update has not finished)."
+        return f"Round {a.round}: " + ("the job stopped before its update." if a.finished
+                                       else "still running (its update has not finished).")
     parts = [f"Round {a.round}"]
     if "sdpo/reprompt_sample_fraction" in m:
         parts.append(f"distilled {m['sdpo/reprompt_sample_fraction']:.0%} of its attempts")
@@ -87,6 +88,8 @@ def teacher_md(a: T.AttemptInspection) -> str:
         what = "The GRPO loss has no teacher: the update uses the rewards only."
     elif a.teacher_status == T.SOLVED_ROUND:
         what = "This round found the solution, so it is not distilled (the run ends here)."
+    elif a.finished:
+        what = "No teacher view: the job stopped before this round's teacher view was recorded."
     else:
         what = "The teacher's view of this round is not recorded yet (it is written before the round's update)."
     return what + "\n\n" + round_md(a)
@@ -124,8 +127,15 @@ def _prob(lp: float) -> str:
 def credit_html(a: T.AttemptInspection) -> str:
     """The per-token view as HTML (or a sentence saying why there is none)."""
     c: dict[str, Any] | None = a.credit
-    if a.teacher_status != T.HAS_VIEW or not a.distilled:
-        return '<div class="sdpo-credit-none">No per-token view: this attempt is not distilled.</div>'
+    why = {T.NO_TEACHER_STRATEGY: f"{STRATEGY_NAMES.get(a.strategy, a.strategy)} has no teacher",
+           T.NO_TEACHER_LOSS: "the GRPO loss has no teacher",
+           T.SOLVED_ROUND: "the round that found the solution is not distilled",
+           T.NOT_RECORDED: "the job stopped before this round's teacher view was recorded" if a.finished
+           else "the teacher's view of this round is not recorded yet"}.get(a.teacher_status)
+    if why is None and not a.distilled:
+        why = "this attempt is not distilled (no teacher signal)"
+    if why is not None:
+        return f'<div class="sdpo-credit-none">No per-token view: {html.escape(why)}.</div>'
     if c is None:
         return ('<div class="sdpo-credit-none">No per-token view: it was switched off for this job '
                 '(token_view: false).</div>')

@@ -206,7 +206,7 @@ def snapshot(ctx: AppContext, job_id: int) -> SolveSnapshot:
         if strategy in I.NO_TEACHER or d.config.get("loss") == "grpo":
             return "–"
         b = briefs.get((r.round, r.index))
-        return b.label if b is not None else "…"
+        return b.label if b is not None else ("–" if is_terminal(d.status) else "…")
 
     df = pd.DataFrame([[r.number, r.round, r.public, r.hidden, r.reward, r.tokens, teacher_cell(r),
                         "✓" if r.solved else ""] for r in rows], columns=ATTEMPT_COLUMNS)

@@ -85,6 +85,18 @@ def preset_form(preset: dict[str, Any]) -> tuple[str, str, list[str], str]:
     return loss, adapter, values, yaml.safe_dump(rest, sort_keys=False) if rest else ""
 
 
+# Errors about these fields are shown under the dataset choice, about the model next to the Model box; the rest
+# (hyperparameters, other settings) under the Start button beside them.
+DATASET_FIELDS = ("file", "path", "dataset", "dataset_id", "name", "train_file", "test_file")
+MODEL_FIELDS = ("model", "model_path")
+
+
+def error_place(field: str) -> str:
+    """"dataset", "model" or "form": where the Train page shows an error about ``field``."""
+    top = field.split(".")[0].split(" ")[0]
+    return "dataset" if top in DATASET_FIELDS else "model" if top in MODEL_FIELDS else "form"
+
+
 def default_hint(defaults: dict[str, Any], key: str) -> str:
     """Placeholder of an empty hyperparameter box: the value the job gets when it stays empty."""
     return f"default: {defaults[key]}" if defaults.get(key) is not None else ""
@@ -262,6 +274,7 @@ def build(ctx: AppContext) -> TrainHandles:
                 return (gr.Group(visible=v == "upload"), gr.Group(visible=v == "path"),
                         gr.Group(visible=v in ("upload", "path")), gr.Group(visible=v == "registered"))
 
+            dataset_msg = gr.HTML("", visible=False, elem_id="train-dataset-message", padding=False)
             source.change(on_source, source, [upload_group, path_group, name_group, registered_group],
                           api_visibility="private", queue=False)
             gr.Markdown("### Algorithm")
@@ -368,13 +381,23 @@ def build(ctx: AppContext) -> TrainHandles:
                                      fields={k: v for (k, _), v in zip(FIELDS, field_v, strict=True)})
             jid = submit(ctx, source=source_v, config=cfg, upload_path=upload_v, dataset_name=name_v,
                          server_path=path_v, registered=registered_v, model=model_v)
-        except (InvalidInput, EnqueueError) as e:
-            return error_md(str(e)), gr.skip(), gr.skip(), gr.skip()
-        return ok_md(f"Job {jid} queued."), str(jid), gr.Dropdown(choices=_dataset_choices(ctx)), [jid, "queued"]
+        except InvalidInput as e:
+            where = error_place(e.field)
+            if where == "form":
+                return error_md(str(e)), gr.skip(), gr.skip(), gr.skip(), gr.HTML("", visible=False), gr.skip()
+            shown = gr.HTML(error_md(str(e)), visible=True)
+            pointer = error_md(f"Not started: see the message at {'Dataset' if where == 'dataset' else 'Model'}.")
+            return (pointer, gr.skip(), gr.skip(), gr.skip(), shown if where == "dataset" else gr.HTML("", visible=False),
+                    shown if where == "model" else gr.skip())
+        except EnqueueError as e:
+            return error_md(str(e)), gr.skip(), gr.skip(), gr.skip(), gr.HTML("", visible=False), gr.skip()
+        return (ok_md(f"Job {jid} queued."), str(jid), gr.Dropdown(choices=_dataset_choices(ctx)), [jid, "queued"],
+                gr.HTML("", visible=False), gr.HTML("", visible=False))
 
     render_inputs = [job_id, signature, msg_about]
     submit_btn.click(on_submit, [source, upload, dataset_name, server_path, registered, loss, adapter, model, extra,
-                                 *boxes], [message, job_id, registered, msg_about], api_name="submit_train",
+                                 *boxes], [message, job_id, registered, msg_about, dataset_msg, defaults_msg],
+                     api_name="submit_train",
                      ).success(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
     open_btn.click(lambda j: render(j), [job_id], view_outputs, api_visibility="private")
     job_id.submit(lambda j: render(j), [job_id], view_outputs, api_visibility="private")

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from backend.models import Attempt, Job, TeacherView, utcnow
+from backend.models import TERMINAL_STATUSES, Attempt, Job, TeacherView, utcnow
 from backend.schemas import RoundSummary, TeacherViewIn
 from backend.services import jobs as J
 
@@ -22,7 +22,7 @@ from backend.services import jobs as J
 NO_TEACHER_STRATEGY = "no_teacher_strategy"  # best_of_k / multiturn: nothing is distilled
 NO_TEACHER_LOSS = "no_teacher_loss"  # sdpo strategy with the GRPO loss: rewards only
 SOLVED_ROUND = "solved_round"  # the round that found the solution is not distilled
-NOT_RECORDED = "not_recorded"  # not (yet) recorded: the round is still being distilled, or it stopped before
+NOT_RECORDED = "not_recorded"  # not recorded: the round is still being distilled, or the job stopped before
 HAS_VIEW = "view"
 
 
@@ -101,6 +101,7 @@ class AttemptInspection:
     seconds: float
     strategy: str
     loss: str
+    finished: bool = False  # the job has ended (nothing more will be recorded)
     round_metrics: dict[str, float] = field(default_factory=dict)
     round_updated: str = ""  # RoundRow.updated of its round
     teacher_status: str = NOT_RECORDED
@@ -118,6 +119,7 @@ def attempt_inspection(session: Session, *, attempt_id: int) -> AttemptInspectio
         return None
     job = session.get(Job, a.job_id)
     config = job.config if job is not None else {}
+    finished = job is None or job.status in TERMINAL_STATUSES
     strategy = str(config.get("strategy", ""))
     loss = str(config.get("loss", "sdpo"))
     number = 1 + int(session.scalar(select(func.count(Attempt.id)).where(
@@ -128,8 +130,9 @@ def attempt_inspection(session: Session, *, attempt_id: int) -> AttemptInspectio
         id=a.id, job_id=a.job_id, number=number, round=a.round, index=a.index, response=a.response, code=a.code,
         feedback=a.feedback, reward=float(a.reward), passed_public=a.passed_public, total_public=a.total_public,
         passed_hidden=a.passed_hidden, total_hidden=a.total_hidden, tokens=a.tokens, seconds=float(a.seconds),
-        strategy=strategy, loss=loss, round_metrics=metrics,
-        round_updated=round_update_text(metrics, strategy=strategy, last=_is_last_round(session, a, config)),
+        strategy=strategy, loss=loss, finished=finished, round_metrics=metrics,
+        round_updated=round_update_text(metrics, strategy=strategy, last=_is_last_round(session, a, config),
+                                        finished=finished),
     )
     v = session.scalar(select(TeacherView).where(TeacherView.job_id == a.job_id, TeacherView.round == a.round,
                                                  TeacherView.index == a.index))
@@ -156,9 +159,10 @@ def _is_last_round(session: Session, a: Attempt, config: dict[str, Any]) -> bool
     return int(upto or 0) >= budget
 
 
-def round_update_text(metrics: dict[str, float], *, strategy: str, last: bool) -> str:
+def round_update_text(metrics: dict[str, float], *, strategy: str, last: bool, finished: bool = False) -> str:
     """Whether the round's update changed the weights, and why not: "yes", "no: solved in this round", "no: no
-    teacher signal", "no: budget spent", "no: never (best-of-k)", ..., or "" while the round is not over."""
+    teacher signal", "no: budget spent", "no: never (best-of-k)", "no: the job stopped first", ..., or "" while
+    the round is not over."""
     if strategy == "best_of_k":
         return "no: best-of-k never updates"
     if strategy == "multiturn":
@@ -166,7 +170,7 @@ def round_update_text(metrics: dict[str, float], *, strategy: str, last: bool) -
     if metrics.get("ttt/discovered") == 1.0:
         return "no: solved in this round"
     if "ttt/updated" not in metrics:
-        return ""
+        return "no: the job stopped first" if finished else ""
     if metrics["ttt/updated"] == 1.0:
         return "yes"
     if last:
@@ -194,19 +198,21 @@ def round_rows(session: Session, *, job_id: int) -> list[RoundRow]:
     job = J.get_job(session, job_id=job_id)
     strategy = str(job.config.get("strategy", ""))
     budget = job.config.get("budget")
+    finished = job.status in TERMINAL_STATUSES
     out = []
     for r in J.round_summaries(session, job_id=job_id):
         if not r.attempts:
             continue
-        out.append(_round_row(r, strategy, isinstance(budget, int) and r.first_attempt + r.attempts - 1 >= budget))
+        last = isinstance(budget, int) and r.first_attempt + r.attempts - 1 >= budget
+        out.append(_round_row(r, strategy, last, finished))
     return out
 
 
-def _round_row(r: RoundSummary, strategy: str, last: bool) -> RoundRow:
+def _round_row(r: RoundSummary, strategy: str, last: bool, finished: bool) -> RoundRow:
     m = r.metrics
     last_n = r.first_attempt + r.attempts - 1
     return RoundRow(
         round=r.round, attempts=f"{r.first_attempt}" if r.attempts == 1 else f"{r.first_attempt}-{last_n}",
         best="" if r.tests is None else f"{r.best_passed}/{r.tests}",
         distilled=m.get("sdpo/reprompt_sample_fraction"), loss=m.get("sdpo/loss", m.get("loss")),
-        kl=m.get("sdpo/kl_mean"), updated=round_update_text(m, strategy=strategy, last=last))
+        kl=m.get("sdpo/kl_mean"), updated=round_update_text(m, strategy=strategy, last=last, finished=finished))

@@ -220,7 +220,8 @@ def test_bad_input_shows_an_error_and_creates_no_job(server, page):
     page.wait_for_function("() => document.querySelector('#train-upload').innerText.replace(/\\s/g, '')"
                            ".includes('big.jsonl')")
     page.click("#train-submit")
-    expect_message(page, "train-message", "error", "SDPO_MAX_UPLOAD_BYTES")
+    expect_message(page, "train-dataset-message", "error", "SDPO_MAX_UPLOAD_BYTES")
+    expect_message(page, "train-message", "error", "Not started: see the message at Dataset")
     shot(page, "bad_upload")
     # nothing was stored or queued
     assert (server.count(Job), server.count(Problem), server.count(Dataset)) == (0, 0, 0)

@@ -240,7 +240,7 @@ def test_solve_snapshot_table_curve_and_solution(ctx):
     v = solve.attempt_view(ctx, snap.attempt_ids[1])
     assert v.header.startswith("**Attempt 2** (round 0)") and "public 1/2" in v.header
     assert v.code == "print(1)" and v.feedback == "feedback 0.1" and v.response == "```python\nprint(1)\n```"
-    assert "Best-of-k sampling has no teacher" in v.teacher and "not distilled" in v.tokens
+    assert "Best-of-k sampling has no teacher" in v.teacher and "Best-of-k sampling has no teacher" in v.tokens
     path = solve.solution_file(ctx, jid, snap.solution)
     assert open(path).read() == snap.solution
 

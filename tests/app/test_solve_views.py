@@ -69,6 +69,15 @@ def test_sdpo_job_view_shows_teacher_contexts_rounds_and_the_per_token_view(ctx)
     assert "No teacher signal — not distilled" in none.teacher and "not distilled" in none.tokens
 
 
+@pytest.mark.parametrize("field, place", [("file", "dataset"), ("path", "dataset"), ("dataset", "dataset"),
+                                          ("model", "model"), ("model_path", "model"), ("lr", "form"),
+                                          ("self_distillation.alpha", "form"), ("extra settings", "form")])
+def test_train_form_errors_go_next_to_the_dataset_the_model_or_the_hyperparameters(field, place):
+    from app.views import train
+
+    assert train.error_place(field) == place
+
+
 @pytest.mark.parametrize("field, source, slot", [
     ("statement", "editor", "statement"), ("title", "editor", "statement"), ("tests.row 2", "editor", "tests"),
     ("fn_name", "editor", "tests"), ("tests.outputs", "json", "json"), ("json", "json", "json"),

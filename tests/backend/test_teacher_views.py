@@ -103,3 +103,18 @@ def test_the_round_that_solved_is_not_distilled(db, settings):
         J.append_metrics(s, job_id=job_id, step=0, metrics={"ttt/discovered": 1.0}, worker_id="w1")
         a = T.attempt_inspection(s, attempt_id=J.list_attempts(s, job_id=job_id)[0].id)
         assert (a.teacher_status, a.round_updated) == (T.SOLVED_ROUND, "no: solved in this round")
+
+
+def test_a_round_the_job_stopped_in_says_so_once_the_job_has_ended(db, settings):
+    job_id = running_job(db, settings, {"strategy": "sdpo", "budget": 8})
+    with session_scope(db) as s:
+        J.record_attempts(s, job_id=job_id, attempts=attempts(0, 2, [0, 0]), worker_id="w1")
+        assert [r.updated for r in T.round_rows(s, job_id=job_id)] == [""]  # still being distilled
+        a = T.attempt_inspection(s, attempt_id=J.list_attempts(s, job_id=job_id)[0].id)
+        assert (a.teacher_status, a.finished) == (T.NOT_RECORDED, False)
+        J.cancel_job(s, job_id=job_id)
+        J.finish_job(s, job_id=job_id, worker_id="w1", status="cancelled")
+    with session_scope(db) as s:
+        assert [r.updated for r in T.round_rows(s, job_id=job_id)] == ["no: the job stopped first"]
+        a = T.attempt_inspection(s, attempt_id=J.list_attempts(s, job_id=job_id)[0].id)
+        assert (a.teacher_status, a.finished, a.round_updated) == (T.NOT_RECORDED, True, "no: the job stopped first")

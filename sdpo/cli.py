@@ -32,7 +32,9 @@ def make_tiny_model_cmd(
 
 @data_app.command("import-lcb")
 def import_lcb_cmd(
-    files: list[str] = typer.Argument(..., help="LiveCodeBench code_generation_lite JSONL file(s)."),
+    files: list[str] = typer.Argument(..., help="LiveCodeBench code_generation_lite JSONL file(s): the release "
+                                      "files test.jsonl .. test6.jsonl of the Hugging Face dataset "
+                                      "livecodebench/code_generation_lite (downloaded by you)."),
     out: str = typer.Option(..., "--out", help="Directory for train.jsonl, test.jsonl and problems.jsonl."),
     since: str | None = typer.Option(None, "--since", help="Keep contests on/after this ISO date."),
     until: str | None = typer.Option(None, "--until", help="Keep contests before this ISO date."),

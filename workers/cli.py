@@ -234,7 +234,7 @@ def jobs_list(
 
 
 # Metrics the text summary shows per round when logged (--json has them all).
-ROUND_METRICS = ("reward/mean", "loss", "grad_norm", "sdpo/reprompt_fraction", "ttt/updated",
+ROUND_METRICS = ("reward/mean", "loss", "grad_norm", "sdpo/reprompt_sample_fraction", "sdpo/kl_mean", "ttt/updated",
                  "response/length_mean", "response/truncated_fraction")
 
 

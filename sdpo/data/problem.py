@@ -1,4 +1,4 @@
-"""The problem format of test-time solving (issue 5) and the code prompt shared with dataset importers.
+"""The problem format of test-time solving and the code prompt shared with dataset importers.
 
 A problem is a JSON object::
 
@@ -131,7 +131,7 @@ def _spec(value: Any, name: str) -> Any:
 
 @dataclass
 class Problem:
-    """One coding problem for test-time solving (issue 5). See the module docs for the JSON form.
+    """One coding problem for test-time solving. See the module docs for the JSON form.
 
     tests: public tests (reward and feedback); hidden_tests: held-out tests that decide discovery (None:
         the public tests decide); starter_code: code the solution must complete (LeetCode-style), or None.

@@ -246,13 +246,15 @@ def test_jobs_show_summarises_every_round(env, tmp_path):
         J.record_attempts(s, job_id=job_id, attempts=[attempt(0, 0, 0, 0.0), attempt(0, 1, 1, 0.0)],
                           worker_id="w:1")
         J.append_metrics(s, job_id=job_id, step=0, metrics={"reward/mean": 0.0, "loss": 0.25, "ttt/updated": 1.0,
+                                                            "sdpo/reprompt_sample_fraction": 0.5, "sdpo/kl_mean": 0.125,
                                                             "perf/sample_s": 2.0, "perf/score_s": 0.5},
                          worker_id="w:1")
         J.record_attempts(s, job_id=job_id, attempts=[attempt(1, 0, 2, 1.0)], worker_id="w:1")
         J.append_metrics(s, job_id=job_id, step=1, metrics={"reward/mean": 1.0, "perf/sample_s": 1.0},
                          worker_id="w:1")
     out = run("jobs", "show", str(job_id)).output
-    assert "  round 0: attempts 1-2 · best 1/2 tests, mean reward 0 · reward/mean=0 loss=0.25 ttt/updated=1 2.5 s" in out
+    assert ("  round 0: attempts 1-2 · best 1/2 tests, mean reward 0 · reward/mean=0 loss=0.25 "
+            "sdpo/reprompt_sample_fraction=0.5 sdpo/kl_mean=0.125 ttt/updated=1 2.5 s") in out
     assert "  round 1: attempt 3 · best 2/2 tests, mean reward 1, 1 solved · reward/mean=1 1.0 s" in out
     rounds = json.loads(run("jobs", "show", str(job_id), "--json").output)["rounds"]
     assert [(r["round"], r["first_attempt"], r["attempts"], r["solved"]) for r in rounds] == [(0, 1, 2, 0), (1, 3, 1, 1)]

@@ -15,7 +15,7 @@ computes, for the attempts of one round and the teacher contexts the update uses
 It only reads the models (no gradient, eval mode) and returns bounded, rounded plain data (typed dataclasses)
 ready to be stored; nothing calls it when the view is off (``SolveConfig.token_view``). Cost when on: one
 student and one teacher forward per distilled attempt over its first ``max_tokens`` tokens, holding that many
-positions' logits of each side at once.
+positions' logits of each side at once (the float32 log-softmax is taken a block of positions at a time).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ POSITIONS = 8  # most-disagreeing positions listed
 ALTERNATIVES = 5  # teacher's top tokens at each of them
 MAX_CONTEXT_CHARS = 12_000  # the teacher's re-prompt message as stored (head and tail kept)
 DIGITS = 4  # log-probabilities and probabilities are rounded to this many decimals
+CHUNK_ELEMENTS = 1 << 24  # float32 log-softmax values computed at once (64 MB)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,15 @@ def clip_text(text: str, limit: int = MAX_CONTEXT_CHARS) -> str:
     return f"{text[:head]}\n\n[… {len(text) - limit:,} characters not shown …]\n\n{text[len(text) - tail:]}"
 
 
+def sampled_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / temperature)[t, ids[t]] for logits [T, V] and ids [T] -> [T] float32, a block of
+    positions at a time (never a whole [T, V] float32 copy)."""
+    rows = max(1, CHUNK_ELEMENTS // max(1, logits.shape[-1]))
+    out = [torch.log_softmax(logits[i:i + rows].float() / temperature, dim=-1)
+           .gather(1, ids[i:i + rows, None]).squeeze(1) for i in range(0, logits.shape[0], rows)]
+    return torch.cat(out)
+
+
 def _round(x: float) -> float:
     return round(float(x), DIGITS) if math.isfinite(x) else float(x)
 
@@ -165,12 +175,10 @@ def token_credit(model, teacher, tokenizer, rollouts: Sequence[Rollout], context
             s_logits = response_logits(model, s_batch)[0]
         t_logits = teacher.logits(t_batch)[0]
         # 2. Log-probabilities of the sampled tokens (float32, at the distillation temperature).
-        target = torch.tensor(ids, dtype=torch.long, device=device)[:, None]
-        ls_all = torch.log_softmax(s_logits.float() / temp, dim=-1)
-        ls = ls_all.gather(1, target).squeeze(1)
-        del ls_all
-        lt_all = torch.log_softmax(t_logits.float() / temp, dim=-1)
-        lt = lt_all.gather(1, target).squeeze(1)
+        target = torch.tensor(ids, dtype=torch.long, device=device)
+        ls = sampled_logprobs(s_logits, target, temp)
+        lt = sampled_logprobs(t_logits, target, temp)
+        del s_logits
         # 3. Where the teacher disagrees most: the lowest teacher - student differences below 0, with the
         #    teacher's own most likely tokens there.
         delta = lt - ls
@@ -181,13 +189,14 @@ def token_credit(model, teacher, tokenizer, rollouts: Sequence[Rollout], context
         for pos in worst:
             if float(delta[pos]) >= 0:
                 break
-            top = torch.topk(lt_all[pos], min(alternatives, lt_all.shape[-1]))
+            lt_pos = torch.log_softmax(t_logits[pos].float() / temp, dim=-1)
+            top = torch.topk(lt_pos, min(alternatives, lt_pos.shape[-1]))
             disagreements.append(Disagreement(
                 position=pos, token=pieces[pos] or tokenizer.decode([ids[pos]], skip_special_tokens=False),
                 student_logprob=_round(ls[pos]), teacher_logprob=_round(lt[pos]),
                 teacher_top=[Alternative(tokenizer.decode([int(t)], skip_special_tokens=False), _round(math.exp(v)))
                              for v, t in zip(top.values.tolist(), top.indices.tolist(), strict=True)]))
-        del lt_all
+        del t_logits
         out.append(TokenCredit(tokens=pieces, student_logprobs=[_round(x) for x in ls.tolist()],
                                teacher_logprobs=[_round(x) for x in lt.tolist()], disagreements=disagreements,
                                total_tokens=len(rollout.response_ids), temperature=temp))

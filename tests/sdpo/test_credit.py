@@ -151,3 +151,17 @@ def test_view_off_computes_nothing_and_baselines_have_no_teacher(tiny_model_path
     for strategy in ("best_of_k", "multiturn"):
         _, attempts, views = _solve(tiny_model_path, strategy=strategy, budget=2)
         assert len(attempts) == 2 and views == []
+
+
+def test_sampled_logprobs_a_block_of_positions_at_a_time(monkeypatch):
+    import sdpo.credit
+
+    torch.manual_seed(0)
+    logits, ids = torch.randn(10, 7, dtype=torch.float64) * 3, torch.randint(0, 7, (10,))
+    want = torch.log_softmax(logits / 0.7, dim=-1)[torch.arange(10), ids]
+    monkeypatch.setattr(sdpo.credit, "CHUNK_ELEMENTS", 3 * 7)  # blocks of 3 positions: 4 blocks
+    got = sdpo.credit.sampled_logprobs(logits.to(torch.bfloat16), ids, 0.7)
+    assert got.dtype == torch.float32 and got.shape == (10,)
+    assert torch.allclose(got.double(), torch.log_softmax(logits.to(torch.bfloat16).double() / 0.7, dim=-1)
+                          [torch.arange(10), ids], atol=1e-5)
+    assert torch.allclose(got.double(), want, atol=0.1)  # bfloat16 inputs: close to the float64 values

@@ -399,6 +399,7 @@ def run_train_ranks(ctx: WorkerContext, *, cfg: Any, gpus: int, job_id: int | No
     config_path = job_dir / "rank_config.json"
     config_path.write_text(json.dumps(cfg.to_dict()))
     (job_dir / "result.json").unlink(missing_ok=True)
+    (job_dir / "not_recorded.json").unlink(missing_ok=True)
     # torchrun dies with this worker (workers.lifeline: parent-death signal), and its ranks with it; the ranks
     # write as this worker (SDPO_JOB_OWNER) and stop by themselves when the job is no longer its.
     cmd = [sys.executable, "-m", "workers.lifeline", str(os.getpid()),
@@ -416,6 +417,8 @@ def run_train_ranks(ctx: WorkerContext, *, cfg: Any, gpus: int, job_id: int | No
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)  # the ranks follow (parent-death signal)
                 proc.wait()
+    if proc.returncode != 0 and (job_dir / "not_recorded.json").exists():  # a rank's write the database refused
+        raise NotRecorded(**json.loads((job_dir / "not_recorded.json").read_text()))
     if proc.returncode != 0:
         tail = (job_dir / "torchrun.log").read_text(errors="replace").splitlines()[-15:]
         raise RuntimeError(f"torchrun with {gpus} ranks exited with {proc.returncode}:\n" + "\n".join(tail))

@@ -116,19 +116,20 @@ def test_worker_refuses_a_job_needing_more_gpus_than_it_offers(settings):
 REFUSAL = "disk quota exceeded (test trigger)"
 
 
-def _refuse_attempts(settings: Settings, when_sqlite: str, when_pg: str) -> None:
-    """A real database error on some attempt inserts: a trigger raising ``REFUSAL`` when its condition holds."""
+def _refuse_attempts(settings: Settings, when_sqlite: str, when_pg: str, table: str = "attempts") -> None:
+    """A real database error on some inserts into ``table``: a trigger raising ``REFUSAL`` when its condition
+    holds."""
     from sqlalchemy import text
 
     engine = make_engine(settings.database_url)
     with engine.begin() as conn:
         if engine.dialect.name == "sqlite":
-            conn.execute(text(f"CREATE TRIGGER refuse BEFORE INSERT ON attempts WHEN {when_sqlite} "
+            conn.execute(text(f"CREATE TRIGGER refuse BEFORE INSERT ON {table} WHEN {when_sqlite} "
                               f"BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END"))
         else:
             conn.execute(text(f"CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN IF {when_pg} THEN "
                               f"RAISE EXCEPTION '{REFUSAL}'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
-            conn.execute(text("CREATE TRIGGER refuse BEFORE INSERT ON attempts FOR EACH ROW EXECUTE FUNCTION refuse()"))
+            conn.execute(text(f"CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse()"))
     engine.dispose()
 
 
@@ -186,3 +187,33 @@ def test_a_job_whose_writes_the_database_refuses_fails_with_a_one_line_reason(se
     assert "\n" not in job.error and "Traceback" not in job.error and "[SQL" not in job.error
     lines = (settings.jobs_dir / str(job_id) / "attempts.jsonl").read_text().splitlines()
     assert len(lines) == 2  # the job's file holds what was stored
+
+
+@pytest.mark.slow
+def test_a_two_rank_job_whose_metrics_the_database_refuses_fails_with_a_one_line_reason(settings, tiny_model_path,
+                                                                                         monkeypatch):
+    """The ranks of a 2-process train job write for their worker; when the database refuses rank 0's metrics of
+    step 2 the job fails with the one-line reason (not the ranks' traceback), step 1 kept."""
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("the ranks' path is the same on both databases (the refusals are tested on both above); run once")
+    from workers.engine import validate_config
+
+    settings = settings.model_copy(update={"model": str(tiny_model_path)})
+    for key, value in (("SDPO_DATA_DIR", settings.data_dir), ("SDPO_DATABASE_URL", settings.database_url),
+                       ("SDPO_MODEL", tiny_model_path)):
+        monkeypatch.setenv(key, str(value))
+    ctx = _ctx(settings, "worker:1")
+    config = {"dataset": "humaneval", "train_batch_size": 2, "n": 2, "max_new_tokens": 8, "micro_batch_size": 2,
+              "save_every": 1, "val_max_questions": 1, "val_k": 1, "progress": False, "device": "cpu",
+              "max_steps": 3, "distributed": "ddp"}
+    with session_scope(ctx.sessions) as s:
+        job_id = J.submit_job(s, kind="train", config=config, validate=validate_config, enqueue=lambda *a: None,
+                              gpus=2).id
+    _refuse_attempts(settings, "NEW.step >= 2", "NEW.step >= 2", table="metric_points")
+    assert run_job(ctx, job_id, "train") == "failed"
+    with session_scope(ctx.sessions) as s:
+        job = J.get_job(s, job_id=job_id)
+        steps = sorted({p.step for p in J.list_metrics(s, job_id=job_id)})
+    assert job.error.startswith("could not record the metrics of step 2 in the database ("), job.error
+    assert REFUSAL in job.error and "\n" not in job.error and "Traceback" not in job.error
+    assert steps == [1]

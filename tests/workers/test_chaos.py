@@ -125,8 +125,9 @@ def test_chaos_every_job_succeeds_complete_through_kills_and_hostile_text(stack)
 
     # 1. Kill workers mid-job and start new ones: KILLS events, the last one killing both workers at once (no
     # live reaper until the new ones start). A victim is a worker running a job that has made progress and was
-    # not killed before (resumes to spare: a job losing its worker more than SDPO_MAX_RESUMES times is failed,
-    # by design); a kind or strategy not hit yet goes first, and the kills go on until a train job was hit.
+    # not killed before (the last event: any job), with resumes to spare (a job losing its worker more than
+    # SDPO_MAX_RESUMES times is failed, by design); a kind or strategy not hit yet goes first, and the kills go
+    # on until a train job with a checkpoint was hit.
     kills: list[tuple[int, str, int | None]] = []  # (job id, kind, train: its last checkpoint step at the kill)
     hit: set[str] = set()
     events = 0
@@ -141,11 +142,11 @@ def test_chaos_every_job_succeeds_complete_through_kills_and_hostile_text(stack)
             if all(J.get_job(s, job_id=j).status in TERMINAL for j in jobs):
                 break
         killed = {k[0] for k in kills}
-        victims = [v for v in running_jobs(stack, workers)
-                   if v.progress >= 1 and v.job_id not in killed and v.resumes < max_resumes - 1]
-        if events >= KILLS:
-            victims = [v for v in victims if v.kind == "train"]
         both = events == KILLS - 1
+        victims = [v for v in running_jobs(stack, workers) if v.resumes < max_resumes - 1
+                   and (both or (v.progress >= 1 and v.job_id not in killed))]
+        if events >= KILLS:
+            victims = [v for v in victims if v.kind == "train" and v.progress >= 1]
         if not victims or (both and len(victims) < 2 and time.monotonic() < both_by):
             time.sleep(0.3)
             continue
@@ -155,6 +156,8 @@ def test_chaos_every_job_succeeds_complete_through_kills_and_hostile_text(stack)
             v.worker.send_signal(signal.SIGKILL)
             v.worker.wait(timeout=10)
             with session_scope(stack.sessions) as s:  # the killed run can write nothing more: its last checkpoint
+                if J.get_job(s, job_id=v.job_id).status in TERMINAL:
+                    continue  # it ended between the look and the kill
                 ck = J.latest_checkpoint(s, job_id=v.job_id) if v.kind == "train" else None
             kills.append((v.job_id, v.kind, ck.step if ck is not None else None))
             hit.add(label(v.job_id))

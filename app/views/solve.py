@@ -177,6 +177,9 @@ def attempt_view(ctx: AppContext, attempt_id: int) -> tuple[str, str, str]:
         hidden = "" if a.total_hidden is None else f", hidden {a.passed_hidden}/{a.total_hidden}"
         header = (f"**Round {a.round}, attempt {a.index}** · public {a.passed_public}/{a.total_public}{hidden} · "
                   f"reward {a.reward:g} · {a.tokens} tokens · {a.seconds:.1f} s")
+        raw = J.raw_response_path(jobs_dir=ctx.settings.jobs_dir, job_id=a.job_id, round=a.round, index=a.index)
+        if raw.exists():  # the stored texts had to be escaped or cut; the response as the model wrote it
+            header += f" · raw response: `{raw}`"
         code = a.code if a.code is not None else "# no code block found in the response\n"
         feedback = a.feedback or ("All public tests passed." if a.passed_public == a.total_public
                                   else "(no feedback)")

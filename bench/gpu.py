@@ -5,11 +5,12 @@
 
 Runs from a checkout without installing it (the repo root is put on ``sys.path``) and imports only ``sdpo`` /
 ``sdpo_sandbox`` and what they need: torch, transformers, tokenizers, peft, safetensors, PyYAML (no gradio,
-celery, sqlalchemy, typer). Models are random-initialised from Qwen3-style configs (no download); the tokenizer
+celery, sqlalchemy, typer; jinja2 renders the chat template). Models are random-initialised from Qwen3-style configs (no download); the tokenizer
 is the tiny model's byte-level BPE (``sdpo.tiny.train_tokenizer``, 2,048 entries) while the models keep
 Qwen3's 151,936-row vocabulary, as a real checkpoint's embedding is larger than its tokenizer.
 
-Parts (``--parts``, default all four, in this order):
+Parts (``--parts``: which, in the order given; default all four, run as update, loss, resume, ttt: part 3
+last, its sandbox and long generations being the likeliest to stall):
 
 1. ``update``: an SDPO and a GRPO update step (and SDPO with ``fused_lm_head``) on the same scored batch
    (8 rollouts x 1,024 response tokens; 2 successes, so every sample's teacher context holds a sibling
@@ -24,8 +25,8 @@ Parts (``--parts``, default all four, in this order):
    checked; strong isolation needs root, weak is tried when strong cannot start); one test-time SDPO round
    (``sdpo.ttt.solve``: sample n = 8, score in the sandbox, update), and SDPO/GRPO per step with generation.
 4. ``resume``: ``sdpo.trainer.train`` for 3 steps with a checkpoint after step 2, then resumed from it: the
-   resumed step 3 must reproduce the uninterrupted step 3 (loss, rollouts, weights), full (bf16 with float32
-   masters) and LoRA.
+   resumed step 3 must reproduce the uninterrupted step 3 (its loss and rollouts; the weights and teacher after
+   it are compared and reported), full (bf16 with float32 masters) and LoRA.
 
 Every figure is a median of ``--reps`` timed repetitions after ``--warmup`` untimed ones (variants alternate
 within a repetition). ``--budget-s`` caps the whole run: each part gets a share of the time left when it starts
@@ -77,6 +78,8 @@ QWEN3 = dict(vocab_size=151_936, num_hidden_layers=28, num_attention_heads=16, n
 SHAPES: dict[str, dict[str, int | bool]] = {
     "0.6b": dict(QWEN3, hidden_size=1024, intermediate_size=3072),
     "1.7b": dict(QWEN3, hidden_size=2048, intermediate_size=6144),
+    # opt-in (--shapes): full fine-tuning beside its EMA teacher needs about 130 GB in bf16 with float32 masters
+    "4b": dict(QWEN3, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32),
     # part 4: a small model with the real vocabulary (the check is about CUDA state, not size)
     "resume": dict(QWEN3, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=2, head_dim=64),
@@ -347,8 +350,17 @@ def build_model(run: Run, shape: str, *, seed: int = 0, dtype: torch.dtype = tor
     config = Qwen3Config(**SHAPES[shape], bos_token_id=None, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
-    with torch.device(run.device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    try:
+        with torch.device(run.device):  # initialised where it runs: seconds for 1.7B parameters on a GPU
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001  (a transformers version that cannot build under a device context)
+        if run.device.type == "cpu":
+            raise
+        run.log(f"building on {run.device} failed ({type(e).__name__}: {e}); building on the CPU instead")
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(run.device)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.eval()
@@ -879,10 +891,12 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--out", default=None, help="JSON file written after every part")
     p.add_argument("--parts", default=",".join(ORDER),
                    help=f"comma-separated parts, run in the order given (default {','.join(ORDER)})")
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available; --smoke: cpu)")
+    p.add_argument("--device", default=None, choices=("cuda", "cpu"),
+                   help="default: cuda when available; --smoke: cpu (--smoke --device cuda: the tiny shapes on the "
+                        "GPU, a quick first look there)")
     p.add_argument("--shapes", default=None,
-                   help="part 1's Qwen3 shapes, comma-separated: 0.6b, 1.7b (default both; --smoke: 0.6b, which "
-                        "is tiny there)")
+                   help="part 1's Qwen3 shapes, comma-separated: 0.6b, 1.7b, 4b (default 0.6b,1.7b; --smoke: 0.6b, "
+                        "which is tiny there)")
     p.add_argument("--variants", default="grpo,sdpo,sdpo_fused", help="part 1's variants (grpo is always run)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per figure (default 5; --smoke 1)")
     p.add_argument("--warmup", type=int, default=None, help="untimed repetitions first (default 2; --smoke 1)")
@@ -909,9 +923,10 @@ def parse_args(argv: list[str] | None):
         p.error(f"--parts: got {args.parts}; name each part once")
     args.shapes = [x for x in args.shapes.split(",") if x]
     args.variants = {"grpo"} | set(args.variants.split(","))
-    for name, got, allowed in (("--parts", args.parts, PARTS), ("--shapes", args.shapes, ("0.6b", "1.7b")),
+    qwen3 = ("0.6b", "1.7b", "4b")
+    for name, got, allowed in (("--parts", args.parts, PARTS), ("--shapes", args.shapes, qwen3),
                                ("--variants", args.variants, ("grpo", "sdpo", "sdpo_fused")),
-                               ("--gen-shape", [args.gen_shape], ("0.6b", "1.7b"))):
+                               ("--gen-shape", [args.gen_shape], qwen3)):
         bad = [x for x in got if x not in allowed]
         if bad:
             p.error(f"{name}: unknown {bad}; choose from {', '.join(allowed)}")

@@ -480,8 +480,8 @@ def _update_case(run: Run, budget: Budget, shape: str, adapter: str, batch) -> N
         s = figure(t)
         finite = all(math.isfinite(m.get(k, 0.0)) for k in ("loss", "grad_norm")) and \
             "update/skipped_nonfinite" not in m
-        result = (f"{fmt_s(s)}/step, {fmt_rate(tokens, s)}, peak {fmt_gib(t.peak)} "
-                  f"(step +{fmt_gib(t.peak_extra)}), loss {m.get('loss', float('nan')):.4g}, "
+        mem = "peak n/a on CPU" if t.peak is None else f"peak {fmt_gib(t.peak)} (step +{fmt_gib(t.peak_extra)})"
+        result = (f"{fmt_s(s)}/step, {fmt_rate(tokens, s)}, {mem}, loss {m.get('loss', float('nan')):.4g}, "
                   f"grad norm {m.get('grad_norm', float('nan')):.3g}")
         row_status = status if finite else "fail: non-finite loss or gradient (a skipped optimizer step)"
         run.add("update", f"{case} {v}", result, row_status, shape=shape, adapter=adapter, variant=v,
@@ -866,7 +866,7 @@ def _resume_case(run: Run, tmp: Path, model_dir: Path, train_file: Path, adapter
     masters = {str(v.dtype).replace("torch.", "") for v in wa.values()}
     ok = loss_rel <= 1e-6 and same_rollouts and math.isfinite(la)
     result = (f"step-3 loss {la:.6g} uninterrupted vs {lb_:.6g} resumed (rel diff {loss_rel:.1e}); rollouts "
-              f"{'equal' if same_rollouts else 'DIFFER'}; after step 3 max |diff| weights {w_diff:.1e}, teacher "
+              f"{'equal' if same_rollouts else 'DIFFER'}; after step 3 max abs diff weights {w_diff:.1e}, teacher "
               f"{t_diff:.1e}; saved weights {'/'.join(sorted(masters))}; {fmt_s(total)} for both runs")
     run.add("resume", case, result, "ok" if ok else "fail: the resumed step differs from the uninterrupted one",
             adapter=adapter, loss_uninterrupted=la, loss_resumed=lb_, loss_rel=loss_rel, same_rollouts=same_rollouts,

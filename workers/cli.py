@@ -10,6 +10,7 @@ Service commands (same services as the UI, for scripts):
     sdpo submit train --config C.yaml [--set max_steps=10] [--gpus 2]
     sdpo jobs list [--json] [--status running] [--kind solve] [--search text]
     sdpo jobs show ID [--json]
+    sdpo jobs attempts ID            (JSON lines)
     sdpo jobs cancel ID
 
 Invalid input exits with code 2 and a message naming the field; nothing is queued then.
@@ -286,6 +287,24 @@ def jobs_show(job_id: int = typer.Argument(...), as_json: bool = typer.Option(Fa
         typer.echo(f"  checkpoint step {c.step} {c.kind} {c.path} ({c.bytes} bytes)")
     if d.result:
         typer.echo(f"result: {json.dumps(d.result)}")
+
+
+@jobs_app.command("attempts")
+def jobs_attempts(job_id: int = typer.Argument(...)) -> None:
+    """A job's attempts as JSON lines, in (round, index) order: the texts as stored (what the UI shows and the
+    job's attempts.jsonl holds), with the raw response file where one was kept."""
+    from backend.db import session_scope
+    from backend.errors import NotFound
+    from backend.services.jobs import get_job, iter_attempt_lines
+
+    settings = _settings()
+    with session_scope(_sessions(settings)) as s:
+        try:
+            get_job(s, job_id=job_id)
+        except NotFound as e:
+            fail(str(e))
+        for line in iter_attempt_lines(s, job_id=job_id, jobs_dir=settings.jobs_dir):
+            typer.echo(line, nl=False)
 
 
 @jobs_app.command("cancel")

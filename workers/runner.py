@@ -40,15 +40,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.db import session_factory_from_settings, session_scope
-from backend.errors import JobLost, NotFound
+from backend.errors import JobLost, NotFound, NotRecorded
 from backend.queue import JobQueue
 from backend.services import jobs as J
 from backend.services import teacher as T
 from backend.services.workers import touch_worker
 from backend.settings import Settings
+from backend.text import database_error_reason
 from workers.engine import attempt_in, build_solve_config, build_train_config, teacher_view_in
 
 log = logging.getLogger("sdpo.worker")
@@ -150,7 +152,8 @@ class DbCallbacks:
         self.cancelled = False
         self.lost = threading.Event()
 
-    def _write(self, fn, **kwargs) -> None:
+    def _write(self, fn, what: str, **kwargs) -> None:
+        """Commit one write; a database error becomes ``NotRecorded`` naming ``what`` with a one-line reason."""
         if self.lost.is_set():
             return
         try:
@@ -159,18 +162,44 @@ class DbCallbacks:
         except JobLost:
             log.warning("job %s is no longer %s's; its progress is not recorded", self.job_id, self.owner)
             self.lost.set()
+        except SQLAlchemyError as e:
+            log.exception("job %s: the database refused %s", self.job_id, what)
+            raise NotRecorded(what, database_error_reason(e)) from None
 
     def on_attempts(self, attempts: list[Any]) -> None:
-        self._write(J.record_attempts, attempts=[attempt_in(a) for a in attempts])
+        """Record a round's attempts. If the database refuses the batch, each attempt is recorded alone, and
+        one it still refuses is recorded as a stand-in carrying the reason (``record_unstored_attempt``) so
+        the job goes on with complete attempts; only when even that fails does the job fail."""
+        rows = [attempt_in(a) for a in attempts]
+        jobs_dir = self.ctx.settings.jobs_dir
+        try:
+            self._write(J.record_attempts, f"the attempts of round {rows[0].round}" if rows else "attempts",
+                        attempts=rows, jobs_dir=jobs_dir)
+            return
+        except NotRecorded:
+            pass
+        for row in rows:
+            what = f"attempt {row.index} of round {row.round}"
+            try:
+                self._write(J.record_attempts, what, attempts=[row], jobs_dir=jobs_dir)
+            except NotRecorded as e:
+                log.error("job %s: %s is recorded without its texts: %s", self.job_id, what, e.reason)
+                self._write(J.record_unstored_attempt, what, attempt=row, reason=e.reason, jobs_dir=jobs_dir)
 
     def on_teacher(self, views: list[Any]) -> None:
-        self._write(T.record_teacher_views, views=[teacher_view_in(v) for v in views])
+        """Record what the teacher saw and said about a round's attempts. It is for showing only: a write the
+        database refuses is logged and the job goes on."""
+        what = f"the teacher views of round {views[0].round}" if views else "teacher views"
+        try:
+            self._write(T.record_teacher_views, what, views=[teacher_view_in(v) for v in views])
+        except NotRecorded as e:
+            log.error("job %s: %s are not recorded: %s", self.job_id, what, e.reason)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self._write(J.append_metrics, step=step, metrics=metrics)
+        self._write(J.append_metrics, f"the metrics of step {step}", step=step, metrics=metrics)
 
     def on_checkpoint(self, step: int, path: str, kind: str) -> None:
-        self._write(J.register_checkpoint, step=step, kind=kind, path=path)
+        self._write(J.register_checkpoint, f"the checkpoint of step {step}", step=step, kind=kind, path=path)
 
     def should_stop(self) -> bool:
         """Stop when the worker is shutting down, the job was cancelled or deleted, or it is no longer running
@@ -337,8 +366,7 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
             status = "stopped"
         else:
             log.exception("job %s failed", job_id)
-            tb = traceback.format_exception(type(e), e, e.__traceback__)
-            status, error = "failed", f"{type(e).__name__}: {e}\n\n{''.join(tb[-6:])}"
+            status, error = "failed", failure_text(e)
     finally:
         heartbeat.stop()
         lost = heartbeat.lost.is_set() or callbacks.lost.is_set()
@@ -364,7 +392,30 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
         done = J.finish_job(s, job_id=job_id, worker_id=ctx.worker_id, status=status, error=error,
                             result=_result_dict(result))
         touch_worker(s, worker_id=ctx.worker_id, current_job_id=None)
+    if done:
+        write_attempts_file(ctx, job_id)
     return status if done else "lost"
+
+
+def failure_text(e: BaseException) -> str:
+    """A failed job's error text: the one-line reason when the database refused a write or failed (never
+    SQL, parameters or a framework traceback), else the engine's exception with the end of its traceback."""
+    if isinstance(e, NotRecorded):
+        return str(e)
+    if isinstance(e, SQLAlchemyError):
+        return f"the database failed ({database_error_reason(e)}); what was recorded before is kept"
+    tb = traceback.format_exception(type(e), e, e.__traceback__)
+    return f"{type(e).__name__}: {e}\n\n{''.join(tb[-6:])}"
+
+
+def write_attempts_file(ctx: WorkerContext, job_id: int) -> None:
+    """``attempts.jsonl`` in the job's folder: its attempts as stored (the text the UI and ``sdpo jobs
+    attempts`` show). A file that cannot be written is logged; the job's outcome stands."""
+    try:
+        with session_scope(ctx.sessions) as s:
+            J.write_attempts_file(s, job_id=job_id, jobs_dir=ctx.settings.jobs_dir)
+    except Exception:  # noqa: BLE001 - a copy of what is in the database
+        log.exception("job %s: could not write attempts.jsonl", job_id)
 
 
 def run_solve(ctx: WorkerContext, *, config: dict[str, Any], model: str, problem_data: dict[str, Any] | None,
@@ -412,6 +463,7 @@ def run_train_ranks(ctx: WorkerContext, *, cfg: Any, gpus: int, job_id: int | No
     config_path = job_dir / "rank_config.json"
     config_path.write_text(json.dumps(cfg.to_dict()))
     (job_dir / "result.json").unlink(missing_ok=True)
+    (job_dir / "not_recorded.json").unlink(missing_ok=True)
     # torchrun dies with this worker (workers.lifeline: parent-death signal), and its ranks with it; the ranks
     # write as this worker (SDPO_JOB_OWNER) and stop by themselves when the job is no longer its.
     cmd = [sys.executable, "-m", "workers.lifeline", str(os.getpid()),
@@ -446,6 +498,8 @@ def run_train_ranks(ctx: WorkerContext, *, cfg: Any, gpus: int, job_id: int | No
             return {**json.loads((job_dir / "result.json").read_text()), "stopped": True}
         except (OSError, ValueError):
             return {"stopped": True}
+    if proc.returncode != 0 and (job_dir / "not_recorded.json").exists():  # a rank's write the database refused
+        raise NotRecorded(**json.loads((job_dir / "not_recorded.json").read_text()))
     if proc.returncode != 0:
         tail = (job_dir / "torchrun.log").read_text(errors="replace").splitlines()[-15:]
         raise RuntimeError(f"torchrun with {gpus} ranks exited with {proc.returncode}:\n" + "\n".join(tail))

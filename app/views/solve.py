@@ -260,7 +260,11 @@ def attempt_view(ctx: AppContext, attempt_id: int) -> AttemptView:
     if a is None:
         return AttemptView("Attempt not found", "", "", "", "", "", "")
     code = a.code if a.code is not None else "# no code block found in the response (see the raw response)\n"
-    return AttemptView(header=I.header_md(a), response=a.response, code=code, feedback=I.feedback_text(a),
+    header = I.header_md(a)
+    raw = J.raw_response_path(jobs_dir=ctx.settings.jobs_dir, job_id=a.job_id, round=a.round, index=a.index)
+    if raw.exists():  # the stored texts had to be escaped or cut; the response as the model wrote it
+        header += f" · raw response: `{raw}`"
+    return AttemptView(header=header, response=a.response, code=code, feedback=I.feedback_text(a),
                        teacher=I.teacher_md(a), context=I.context_text(a), tokens=I.credit_html(a))
 
 

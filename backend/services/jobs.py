@@ -13,6 +13,8 @@ exactly the code the engine runs and ``backend`` never imports the engines.
 from __future__ import annotations
 
 import enum
+import json
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +50,7 @@ from backend.schemas import (
     RoundSummary,
 )
 from backend.services.workers import gpus_offered
+from backend.text import RESPONSE_CHARS, storable
 
 MAX_LABEL = 200
 
@@ -216,9 +219,10 @@ def _job_query(kind: str | None, status: str | Sequence[str] | None, search: str
     if problem_id is not None:
         q = q.where(Job.problem_id == problem_id)
     if search:
-        term = f"%{search.strip().lower()}%"
-        conds = [func.lower(Job.label).like(term), func.lower(Job.model).like(term),
-                 func.lower(func.coalesce(Job.error, "")).like(term)]
+        term = storable(search.strip().lower())  # as stored; matched literally (%, _ and \ are no wildcards)
+        conds = [func.lower(Job.label).contains(term, autoescape=True),
+                 func.lower(Job.model).contains(term, autoescape=True),
+                 func.lower(func.coalesce(Job.error, "")).contains(term, autoescape=True)]
         if search.strip().isdigit():
             conds.append(Job.id == int(search.strip()))
         q = q.where(or_(*conds))
@@ -445,7 +449,7 @@ def finish_job(session: Session, *, job_id: int, worker_id: str, status: str, er
         return False
     transition(session, job=job, to=status, error=error)
     if result is not None:
-        job.result = result
+        job.result = _storable_json(result)
     session.flush()
     return True
 
@@ -493,6 +497,17 @@ def release_job(session: Session, *, job_id: int, worker_id: str, reason: str, e
         session.commit()
         return "failed"
     return outcome
+
+
+def _storable_json(value: Any) -> Any:
+    """``value`` with every string in it made ``storable`` (an engine's result holds e.g. the solution code)."""
+    if isinstance(value, str):
+        return storable(value, limit=RESPONSE_CHARS)
+    if isinstance(value, dict):
+        return {storable(str(k)): _storable_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable_json(v) for v in value]
+    return value
 
 
 def _when(beat) -> str:
@@ -585,19 +600,99 @@ def _writable_job(session: Session, job_id: int, worker_id: str | None) -> Job:
     return job
 
 
+def raw_response_path(*, jobs_dir: Path, job_id: int, round: int, index: int) -> Path:
+    """Where the raw response of attempt (``round``, ``index``) is kept when its stored text had to differ
+    (escaped control characters, replaced invalid text, cut) or it could not be stored at all."""
+    return Path(jobs_dir) / str(job_id) / "responses" / f"round-{round}-index-{index}.txt"
+
+
+def _keep_raw(path: Path, response: str) -> None:
+    """Write ``response`` byte for byte (lone surrogates too) to ``path``, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(response.encode("utf-8", "surrogatepass"))
+    os.replace(tmp, path)
+
+
 def record_attempts(session: Session, *, job_id: int, attempts: Iterable[AttemptIn],
-                    worker_id: str | None = None) -> int:
+                    worker_id: str | None = None, jobs_dir: Path | None = None) -> int:
     """Insert attempts; one already stored for the same (job, round, index) is kept, never duplicated.
     Returns how many rows were new. With ``worker_id`` (a worker's writes) nothing is written and
-    ``JobLost`` is raised unless the job runs under that worker."""
+    ``JobLost`` is raised unless the job runs under that worker.
+
+    Texts are stored by the rule of ``backend.text.storable`` (the column types apply it). With ``jobs_dir``,
+    the raw response of each new attempt whose stored response differs from it is kept in
+    ``raw_response_path`` (a stale one of a re-run attempt is removed)."""
     job = _writable_job(session, job_id, worker_id)
+    attempts = list(attempts)
     rows = [dict(a.model_dump(), job_id=job_id, problem_id=job.problem_id, created_at=utcnow())
             for a in attempts]
     if not rows:
         return 0
     stmt = _insert(session, Attempt).values(rows).on_conflict_do_nothing(
-        index_elements=["job_id", "round", "index"]).returning(Attempt.id)
-    return len(session.execute(stmt).all())
+        index_elements=["job_id", "round", "index"]).returning(Attempt.round, Attempt.index)
+    new = set(map(tuple, session.execute(stmt).all()))
+    if jobs_dir is not None:
+        for a in attempts:
+            if (a.round, a.index) not in new:
+                continue
+            path = raw_response_path(jobs_dir=jobs_dir, job_id=job_id, round=a.round, index=a.index)
+            if storable(a.response, limit=RESPONSE_CHARS) != a.response:
+                _keep_raw(path, a.response)
+            else:
+                path.unlink(missing_ok=True)
+    return len(new)
+
+
+def record_unstored_attempt(session: Session, *, job_id: int, attempt: AttemptIn, reason: str,
+                            worker_id: str | None = None, jobs_dir: Path | None = None) -> int:
+    """Record in place of an attempt the database refused (``reason``, one line) a row with its numbers
+    (round, index, reward, tests passed, tokens, time) and the reason as its response and feedback, so the
+    job's attempts stay complete; with ``jobs_dir`` its raw response is kept in ``raw_response_path``.
+    Returns 1 when the row was new (``record_attempts``)."""
+    note = f"this attempt could not be stored in the database: {reason}"
+    if jobs_dir is not None:
+        path = raw_response_path(jobs_dir=jobs_dir, job_id=job_id, round=attempt.round, index=attempt.index)
+        _keep_raw(path, attempt.response)
+        note += f"; its raw response is in {path}"
+    note = f"[{note}]"
+    stand_in = attempt.model_copy(update={"response": note, "code": None, "feedback": note, "task_id": None})
+    return record_attempts(session, job_id=job_id, attempts=[stand_in], worker_id=worker_id)
+
+
+def attempt_record(a: Attempt, *, jobs_dir: Path | None = None) -> dict[str, Any]:
+    """One attempt as stored, as the JSON object of an ``attempts.jsonl`` line (the keys of ``sdpo solve``'s
+    file, plus response, tokens, seconds, task id and, with ``jobs_dir``, the raw response file if one was
+    kept)."""
+    record: dict[str, Any] = {
+        "round": a.round, "index": a.index, "reward": a.reward, "passed": a.passed_public,
+        "total": a.total_public, "hidden_passed": a.passed_hidden, "hidden_total": a.total_hidden,
+        "feedback": a.feedback, "code": a.code, "response": a.response, "tokens": a.tokens,
+        "seconds": a.seconds, "task_id": a.task_id}
+    if jobs_dir is not None:
+        raw = raw_response_path(jobs_dir=jobs_dir, job_id=a.job_id, round=a.round, index=a.index)
+        record["raw_response"] = str(raw) if raw.exists() else None
+    return record
+
+
+def iter_attempt_lines(session: Session, *, job_id: int, jobs_dir: Path | None = None) -> Iterable[str]:
+    """The job's attempts in (round, index) order as ``attempts.jsonl`` lines (``attempt_record``), read in
+    batches (a long training job has many)."""
+    q = (select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.round, Attempt.index)
+         .execution_options(yield_per=500))
+    for a in session.scalars(q):
+        yield json.dumps(attempt_record(a, jobs_dir=jobs_dir), ensure_ascii=False) + "\n"
+
+
+def write_attempts_file(session: Session, *, job_id: int, jobs_dir: Path) -> Path:
+    """Write ``<jobs_dir>/<id>/attempts.jsonl`` from the stored attempts (atomically); returns its path."""
+    path = Path(jobs_dir) / str(job_id) / "attempts.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".attempts.jsonl.{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(iter_attempt_lines(session, job_id=job_id, jobs_dir=jobs_dir))
+    os.replace(tmp, path)
+    return path
 
 
 def list_attempts(session: Session, *, job_id: int, after_id: int | None = None,

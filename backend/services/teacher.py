@@ -26,18 +26,15 @@ NOT_RECORDED = "not_recorded"  # not recorded: the round is still being distille
 HAS_VIEW = "view"
 
 
-def _clean(text: str) -> str:
-    """Text a database stores as given (PostgreSQL refuses NUL characters in text)."""
-    return text.replace("\x00", "\ufffd")
-
-
 def record_teacher_views(session: Session, *, job_id: int, views: Iterable[TeacherViewIn],
                          worker_id: str | None = None) -> int:
     """Store the teacher views of a round; one already stored for the same (job, round, index) is kept.
     Returns how many rows were new. With ``worker_id`` (a worker's writes) nothing is written and ``JobLost``
-    is raised unless the job runs under that worker."""
+    is raised unless the job runs under that worker. Texts are stored by the rule of ``backend.text.storable``,
+    the per-token view's strings too (a token can be any text a model writes)."""
     J._writable_job(session, job_id, worker_id)
-    rows = [dict(v.model_dump(), context=_clean(v.context), job_id=job_id, created_at=utcnow()) for v in views]
+    rows = [dict(v.model_dump(), credit=J._storable_json(v.credit), job_id=job_id, created_at=utcnow())
+            for v in views]
     if not rows:
         return 0
     stmt = J._insert(session, TeacherView).values(rows).on_conflict_do_nothing(

@@ -270,6 +270,25 @@ def test_job_views_show_time_per_round_and_an_estimate_for_the_rest(ctx):
     assert "4 s per step" in line and "about 10 s for the remaining 3 steps" in line, line
 
 
+def test_attempt_view_shows_the_stored_texts_and_names_the_raw_response(ctx):
+    """The UI shows what the database holds (control characters escaped, lone surrogates replaced: the text of
+    `sdpo jobs attempts` and attempts.jsonl) and where the raw response is kept."""
+    jid = solve.submit(ctx, problem=form_problem(ctx), config=small_config())
+    with ctx.session() as s:
+        J.claim_job(s, job_id=jid, worker_id="w:1", takeover_after_s=60)
+        J.record_attempts(s, job_id=jid, worker_id="w:1", jobs_dir=ctx.settings.jobs_dir, attempts=[
+            _attempt(0, 0, 0, 2, code="print(1)\x00\ud800").model_copy(
+                update={"response": "x\x00", "feedback": "stderr: \x1b[31mboom\x07"}),
+            _attempt(0, 1, 0, 2)])
+    snap = solve.snapshot(ctx, jid)
+    v = solve.attempt_view(ctx, snap.attempt_ids[0])
+    raw = J.raw_response_path(jobs_dir=ctx.settings.jobs_dir, job_id=jid, round=0, index=0)
+    assert v.code == "print(1)\\x00\ufffd" and v.feedback == "stderr: \\x1b[31mboom\\x07"
+    assert v.response == "x\\x00"
+    assert f"raw response: `{raw}`" in v.header and raw.read_bytes() == b"x\x00"
+    assert "raw response" not in solve.attempt_view(ctx, snap.attempt_ids[1]).header
+
+
 def test_train_snapshot_plots_and_checkpoint_zip(ctx, tmp_path):
     jid = train.submit(ctx, source="humaneval", config={"loss": "sdpo", "max_steps": 2})
     ck = tmp_path / "ck" / "step_1"

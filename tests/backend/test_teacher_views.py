@@ -63,7 +63,9 @@ def test_views_are_stored_once_read_back_numbered_and_deleted_with_the_job(db, s
         ids = [a.id for a in J.list_attempts(s, job_id=job_id)]
         first = T.attempt_inspection(s, attempt_id=ids[0])
         assert (first.number, first.teacher_status, first.distilled, first.demonstration) == (1, T.HAS_VIEW, True, 2)
-        assert first.context == "Correct solution:\n\nr0.1 \ufffd" and first.credit == CREDIT
+        # stored as every text is (backend.text.storable): the NUL escaped visibly, here and in the tokens
+        assert first.context == "Correct solution:\n\nr0.1 \\x00"
+        assert first.credit == {**CREDIT, "tokens": ["print", "(\\x00", ")"]}
         assert first.round_metrics["sdpo/kl_mean"] == 0.125 and first.round_updated == "yes"
         assert T.attempt_inspection(s, attempt_id=ids[1]).distilled is False
         later = T.attempt_inspection(s, attempt_id=ids[4])

@@ -257,7 +257,7 @@ def test_sdpo_distils_the_demonstration_from_the_models_own_failures(copy_model)
     model's failed samples, and that is enough to teach it. GRPO gets non-zero advantages from the same
     rewards (+ on the demonstration, - on the samples), which makes its update close to supervised
     fine-tuning on the demonstration. How the two gains compare is not asserted: it depends on the CPU's float
-    kernels and the seed (bench/margins.py measured SDPO/GRPO from 0.1 to 1.0)."""
+    kernels and the seed (bench/margins.py measured SDPO/GRPO from 0.10 to 1.01)."""
     base, tok = copy_model
     sd = SelfDistillationConfig()
     probe = _distil_batch(tok, [_rollout(tok, P, "I do not know.")] * 7)

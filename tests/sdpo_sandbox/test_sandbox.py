@@ -490,7 +490,9 @@ def test_hostile_feedback_stays_delimited(outcomes):
 def test_timeouts_are_enforced_promptly(outcomes):
     for name in ("infinite_loop", "sleep", "fork_bomb"):
         rec = outcomes[0][name].tests[0]
-        assert 0.9 <= rec.seconds < 2.5, (name, rec.seconds)
+        # the 1 s limit is enforced: killed after it, and long before the program would end by itself (the
+        # upper bound leaves room for a loaded machine: it only has to tell "killed" from "ran on")
+        assert 0.9 <= rec.seconds < 5.0, (name, rec.seconds)
 
 
 def test_pool_recovers_from_a_dead_executor(pool):
@@ -572,7 +574,8 @@ def test_service_over_unix_socket(tmp_path):
         t0 = time.monotonic()
         r = evaluate("```python\nimport time\nn = int(input())\nif n == 2:\n    time.sleep(20)\nprint(n + 1)\n```",
                      slow, code_feedback="first_failure", sandbox=client)
-        assert [t.verdict for t in r.tests] == ["wrong_answer"] and time.monotonic() - t0 < 5
+        # test 2 would sleep 20 s: the stop kills it (the bound leaves room for a loaded machine)
+        assert [t.verdict for t in r.tests] == ["wrong_answer"] and time.monotonic() - t0 < 10
         r = evaluate("```python\nprint(int(input()))\n```", slow, sandbox=client, sparse=False)
         assert r.passed == 3
     finally:

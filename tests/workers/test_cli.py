@@ -259,3 +259,29 @@ def test_jobs_show_summarises_every_round(env, tmp_path):
     rounds = json.loads(run("jobs", "show", str(job_id), "--json").output)["rounds"]
     assert [(r["round"], r["first_attempt"], r["attempts"], r["solved"]) for r in rounds] == [(0, 1, 2, 0), (1, 3, 1, 1)]
     assert rounds[0]["metrics"]["loss"] == 0.25
+
+
+def test_jobs_attempts_prints_the_stored_texts(env, tmp_path):
+    """`sdpo jobs attempts` prints what the database holds (escaped, replaced), with the raw response file."""
+    from backend.db import session_factory_from_settings, session_scope
+    from backend.schemas import AttemptIn
+    from backend.services import jobs as J
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(PROBLEM))
+    job_id = int(run("submit", "solve", "--problem", str(path), "--budget", "2").output.strip())
+    sessions = session_factory_from_settings(env)
+    with session_scope(sessions) as s:
+        J.claim_job(s, job_id=job_id, worker_id="w:1", takeover_after_s=60)
+        J.record_attempts(s, job_id=job_id, worker_id="w:1", jobs_dir=env.jobs_dir, attempts=[
+            AttemptIn(round=0, index=i, response=r, code=r, reward=0.0, passed_public=0, total_public=2,
+                      feedback="out: \x1b[31m\ud800", tokens=1) for i, r in enumerate(["a\x00b", "clean"])])
+        J.finish_job(s, job_id=job_id, worker_id="w:1", status="failed", error="boom\x00")
+    lines = [json.loads(x) for x in run("jobs", "attempts", str(job_id)).output.splitlines()]
+    raw = J.raw_response_path(jobs_dir=env.jobs_dir, job_id=job_id, round=0, index=0)
+    assert [(x["index"], x["response"], x["code"], x["feedback"], x["raw_response"]) for x in lines] == [
+        (0, "a\\x00b", "a\\x00b", "out: \\x1b[31m\ufffd", str(raw)), (1, "clean", "clean", "out: \\x1b[31m\ufffd", None)]
+    assert raw.read_bytes() == b"a\x00b"
+    assert "error: boom\\x00" in run("jobs", "show", str(job_id)).output
+    r = runner.invoke(app, ["jobs", "attempts", "41"])
+    assert r.exit_code == 2 and "job 41 not found" in r.output

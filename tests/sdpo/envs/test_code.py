@@ -624,7 +624,7 @@ def test_sparse_stop_interrupts_a_speculative_later_test(pool):
     t0 = time.monotonic()
     r = evaluate(py(code), spec, code_feedback="first_failure", sandbox=pool)
     assert [t.verdict for t in r.tests] == ["wrong_answer"]
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 10  # test 2 would sleep 20 s (the bound leaves room for a loaded machine)
     # The slot is clean for the next solution (a stop that crossed the batch end is ignored).
     r = evaluate(py("print(int(input()))"), {"inputs": ["1", "2"], "outputs": ["1", "2"]}, sandbox=pool)
     assert r.reward == 1.0

@@ -255,9 +255,10 @@ def test_solve_live_attempts_feedback_cancel_and_history(server, page):
     # a second job, cancelled (queued behind the first, or running: either ends cancelled)
     fill(page, "solve-budget", "64")
     page.click("#solve-submit")
-    page.wait_for_function(f"() => /Job (?!{first}\\b)\\d+ queued/.test("
-                           "document.querySelector('#solve-message').innerText)")
-    second = int(re.search(r"Job (\d+) queued", page.inner_text("#solve-message")).group(1))
+    # the view opens the new job (its "queued" message goes once it runs: read the job-id box)
+    page.wait_for_function("(first) => document.querySelector('#solve-job-id input, #solve-job-id textarea')"
+                           ".value !== first", arg=str(first))
+    second = int(page.input_value("#solve-job-id textarea, #solve-job-id input"))
     assert second != first
     page.wait_for_selector("#solve-cancel", state="visible")
     page.click("#solve-cancel")

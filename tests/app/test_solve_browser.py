@@ -171,9 +171,9 @@ def test_first_click_solve_inspect_cancel_and_history(server, page):
     page.get_by_text("Advanced (SDPO settings)").click()
     fill(page, "solve-adv-max_new_tokens", str(LONG_TOKENS))
     page.click("#solve-submit")
-    page.wait_for_function(f"() => /Job (?!{first}\\b)\\d+ queued/.test("
-                           "document.querySelector('#solve-message').innerText)")
-    second = int(re.search(r"Job (\d+) queued", page.inner_text("#solve-message")).group(1))
+    box = "document.querySelector('#solve-job-id input, #solve-job-id textarea')"
+    page.wait_for_function(f"() => {box}.value !== '{first}'")  # the view opens the new job
+    second = int(page.input_value("#solve-job-id textarea, #solve-job-id input"))
     wait_status(page, "running", 60)
     page.wait_for_timeout(3000)  # past loading the model: generating its first round
     assert server.job(second).status == "running"

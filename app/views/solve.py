@@ -510,9 +510,13 @@ def build(ctx: AppContext) -> SolveHandles:
     slots = {"statement": statement_msg, "tests": tests_msg, "json": json_msg, "budget": budget_msg,
              "model": defaults_msg, "advanced": advanced_msg, "extra": extra_msg}
 
+    # The public endpoint /submit_solve answers (message, job id); the page then moves an error next to the box
+    # it names (``show_submitted``) and opens the new job.
+    api_job_id = gr.Number(value=None, precision=0, visible=False)
+    submit_error = gr.State(None)  # (slot, message) of the last submission's error, None when it was queued
+
     def on_submit(title_v, statement_v, source_v, testtype_v, fn_v, rows_v, json_v, starter_v, strategy_v,
                   budget_v, model_v, adapter_v, extra_v, *adv_v):
-        cleared = {k: gr.HTML("", visible=False) for k in slots}
         try:
             problem = build_problem(ctx, source=source_v, title=title_v, statement=statement_v, testtype=testtype_v,
                                     fn_name=fn_v, rows=rows_v, json_text=json_v, starter_code=starter_v)
@@ -521,23 +525,31 @@ def build(ctx: AppContext) -> SolveHandles:
             jid = submit(ctx, problem=problem, config=cfg, model=model_v)
         except InvalidInput as e:
             where = error_slot(e.field, source=source_v, advanced=[p for p, _, _ in adv])
-            if where == "main":
-                return (error_md(str(e)), gr.skip(), *cleared.values(), gr.skip(), gr.skip())
-            cleared[where] = gr.HTML(error_md(str(e)), visible=True)
-            pointer = error_md(f"Not submitted: see the message at {SLOT_NAMES[where]}.")
-            return (pointer, gr.skip(), *cleared.values(),
-                    gr.Accordion(open=True) if where in ("advanced", "extra") else gr.skip(), gr.skip())
+            return error_md(str(e)), gr.skip(), (where, str(e)), gr.skip()
         except EnqueueError as e:
-            return (error_md(str(e)), gr.skip(), *cleared.values(), gr.skip(), gr.skip())
-        return (ok_md(f"Job {jid} queued."), str(jid), *cleared.values(), gr.skip(), [jid, "queued"])
+            return error_md(str(e)), gr.skip(), ("main", str(e)), gr.skip()
+        return ok_md(f"Job {jid} queued."), jid, None, [jid, "queued"]
+
+    def show_submitted(jid, error):
+        """An error next to the box it names (the message under Solve points there), or the queued job opened."""
+        cleared = {k: gr.HTML("", visible=False) for k in slots}
+        if error is None:
+            return (gr.skip(), str(int(jid)), *cleared.values(), gr.skip())
+        where, text = error
+        if where == "main":
+            return (gr.skip(), gr.skip(), *cleared.values(), gr.skip())
+        cleared[where] = gr.HTML(error_md(text), visible=True)
+        return (error_md(f"Not submitted: see the message at {SLOT_NAMES[where]}."), gr.skip(), *cleared.values(),
+                gr.Accordion(open=True) if where in ("advanced", "extra") else gr.skip())
 
     submitted = submit_btn.click(
         on_submit,
         [title, statement, source, testtype, fn_name, tests, json_text, starter, strategy, budget, model, adapter,
          extra, *adv_boxes],
-        [message, job_id, *slots.values(), advanced, msg_about], api_name="submit_solve",
-    )
-    submitted.success(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
+        [message, api_job_id, submit_error, msg_about], api_name="submit_solve",
+    ).then(show_submitted, [api_job_id, submit_error], [message, job_id, *slots.values(), advanced],
+           api_visibility="private", show_progress="hidden")
+    submitted.then(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
     open_btn.click(lambda j: render(j, None, None, None), [job_id], view_outputs, api_visibility="private")
     job_id.submit(lambda j: render(j, None, None, None), [job_id], view_outputs, api_visibility="private")
     timer.tick(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")

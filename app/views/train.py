@@ -375,6 +375,11 @@ def build(ctx: AppContext) -> TrainHandles:
             "" if stale else skip, None if stale else skip,
         )
 
+    # The public endpoint /submit_train answers (message, job id, dataset list); the page then moves an error
+    # about the dataset or the model next to it (``show_submitted``) and opens the new run.
+    api_job_id = gr.Number(value=None, precision=0, visible=False)
+    submit_error = gr.State(None)  # (place, message) of the last submission's error, None when it was queued
+
     def on_submit(source_v, upload_v, name_v, path_v, registered_v, loss_v, adapter_v, model_v, extra_v, *field_v):
         try:
             cfg = build_train_config(loss=loss_v, adapter=adapter_v, extra_yaml=extra_v,
@@ -382,23 +387,29 @@ def build(ctx: AppContext) -> TrainHandles:
             jid = submit(ctx, source=source_v, config=cfg, upload_path=upload_v, dataset_name=name_v,
                          server_path=path_v, registered=registered_v, model=model_v)
         except InvalidInput as e:
-            where = error_place(e.field)
-            if where == "form":
-                return error_md(str(e)), gr.skip(), gr.skip(), gr.skip(), gr.HTML("", visible=False), gr.skip()
-            shown = gr.HTML(error_md(str(e)), visible=True)
-            pointer = error_md(f"Not started: see the message at {'Dataset' if where == 'dataset' else 'Model'}.")
-            return (pointer, gr.skip(), gr.skip(), gr.skip(), shown if where == "dataset" else gr.HTML("", visible=False),
-                    shown if where == "model" else gr.skip())
+            return error_md(str(e)), gr.skip(), gr.skip(), (error_place(e.field), str(e)), gr.skip()
         except EnqueueError as e:
-            return error_md(str(e)), gr.skip(), gr.skip(), gr.skip(), gr.HTML("", visible=False), gr.skip()
-        return (ok_md(f"Job {jid} queued."), str(jid), gr.Dropdown(choices=_dataset_choices(ctx)), [jid, "queued"],
-                gr.HTML("", visible=False), gr.HTML("", visible=False))
+            return error_md(str(e)), gr.skip(), gr.skip(), ("form", str(e)), gr.skip()
+        return ok_md(f"Job {jid} queued."), jid, gr.Dropdown(choices=_dataset_choices(ctx)), None, [jid, "queued"]
+
+    def show_submitted(jid, error):
+        hidden = gr.HTML("", visible=False)
+        if error is None:
+            return gr.skip(), str(int(jid)), hidden, hidden
+        where, text = error
+        if where == "form":
+            return gr.skip(), gr.skip(), hidden, gr.skip()
+        shown = gr.HTML(error_md(text), visible=True)
+        pointer = error_md(f"Not started: see the message at {'Dataset' if where == 'dataset' else 'Model'}.")
+        return (pointer, gr.skip(), shown if where == "dataset" else hidden, shown if where == "model" else gr.skip())
 
     render_inputs = [job_id, signature, msg_about]
     submit_btn.click(on_submit, [source, upload, dataset_name, server_path, registered, loss, adapter, model, extra,
-                                 *boxes], [message, job_id, registered, msg_about, dataset_msg, defaults_msg],
+                                 *boxes], [message, api_job_id, registered, submit_error, msg_about],
                      api_name="submit_train",
-                     ).success(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
+                     ).then(show_submitted, [api_job_id, submit_error], [message, job_id, dataset_msg, defaults_msg],
+                            api_visibility="private", show_progress="hidden",
+                     ).then(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
     open_btn.click(lambda j: render(j), [job_id], view_outputs, api_visibility="private")
     job_id.submit(lambda j: render(j), [job_id], view_outputs, api_visibility="private")
     timer.tick(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")

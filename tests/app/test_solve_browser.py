@@ -128,7 +128,8 @@ def test_first_click_solve_inspect_cancel_and_history(server, page):
     msg = page.locator("#solve-message .sdpo-ok")
     msg.wait_for()
     first = int(re.search(r"Job (\d+) queued", msg.inner_text()).group(1))
-    assert page.input_value("#solve-job-id textarea, #solve-job-id input") == str(first)
+    page.wait_for_function("(id) => document.querySelector('#solve-job-id input, #solve-job-id textarea').value == id",
+                           arg=str(first))  # the job view opens it
 
     # 2. the first attempt on screen; the "queued" message is gone once the job runs
     page.wait_for_selector("#solve-attempts .virtual-row", timeout=FIRST_ATTEMPT_S * 1000)

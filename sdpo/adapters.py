@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from sdpo.config import ConfigError
-
-ADAPTERS = ("full", "lora")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def check_target_modules(value: Any) -> list[str] | None:
-    """Validate a ``lora_target_modules`` setting: None (the default set), a non-empty list of module names, or
-    one name (returned as a one-element list: ``--set lora_target_modules=q_proj``)."""
-    if isinstance(value, str) and value:
-        return [value]
-    if value is None or (isinstance(value, list) and value and all(isinstance(m, str) and m for m in value)):
-        return value
-    raise ConfigError("lora_target_modules", f"got {value!r}; expected a list of module names (e.g. "
-                      "['q_proj', 'v_proj']), one name, or null for the default set")
 
 
 def apply_adapter(model, adapter: str, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,

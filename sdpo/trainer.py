@@ -14,26 +14,18 @@ import json
 import math
 import random
 import time
-from dataclasses import InitVar, asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sdpo.adapters import check_target_modules
 from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll, tensorboard_sink, wandb_sink
-from sdpo.config import (
-    ConfigError,
-    _choice,
-    _number,
-    apply_overrides,
-    build_dataclass,
-    check_limits,
-    read_config_file,
-)
+from sdpo.config import ConfigError, _choice, _number, apply_overrides, read_config_file
 from sdpo.data.tasks import Task
 from sdpo.distributed import (
     SINGLE,
+    STRATEGIES,
     DistContext,
     apply_fsdp,
     gather_full,
@@ -46,53 +38,42 @@ from sdpo.distributed import (
 from sdpo.rollout.base import SamplingParams
 from sdpo.update import ScoredBatch, UpdateConfig, policy_update
 
-SAMPLERS = ("auto", "hf", "vllm")
 SCHEDULES = ("constant", "cosine")
 DATASETS = ("humaneval",)
-DISTRIBUTED = ("none", "ddp", "fsdp")
 
 
 @dataclass
 class TrainConfig(UpdateConfig):
-    """A training run. Inherits the update settings (loss, lr, self_distillation, ...) from UpdateConfig.
+    """A training run. Inherits the update settings (loss, lr, self_distillation, ...) from UpdateConfig and the
+    policy and sampling settings (adapter, LoRA, n, max_new_tokens, temperature, top_p, top_k, seed, sampler,
+    device, dtype, ...) from ``sdpo.config.PolicyConfig``.
 
     model_path: local HF checkpoint (None = ``sdpo.models.default_model_path()``, the tiny/toy model).
     dataset: "humaneval", or None with ``train_file`` (+ optional ``test_file``) in the lasgroup JSONL format.
-    train_batch_size: questions per step; n: rollouts per question (a group).
+    train_batch_size: questions per step; n (inherited): rollouts per question (a group).
     val_every / save_every: steps between validation / checkpoints (0 = only at the end).
     val_k: samples per validation question (val/avg@k = mean reward over them). Validation samples with its
         own settings, the reference's protocol by default: val_temperature 0.6, val_top_p 0.95, val_top_k None
         (user.yaml val_kwargs), every question of the test set (val_max_questions None; a number keeps the
         first that many), responses up to max_new_tokens.
-    lora_target_modules: module names (e.g. ['q_proj', 'v_proj']; one name alone is a one-element list) or
-        None for ``sdpo.adapters.DEFAULT_LORA_TARGETS``.
     max_prompt_len: longest chat-templated prompt, in tokens; every train and validation row is checked when
         the data loads (before any step), naming the first row over it.
-    mini_batch_size (inherited): samples per optimizer step. ``ppo_mini_batch_size`` (the reference's / verl's
-        name) is accepted as an alias, in YAML and as a keyword; giving both with different values is an error.
+    distributed: "none" | "ddp" | "fsdp". Only matters under torchrun (WORLD_SIZE > 1), where "none" means
+        "ddp"; one process ignores it. "fsdp" (FSDP2) runs on CPU (gloo) and CUDA (nccl); tested on CPU only,
+        and not with fused_lm_head (see docs/scale-out.md).
     tensorboard / wandb: also log metrics to TensorBoard (``out_dir/tensorboard``) / a W&B run in project
         ``wandb_project``, when the package is installed (else a warning, and metrics.jsonl only).
     """
 
     model_path: str | None = None
     out_dir: str = "runs/train"
-    seed: int = 0
     dataset: str | None = None
     train_file: str | None = None
     test_file: str | None = None
     val_fraction: float = 0.2
-    adapter: str = "lora"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | None = None
     max_steps: int = 10
     train_batch_size: int = 4
-    n: int = 8
-    max_new_tokens: int = 256
     max_prompt_len: int = 2048
-    top_p: float = 1.0
-    top_k: int | None = None
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     dense_reward: bool = False
@@ -104,24 +85,13 @@ class TrainConfig(UpdateConfig):
     val_max_questions: int | None = None
     save_every: int = 0
     resume_from: str | None = None
-    sampler: str = "auto"
-    sampler_batch_size: int = 16
-    gpu_memory_utilization: float = 0.5
-    device: str = "auto"
-    dtype: str = "auto"
-    # "none" | "ddp" | "fsdp" (``strategy`` is another name of it in from_dict). Only matters under torchrun
-    # (WORLD_SIZE > 1), where "none" means "ddp"; one process ignores it. "fsdp" (FSDP2) runs on CPU (gloo) and
-    # CUDA (nccl); tested on CPU only, and not with fused_lm_head (see docs/scale-out.md).
     distributed: str = "none"
     progress: bool = True
     tensorboard: bool = False
     wandb: bool = False
     wandb_project: str = "sdpo"
-    ppo_mini_batch_size: InitVar[int | None] = None
 
-    def __post_init__(self, ppo_mini_batch_size: int | None = None) -> None:
-        self.mini_batch_size = _mini_batch_alias(self.mini_batch_size, ppo_mini_batch_size)
-        check_limits(self)  # first: a typo is reported on the field the user set
+    def __post_init__(self) -> None:
         super().__post_init__()
         if self.dataset is not None:
             _choice("dataset", self.dataset, DATASETS)
@@ -137,20 +107,11 @@ class TrainConfig(UpdateConfig):
             raise ConfigError("model_path", f"no Hugging Face checkpoint (config.json) at {self.model_path}")
         if self.resume_from is not None and not (Path(self.resume_from) / "trainer_state.pt").is_file():
             raise ConfigError("resume_from", f"no checkpoint (trainer_state.pt) at {self.resume_from}")
-        _choice("adapter", self.adapter, ("full", "lora"))
-        _number("lora_r", self.lora_r, lo=1, integer=True)
-        _number("lora_alpha", self.lora_alpha, lo=1, integer=True)
-        _number("lora_dropout", self.lora_dropout, lo=0.0, hi=1.0, hi_open=True)
-        self.lora_target_modules = check_target_modules(self.lora_target_modules)
         _number("val_fraction", self.val_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-        for name in ("max_steps", "train_batch_size", "n", "max_new_tokens", "max_prompt_len", "val_k",
-                     "sampler_batch_size"):
+        for name in ("max_steps", "train_batch_size", "max_prompt_len", "val_k"):
             _number(name, getattr(self, name), lo=1, integer=True)
-        for name in ("warmup_steps", "val_every", "save_every", "seed"):
+        for name in ("warmup_steps", "val_every", "save_every"):
             _number(name, getattr(self, name), lo=0, integer=True)
-        _number("top_p", self.top_p, lo=0.0, hi=1.0, lo_open=True)
-        if self.top_k is not None:
-            _number("top_k", self.top_k, lo=1, integer=True)
         _number("val_temperature", self.val_temperature, lo=0.0)
         _number("val_top_p", self.val_top_p, lo=0.0, hi=1.0, lo_open=True)
         if self.val_top_k is not None:
@@ -158,11 +119,7 @@ class TrainConfig(UpdateConfig):
         if self.val_max_questions is not None:
             _number("val_max_questions", self.val_max_questions, lo=1, integer=True)
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
-        _choice("sampler", self.sampler, SAMPLERS)
-        _number("gpu_memory_utilization", self.gpu_memory_utilization, lo=0.0, hi=1.0, lo_open=True)
-        _choice("device", self.device, ("auto", "cpu", "cuda"))
-        _choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
-        _choice("distributed", self.distributed, DISTRIBUTED)
+        _choice("distributed", self.distributed, STRATEGIES)
         for name in ("progress", "tensorboard", "wandb"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"got {getattr(self, name)!r}; expected true or false")
@@ -177,29 +134,6 @@ class TrainConfig(UpdateConfig):
         if self.mini_batch_size is not None and self.mini_batch_size > self.train_batch_size * self.n:
             raise ConfigError("mini_batch_size", f"got {self.mini_batch_size}; must be <= train_batch_size * n "
                               f"= {self.train_batch_size * self.n} samples per step")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        if "strategy" in data:  # another name of ``distributed`` (the issue's word); stored as distributed
-            if "distributed" in data:
-                raise ConfigError("strategy", "is another name of 'distributed'; set one of them, not both")
-            data["distributed"] = data.pop("strategy")
-        if "ppo_mini_batch_size" in data:  # an init-only alias: not a dataclass field, so not a known key
-            data["mini_batch_size"] = _mini_batch_alias(data.get("mini_batch_size"), data.pop("ppo_mini_batch_size"))
-        return build_dataclass(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _mini_batch_alias(mini_batch_size: int | None, ppo_mini_batch_size: int | None) -> int | None:
-    if ppo_mini_batch_size is None:
-        return mini_batch_size
-    if mini_batch_size is not None and mini_batch_size != ppo_mini_batch_size:
-        raise ConfigError("ppo_mini_batch_size", f"got {ppo_mini_batch_size!r} and mini_batch_size={mini_batch_size!r}; "
-                          "ppo_mini_batch_size is another name for mini_batch_size: set one of them")
-    return ppo_mini_batch_size
 
 
 def load_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:

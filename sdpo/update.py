@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
+from sdpo.config import ConfigError, PolicyConfig, SelfDistillationConfig, _choice, _number, build_dataclass
 from sdpo.distributed import SINGLE, DistContext
 from sdpo.losses import (
     aggregation_weights,
@@ -46,8 +46,9 @@ CODE_FEEDBACK = ("all_tests", "first_failure")
 
 
 @dataclass
-class UpdateConfig:
-    """Settings of the policy update (shared by ``TrainConfig`` and ``SolveConfig``, which extend it).
+class UpdateConfig(PolicyConfig):
+    """Settings of the policy update; the policy and sampling settings (adapter, LoRA, n, max_new_tokens,
+    temperature, ...) are ``PolicyConfig``'s. ``TrainConfig`` and ``SolveConfig`` extend it.
 
     loss: "sdpo" | "grpo" | "hybrid". hybrid_weight w is the SDPO share of a hybrid, mixed by ``hybrid_mix``:
         "loss": (1 - w) * L_GRPO + w * L_SDPO (TRL's ``distillation_weight`` = w);
@@ -58,9 +59,9 @@ class UpdateConfig:
         self_distillation.mode "token"; the PPO clip of the mixed surrogate replaces self_distillation.is_clip.
         On the first, on-policy step with seq-mean-token-mean-all the two mixes take the same gradient; they
         differ once ratios leave 1 (later mini-batches / epochs) and the clip engages on the mixed advantage.
-    temperature: the sampling temperature; GRPO ratios and rollout correction use log-probs at it.
     micro_batch_size: samples per forward/backward. mini_batch_size: samples per optimizer step
-        (None = the whole batch, i.e. one on-policy step). ppo_epochs: passes over the batch.
+        (None = the whole batch, i.e. one on-policy step). ppo_epochs: passes over the batch (at test time,
+        over each round's attempts). docs/fidelity.md maps these names to the reference's.
     rollout_correction_threshold: truncation of the token-level trainer/sampler ratio (None = off).
     code_feedback: what the code environment reports to the teacher about a failed attempt: "all_tests" (the
         reference's: every test runs; a runtime error first, then a timeout, then the two shortest wrong
@@ -78,7 +79,6 @@ class UpdateConfig:
     lr: float = 1e-5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    temperature: float = 1.0
     micro_batch_size: int = 4
     mini_batch_size: int | None = None
     ppo_epochs: int = 1
@@ -91,6 +91,7 @@ class UpdateConfig:
     fused_lm_head: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.self_distillation, dict):
             self.self_distillation = build_dataclass(SelfDistillationConfig, self.self_distillation,
                                                      prefix="self_distillation.")
@@ -106,7 +107,6 @@ class UpdateConfig:
         _number("lr", self.lr, lo=0.0, lo_open=True)
         _number("weight_decay", self.weight_decay, lo=0.0)
         _number("max_grad_norm", self.max_grad_norm, lo=0.0, lo_open=True)
-        _number("temperature", self.temperature, lo=0.0, lo_open=True)
         _number("micro_batch_size", self.micro_batch_size, lo=1, integer=True)
         if self.mini_batch_size is not None:
             _number("mini_batch_size", self.mini_batch_size, lo=1, integer=True)
@@ -120,26 +120,25 @@ class UpdateConfig:
         if not isinstance(self.fused_lm_head, bool):
             raise ConfigError("fused_lm_head", f"got {self.fused_lm_head!r}; expected true or false")
         if self.fused_lm_head:
-            # the entry-point configs extending this one (TrainConfig, SolveConfig) carry the adapter fields
-            _check_fused_lm_head(self, getattr(self, "adapter", None), getattr(self, "lora_target_modules", None))
+            _check_fused_lm_head(self)
 
 
 #: Names under which transformers models keep their LM head (output embedding).
 LM_HEAD_NAMES = ("lm_head", "embed_out")
 
 
-def _check_fused_lm_head(cfg: UpdateConfig, adapter: str | None, lora_target_modules) -> None:
+def _check_fused_lm_head(cfg: UpdateConfig) -> None:
     """Reject ``fused_lm_head`` combinations the fused path cannot run (checked again at run time by
     ``_plain_head_weight`` on the actual model)."""
     sd = cfg.self_distillation
-    if cfg.loss != "grpo" and sd.teacher_regularization == "trust-region" and adapter == "full":
+    if cfg.loss != "grpo" and sd.teacher_regularization == "trust-region" and cfg.adapter == "full":
         raise ConfigError(
             "fused_lm_head", "fused_lm_head=true with self_distillation.teacher_regularization='trust-region' "
             "and adapter='full' is not supported (the frozen reference model has its own LM head, so the teacher "
             "logits are not one hidden state times one head); set fused_lm_head=false, use adapter='lora', or "
             "teacher_regularization='ema' or 'live'")
-    if adapter == "lora" and lora_target_modules:
-        wrapped = [m for m in lora_target_modules if m in LM_HEAD_NAMES]
+    if cfg.adapter == "lora" and cfg.lora_target_modules:
+        wrapped = [m for m in cfg.lora_target_modules if m in LM_HEAD_NAMES]
         if wrapped:
             raise ConfigError(
                 "fused_lm_head", f"fused_lm_head=true with the LM head in lora_target_modules ({wrapped[0]!r}) "
@@ -306,8 +305,8 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     """
     ctx = dist or SINGLE
     sd = cfg.self_distillation
-    if sd.loss_scale_factor is None and getattr(cfg, "max_new_tokens", None):
-        # seq-mean-token-sum-norm divides by a constant: the entry point's max response length (as verl)
+    if sd.loss_scale_factor is None:
+        # seq-mean-token-sum-norm divides by a constant: the max response length (as verl)
         sd = replace(sd, loss_scale_factor=cfg.max_new_tokens)
     device = _device(model)
     n = len(batch)

@@ -16,11 +16,8 @@ from typing import Any
 
 import torch
 
-from sdpo.config import ConfigError, build_dataclass
+from sdpo.config import SAMPLERS, ConfigError, build_dataclass
 from sdpo.rollout.base import Sampler
-
-SAMPLERS = ("auto", "hf", "vllm")
-
 
 logger = logging.getLogger(__name__)
 

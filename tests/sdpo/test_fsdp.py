@@ -36,16 +36,17 @@ FSDP_CASES = ("sdpo-token-mean-ema", "sdpo-trust-region", "hybrid-token-sum-norm
 # ------------------------------------------------------------------------------------------ config rules
 
 
-def test_fsdp_is_accepted_on_cpu_and_strategy_is_its_other_name(tmp_path):
+def test_fsdp_is_accepted_on_cpu_and_distributed_has_one_spelling(tmp_path):
     from sdpo.trainer import TrainConfig, check_world
 
     data = tmp_path / "t.jsonl"
     data.write_text('{"prompt": "p", "kind": "mcq", "answer": "A"}\n')
-    cfg = TrainConfig.from_dict({"train_file": str(data), "train_batch_size": 2, "strategy": "fsdp"})
+    cfg = TrainConfig.from_dict({"train_file": str(data), "train_batch_size": 2, "distributed": "fsdp"})
     assert cfg.distributed == "fsdp" and "strategy" not in cfg.to_dict()
     assert check_world(cfg, DistContext(rank=1, world_size=2, strategy="fsdp")) == "hf"
-    with pytest.raises(ConfigError, match=r"^strategy: is another name of 'distributed'; set one of them"):
-        TrainConfig.from_dict({"train_file": str(data), "strategy": "fsdp", "distributed": "fsdp"})
+    # the reference's actor.strategy is called distributed here (docs/fidelity.md): one spelling
+    with pytest.raises(ConfigError, match=r"^strategy: unknown key; known keys are .*distributed"):
+        TrainConfig.from_dict({"train_file": str(data), "strategy": "fsdp"})
     with pytest.raises(ConfigError, match="^fused_lm_head: fused_lm_head=true cannot run with distributed='fsdp'"):
         TrainConfig(train_file=str(data), distributed="fsdp", fused_lm_head=True, adapter="lora")
 

@@ -81,7 +81,7 @@ class SelfDistillationConfig:
     alpha: interpolation of the generalised Jensen-Shannon divergence; 0 = KL(teacher||student) (forward),
         1 = KL(student||teacher) (reverse).
     is_clip: clip of the off-policy importance ratio exp(logp - old_logp); None disables IS weighting.
-    loss_agg_mode: how per-token losses become one loss (``sdpo.losses`` module docstring); also GRPO's.
+    loss_agg_mode: how per-token losses become one loss (``sdpo.losses.aggregation``); also GRPO's.
         "seq-mean-token-mean-all" is the reference's (and TRL's) weighting: each sequence's token-mean,
         averaged over every sequence of the mini-batch, undistilled ones counting as zero. The default
         "token-mean" averages over distilled tokens only (docs/fidelity.md says why).

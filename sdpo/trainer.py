@@ -11,7 +11,6 @@ over ranks; rank 0 alone writes metrics.jsonl, config.yaml and checkpoints, and 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from sdpo.distributed import (
     sync_generate,
 )
 from sdpo.rollout.base import SamplingParams
-from sdpo.update import ScoredBatch, UpdateConfig, policy_update
+from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update
 
 SCHEDULES = ("constant", "cosine")
 DATASETS = ("humaneval",)
@@ -220,25 +219,6 @@ def build_policy(cfg: TrainConfig):
     model = apply_adapter(model, cfg.adapter, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                           target_modules=cfg.lora_target_modules)
     return model, tokenizer, path
-
-
-def make_optimizer(model, cfg: UpdateConfig, *, warmup_steps: int = 0, total_steps: int = 1,
-                   schedule: str = "constant"):
-    """AdamW (float32 masters for a bfloat16 / float16 full fine-tune, ``sdpo.precision``) and its LambdaLR:
-    linear warmup over ``warmup_steps`` from lr/warmup_steps, then constant or cosine to 0 at ``total_steps``."""
-    from sdpo.precision import make_adamw
-
-    optimizer = make_adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
-
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "cosine":
-            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def score_rollouts(tasks: list[Task], rollouts, n: int, *, sparse: bool, code_feedback: str = "all_tests"):

@@ -45,7 +45,7 @@ from typing import Any
 from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll
 from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
 from sdpo.rollout.base import Rollout, SamplingParams
-from sdpo.update import ScoredBatch, UpdateConfig, policy_update
+from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update
 
 STRATEGIES = ("sdpo", "best_of_k", "multiturn")
 MULTITURN_TEMPLATES = ("feedback_only", "attempt_and_feedback")
@@ -298,7 +298,6 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
     if learn:
         from sdpo.adapters import is_lora, load_adapter_weights
         from sdpo.teacher import make_teacher
-        from sdpo.trainer import make_optimizer
 
         model = prepare_policy(model, cfg)
         if start_attempt and out is not None and is_lora(model) and (out / "adapter").is_dir():

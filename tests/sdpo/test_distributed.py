@@ -24,8 +24,6 @@ import torch
 
 from sdpo.config import SelfDistillationConfig
 from sdpo.distributed import SINGLE, DistContext, resolve_strategy, shard_bounds
-from sdpo.losses import aggregation_weights
-from sdpo.update import _acc_scale, _agg_denominator, _split_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -100,25 +98,6 @@ def test_world_dependent_settings_are_checked(tmp_path):
         check_world(TrainConfig(train_file=str(data), train_batch_size=2), four)
     fsdp = TrainConfig(train_file=str(data), train_batch_size=2, distributed="fsdp")  # CPU (gloo) too
     assert check_world(fsdp, DistContext(world_size=2, strategy="fsdp")) == "hf"
-
-
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-                                  "seq-mean-token-sum-norm", "seq-mean-token-mean-all"])
-def test_global_acc_scale_gives_the_global_aggregation_weights(mode):
-    """Sum over ranks and micro-batches of scale * (micro-batch weights) == global mini-batch weights (float64),
-    including a rank whose rows are all masked and micro-batches of different counts per rank."""
-    g = torch.Generator().manual_seed(0)
-    mask = (torch.rand(9, 7, generator=g, dtype=torch.float64) > 0.4).double()
-    mask[6:] = 0.0  # the last rank's rows are fully masked
-    ranks = [torch.arange(0, 6), torch.arange(6, 9)]
-    denom = sum(_agg_denominator(mask[r], mode) for r in ranks)
-    got = torch.zeros_like(mask)
-    for rows in ranks:
-        local = mask[rows]
-        for micro in _split_rows(len(rows), 2):
-            scale = _acc_scale(local, micro, mode, denom)
-            got[rows[micro]] += scale * aggregation_weights(local[micro], mode, torch.float64)
-    torch.testing.assert_close(got, aggregation_weights(mask, mode, torch.float64), rtol=1e-12, atol=1e-15)
 
 
 # ----------------------------------------------------------------------------- the per-rank programs

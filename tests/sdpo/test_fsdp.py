@@ -203,7 +203,8 @@ def _base(tiny_model_path, data: Path, **kw) -> dict:
 @pytest.mark.slow
 def test_fsdp_lora_checkpoint_resumes_on_two_ranks_and_loads_in_one_process(tiny_model_path, tmp_path):
     from sdpo.teacher import make_teacher
-    from sdpo.trainer import TrainConfig, build_policy, load_checkpoint, make_optimizer, train
+    from sdpo.trainer import TrainConfig, build_policy, load_checkpoint, train
+    from sdpo.update import make_optimizer
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(t) + "\n" for t in TASKS))
@@ -245,7 +246,8 @@ def test_one_process_full_checkpoint_resumes_on_two_fsdp_ranks_and_back(tiny_mod
     from safetensors.torch import load_file
 
     from sdpo.teacher import make_teacher
-    from sdpo.trainer import TrainConfig, build_policy, load_checkpoint, make_optimizer, train
+    from sdpo.trainer import TrainConfig, build_policy, load_checkpoint, train
+    from sdpo.update import make_optimizer
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(t) + "\n" for t in TASKS))

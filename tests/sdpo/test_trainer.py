@@ -14,8 +14,8 @@ from sdpo.reprompt import build_teacher_messages
 from sdpo.rollout.base import Rollout, SamplingParams
 from sdpo.rollout.hf import HFSampler
 from sdpo.teacher import make_teacher
-from sdpo.trainer import TrainConfig, load_config, make_optimizer, train
-from sdpo.update import ScoredBatch, UpdateConfig, policy_update
+from sdpo.trainer import TrainConfig, load_config, train
+from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update
 
 P = [{"role": "user", "content": "Print hello."}]
 DEMO = "```python\nprint('hello')\n```"

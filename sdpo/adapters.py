@@ -67,7 +67,3 @@ def load_adapter_weights(model, adapter_dir: str | Path) -> None:
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"resume_from: adapter at {adapter_dir} does not match this model ({unexpected[:3]} ...)")
-
-
-def trainable_parameters(model) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]

@@ -80,14 +80,6 @@ class DistContext:
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    def broadcast_object(self, obj: T) -> T:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
     def barrier(self) -> None:
         if self.enabled:
             torch.distributed.barrier()
@@ -195,11 +187,6 @@ def _is_dtensor(t: Any) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(t, DTensor)
-
-
-def is_sharded(module: torch.nn.Module) -> bool:
-    """Whether ``module``'s parameters are FSDP2 shards (DTensors), i.e. :func:`apply_fsdp` ran on it."""
-    return any(_is_dtensor(p) for p in module.parameters())
 
 
 def _generating_root(model: torch.nn.Module) -> torch.nn.Module:

@@ -328,14 +328,6 @@ def load_tasks(paths: Iterable[str | Path], *, since: datetime | str | None = No
     return tasks, len(dups)
 
 
-def split_by_date(tasks: Sequence[Task], cutoff: datetime | str) -> tuple[list[Task], list[Task]]:
-    """Questions with contest_date < cutoff -> train, the rest -> test (reference ``LCB_*_CUTOFF``)."""
-    c = parse_date(cutoff)
-    train = [t for t in tasks if parse_date(t.meta["contest_date"]) < c]
-    test = [t for t in tasks if parse_date(t.meta["contest_date"]) >= c]
-    return train, test
-
-
 def to_problems(tasks: Sequence[Task], *, fraction: float = 0.5, seed: int = 0) -> list[Problem]:
     """Problems for test-time solving: tests = the seeded ``fraction`` of each question's tests (the same
     draw as ``split_tests``), hidden_tests = all tests."""

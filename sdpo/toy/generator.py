@@ -50,7 +50,6 @@ SYSTEM_PROMPT = "You are a Python programmer. Answer with one ```python code blo
 INSTRUCTION = "Write a Python program that solves this. Put it in a ```python block."
 DATASET = "toyworld"
 FAMILIES = ("list", "str")
-BUCKETS = ("test", "rl", "pretrain")
 MAX_DEPTH = 4
 N_TESTS = 8
 

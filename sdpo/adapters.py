@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -19,7 +20,7 @@ def apply_adapter(model, adapter: str, *, r: int = 16, alpha: int = 32, dropout:
         return model
     if adapter != "lora":
         raise ValueError(f"adapter: got {adapter!r}; allowed values are 'full', 'lora'")
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # peft takes seconds to import: only LoRA runs load it
 
     if isinstance(target_modules, str):  # one name, not its characters
         target_modules = [target_modules]
@@ -55,9 +56,7 @@ def save_weights(model, tokenizer, out_dir: str | Path, *,
 
 def load_adapter_weights(model, adapter_dir: str | Path) -> None:
     """Load saved LoRA weights into the "default" adapter of a peft model built with the same config."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
+    from peft import set_peft_model_state_dict  # (LoRA runs only)
     adapter_dir = Path(adapter_dir)
     f = adapter_dir / "adapter_model.safetensors"
     if not f.exists():

@@ -7,6 +7,7 @@ bar and files. Every hook is optional.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -132,8 +133,6 @@ class WandbSink(NullSink):
 
 
 def _missing(what: str, package: str) -> NullSink:
-    import warnings
-
     warnings.warn(f"{what}: true, but {package!r} is not installed; not logging there (pip install {package})",
                   stacklevel=3)
     return NullSink()

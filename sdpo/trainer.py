@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from safetensors.torch import load_file, load_model
+from tqdm import tqdm
 
+from sdpo import envs
+from sdpo.adapters import apply_adapter, is_lora, load_adapter_weights, save_weights
 from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll, tensorboard_sink, wandb_sink
 from sdpo.config import ConfigError, _choice, _number, apply_overrides, read_config_file
+from sdpo.data import humaneval, lasgroup
 from sdpo.data.tasks import Task
 from sdpo.distributed import (
     SINGLE,
@@ -34,7 +41,12 @@ from sdpo.distributed import (
     shutdown,
     sync_generate,
 )
+from sdpo.envs.code import extract_code
+from sdpo.models import chat_ids, default_model_path, load_model_and_tokenizer, resolve_device
+from sdpo.precision import MasterWeightAdamW, checkpoint_weights, master_weights
 from sdpo.rollout.base import SamplingParams
+from sdpo.rollout.select import make_sampler
+from sdpo.teacher import make_teacher
 from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update
 
 SCHEDULES = ("constant", "cosine")
@@ -157,11 +169,7 @@ class TrainResult:
 
 def load_data(cfg: TrainConfig) -> tuple[list[Task], list[Task]]:
     """Train and validation tasks for ``cfg`` (errors name file, line and field)."""
-    from sdpo.data import lasgroup
-
     if cfg.dataset == "humaneval":
-        from sdpo.data import humaneval
-
         return lasgroup.split_tasks(humaneval.load_tasks(), cfg.val_fraction, cfg.seed)
     train = lasgroup.load_jsonl(cfg.train_file)
     if not train:
@@ -173,8 +181,6 @@ def load_data(cfg: TrainConfig) -> tuple[list[Task], list[Task]]:
 def check_prompt_lengths(tokenizer, tasks: list[Task], max_prompt_len: int, where: str) -> None:
     """Raise ConfigError naming ``max_prompt_len`` and the first row whose chat-templated prompt is longer
     (checked when the data loads, so that no step runs before a too-long row would stop the run)."""
-    from sdpo.models import chat_ids
-
     for task in tasks:
         n = len(chat_ids(tokenizer, task.messages))
         if n > max_prompt_len:
@@ -210,9 +216,6 @@ def _set_seed(seed: int) -> None:
 
 def build_policy(cfg: TrainConfig):
     """Load model + tokenizer and apply the adapter; returns (model, tokenizer, model_path)."""
-    from sdpo.adapters import apply_adapter
-    from sdpo.models import default_model_path, load_model_and_tokenizer, resolve_device
-
     path = cfg.model_path or str(default_model_path())
     device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(path, dtype=cfg.dtype, device=device)
@@ -223,11 +226,9 @@ def build_policy(cfg: TrainConfig):
 
 def score_rollouts(tasks: list[Task], rollouts, n: int, *, sparse: bool, code_feedback: str = "all_tests"):
     """Reward + feedback for rollout ``i`` of question ``i // n``; code_feedback: ``UpdateConfig.code_feedback``."""
-    from sdpo.envs import score_many
-
     per_rollout = [tasks[r.prompt_index] for r in rollouts]
-    return score_many(per_rollout, [r.text for r in rollouts], [r.truncated for r in rollouts], sparse=sparse,
-                      code_feedback=code_feedback)
+    return envs.score_many(per_rollout, [r.text for r in rollouts], [r.truncated for r in rollouts],
+                           sparse=sparse, code_feedback=code_feedback)
 
 
 def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
@@ -259,8 +260,6 @@ def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
 
 
 def _with_tests(task: Task, tests) -> Task:
-    from dataclasses import replace
-
     return replace(task, tests=tests)
 
 
@@ -278,7 +277,7 @@ def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext) -> dict
     optimizer's state keyed by parameter index, as ``optimizer.state_dict()``), so a 1-process run loads it."""
     if ctx.strategy != "fsdp" or not ctx.enabled:
         return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # (FSDP only)
 
     weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if ctx.is_main:  # tied weights (embeddings / LM head) are one tensor again, as in model.state_dict()
@@ -287,8 +286,6 @@ def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext) -> dict
             if id(p) in first and first[id(p)] in weights and name in weights:
                 weights[name] = weights[first[id(p)]]
             first.setdefault(id(p), name)
-    from sdpo.precision import checkpoint_weights, master_weights
-
     masters = master_weights(optimizer)
     if masters is not None:  # the float32 masters are the real weights (gathered on every rank: collectives)
         masters = gather_full(masters)
@@ -301,8 +298,6 @@ def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext) -> dict
 
 def _save_gathered_weights(model, tokenizer, out_dir: Path, weights: dict[str, torch.Tensor]) -> tuple[Path, str]:
     """``sdpo.adapters.save_weights``'s layout (adapter/ or model/) written from a gathered full state dict."""
-    from sdpo.adapters import is_lora
-
     if is_lora(model):
         path = out_dir / "adapter"
         model.save_pretrained(path, selected_adapters=["default"], state_dict=weights)
@@ -326,12 +321,6 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
     rng_ranks: every data-parallel rank's RNG state (rank order), written by rank 0 alone (weights, optimizer
     and teacher are identical replicas on every rank). gathered: under FSDP, :func:`gather_checkpoint_state`'s
     full states, written instead of the (sharded) live ones; the layout is the same either way."""
-    import shutil
-
-    import yaml
-
-    from sdpo.adapters import save_weights
-
     final = out_dir / "checkpoints" / f"step_{step}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -340,8 +329,6 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
         _, kind = _save_gathered_weights(model, tokenizer, tmp, gathered["model"])
         opt_state, teacher_state = gathered["optimizer"], gathered["teacher"]
     else:
-        from sdpo.precision import checkpoint_weights, master_weights
-
         masters = master_weights(optimizer)
         _, kind = save_weights(model, tokenizer, tmp,
                                state_dict=None if masters is None else checkpoint_weights(model, masters))
@@ -373,8 +360,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, teacher, rank: int 
 def load_model_state(path: Path, model) -> dict[str, Any]:
     """Read ``path/trainer_state.pt`` and load the checkpoint's weights into the (unsharded) ``model``; returns
     the trainer state. Every rank reads the same full checkpoint, whatever world size wrote it."""
-    from sdpo.adapters import is_lora, load_adapter_weights
-
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
     if (state["adapter"] == "lora") != is_lora(model):
         raise ConfigError("resume_from", f"checkpoint {path} is {state['adapter']!r}, this run's adapter differs")
@@ -390,11 +375,7 @@ def load_training_state(state: dict[str, Any], optimizer, scheduler, rank: int =
     """Optimizer (full tensors, re-sharded like their parameters when those are FSDP shards), scheduler and
     this rank's RNG state from a checkpoint's trainer state. An optimizer with float32 masters gets them from
     the checkpoint's weights file (float32 since masters are saved; a bfloat16 file gives bfloat16 values)."""
-    from sdpo.precision import MasterWeightAdamW
-
     if isinstance(optimizer, MasterWeightAdamW) and state.get("weights_file") is not None:
-        from safetensors.torch import load_file
-
         optimizer.load_master_weights(load_file(str(state["weights_file"])))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     opt = state["optimizer"]
@@ -434,8 +415,6 @@ def shard_teacher(teacher, ctx: DistContext) -> None:
 def _load_full_weights(model, weights: Path) -> None:
     """Load a full-model checkpoint strictly: every parameter of ``model`` (tied aliases excepted) must be in
     the file and every tensor of the file must be one of them, else ConfigError(resume_from) naming them."""
-    from safetensors.torch import load_model
-
     if not weights.is_file():
         raise ConfigError("resume_from", f"no full-model weights at {weights}")
     missing, unexpected = load_model(model, str(weights), strict=False)
@@ -475,8 +454,6 @@ class _Sinks:
         self.file = (out_dir / "metrics.jsonl").open("a")
         self.bar = None
         if cfg.progress:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True)
         self.sinks = [tensorboard_sink(cfg.tensorboard, str(out_dir / "tensorboard")),
                       wandb_sink(cfg.wandb, project=cfg.wandb_project, run_dir=str(out_dir), config=cfg.to_dict())]
@@ -520,13 +497,6 @@ def check_world(cfg: TrainConfig, ctx: DistContext) -> str:
 
 def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     """Run (or resume) a training run. Under torchrun every rank calls this; callbacks fire on rank 0."""
-    import yaml
-
-    from sdpo.envs.code import extract_code
-    from sdpo.precision import master_weights
-    from sdpo.rollout.select import make_sampler
-    from sdpo.teacher import make_teacher
-
     callbacks = callbacks or Callbacks()
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     ctx = init_from_env(cfg.distributed, device=cfg.device)
@@ -602,8 +572,6 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                         seconds=0.0, task_id=tasks[r.prompt_index].id)
                 for i, (r, s) in enumerate(zip(rollouts, scores, strict=True))]
             if ctx.enabled:
-                from dataclasses import replace
-
                 gathered = [a for part in ctx.all_gather_object(attempts) for a in part]
                 attempts = [replace(a, index=i) for i, a in enumerate(gathered)]
             if ctx.is_main:

@@ -42,9 +42,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdpo import envs
+from sdpo.adapters import apply_adapter, is_lora, load_adapter_weights, save_weights
 from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll
 from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
+from sdpo.data.tasks import Task
+from sdpo.envs.code import extract_code
+from sdpo.models import chat_ids, default_model_path, load_model_and_tokenizer, resolve_device
+from sdpo.precision import master_weights
+from sdpo.reprompt import build_teacher_messages, strip_thinking
 from sdpo.rollout.base import Rollout, SamplingParams
+from sdpo.rollout.select import make_sampler
+from sdpo.teacher import make_teacher
 from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update
 
 STRATEGIES = ("sdpo", "best_of_k", "multiturn")
@@ -189,11 +198,8 @@ def score_attempts(task, rollouts: list[Rollout], should_stop=None, code_feedbac
     keeps its public reward and gets ``HIDDEN_FAIL_FEEDBACK`` (nothing of the hidden tests themselves, so they
     stop at their first failure). ``should_stop`` is asked
     before every sandbox run after the first (``StopRequested`` when it says stop)."""
-    from sdpo.envs import score, score_many
-    from sdpo.envs.code import extract_code
-
-    scores = score_many([task] * len(rollouts), [r.text for r in rollouts], [r.truncated for r in rollouts],
-                        sparse=True, code_feedback=code_feedback)
+    scores = envs.score_many([task] * len(rollouts), [r.text for r in rollouts],
+                             [r.truncated for r in rollouts], sparse=True, code_feedback=code_feedback)
     has_hidden = task.hidden_tests is not None
     out = [_Scored(r, extract_code(r.text), s.reward, s.passed, s.total, s.feedback, has_hidden=has_hidden)
            for r, s in zip(rollouts, scores, strict=True)]
@@ -203,8 +209,8 @@ def score_attempts(task, rollouts: list[Rollout], should_stop=None, code_feedbac
         if a.public_pass:
             if should_stop is not None and should_stop():
                 raise StopRequested
-            h = score(task, a.rollout.text, truncated=a.rollout.truncated, sparse=True, tests=task.hidden_tests,
-                      code_feedback="first_failure")
+            h = envs.score(task, a.rollout.text, truncated=a.rollout.truncated, sparse=True,
+                           tests=task.hidden_tests, code_feedback="first_failure")
             a.hidden_passed, a.hidden_total = h.passed, h.total
             if a.discovered:
                 break
@@ -221,8 +227,6 @@ def _attempt_record(a: _Scored, rnd: int, index: int, seconds: float, task_id: s
 def has_learning_signal(batch: ScoredBatch, cfg: UpdateConfig) -> bool:
     """Whether an update on ``batch`` can move the weights: for the SDPO loss, some sample has a teacher
     context (a demonstration or feedback); for GRPO, the rewards differ (else every advantage is 0)."""
-    from sdpo.reprompt import build_teacher_messages
-
     sdpo_signal = any(c.distill_mask for c in build_teacher_messages(
         batch.prompts, [r.text for r in batch.rollouts], batch.rewards, batch.group_ids, batch.feedback,
         cfg.self_distillation))
@@ -233,8 +237,6 @@ def has_learning_signal(batch: ScoredBatch, cfg: UpdateConfig) -> bool:
 def prepare_policy(model, cfg: SolveConfig):
     """The trainable policy for ``strategy="sdpo"``: ``model`` itself when it already carries a LoRA adapter,
     else ``model`` with ``cfg.adapter`` applied (LoRA injects into the model's modules in place)."""
-    from sdpo.adapters import apply_adapter, is_lora
-
     if is_lora(model):
         return model
     return apply_adapter(model, cfg.adapter, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -242,8 +244,6 @@ def prepare_policy(model, cfg: SolveConfig):
 
 
 def _as_task(problem):
-    from sdpo.data.tasks import Task
-
     if isinstance(problem, Task):
         if problem.kind != "code" or problem.tests is None:
             raise ValueError(f"problem: only code tasks with tests can be solved, got kind {problem.kind!r}")
@@ -296,9 +296,6 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
     learn = cfg.strategy == "sdpo"
     teacher = optimizer = None
     if learn:
-        from sdpo.adapters import is_lora, load_adapter_weights
-        from sdpo.teacher import make_teacher
-
         model = prepare_policy(model, cfg)
         if start_attempt and out is not None and is_lora(model) and (out / "adapter").is_dir():
             load_adapter_weights(model, out / "adapter")
@@ -353,13 +350,9 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
                     extra.update(policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
                                                seed=round_seed(cfg, attempt), should_stop=poll))
                     if teacher is not None and extra["update/optimizer_steps"] > 0:  # not after skipped steps only
-                        from sdpo.precision import master_weights
-
                         teacher.update(model, master_weights(optimizer))
                     sampler.update_weights(model)
                     if out is not None and getattr(model, "peft_config", None) is not None:
-                        from sdpo.adapters import save_weights
-
                         save_weights(model, tokenizer, out)  # small; lets a resumed job continue from here
                     updating = False
                 extra["perf/update_s"] = time.perf_counter() - t2
@@ -377,8 +370,6 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
 
     # 9. Save the adapted weights.
     if learn and out is not None and not updating:
-        from sdpo.adapters import save_weights
-
         path, kind = save_weights(model, tokenizer, out)
         result.adapter_path = str(path)
         callbacks.checkpoint(result.attempts_used, str(path), kind)
@@ -413,8 +404,6 @@ def fit_history(tokenizer, question: list[dict[str, str]], history: list[tuple[s
     """The conversation with the longest suffix of ``history`` whose chat-templated prompt has at most
     ``max_prompt_tokens`` tokens (the question alone is returned when nothing fits); also returns how many
     history entries were kept. The prompt length grows with every entry kept, so a binary search finds it."""
-    from sdpo.models import chat_ids
-
     def size(m: int) -> int:
         return len(chat_ids(tokenizer, multiturn_messages(question, history[len(history) - m:], template)))
 
@@ -431,9 +420,6 @@ def fit_history(tokenizer, question: list[dict[str, str]], history: list[tuple[s
 def _solve_multiturn(problem, tokenizer, sampler, cfg: SolveConfig, callbacks: Callbacks, *,
                      start_attempt: int) -> SolveResult:
     """One conversation, one attempt per turn (= round), feedback appended after each failure."""
-    from sdpo.models import chat_ids
-    from sdpo.reprompt import strip_thinking
-
     task = _as_task(problem)
     room = cfg.context_budget - cfg.max_new_tokens
     question = len(chat_ids(tokenizer, task.messages))
@@ -493,9 +479,6 @@ def solve_from_config(problem, cfg: SolveConfig, callbacks: Callbacks | None = N
     """Load the model (``model_path``, default ``sdpo.models.default_model_path()``) on ``cfg.device`` in
     ``cfg.dtype``, apply the adapter (sdpo), build the sampler (``cfg.sampler``, asking
     ``callbacks.stop_requested()`` while it generates) and ``solve``."""
-    from sdpo.models import default_model_path, load_model_and_tokenizer, resolve_device
-    from sdpo.rollout.select import make_sampler
-
     path = str(model_path or default_model_path())
     model, tokenizer = load_model_and_tokenizer(path, dtype=cfg.dtype, device=resolve_device(cfg.device))
     adapter = "full"

@@ -292,7 +292,7 @@ def build(ctx: AppContext) -> SolveHandles:
             with gr.Accordion("Advanced (SDPO settings)", open=False, elem_id="solve-advanced"):
                 adv_boxes = [gr.Textbox(label=label, value=_fmt_default(v), elem_id=f"solve-adv-{p.replace('.', '-')}")
                              for p, label, v in adv]
-                extra = gr.Code(language="yaml", label="Other settings (YAML, e.g. steps_per_round: 2)", lines=3,
+                extra = gr.Code(language="yaml", label="Other settings (YAML, e.g. ppo_epochs: 2)", lines=3,
                                 elem_id="solve-extra")
             submit_btn = gr.Button("Solve", variant="primary", elem_id="solve-submit")
             message = gr.HTML(elem_id="solve-message")

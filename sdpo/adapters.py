@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
-from sdpo.config import ConfigError
-
-ADAPTERS = ("full", "lora")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def check_target_modules(value: Any) -> list[str] | None:
-    """Validate a ``lora_target_modules`` setting: None (the default set), a non-empty list of module names, or
-    one name (returned as a one-element list: ``--set lora_target_modules=q_proj``)."""
-    if isinstance(value, str) and value:
-        return [value]
-    if value is None or (isinstance(value, list) and value and all(isinstance(m, str) and m for m in value)):
-        return value
-    raise ConfigError("lora_target_modules", f"got {value!r}; expected a list of module names (e.g. "
-                      "['q_proj', 'v_proj']), one name, or null for the default set")
 
 
 def apply_adapter(model, adapter: str, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
@@ -34,7 +20,7 @@ def apply_adapter(model, adapter: str, *, r: int = 16, alpha: int = 32, dropout:
         return model
     if adapter != "lora":
         raise ValueError(f"adapter: got {adapter!r}; allowed values are 'full', 'lora'")
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # peft takes seconds to import: only LoRA runs load it
 
     if isinstance(target_modules, str):  # one name, not its characters
         target_modules = [target_modules]
@@ -70,9 +56,7 @@ def save_weights(model, tokenizer, out_dir: str | Path, *,
 
 def load_adapter_weights(model, adapter_dir: str | Path) -> None:
     """Load saved LoRA weights into the "default" adapter of a peft model built with the same config."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
+    from peft import set_peft_model_state_dict  # (LoRA runs only)
     adapter_dir = Path(adapter_dir)
     f = adapter_dir / "adapter_model.safetensors"
     if not f.exists():
@@ -82,7 +66,3 @@ def load_adapter_weights(model, adapter_dir: str | Path) -> None:
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"resume_from: adapter at {adapter_dir} does not match this model ({unexpected[:3]} ...)")
-
-
-def trainable_parameters(model) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]

@@ -7,8 +7,9 @@ bar and files. Every hook is optional.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -119,35 +120,9 @@ class StopPoll:
 def stop_poll(callbacks: Callbacks | None, every_s: float | None = None) -> StopPoll | None:
     """A ``StopPoll`` over ``callbacks.stop_requested`` asking at most every ``every_s`` seconds (default
     ``STOP_POLL_S``); None when nothing can ask the run to stop."""
-    if callbacks is None or (callbacks.should_stop is None and not isinstance(callbacks, CallbackList)):
+    if callbacks is None or callbacks.should_stop is None:
         return None
     return StopPoll(callbacks.stop_requested, STOP_POLL_S if every_s is None else every_s)
-
-
-@dataclass
-class CallbackList(Callbacks):
-    """Fan one event out to several callback sets (e.g. DB persistence + progress bar)."""
-
-    children: list[Callbacks] = field(default_factory=list)
-
-    def attempts(self, attempts):
-        for c in self.children:
-            c.attempts(attempts)
-
-    def teacher(self, views):
-        for c in self.children:
-            c.teacher(views)
-
-    def metrics(self, step, metrics):
-        for c in self.children:
-            c.metrics(step, metrics)
-
-    def checkpoint(self, step, path, kind):
-        for c in self.children:
-            c.checkpoint(step, path, kind)
-
-    def stop_requested(self):
-        return any(c.stop_requested() for c in self.children)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -188,8 +163,6 @@ class WandbSink(NullSink):
 
 
 def _missing(what: str, package: str) -> NullSink:
-    import warnings
-
     warnings.warn(f"{what}: true, but {package!r} is not installed; not logging there (pip install {package})",
                   stacklevel=3)
     return NullSink()

@@ -1,11 +1,27 @@
 """The algorithm half of the ``sdpo`` command line (``workers/cli.py`` adds the service commands).
 
-Commands keep no logic: they parse arguments, call the library, print, and exit 2 on invalid input.
+Commands keep no logic: they parse arguments, call the library, print, and exit 2 on invalid input. Modules that
+import torch or transformers are imported inside the commands that use them, so that ``sdpo --help`` and the
+service commands start in a fraction of a second.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import typer
+from tqdm import tqdm
+
+from sdpo.callbacks import Callbacks
+from sdpo.config import ConfigError, apply_overrides, read_config_file
+from sdpo.data.lcb import PROMPTS, LcbError, find_problem, import_lcb, parse_date
+from sdpo.data.problem import load_problem
+from sdpo.envs.code import evaluate
+from sdpo.toy.generator import splits
+from sdpo_sandbox import ConfigError as SandboxConfigError
+from sdpo_sandbox import SandboxConfig, SandboxUnavailable, serve
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="SDPO Studio: self-distilled policy optimization.")
 data_app = typer.Typer(no_args_is_help=True, help="Dataset tools.")
@@ -47,11 +63,6 @@ def import_lcb_cmd(
                                "reference's CODE_PROMPT, one user message)."),
 ) -> None:
     """Import LiveCodeBench rows (public + private tests, decoded safely) into train/test/problem files."""
-    from pathlib import Path
-
-    from sdpo.config import ConfigError
-    from sdpo.data.lcb import PROMPTS, LcbError, import_lcb, parse_date
-
     if prompt not in PROMPTS:
         fail(f"--prompt: got {prompt!r}; allowed values are {', '.join(map(repr, PROMPTS))}")
     for f in files:
@@ -91,10 +102,6 @@ def make_toy_model_cmd(
     samples: int = typer.Option(4, "--samples", help="Samples per problem for the sampled solve rate."),
 ) -> None:
     """Train the toy-world model from scratch on CPU and report what it learned."""
-    import json
-    from pathlib import Path
-
-    from sdpo.config import ConfigError
     from sdpo.toy.pretrain import ToyModelConfig, make_toy_model
 
     try:
@@ -107,7 +114,6 @@ def make_toy_model_cmd(
     path = make_toy_model(out, cfg, log=typer.echo)
     if eval_problems:
         from sdpo.models import load_model_and_tokenizer
-        from sdpo.toy.generator import splits
         from sdpo.toy.measure import format_report, report
 
         model, tokenizer = load_model_and_tokenizer(path)
@@ -127,7 +133,6 @@ def train_cmd(
     """Train with SDPO / GRPO / hybrid. The whole config is validated before any model is loaded; the data
     (malformed rows, prompts over max_prompt_len) before any step. Settings left unset fit the model
     (CPU-sized for the demo models or a CPU, the paper's on a GPU)."""
-    from sdpo.config import ConfigError, apply_overrides, read_config_file
     from sdpo.models import default_model_path
     from sdpo.sizing import fit_config
     from sdpo.trainer import TrainConfig, train
@@ -139,8 +144,6 @@ def train_cmd(
         cfg = TrainConfig.from_dict(fit_config("train", data, model_path=model_path or default_model_path()))
     except ConfigError as e:
         fail(str(e))
-    import os
-
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if rank0:
         typer.echo(f"run directory: {cfg.out_dir}")
@@ -161,12 +164,6 @@ def check_cmd(
     truncated: bool = typer.Option(False, "--truncated", help="The response was cut at the length limit."),
 ) -> None:
     """Run a response against unit tests in the sandbox and print the CodeResult as JSON."""
-    import json
-    from pathlib import Path
-
-    from sdpo.envs.code import evaluate
-    from sdpo_sandbox import SandboxUnavailable
-
     try:
         spec_text = Path(tests).read_text(encoding="utf-8")
         text = Path(response).read_text(encoding="utf-8")
@@ -193,11 +190,9 @@ def sandbox_serve_cmd(
                                    help="Give the socket to this uid (the workers' user, e.g. 1000 in our images)."),
 ) -> None:
     """Serve the sandbox pool on a unix socket (clients: sdpo_sandbox.SandboxClient)."""
-    from sdpo_sandbox import ConfigError, SandboxConfig, SandboxUnavailable, serve
-
     try:
         cfg = SandboxConfig(slots=slots)
-    except ConfigError as e:
+    except SandboxConfigError as e:
         fail(str(e))
     if socket_uid is not None and socket_uid < 0:
         fail(f"--socket-uid: got {socket_uid}; expected a uid >= 0 (the workers' user)")
@@ -227,24 +222,15 @@ def solve_cmd(
 ) -> None:
     """Test-time solve of one problem: SDPO on the problem, or the best-of-k / multi-turn baselines. Settings
     left unset fit the model (CPU-sized for the demo models or a CPU, the paper's on a GPU)."""
-    import json
-    from pathlib import Path
-
-    from sdpo.config import ConfigError, apply_overrides
-
     # 1. Problem and settings, all validated before the model is loaded.
     if (problem is None) == (lcb is None):
         fail("give exactly one of --problem FILE or --lcb FILE --question-id ID")
     try:
         if problem is not None:
-            from sdpo.data.problem import load_problem
-
             if not Path(problem).is_file():
                 fail(f"--problem: no such file: {problem}")
             prob = load_problem(problem)
         else:
-            from sdpo.data.lcb import PROMPTS, find_problem
-
             if not question_id:
                 fail("--question-id: required with --lcb")
             if prompt not in PROMPTS:
@@ -260,7 +246,6 @@ def solve_cmd(
     if model is not None and not (Path(model) / "config.json").is_file():
         fail(f"--model: no Hugging Face checkpoint (config.json) at {model}")
     try:
-        from sdpo.config import read_config_file
         from sdpo.models import default_model_path
         from sdpo.sizing import fit_config
         from sdpo.ttt import SolveConfig
@@ -273,9 +258,6 @@ def solve_cmd(
         fail(str(e))
 
     # 2. Run, writing attempts.jsonl as rounds finish, with a progress bar over the budget.
-    from tqdm import tqdm
-
-    from sdpo.callbacks import Callbacks
     from sdpo.ttt import solve_from_config
 
     out_dir = Path(out)

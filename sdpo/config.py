@@ -7,9 +7,14 @@ what is allowed.
 
 from __future__ import annotations
 
+import copy
 import math
+import re
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
 
 DEFAULT_REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
 DEFAULT_SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}"
@@ -76,7 +81,7 @@ class SelfDistillationConfig:
     alpha: interpolation of the generalised Jensen-Shannon divergence; 0 = KL(teacher||student) (forward),
         1 = KL(student||teacher) (reverse).
     is_clip: clip of the off-policy importance ratio exp(logp - old_logp); None disables IS weighting.
-    loss_agg_mode: how per-token losses become one loss (``sdpo.losses`` module docstring); also GRPO's.
+    loss_agg_mode: how per-token losses become one loss (``sdpo.losses.aggregation``); also GRPO's.
         "seq-mean-token-mean-all" is the reference's (and TRL's) weighting: each sequence's token-mean,
         averaged over every sequence of the mini-batch, undistilled ones counting as zero. The default
         "token-mean" averages over distilled tokens only (docs/fidelity.md says why).
@@ -164,10 +169,6 @@ def build_dataclass(cls: type, data: dict[str, Any], *, prefix: str = ""):
 # ---------------------------------------------------------------------------------------------------------
 # Reading settings as a user means them: the one parser of config files, ``--set KEY=VALUE`` and form fields
 # ---------------------------------------------------------------------------------------------------------
-import re  # noqa: E402
-
-import yaml  # noqa: E402
-
 
 class _UserLoader(yaml.SafeLoader):
     """YAML with numbers read like Python literals: ``1e-5``, ``1E-5``, ``.5``, ``1_000`` and ``1e3`` (an integer,
@@ -257,8 +258,6 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """A copy of ``data`` with ``KEY=VALUE`` overrides applied in order (dotted keys nest; values read with
     ``parse_value``)."""
-    import copy
-
     out = copy.deepcopy(data)
     for pair in overrides:
         key, value = parse_override(pair)
@@ -292,8 +291,6 @@ def load_yaml(text: str | None, *, field: str = "config") -> dict[str, Any]:
 
 def read_config_file(path: str | Any, *, field: str = "config") -> dict[str, Any]:
     """``load_yaml`` of a file; ConfigError naming ``field`` when it cannot be read."""
-    from pathlib import Path
-
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -331,7 +328,6 @@ def compose_config(values: dict[str, Any] | None = None, overrides=(), text: str
 LIMITS: dict[str, int] = {
     "budget": 100_000,
     "n": 1_024,
-    "steps_per_round": 1_000,
     "ppo_epochs": 1_000,
     "max_new_tokens": 131_072,
     "context_budget": 262_144,
@@ -359,3 +355,85 @@ def check_limits(cfg: Any, limits: dict[str, int] = LIMITS) -> None:
             value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > limit:
             raise ConfigError(name, f"got {value}; must be <= {limit} (an upper limit against typos)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The policy and how it samples: the settings every entry point shares, declared and validated once
+# ---------------------------------------------------------------------------------------------------------
+ADAPTERS = ("full", "lora")
+SAMPLERS = ("auto", "hf", "vllm")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_target_modules(value: Any) -> list[str] | None:
+    """Validate a ``lora_target_modules`` setting: None (the default set), a non-empty list of module names, or
+    one name (returned as a one-element list: ``--set lora_target_modules=q_proj``)."""
+    if isinstance(value, str) and value:
+        return [value]
+    if value is None or (isinstance(value, list) and value and all(isinstance(m, str) and m for m in value)):
+        return value
+    raise ConfigError("lora_target_modules", f"got {value!r}; expected a list of module names (e.g. "
+                      "['q_proj', 'v_proj']), one name, or null for the default set")
+
+
+@dataclass
+class PolicyConfig:
+    """The policy (the model being adapted) and how it samples. ``sdpo.update.UpdateConfig`` extends it, and the
+    entry points' configs (``sdpo.trainer.TrainConfig``, ``sdpo.ttt.SolveConfig``) extend that; this is where
+    these settings are declared and validated, once, right after the upper limits (``check_limits``).
+
+    adapter: "lora" (a few MB per run, the base stays shared) | "full". lora_r, lora_alpha, lora_dropout: the
+        LoRA adapter; lora_target_modules: module names (e.g. ['q_proj', 'v_proj']; one name alone is a
+        one-element list) or None for ``sdpo.adapters.DEFAULT_LORA_TARGETS``.
+    n: samples per question, a group (at test time the attempts of one round). max_new_tokens: the longest
+        response (also the constant divisor of ``seq-mean-token-sum-norm`` unless
+        ``self_distillation.loss_scale_factor`` is set).
+    temperature, top_p, top_k: sampling; GRPO ratios and rollout correction use log-probs at ``temperature``.
+    seed: base of every sampling seed.
+    sampler: "auto" | "hf" | "vllm"; sampler_batch_size: prompts per generate call; gpu_memory_utilization:
+        vLLM's share of the GPU. device: "auto" | "cpu" | "cuda". dtype: "auto" | "float32" | "bfloat16" |
+        "float16".
+    """
+
+    adapter: str = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None
+    n: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int = 0
+    sampler: str = "auto"
+    sampler_batch_size: int = 16
+    gpu_memory_utilization: float = 0.5
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_limits(self)  # first: a typo is reported on the field the user set, not on one computed from it
+        _choice("adapter", self.adapter, ADAPTERS)
+        for name in ("lora_r", "lora_alpha", "n", "max_new_tokens", "sampler_batch_size"):
+            _number(name, getattr(self, name), lo=1, integer=True)
+        _number("lora_dropout", self.lora_dropout, lo=0.0, hi=1.0, hi_open=True)
+        self.lora_target_modules = check_target_modules(self.lora_target_modules)
+        _number("temperature", self.temperature, lo=0.0, lo_open=True)
+        _number("top_p", self.top_p, lo=0.0, hi=1.0, lo_open=True)
+        if self.top_k is not None:
+            _number("top_k", self.top_k, lo=1, integer=True)
+        _number("seed", self.seed, lo=0, integer=True)
+        _choice("sampler", self.sampler, SAMPLERS)
+        _number("gpu_memory_utilization", self.gpu_memory_utilization, lo=0.0, hi=1.0, lo_open=True)
+        _choice("device", self.device, DEVICES)
+        _choice("dtype", self.dtype, DTYPES)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Build from a mapping; unknown keys are rejected by name."""
+        return build_dataclass(cls, dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -26,9 +26,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from sdpo.callbacks import StopRequested
 from sdpo.config import SelfDistillationConfig
-from sdpo.reprompt import TeacherContext, _pad_id, response_logits, student_inputs, tokenize_teacher_inputs
+from sdpo.forward import response_logits, student_inputs
+from sdpo.reprompt import TeacherContext, _pad_id, tokenize_teacher_inputs
 from sdpo.rollout.base import Rollout
+from sdpo.teacher import eval_mode
 
 # Bounds of what one attempt's view holds (it is stored with the job).
 MAX_TOKENS = 1024  # response tokens shown
@@ -149,9 +152,6 @@ def token_credit(model, teacher, tokenizer, rollouts: Sequence[Rollout], context
     """
     if len(rollouts) != len(contexts):
         raise ValueError(f"token_credit: {len(rollouts)} rollouts for {len(contexts)} teacher contexts")
-    from sdpo.callbacks import StopRequested
-    from sdpo.teacher import eval_mode
-
     device = next(model.parameters()).device
     temp = float(sd.temperature)
     out: list[TokenCredit | None] = []

@@ -39,6 +39,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from sdpo.distributed import shard_like
+
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -99,8 +101,6 @@ class MasterWeightAdamW(torch.optim.AdamW):
         """Set the masters from full tensors by name (a checkpoint's weights; re-sharded like their
         parameters under FSDP) and write them into the model. Names missing from ``weights`` keep their
         current master (e.g. a tied LM head saved once under the embedding's name)."""
-        from sdpo.distributed import shard_like
-
         for name, m in zip(self.names, self.masters, strict=True):
             if name in weights:
                 m.copy_(shard_like(weights[name].to(torch.float32), m))

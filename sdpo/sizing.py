@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from sdpo.ttt import SolveConfig
+
 SMALL_MODEL_PARAMS = 50_000_000
 
 # A round of the demo model on 2 CPU cores in seconds, not minutes; the multi-turn context keeps some history.
@@ -69,8 +73,6 @@ def sizing(kind: str, *, model_path: str | Path | None, device: str = "auto", cu
         return Sizing("cpu", "CPU-sized defaults: device cpu", dict(cpu_values))
     if device == "auto":
         if cuda is None:
-            import torch
-
             cuda = torch.cuda.is_available()
         if not cuda:
             return Sizing("cpu", "CPU-sized defaults: no GPU to run on", dict(cpu_values))
@@ -88,8 +90,6 @@ def fit_config(kind: str, config: dict[str, Any], *, model_path: str | Path | No
     if kind == "solve" and "context_budget" not in config and "max_new_tokens" in config:
         tokens = config["max_new_tokens"]
         if isinstance(tokens, int) and not isinstance(tokens, bool):
-            from sdpo.ttt import SolveConfig
-
             base = out.get("context_budget", SolveConfig.context_budget)
             out["context_budget"] = max(base, tokens + PROMPT_ROOM)
     return out

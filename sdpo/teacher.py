@@ -1,7 +1,7 @@
 """Teachers for self-distillation (SDPO, arXiv 2601.20802, Sec. 3 "teacher regularisation").
 
-The teacher is the student's own model evaluated on the re-prompted input (:mod:`sdpo.reprompt`); how its
-weights relate to the student's is ``SelfDistillationConfig.teacher_regularization``:
+The teacher is the student's own model evaluated on the re-prompted input (:mod:`sdpo.reprompt`, run by
+:mod:`sdpo.forward`); how its weights relate to the student's is ``SelfDistillationConfig.teacher_regularization``:
 
 - ``"ema"`` (:class:`EmaTeacher`): θ_T ← (1−τ)·θ_T + τ·θ_S once per training step. For a full model a frozen
   copy; for a peft LoRA model a second adapter ``"teacher"`` on the same base (EMA over adapter weights only).
@@ -9,7 +9,7 @@ weights relate to the student's is ``SelfDistillationConfig.teacher_regularizati
   frozen initial model (for LoRA: the base with the adapter disabled) and the student under no_grad.
 - ``"live"`` (:class:`LiveTeacher`): the current student under no_grad.
 
-Every teacher returns response-aligned logits [B, T, V] without grad (:func:`sdpo.reprompt.response_logits`)
+Every teacher returns response-aligned logits [B, T, V] without grad (:func:`sdpo.forward.response_logits`)
 and has ``state_dict()`` / ``load_state_dict()`` so a resumed run continues with the same teacher.
 Teacher forwards run with every module in eval mode (no dropout); the previous train/eval flags are restored.
 """
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdpo.config import ConfigError, SelfDistillationConfig
-from sdpo.reprompt import ResponseBatch, output_head, response_hidden, response_logits
+from sdpo.config import SelfDistillationConfig
+from sdpo.forward import ResponseBatch, eval_mode, plain_head_weight, response_hidden, response_logits
 
 TEACHER_ADAPTER = "teacher"
 
@@ -35,38 +35,11 @@ def is_peft_model(model: nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter") and hasattr(model, "set_adapter")
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every module in eval mode; restore each module's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
 def _frozen_copy(model: nn.Module) -> nn.Module:
     twin = copy.deepcopy(model)
     twin.eval()
     twin.requires_grad_(False)
     return twin
-
-
-def _plain_head_weight(model: nn.Module) -> torch.Tensor:
-    """The LM-head weight [V, H] of ``model`` for a fused (from-hidden) loss. Raises ConfigError (field
-    ``fused_lm_head``) unless the head is a plain bias-free ``nn.Linear``: a LoRA-wrapped head's ``.weight``
-    is only its frozen base, so fusing it would silently drop the adapter."""
-    head = output_head(model)
-    if type(head) is not nn.Linear or head.bias is not None:
-        kind = type(head).__name__ + (" with a bias" if type(head) is nn.Linear else "")
-        raise ConfigError(
-            "fused_lm_head", f"the fused LM-head path needs a bias-free nn.Linear LM head, got {kind} "
-            f"({type(head).__module__}); a LoRA adapter on the head (lora_target_modules containing it) cannot be "
-            "fused: remove the head from lora_target_modules or set fused_lm_head=false"
-        )
-    return head.weight
 
 
 def _adapter_params(model: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
@@ -156,7 +129,7 @@ class EmaTeacher:
     def hidden(self, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden [B, T, H], LM-head weight [V, H]) of the teacher, for a fused loss; no grad."""
         with self._teacher_active():
-            return response_hidden(self.model, batch), _plain_head_weight(self.model).detach()
+            return response_hidden(self.model, batch), plain_head_weight(self.model).detach()
 
     @torch.no_grad()
     def update(self, student: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> None:
@@ -243,7 +216,7 @@ class TrustRegionTeacher:
         if not self.is_peft:
             raise NotImplementedError("TrustRegionTeacher.hidden: the full-model ref has its own LM head, so the "
                                       "teacher logits are not hidden @ one head; use logits() (fused_lm_head=false)")
-        weight = _plain_head_weight(self.student).detach()
+        weight = plain_head_weight(self.student).detach()
         with self.student.disable_adapter(), eval_mode(self.student):
             ref = response_hidden(self.student, batch)
         with eval_mode(self.student):
@@ -280,7 +253,7 @@ class LiveTeacher:
     @torch.no_grad()
     def hidden(self, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor]:
         with eval_mode(self.student):
-            return response_hidden(self.student, batch), _plain_head_weight(self.student).detach()
+            return response_hidden(self.student, batch), plain_head_weight(self.student).detach()
 
     def update(self, student: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> None:
         """No-op."""

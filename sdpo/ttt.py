@@ -8,7 +8,7 @@ hidden tests the public tests decide). Strategies (``SolveConfig.strategy``):
 - ``"sdpo"``: rounds of ``n`` attempts from the current policy; the public tests give reward and feedback;
   without a discovery the round's attempts become one SDPO batch for this one question (teacher contexts from
   the round's public successes as sibling demonstrations, and the tests' feedback), and one policy update of
-  ``steps_per_round`` epochs (PPO-style: the importance ratios of every epoch refer to the policy that sampled
+  ``ppo_epochs`` epochs (PPO-style: the importance ratios of every epoch refer to the policy that sampled
   the round) of a LoRA adapter (or of all weights) follows; then the next round samples from the updated
   policy. A round whose teacher contexts hold neither a demonstration nor feedback carries no learning
   signal: it is not updated at all (the weights are left bit-for-bit unchanged), and neither is the round
@@ -49,10 +49,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdpo import envs
+from sdpo.adapters import apply_adapter, is_lora, load_adapter_weights, save_weights
 from sdpo.callbacks import Attempt, Callbacks, StopRequested, TeacherView, stop_poll
-from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass, check_limits
+from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
+from sdpo.credit import context_text, token_credit
+from sdpo.data.tasks import Task
+from sdpo.envs.code import extract_code
+from sdpo.models import chat_ids, default_model_path, load_model_and_tokenizer, resolve_device
+from sdpo.precision import master_weights
+from sdpo.reprompt import build_teacher_messages, strip_thinking
 from sdpo.rollout.base import Rollout, SamplingParams
-from sdpo.update import ScoredBatch, UpdateConfig, policy_update
+from sdpo.rollout.select import make_sampler
+from sdpo.teacher import make_teacher
+from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update
 
 STRATEGIES = ("sdpo", "best_of_k", "multiturn")
 MULTITURN_TEMPLATES = ("feedback_only", "attempt_and_feedback")
@@ -76,21 +86,20 @@ def _ttt_self_distillation(overrides: dict[str, Any] | None = None) -> SelfDisti
 
 @dataclass
 class SolveConfig(UpdateConfig):
-    """A test-time solve of one problem. Inherits the update settings (loss, lr, self_distillation, ...).
+    """A test-time solve of one problem. Inherits the update settings (loss, lr, ppo_epochs, self_distillation,
+    ...) from UpdateConfig and the policy and sampling settings (adapter, LoRA, n, temperature, top_p, top_k,
+    seed, sampler, device, dtype, ...) from ``sdpo.config.PolicyConfig``.
 
     strategy: "sdpo" | "best_of_k" | "multiturn" (module docstring).
-    budget: attempts in all. n: attempts per round (sdpo / best_of_k; the last round is clamped to the budget).
-    steps_per_round: epochs of the policy update on each round's batch (sdpo only): test time's name for
-        ``ppo_epochs`` (the two are kept equal; setting both to different values is an error). Every epoch's
-        importance ratios and clips refer to the policy that sampled the round.
-    adapter: "lora" (default: a few MB per problem, the base stays shared) | "full".
-    max_new_tokens, temperature (inherited), top_p, top_k: sampling. seed: base of every sampling seed.
+    budget: attempts in all. n (inherited): attempts per round (sdpo / best_of_k; the last round is clamped to the
+        budget). ppo_epochs (inherited): epochs of the policy update on each round's batch (sdpo only); every
+        epoch's importance ratios and clips refer to the policy that sampled the round.
+    max_new_tokens: as PolicyConfig's, with the paper's test-time default.
     multiturn_template: "feedback_only" | "attempt_and_feedback". context_budget: tokens of prompt + response
         the multi-turn conversation may use (the oldest history is dropped to fit).
     token_view: compute the per-token view of each distilled attempt (``sdpo.credit``; sdpo strategy with the
         SDPO loss): one more student and teacher forward per attempt and round; off, it costs nothing.
-    sampler: "auto" | "hf" | "vllm" and sampler_batch_size, gpu_memory_utilization (vLLM's share of the GPU),
-        device, dtype: used by ``solve_from_config``.
+    sampler, sampler_batch_size, gpu_memory_utilization, device, dtype (inherited): used by ``solve_from_config``.
 
     Test-time defaults differ from training's where one question changes the trade-off:
     - loss "sdpo", self_distillation alpha 1.0 (reverse KL) with top-k 20 + tail: the reference's rich-feedback
@@ -104,69 +113,25 @@ class SolveConfig(UpdateConfig):
 
     strategy: str = "sdpo"
     budget: int = 64
-    n: int = 8
-    steps_per_round: int = 1
-    adapter: str = "lora"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | None = None
     max_new_tokens: int = 4096
-    top_p: float = 1.0
-    top_k: int | None = None
-    seed: int = 0
     multiturn_template: str = "feedback_only"
     context_budget: int = 16384
     token_view: bool = True
-    sampler: str = "auto"
-    sampler_batch_size: int = 16
-    gpu_memory_utilization: float = 0.5
-    device: str = "auto"
-    dtype: str = "auto"
     self_distillation: SelfDistillationConfig = field(default_factory=_ttt_self_distillation)
 
     def __post_init__(self) -> None:
-        if isinstance(self.self_distillation, dict):
+        if isinstance(self.self_distillation, dict):  # a partial block overrides the test-time defaults
             self.self_distillation = _ttt_self_distillation(self.self_distillation)
-        check_limits(self)  # first: a typo is reported on the field the user set
         super().__post_init__()
         _choice("strategy", self.strategy, STRATEGIES)
-        _number("steps_per_round", self.steps_per_round, lo=1, integer=True)
-        if self.ppo_epochs != 1 and self.steps_per_round not in (1, self.ppo_epochs):
-            raise ConfigError("steps_per_round", f"got {self.steps_per_round} and ppo_epochs={self.ppo_epochs}; "
-                              "at test time they are the same setting: set one of them")
-        self.steps_per_round = self.ppo_epochs = max(self.steps_per_round, self.ppo_epochs)
-        for name in ("budget", "n", "steps_per_round", "lora_r", "lora_alpha", "max_new_tokens",
-                     "context_budget", "sampler_batch_size"):
+        for name in ("budget", "context_budget"):
             _number(name, getattr(self, name), lo=1, integer=True)
-        _number("seed", self.seed, lo=0, integer=True)
-        _number("gpu_memory_utilization", self.gpu_memory_utilization, lo=0.0, hi=1.0, lo_open=True)
-        _choice("adapter", self.adapter, ("lora", "full"))
-        _number("lora_dropout", self.lora_dropout, lo=0.0, hi=1.0, hi_open=True)
-        from sdpo.adapters import check_target_modules
-
-        self.lora_target_modules = check_target_modules(self.lora_target_modules)
-        _number("top_p", self.top_p, lo=0.0, hi=1.0, lo_open=True)
-        if self.top_k is not None:
-            _number("top_k", self.top_k, lo=1, integer=True)
         _choice("multiturn_template", self.multiturn_template, MULTITURN_TEMPLATES)
         if not isinstance(self.token_view, bool):
             raise ConfigError("token_view", f"got {self.token_view!r}; expected true or false")
         if self.context_budget <= self.max_new_tokens:
             raise ConfigError("context_budget", f"got {self.context_budget}; must exceed max_new_tokens="
                               f"{self.max_new_tokens} (it holds the prompt and the response)")
-        _choice("sampler", self.sampler, ("auto", "hf", "vllm"))
-        _choice("device", self.device, ("auto", "cpu", "cuda"))
-        _choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SolveConfig:
-        """Build from a mapping (unknown keys are rejected by name; ``self_distillation`` may be partial: the
-        given keys override the test-time defaults)."""
-        return build_dataclass(cls, dict(data))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -246,11 +211,8 @@ def score_attempts(task, rollouts: list[Rollout], should_stop=None, code_feedbac
     keeps its public reward and gets ``HIDDEN_FAIL_FEEDBACK`` (nothing of the hidden tests themselves, so they
     stop at their first failure). ``should_stop`` is asked
     before every sandbox run after the first (``StopRequested`` when it says stop)."""
-    from sdpo.envs import score, score_many
-    from sdpo.envs.code import extract_code
-
-    scores = score_many([task] * len(rollouts), [r.text for r in rollouts], [r.truncated for r in rollouts],
-                        sparse=True, code_feedback=code_feedback)
+    scores = envs.score_many([task] * len(rollouts), [r.text for r in rollouts],
+                             [r.truncated for r in rollouts], sparse=True, code_feedback=code_feedback)
     has_hidden = task.hidden_tests is not None
     out = [_Scored(r, extract_code(r.text), s.reward, s.passed, s.total, s.feedback, has_hidden=has_hidden)
            for r, s in zip(rollouts, scores, strict=True)]
@@ -260,8 +222,8 @@ def score_attempts(task, rollouts: list[Rollout], should_stop=None, code_feedbac
         if a.public_pass:
             if should_stop is not None and should_stop():
                 raise StopRequested
-            h = score(task, a.rollout.text, truncated=a.rollout.truncated, sparse=True, tests=task.hidden_tests,
-                      code_feedback="first_failure")
+            h = envs.score(task, a.rollout.text, truncated=a.rollout.truncated, sparse=True,
+                           tests=task.hidden_tests, code_feedback="first_failure")
             a.hidden_passed, a.hidden_total = h.passed, h.total
             if a.discovered:
                 break
@@ -278,8 +240,6 @@ def _attempt_record(a: _Scored, rnd: int, index: int, seconds: float, task_id: s
 def teacher_contexts(batch: ScoredBatch, cfg: UpdateConfig) -> list:
     """The teacher contexts of ``batch``'s samples, as the policy update builds them
     (``sdpo.reprompt.build_teacher_messages``)."""
-    from sdpo.reprompt import build_teacher_messages
-
     return build_teacher_messages(batch.prompts, [r.text for r in batch.rollouts], batch.rewards, batch.group_ids,
                                   batch.feedback, cfg.self_distillation)
 
@@ -298,8 +258,6 @@ def teacher_views(model, teacher, tokenizer, rollouts: list[Rollout], contexts: 
                   first_index: int, should_stop=None) -> list[TeacherView]:
     """One ``TeacherView`` per attempt of round ``rnd`` (the round's attempts are numbered from
     ``first_index``): its teacher context and, with ``cfg.token_view``, its per-token view."""
-    from sdpo.credit import context_text, token_credit
-
     credits = (token_credit(model, teacher, tokenizer, rollouts, contexts, cfg.self_distillation,
                             should_stop=should_stop) if cfg.token_view else [None] * len(rollouts))
     return [TeacherView(round=rnd, index=first_index + i, distilled=c.distill_mask,
@@ -311,8 +269,6 @@ def teacher_views(model, teacher, tokenizer, rollouts: list[Rollout], contexts: 
 def prepare_policy(model, cfg: SolveConfig):
     """The trainable policy for ``strategy="sdpo"``: ``model`` itself when it already carries a LoRA adapter,
     else ``model`` with ``cfg.adapter`` applied (LoRA injects into the model's modules in place)."""
-    from sdpo.adapters import apply_adapter, is_lora
-
     if is_lora(model):
         return model
     return apply_adapter(model, cfg.adapter, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -320,8 +276,6 @@ def prepare_policy(model, cfg: SolveConfig):
 
 
 def _as_task(problem):
-    from sdpo.data.tasks import Task
-
     if isinstance(problem, Task):
         if problem.kind != "code" or problem.tests is None:
             raise ValueError(f"problem: only code tasks with tests can be solved, got kind {problem.kind!r}")
@@ -375,10 +329,6 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
     learn = cfg.strategy == "sdpo"
     teacher = optimizer = None
     if learn:
-        from sdpo.adapters import is_lora, load_adapter_weights
-        from sdpo.teacher import make_teacher
-        from sdpo.trainer import make_optimizer
-
         model = prepare_policy(model, cfg)
         if start_attempt and out is not None and is_lora(model) and (out / "adapter").is_dir():
             load_adapter_weights(model, out / "adapter")
@@ -420,8 +370,8 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
             if hit is not None:
                 result.discovered_at = attempt + hit + 1
                 result.solution = scored[hit].code
-            # 7. sdpo: one update of steps_per_round epochs (= cfg.ppo_epochs: the old log-probs, hence every
-            #    epoch's IS ratios, are the sampling policy's) on this round's batch when it carries a learning
+            # 7. sdpo: one update of cfg.ppo_epochs epochs (the old log-probs, hence every epoch's IS
+            #    ratios, are the sampling policy's) on this round's batch when it carries a learning
             #    signal and attempts remain to sample from the updated policy.
             elif learn:
                 batch = ScoredBatch(prompts=[task.messages] * k, rollouts=rollouts, rewards=[a.reward for a in scored],
@@ -441,13 +391,9 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
                     extra.update(policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
                                                seed=round_seed(cfg, attempt), should_stop=poll))
                     if teacher is not None and extra["update/optimizer_steps"] > 0:  # not after skipped steps only
-                        from sdpo.precision import master_weights
-
                         teacher.update(model, master_weights(optimizer))
                     sampler.update_weights(model)
                     if out is not None and getattr(model, "peft_config", None) is not None:
-                        from sdpo.adapters import save_weights
-
                         save_weights(model, tokenizer, out)  # small; lets a resumed job continue from here
                     updating = False
                 extra["perf/update_s"] = time.perf_counter() - t3
@@ -465,8 +411,6 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
 
     # 9. Save the adapted weights.
     if learn and out is not None and not updating:
-        from sdpo.adapters import save_weights
-
         path, kind = save_weights(model, tokenizer, out)
         result.adapter_path = str(path)
         callbacks.checkpoint(result.attempts_used, str(path), kind)
@@ -501,8 +445,6 @@ def fit_history(tokenizer, question: list[dict[str, str]], history: list[tuple[s
     """The conversation with the longest suffix of ``history`` whose chat-templated prompt has at most
     ``max_prompt_tokens`` tokens (the question alone is returned when nothing fits); also returns how many
     history entries were kept. The prompt length grows with every entry kept, so a binary search finds it."""
-    from sdpo.models import chat_ids
-
     def size(m: int) -> int:
         return len(chat_ids(tokenizer, multiturn_messages(question, history[len(history) - m:], template)))
 
@@ -519,9 +461,6 @@ def fit_history(tokenizer, question: list[dict[str, str]], history: list[tuple[s
 def _solve_multiturn(problem, tokenizer, sampler, cfg: SolveConfig, callbacks: Callbacks, *,
                      start_attempt: int) -> SolveResult:
     """One conversation, one attempt per turn (= round), feedback appended after each failure."""
-    from sdpo.models import chat_ids
-    from sdpo.reprompt import strip_thinking
-
     task = _as_task(problem)
     room = cfg.context_budget - cfg.max_new_tokens
     question = len(chat_ids(tokenizer, task.messages))
@@ -581,9 +520,6 @@ def solve_from_config(problem, cfg: SolveConfig, callbacks: Callbacks | None = N
     """Load the model (``model_path``, default ``sdpo.models.default_model_path()``) on ``cfg.device`` in
     ``cfg.dtype``, apply the adapter (sdpo), build the sampler (``cfg.sampler``, asking
     ``callbacks.stop_requested()`` while it generates) and ``solve``."""
-    from sdpo.models import default_model_path, load_model_and_tokenizer, resolve_device
-    from sdpo.rollout.select import make_sampler
-
     path = str(model_path or default_model_path())
     model, tokenizer = load_model_and_tokenizer(path, dtype=cfg.dtype, device=resolve_device(cfg.device))
     adapter = "full"

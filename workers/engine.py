@@ -8,9 +8,8 @@ The services never import ``sdpo``; they take these functions as arguments:
   the normalized config (every field, defaults filled) that is stored on the job;
 * ``parse_problem(data)`` parses with ``sdpo.data.problem.Problem.parse``.
 
-Both re-raise engine errors as ``backend.errors.InvalidInput`` naming the field. (``strategy`` as another name
-of ``distributed``, and ``distributed: fsdp`` on a CPU-only host, are the trainer's own rules now:
-``TrainConfig.from_dict``.)
+Both re-raise engine errors as ``backend.errors.InvalidInput`` naming the field. (``distributed: fsdp`` on a
+CPU-only host is the trainer's own rule: ``TrainConfig.from_dict``.)
 """
 
 from __future__ import annotations

@@ -382,7 +382,7 @@ def build(ctx: AppContext) -> SolveHandles:
                 adv_boxes = [gr.Textbox(label=label, value=_fmt_default(v), elem_id=f"solve-adv-{p.replace('.', '-')}")
                              for p, label, v in adv]
                 advanced_msg = _slot("advanced")
-                extra = gr.Code(language="yaml", label="Other settings (YAML, e.g. steps_per_round: 2)", lines=3,
+                extra = gr.Code(language="yaml", label="Other settings (YAML, e.g. ppo_epochs: 2)", lines=3,
                                 elem_id="solve-extra")
                 extra_msg = _slot("extra")
             submit_btn = gr.Button("Solve", variant="primary", elem_id="solve-submit")

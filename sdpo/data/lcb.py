@@ -40,8 +40,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sdpo.data.lasgroup import check_fraction, split_tests, task_to_row
 from sdpo.data.problem import Problem, code_messages, parse_signature
 from sdpo.data.tasks import Task
+from sdpo.envs.code import TestSpec
 
 TIME_LIMIT = 6.0
 PROMPTS = ("ours", "reference")
@@ -200,8 +202,6 @@ def row_to_task(row: dict[str, Any], *, where: str = "<row>", prompt: str = "our
     contest_id, contest_date (ISO), difficulty, dataset and idx (= question_id), and ``prompt`` when it is
     "reference" (the messages' style, see the module docstring).
     """
-    from sdpo.envs.code import TestSpec
-
     if not isinstance(row, dict):
         raise LcbError(f"{where}: expected a JSON object, got {type(row).__name__}")
     qid = row.get("question_id")
@@ -328,19 +328,9 @@ def load_tasks(paths: Iterable[str | Path], *, since: datetime | str | None = No
     return tasks, len(dups)
 
 
-def split_by_date(tasks: Sequence[Task], cutoff: datetime | str) -> tuple[list[Task], list[Task]]:
-    """Questions with contest_date < cutoff -> train, the rest -> test (reference ``LCB_*_CUTOFF``)."""
-    c = parse_date(cutoff)
-    train = [t for t in tasks if parse_date(t.meta["contest_date"]) < c]
-    test = [t for t in tasks if parse_date(t.meta["contest_date"]) >= c]
-    return train, test
-
-
 def to_problems(tasks: Sequence[Task], *, fraction: float = 0.5, seed: int = 0) -> list[Problem]:
     """Problems for test-time solving: tests = the seeded ``fraction`` of each question's tests (the same
     draw as ``split_tests``), hidden_tests = all tests."""
-    from sdpo.data.lasgroup import split_tests
-
     train, _ = split_tests(tasks, fraction, seed)
     return [Problem.from_task(t) for t in train]
 
@@ -381,8 +371,6 @@ def import_lcb(paths: Sequence[str | Path], out_dir: str | Path, *, since: datet
     train.jsonl rows carry only their own tests (as the reference's train.json); the full set is in
     test.jsonl, and in problems.jsonl as ``hidden_tests``. prompt: "ours" | "reference" (module docstring).
     """
-    from sdpo.data.lasgroup import check_fraction, split_tests, task_to_row
-
     check_fraction("split_tests", split_tests_fraction, allow_one=True)
     if prompt not in PROMPTS:
         raise LcbError(f"prompt: got {prompt!r}; allowed values are {', '.join(map(repr, PROMPTS))}")

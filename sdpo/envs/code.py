@@ -187,8 +187,6 @@ class TestSpec:
         return 1 if self.testtype == "assert" else len(self.inputs)
 
 
-VERDICTS = ("passed", "wrong_answer", "runtime_error", "time_limit", "memory_limit", "output_limit",
-            "format_error")
 FORMAT_MESSAGE = "Put your code inside a ```python ... ``` block."
 TRUNCATION_MESSAGE = (
     "Your response was cut off at the maximum length before the code was complete. Write a shorter answer "

@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 
-from sdpo.config import ConfigError, build_dataclass
+from sdpo.config import SAMPLERS, ConfigError, build_dataclass
 from sdpo.rollout.base import Sampler
-
-SAMPLERS = ("auto", "hf", "vllm")
-
+from sdpo.rollout.hf import HFSampler
+from sdpo.rollout.vllm import BROKEN_INSTALL, VLLMOptions, VLLMSampler, vllm_unavailable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +31,6 @@ def resolve_sampler_kind(kind: str, device: torch.device | str | None = None) ->
     CUDA device (None = not known: the machine alone decides). Raises ConfigError for an unknown kind, or for
     "vllm" where vLLM cannot run (not installed or not importable, no CUDA, a multi-process job).
     """
-    from sdpo.rollout.vllm import BROKEN_INSTALL, vllm_unavailable_reason
-
     if kind not in SAMPLERS:
         raise ConfigError("sampler", f"got {kind!r}; allowed values are {', '.join(map(repr, SAMPLERS))}")
     if kind == "auto":
@@ -65,16 +62,10 @@ def make_sampler(kind: str, model, tokenizer, *, batch_size: int = 16, max_promp
         machines under ``auto``), but they are validated either way, so a typo is reported on a CPU machine
         too.
     """
-    from sdpo.rollout.vllm import VLLMOptions
-
     build_dataclass(VLLMOptions, vllm_opts)
     resolved = resolve_sampler_kind(kind, device=_model_device(model))
     if resolved == "vllm":
-        from sdpo.rollout.vllm import VLLMSampler
-
         return VLLMSampler(model, tokenizer, max_prompt_len=max_prompt_len, should_stop=should_stop, **vllm_opts)
-    from sdpo.rollout.hf import HFSampler
-
     return HFSampler(model, tokenizer, batch_size=batch_size, max_prompt_len=max_prompt_len,
                      should_stop=should_stop)
 

@@ -68,12 +68,11 @@ from typing import Any
 import torch
 
 from sdpo.callbacks import StopRequested
-from sdpo.config import ConfigError, build_dataclass
+from sdpo.config import ADAPTERS, ConfigError, _choice, build_dataclass
 from sdpo.models import chat_ids
 from sdpo.rollout.base import Rollout, SamplingParams
 from sdpo.rollout.correction import truncated_sampling_warning
 
-ADAPTERS = ("lora", "full")
 # vllm/config/lora.py (v0.32.0): ``MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]``.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 INSTALL_HINT = (
@@ -155,8 +154,7 @@ class VLLMOptions:
     work_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.adapter not in ADAPTERS:
-            raise ConfigError("adapter", f"got {self.adapter!r}; allowed values are 'lora', 'full'")
+        _choice("adapter", self.adapter, ADAPTERS)
         gmu = self.gpu_memory_utilization
         if isinstance(gmu, bool) or not isinstance(gmu, (int, float)) or not 0.0 < gmu <= 1.0:
             raise ConfigError("gpu_memory_utilization", f"got {gmu!r}; expected a number in (0, 1], e.g. 0.5 "

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 
 from sdpo.config import ConfigError, _number
+from sdpo.models import load_tokenizer
+from sdpo.tiny import train_tokenizer
 from sdpo.toy.corpus import DEFAULT_MIX, KINDS, build_corpus, encode, tokenizer_texts
 
 DEFAULT_STEPS = 1200  # ~19 min at 2 threads on this 2-core machine (docs/toyworld.md)
@@ -154,9 +156,7 @@ def _collate(items: list[tuple[list[int], list[int]]], pad_id: int):
 def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
                    log: Callable[[str], None] = print) -> Path:
     """Build the corpus and tokenizer, train the model, save it to ``out_dir`` (see module docs)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from sdpo.tiny import train_tokenizer
+    from transformers import Qwen2Config, Qwen2ForCausalLM  # (seconds to import)
 
     cfg = cfg or ToyModelConfig()
     out = Path(out_dir)
@@ -172,8 +172,6 @@ def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
             prev_steps = int(prev.get("total_steps", prev["steps"]))
         examples = build_corpus(cfg.n_examples, seed=cfg.seed + prev_steps, mix=cfg.mix)
         if cfg.init_from is not None:
-            from sdpo.models import load_tokenizer
-
             tokenizer = load_tokenizer(cfg.init_from)
         else:
             tokenizer = train_tokenizer(cfg.vocab_size, corpus=tokenizer_texts(examples))

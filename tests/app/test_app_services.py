@@ -155,7 +155,7 @@ def test_submit_solve_stores_and_queues_one_job(ctx):
 @pytest.mark.parametrize("config", [
     {"advanced": {"self_distillation.alpha": "5"}},
     {"strategy": "magic"},
-    {"extra_yaml": "steps_per_round: 0"},
+    {"extra_yaml": "ppo_epochs: 0"},
 ])
 def test_invalid_solve_config_stores_and_queues_nothing(ctx, config):
     before = ctx.queue.length()

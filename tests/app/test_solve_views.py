@@ -83,7 +83,7 @@ def test_train_form_errors_go_next_to_the_dataset_the_model_or_the_hyperparamete
     ("fn_name", "editor", "tests"), ("tests.outputs", "json", "json"), ("json", "json", "json"),
     ("budget", "editor", "budget"), ("model", "json", "model"), ("n", "editor", "advanced"),
     ("self_distillation.alpha", "editor", "advanced"), ("extra settings", "editor", "extra"),
-    ("temprature", "editor", "extra"), ("steps_per_round", "editor", "extra"), ("strategy", "editor", "main"),
+    ("temprature", "editor", "extra"), ("ppo_epochs", "editor", "extra"), ("strategy", "editor", "main"),
 ])
 def test_form_errors_go_next_to_the_control_they_name(field, source, slot):
     advanced = [p for p, _ in solve.ADVANCED]

@@ -14,8 +14,8 @@ from sdpo.reprompt import build_teacher_messages
 from sdpo.rollout.base import Rollout, SamplingParams
 from sdpo.rollout.hf import HFSampler
 from sdpo.teacher import make_teacher
-from sdpo.trainer import TrainConfig, load_config, make_optimizer, train
-from sdpo.update import ScoredBatch, UpdateConfig, policy_update
+from sdpo.trainer import TrainConfig, load_config, train
+from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update
 
 P = [{"role": "user", "content": "Print hello."}]
 DEMO = "```python\nprint('hello')\n```"
@@ -582,24 +582,24 @@ def test_full_model_resume_loads_strictly(tiny_model_path, dataset, tmp_path):
         load_checkpoint(ckpt, small, opt, sched, None)
 
 
-# --------------------------------------------------------------------------- ppo_mini_batch_size, optional sinks
+# --------------------------------------------------------------------------- one spelling per setting, optional sinks
 
-def test_ppo_mini_batch_size_is_an_alias_of_mini_batch_size(tmp_path):
+def test_mini_batch_size_has_one_spelling(tmp_path):
+    """mini_batch_size (samples) is the one name of the reference's ppo_mini_batch_size (questions x n,
+    docs/fidelity.md); the reference's name is an unknown key, named as such."""
     base = ["dataset=humaneval", "train_batch_size=2", "n=4"]
-    assert load_config(None, base + ["ppo_mini_batch_size=4"]).mini_batch_size == 4
-    assert load_config(None, base + ["ppo_mini_batch_size=4", "mini_batch_size=4"]).mini_batch_size == 4
-    assert TrainConfig(dataset="humaneval", train_batch_size=2, n=4, ppo_mini_batch_size=2).mini_batch_size == 2
+    assert load_config(None, base + ["mini_batch_size=4"]).mini_batch_size == 4
     yaml_file = tmp_path / "run.yaml"
-    yaml_file.write_text("dataset: humaneval\ntrain_batch_size: 2\nn: 4\nppo_mini_batch_size: 8\n")
+    yaml_file.write_text("dataset: humaneval\ntrain_batch_size: 2\nn: 4\nmini_batch_size: 8\n")
     cfg = load_config(str(yaml_file))
     assert cfg.mini_batch_size == 8 and "ppo_mini_batch_size" not in cfg.to_dict()
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ConfigError, match=r"^ppo_mini_batch_size: got 4 and mini_batch_size=2; .* set one of them"):
-        load_config(None, base + ["ppo_mini_batch_size=4", "mini_batch_size=2"])
-    with pytest.raises(ConfigError, match=r"^ppo_mini_batch_size: got 4 and mini_batch_size=2"):
-        TrainConfig(dataset="humaneval", mini_batch_size=2, ppo_mini_batch_size=4)
+    with pytest.raises(ConfigError, match=r"^ppo_mini_batch_size: unknown key; known keys are .*mini_batch_size"):
+        load_config(None, base + ["ppo_mini_batch_size=4"])
+    with pytest.raises(TypeError):
+        TrainConfig(dataset="humaneval", ppo_mini_batch_size=4)
     with pytest.raises(ConfigError, match="^mini_batch_size: got 9; must be <= train_batch_size"):
-        load_config(None, base + ["ppo_mini_batch_size=9"])
+        load_config(None, base + ["mini_batch_size=9"])
 
 
 class _FakeWandb:

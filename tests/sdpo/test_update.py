@@ -8,8 +8,9 @@ import torch
 
 from sdpo.adapters import apply_adapter
 from sdpo.config import ConfigError, SelfDistillationConfig
+from sdpo.forward import student_inputs
+from sdpo.minibatches import split_rows
 from sdpo.models import chat_ids, load_model_and_tokenizer
-from sdpo.reprompt import student_inputs
 from sdpo.rollout.base import Rollout
 from sdpo.teacher import make_teacher
 from sdpo.update import ScoredBatch, UpdateConfig, _old_logprobs, _pad, policy_update
@@ -48,11 +49,12 @@ def test_old_logprobs_are_computed_in_eval_mode(tiny_model_path):
     s_batch = student_inputs([r.prompt_ids for r in batch.rollouts], ids, mask, tok.pad_token_id)
     model.train()
     torch.manual_seed(0)
-    first = _old_logprobs(model, s_batch, ids, mask, 3, 1.0, False)
-    second = _old_logprobs(model, s_batch, ids, mask, 3, 1.0, False)
+    passes = split_rows(len(ids), 3)
+    first = _old_logprobs(model, s_batch, ids, passes, 1.0, False)
+    second = _old_logprobs(model, s_batch, ids, passes, 1.0, False)
     assert model.training and all(m.training for m in model.modules())
     model.eval()
-    ref = _old_logprobs(model, s_batch, ids, mask, 3, 1.0, False)
+    ref = _old_logprobs(model, s_batch, ids, passes, 1.0, False)
     assert torch.equal(first, second) and torch.equal(first, ref)
 
 

@@ -8,8 +8,8 @@ import torch
 
 from sdpo.adapters import apply_adapter
 from sdpo.config import ConfigError, SelfDistillationConfig
+from sdpo.forward import output_head
 from sdpo.models import chat_ids, load_model_and_tokenizer
-from sdpo.reprompt import output_head
 from sdpo.rollout.base import Rollout
 from sdpo.teacher import make_teacher
 from sdpo.trainer import TrainConfig

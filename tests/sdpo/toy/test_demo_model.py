@@ -46,7 +46,6 @@ def test_default_model_is_the_demo_model_without_any_build(tmp_path, monkeypatch
     assert str(default_model_path()) == "/somewhere/else"
 
 
-@pytest.mark.slow
 def test_demo_model_loads_in_float32_and_greedily_solves_some_easy_examples():
     from sdpo.data.examples import example_problems
     from sdpo.data.problem import Problem

@@ -4,16 +4,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements.lock
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install clean-venv
+.PHONY: run test test-fast lint install lock clean-venv
 
-$(STAMP): pyproject.toml
+# Every version comes from requirements.lock (pip constraints), so a fresh clone installs what the suite
+# passed with; `make lock` regenerates it from pyproject.toml's ranges.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -c $(LOCK) pip setuptools wheel
 	# torch first, pinned: the CPU wheel; nothing may pull another build
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c $(LOCK) torch==2.13.0
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -24,8 +27,15 @@ run: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest $(PYTEST_ARGS)
 
+# the suite without the tests marked slow, for iteration (CI runs `make test`)
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sdpo backend workers app tests bench
+	$(VENV)/bin/ruff check sdpo sdpo_sandbox backend workers app tests bench
+
+lock:
+	PYTHON=$(PYTHON) .ci/lock
 
 clean-venv:
 	rm -rf $(VENV)

@@ -51,9 +51,11 @@ class AppContext:
         with session_scope(self.sessions) as s:
             yield s
 
-    def defaults(self, kind: str) -> tuple[dict[str, Any], str | None]:
-        """(engine default config of ``kind``, None) or ({}, the reason they are unavailable)."""
+    def defaults(self, kind: str, model: str = "") -> tuple[dict[str, Any], str | None]:
+        """(engine default config of ``kind`` for ``model``, "" = the server's default; None) or ({}, the reason
+        they are unavailable, e.g. no checkpoint at ``model``)."""
         try:
-            return engine_defaults(kind, validate=self.hooks.validate_config), None
+            with self.session() as s:
+                return engine_defaults(s, kind, validate=self.hooks.validate_config, model=(model or "").strip()), None
         except Exception as e:  # noqa: BLE001 - shown in the page; the form still works without defaults
-            return {}, f"{type(e).__name__}: {e}"
+            return {}, str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"

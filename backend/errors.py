@@ -44,3 +44,12 @@ class JobLost(ServiceError):
         self.job_id, self.worker_id = job_id, worker_id
         super().__init__(f"job {job_id} is no longer running under worker {worker_id} (taken over, re-enqueued, "
                          "finished or deleted); nothing was written")
+
+
+class NotRecorded(ServiceError):
+    """A job's progress could not be written to the database (the reason is one line, without SQL or
+    framework text); what was committed before stays. The job ends ``failed`` with this message."""
+
+    def __init__(self, what: str, reason: str):
+        self.what, self.reason = what, reason
+        super().__init__(f"could not record {what} in the database ({reason}); what was recorded before is kept")

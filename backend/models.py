@@ -2,6 +2,9 @@
 datasets, and the workers that run jobs.
 
 Timestamps are stored as naive UTC and returned timezone-aware (``UTCDateTime``) on every backend.
+Every text column stores its value through ``backend.text.storable`` (``StorableText``/``StorableString``): text
+from models, programs and users (NUL bytes, control characters, lone surrogates, megabytes) is written the same
+on SQLite and PostgreSQL, escaped visibly and capped, never refused by the database.
 The job status machine (``JOB_TRANSITIONS``) is enforced by ``backend.services.jobs``; a CHECK constraint
 keeps the column to the known states.
 """
@@ -28,6 +31,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from backend.text import ERROR_CHARS, FEEDBACK_CHARS, RESPONSE_CHARS, STATEMENT_CHARS, storable
 
 JOB_KINDS = ("solve", "train")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -74,6 +79,35 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+class StorableText(TypeDecorator[str]):
+    """A text column whose every written value goes through ``backend.text.storable`` (capped at ``limit``
+    characters; None: no cap). Comparisons bind through it too, so a filter matches what was stored."""
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, limit: int | None = None):
+        super().__init__()
+        self.limit = limit
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else storable(value, limit=self.limit)
+
+    def process_literal_param(self, value: str | None, dialect: Any) -> str | None:
+        return self.process_bind_param(value, dialect)
+
+
+class StorableString(StorableText):
+    """``VARCHAR(length)`` through ``backend.text.storable``, capped at ``length`` (PostgreSQL refuses more)."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, length: int):
+        TypeDecorator.__init__(self, length)
+        self.limit = length
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
@@ -85,8 +119,8 @@ class Problem(Base):
     __tablename__ = "problems"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    title: Mapped[str] = mapped_column(String(200), default="")
-    statement: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(StorableString(200), default="")
+    statement: Mapped[str] = mapped_column(StorableText(STATEMENT_CHARS))
     data: Mapped[dict[str, Any]]
     n_public_tests: Mapped[int] = mapped_column(Integer, default=0)
     n_hidden_tests: Mapped[int] = mapped_column(Integer, default=0)
@@ -100,7 +134,7 @@ class Dataset(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(120), unique=True)
-    path: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(StorableText())
     format: Mapped[str] = mapped_column(String(32))
     train_rows: Mapped[int] = mapped_column(Integer, default=0)
     test_rows: Mapped[int] = mapped_column(Integer, default=0)
@@ -127,12 +161,12 @@ class Job(Base):
     problem_id: Mapped[int | None] = mapped_column(ForeignKey("problems.id", ondelete="SET NULL"), index=True)
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
     gpus: Mapped[int] = mapped_column(Integer, default=1)
-    model: Mapped[str] = mapped_column(String(500), default="")
-    label: Mapped[str] = mapped_column(String(200), default="")
-    error: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(StorableString(500), default="")
+    label: Mapped[str] = mapped_column(StorableString(200), default="")
+    error: Mapped[str | None] = mapped_column(StorableText(ERROR_CHARS))
     result: Mapped[dict[str, Any] | None]
-    task_id: Mapped[str | None] = mapped_column(String(64))
-    worker_id: Mapped[str | None] = mapped_column(String(200))
+    task_id: Mapped[str | None] = mapped_column(StorableString(64))
+    worker_id: Mapped[str | None] = mapped_column(StorableString(200))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     resumes: Mapped[int] = mapped_column(Integer, default=0)
     heartbeat_at: Mapped[datetime | None]
@@ -154,17 +188,17 @@ class Attempt(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     problem_id: Mapped[int | None] = mapped_column(ForeignKey("problems.id", ondelete="SET NULL"))
-    task_id: Mapped[str | None] = mapped_column(String(200))
+    task_id: Mapped[str | None] = mapped_column(StorableString(200))
     round: Mapped[int] = mapped_column(Integer)
     index: Mapped[int] = mapped_column(Integer)
-    response: Mapped[str] = mapped_column(Text)
-    code: Mapped[str | None] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(StorableText(RESPONSE_CHARS))
+    code: Mapped[str | None] = mapped_column(StorableText(RESPONSE_CHARS))
     reward: Mapped[float] = mapped_column(Float)
     passed_public: Mapped[int] = mapped_column(Integer)
     total_public: Mapped[int] = mapped_column(Integer)
     passed_hidden: Mapped[int | None] = mapped_column(Integer)
     total_hidden: Mapped[int | None] = mapped_column(Integer)
-    feedback: Mapped[str | None] = mapped_column(Text)
+    feedback: Mapped[str | None] = mapped_column(StorableText(FEEDBACK_CHARS))
     tokens: Mapped[int] = mapped_column(Integer)
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -179,7 +213,7 @@ class MetricPoint(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)
-    name: Mapped[str] = mapped_column(String(120))
+    name: Mapped[str] = mapped_column(StorableString(120))
     value: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -197,7 +231,7 @@ class Checkpoint(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(8))
-    path: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(StorableText())
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -207,10 +241,10 @@ class Worker(Base):
 
     __tablename__ = "workers"
 
-    id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    hostname: Mapped[str] = mapped_column(String(200))
+    id: Mapped[str] = mapped_column(StorableString(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(StorableString(200))
     pid: Mapped[int] = mapped_column(Integer)
-    queue: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(StorableString(200))
     info: Mapped[dict[str, Any]]
     current_job_id: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)

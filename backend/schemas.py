@@ -6,6 +6,7 @@ The UI and the CLI render these; they never hold ORM objects beyond a session.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,9 +29,30 @@ class ParsedProblem(BaseModel):
 
 # (problem dict) -> ParsedProblem; raises ValueError (with ``.field`` when it can) on a malformed problem.
 ProblemValidator = Callable[[dict[str, Any]], ParsedProblem]
-# (kind, config) -> the normalized engine config (every field, defaults filled); raises ValueError with
-# ``.field`` (e.g. ``sdpo.config.ConfigError``) when invalid.
-ConfigValidator = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class RawConfig:
+    """A job config as typed in a form. ``backend`` and ``app`` never read values themselves: the engine's one
+    settings parser does, when the config is validated (``sdpo.config.compose_config``, reached through the
+    ``ConfigValidator``), so ``1e-5`` means the same in a form, on a command line and in a config file.
+
+    Later pieces win: ``values`` (settings typed already: a choice, a stored config), ``fields`` (``(dotted key,
+    text)`` of single-value boxes; empty text keeps the default), ``text`` (a YAML mapping typed in an editor,
+    named ``text_field`` in errors), ``fixed`` (set by the page itself, e.g. the dataset it chose)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    fields: tuple[tuple[str, str], ...] = ()
+    text: str = ""
+    text_field: str = "extra settings"
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+# (kind, config, *, model, gpu) -> the normalized engine config (every field, defaults filled); raises
+# ValueError with ``.field`` (e.g. ``sdpo.config.ConfigError``) when invalid. ``config`` is a mapping or a
+# ``RawConfig``; ``model`` the model the job will use ("" = the server's default; checked to exist);
+# ``gpu`` whether the machines that will run it offer GPUs (None = not known): the defaults fit both.
+ConfigValidator = Callable[..., dict[str, Any]]
 # (kind, job_id, task_id, gpus) -> None; sends the job task to the broker, to the queue of ``gpus``-GPU jobs
 # (``backend.queue.JobQueue.enqueue``).
 Enqueue = Callable[[str, int, str, int], None]
@@ -135,6 +157,19 @@ class JobDetail(JobSummary):
     last_metrics: dict[str, float] = Field(default_factory=dict)
     last_step: int | None = None
     checkpoints: list[CheckpointOut] = Field(default_factory=list)
+
+
+class RoundSummary(BaseModel):
+    """One round of a solve (one step of a training run): its attempts and every metric logged for it."""
+
+    round: int
+    attempts: int = 0
+    first_attempt: int | None = None  # 1-based number of the round's first attempt in the job (solve)
+    reward_mean: float | None = None
+    best_passed: int | None = None
+    tests: int | None = None
+    solved: int = 0
+    metrics: dict[str, float] = Field(default_factory=dict)
 
 
 class DatasetOut(_Out):

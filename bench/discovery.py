@@ -86,9 +86,9 @@ def attempts_to_reach(c: list[float], rate: float) -> int | None:
 
 
 def run(args) -> dict:
+    from sdpo.config import apply_overrides
     from sdpo.models import default_model_path, load_model_and_tokenizer
     from sdpo.rollout.hf import HFSampler
-    from sdpo.trainer import apply_overrides
     from sdpo.ttt import SolveConfig, solve
 
     model_path = args.model or str(default_model_path())

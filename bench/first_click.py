@@ -2,12 +2,13 @@
 
 Usage:
     python bench/first_click.py [--model PATH] [--seeds 0,1,2] [--groups easy,classic,hard] [--limit N]
-        [--strategy sdpo] [--budget 16] [--n 4] [--max-new-tokens 256] [--set key=value ...] [--json FILE]
+        [--strategy sdpo] [--budget B] [--n N] [--max-new-tokens T] [--set key=value ...] [--json FILE]
 
 Each (example, seed) is one engine-level solve as a worker runs a Solve job: ``sdpo.ttt.solve_from_config``
-(the model loaded inside the timed call, as a worker loads it per job) with the demo settings (``DEMO``: the
-CPU-sized Solve defaults: sdpo, n 4, 256 new tokens, budget 16; every other ``SolveConfig`` setting its
-default; CPU, HF sampler). Times come from the engine's callbacks:
+(the model loaded inside the timed call, as a worker loads it per job) with the settings a Solve job on this
+model gets when the user sets nothing but the strategy (``sdpo.sizing.fit_config``: for the demo model the
+CPU-sized defaults, n 4, 384 new tokens, budget 16; every other ``SolveConfig`` setting its default; CPU, HF
+sampler). --budget, --n, --max-new-tokens and --set override them. Times come from the engine's callbacks:
 
 * first attempt: from the call to the first ``on_attempts`` (model load + the first round sampled and scored);
 * discovery: from the call to the ``on_attempts`` holding the attempt that passes the public and hidden tests.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DEMO = {"strategy": "sdpo", "n": 4, "max_new_tokens": 256, "budget": 16, "device": "cpu", "sampler": "hf"}
+FIXED = {"device": "cpu", "sampler": "hf"}
 GROUPS = ("easy", "classic", "hard")
 
 
@@ -123,10 +124,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--groups", default=",".join(GROUPS))
     ap.add_argument("--limit", type=int, default=None, help="The first N examples of each group.")
-    ap.add_argument("--strategy", default=DEMO["strategy"])
-    ap.add_argument("--budget", type=int, default=DEMO["budget"])
-    ap.add_argument("--n", type=int, default=DEMO["n"])
-    ap.add_argument("--max-new-tokens", type=int, default=DEMO["max_new_tokens"])
+    ap.add_argument("--strategy", default="sdpo")
+    ap.add_argument("--budget", type=int, default=None)
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="Other SolveConfig settings (YAML values, dotted keys nest).")
     ap.add_argument("--json", default=None, help="Write every run's times here.")
@@ -136,14 +137,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from sdpo.data.examples import example_problems
     from sdpo.models import default_model_path
+    from sdpo.sizing import fit_config
 
     groups = [g for g in args.groups.split(",") if g]
     bad = sorted(set(groups) - set(GROUPS))
     if bad:
         ap.error(f"--groups: unknown {', '.join(bad)}; choose from {', '.join(GROUPS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    cfg = {**DEMO, "strategy": args.strategy, "budget": args.budget, "n": args.n,
-           "max_new_tokens": args.max_new_tokens}
+    cfg = {**FIXED, "strategy": args.strategy}
+    for key in ("budget", "n", "max_new_tokens"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
     for pair in args.set:
         key, sep, raw = pair.partition("=")
         if not sep:
@@ -154,6 +158,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(raw)
     model = args.model or str(default_model_path())
+    cfg = fit_config("solve", cfg, model_path=model)
     chosen = []
     for group in groups:
         members = [p for p in example_problems() if group_of(p) == group]

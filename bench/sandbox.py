@@ -1,13 +1,16 @@
 """Sandbox throughput: the executor pool vs a naive per-test ``multiprocessing.Process`` runner.
 
 Both runners judge the same solutions on the same stdin tests with the same rules (tests of one solution in
-order, stopping at the first failure as sparse training does) and must produce identical verdicts. The naive
-runner forks the calling process once per test case (as reference harnesses do); the caller here optionally
-holds a trainer-sized heap (``--caller-mb``), which is what forking costs in a real trainer.
+order, stopping at the first failure as sparse training with ``code_feedback="first_failure"`` does) and must
+produce identical verdicts. The naive runner forks the calling process once per test case (as reference
+harnesses do); the caller here optionally holds a trainer-sized heap (``--caller-mb``), which is what forking
+costs in a real trainer.
 
     python bench/sandbox.py [--solutions 48] [--tests 8] [--slots 2] [--caller-mb 2048]
 
-Prints executions/s of both, their ratio, and a line for bench/README.md.
+Prints executions/s of both, their ratio, and a line for bench/README.md; then the pool's time for the same
+solutions with the feedback gathered as the reference does (``code_feedback="all_tests"``: a failing solution
+goes on past wrong answers and time-outs) against ``"first_failure"``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdpo.envs.code import TestSpec, evaluate_many, stdout_matches  # noqa: E402
-from sdpo.envs.sandbox import SandboxConfig, SandboxPool  # noqa: E402
+from sdpo_sandbox import SandboxConfig, SandboxPool  # noqa: E402
 
 CORRECT = "n, k = map(int, input().split())\nprint(sum(i * k for i in range(n)))"
 WRONG_LATE = "n, k = map(int, input().split())\nprint(sum(i * k for i in range(n)) + (n > 60))"
@@ -101,9 +104,11 @@ def run_naive(codes: list[str], specs: list[TestSpec], width: int) -> list[list[
     return results
 
 
-def run_pool(pool: SandboxPool, codes: list[str], specs: list[TestSpec]) -> list[list[str]]:
+def run_pool(pool: SandboxPool, codes: list[str], specs: list[TestSpec],
+             code_feedback: str = "first_failure") -> list[list[str]]:
     responses = [f"```python\n{c}\n```" for c in codes]
-    return [[t.verdict for t in r.tests] for r in evaluate_many(responses, specs, sandbox=pool)]
+    results = evaluate_many(responses, specs, sandbox=pool, code_feedback=code_feedback)
+    return [[t.verdict for t in r.tests] for r in results]
 
 
 def main() -> None:
@@ -132,6 +137,13 @@ def main() -> None:
         t0 = time.perf_counter()
         naive = run_naive(codes, specs, args.slots)
         t_naive = min(t_naive, time.perf_counter() - t0)
+    t_modes = {"first_failure": float("inf"), "all_tests": float("inf")}
+    runs = {}
+    for _ in range(args.repeat):
+        for m in t_modes:
+            t0 = time.perf_counter()
+            runs[m] = run_pool(pool, codes, specs, code_feedback=m)
+            t_modes[m] = min(t_modes[m], time.perf_counter() - t0)
     mode = "strong" if pool.info.get("strong") else "weak"
     pool.close()
     del heap
@@ -151,6 +163,10 @@ def main() -> None:
     print(f"ratio: {ratio:.2f}x (identical verdicts: yes)")
     print(f"README: | sandbox | {args.solutions}x{args.tests} stdin tests, {args.slots} slots, caller "
           f"{args.caller_mb} MiB | {eps_ours:.0f} exec/s vs naive {eps_naive:.0f} exec/s | {ratio:.1f}x |")
+    n_ff, n_all = (sum(len(v) for v in runs[m]) for m in ("first_failure", "all_tests"))
+    print(f"feedback as the reference gathers it (code_feedback=all_tests): {t_modes['all_tests']:.2f} s for "
+          f"{args.solutions} solutions ({n_all} executions) vs first_failure {t_modes['first_failure']:.2f} s "
+          f"({n_ff} executions): {t_modes['all_tests'] / t_modes['first_failure']:.2f}x the time")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,7 @@ from sdpo.rollout.base import SamplingParams  # noqa: E402
 from sdpo.rollout.hf import HFSampler  # noqa: E402
 from sdpo.teacher import make_teacher  # noqa: E402
 from sdpo.tiny import make_tiny_model  # noqa: E402
-from sdpo.trainer import make_optimizer  # noqa: E402
-from sdpo.update import ScoredBatch, UpdateConfig, policy_update  # noqa: E402
+from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update  # noqa: E402
 
 PROMPTS = [[{"role": "user", "content": f"Write a program that prints the {i}-th prime number."}] for i in range(4)]
 

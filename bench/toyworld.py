@@ -159,13 +159,14 @@ def _base_validation(args, data: dict, seed: int) -> dict[str, float]:
 
 
 def _train_dict(args, data: dict, loss: str, seed: int, out_dir: Path) -> dict:
-    from sdpo.trainer import apply_overrides
+    from sdpo.config import apply_overrides
 
     base = {"model_path": args.model, "train_file": data["paths"]["train"], "test_file": data["paths"]["test"],
             "loss": loss, "seed": seed, "out_dir": str(out_dir), "adapter": "full", "lr": args.lr,
             "max_steps": args.steps, "train_batch_size": args.batch, "n": args.group,
             "max_new_tokens": args.max_new_tokens, "val_every": args.val_every, "val_k": args.val_k,
-            "val_max_questions": args.test_problems, "micro_batch_size": 16, "sampler": "hf",
+            "val_max_questions": args.test_problems, "val_temperature": 1.0, "val_top_p": 1.0,
+            "micro_batch_size": 16, "sampler": "hf",
             "sampler_batch_size": 32, "device": "cpu", "dtype": "float32", "progress": False,
             "self_distillation": {"alpha": 1.0, "distillation_topk": 20}}
     return apply_overrides(base, args.train_set)

@@ -54,6 +54,7 @@ RUN mkdir -p sdpo backend workers app \
     && pip uninstall -y sdpo-studio
 
 COPY sdpo ./sdpo
+COPY sdpo_sandbox ./sdpo_sandbox
 COPY backend ./backend
 COPY workers ./workers
 COPY app ./app

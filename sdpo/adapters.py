@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
-from sdpo.config import ConfigError
-
-ADAPTERS = ("full", "lora")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def check_target_modules(value: Any) -> list[str] | None:
-    """Validate a ``lora_target_modules`` setting: None (the default set), a non-empty list of module names, or
-    one name (returned as a one-element list: ``--set lora_target_modules=q_proj``)."""
-    if isinstance(value, str) and value:
-        return [value]
-    if value is None or (isinstance(value, list) and value and all(isinstance(m, str) and m for m in value)):
-        return value
-    raise ConfigError("lora_target_modules", f"got {value!r}; expected a list of module names (e.g. "
-                      "['q_proj', 'v_proj']), one name, or null for the default set")
 
 
 def apply_adapter(model, adapter: str, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
@@ -34,7 +20,7 @@ def apply_adapter(model, adapter: str, *, r: int = 16, alpha: int = 32, dropout:
         return model
     if adapter != "lora":
         raise ValueError(f"adapter: got {adapter!r}; allowed values are 'full', 'lora'")
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # peft takes seconds to import: only LoRA runs load it
 
     if isinstance(target_modules, str):  # one name, not its characters
         target_modules = [target_modules]
@@ -52,25 +38,25 @@ def is_lora(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_weights(model, tokenizer, out_dir: str | Path) -> tuple[Path, str]:
+def save_weights(model, tokenizer, out_dir: str | Path, *,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> tuple[Path, str]:
     """Save the trained weights: the LoRA adapter ("default" only) under ``adapter/``, or the whole model
-    (safetensors) + tokenizer under ``model/``. Returns (path, kind)."""
+    (safetensors) + tokenizer under ``model/``. Returns (path, kind). state_dict: full model only, the tensors
+    to write instead of the model's own (the float32 masters of ``sdpo.precision``)."""
     out_dir = Path(out_dir)
     if is_lora(model):
         path = out_dir / "adapter"
         model.save_pretrained(path, selected_adapters=["default"])
         return path, "lora"
     path = out_dir / "model"
-    model.save_pretrained(path, safe_serialization=True)
+    model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(path)
     return path, "full"
 
 
 def load_adapter_weights(model, adapter_dir: str | Path) -> None:
     """Load saved LoRA weights into the "default" adapter of a peft model built with the same config."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
+    from peft import set_peft_model_state_dict  # (LoRA runs only)
     adapter_dir = Path(adapter_dir)
     f = adapter_dir / "adapter_model.safetensors"
     if not f.exists():
@@ -80,7 +66,3 @@ def load_adapter_weights(model, adapter_dir: str | Path) -> None:
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"resume_from: adapter at {adapter_dir} does not match this model ({unexpected[:3]} ...)")
-
-
-def trainable_parameters(model) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]

@@ -6,8 +6,10 @@ bar and files. Every hook is optional.
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -52,26 +54,45 @@ class Callbacks:
         return bool(self.should_stop and self.should_stop())
 
 
-@dataclass
-class CallbackList(Callbacks):
-    """Fan one event out to several callback sets (e.g. DB persistence + progress bar)."""
+# How often a long stage asks whether to stop (``stop_poll``): at most this many seconds apart.
+STOP_POLL_S = 0.5
 
-    children: list[Callbacks] = field(default_factory=list)
 
-    def attempts(self, attempts):
-        for c in self.children:
-            c.attempts(attempts)
+class StopRequested(Exception):
+    """Raised from inside a long stage (generation, scoring, a policy update) when the run was asked to stop
+    there; the loops catch it and end the run as stopped (nothing of the interrupted round is reported)."""
 
-    def metrics(self, step, metrics):
-        for c in self.children:
-            c.metrics(step, metrics)
 
-    def checkpoint(self, step, path, kind):
-        for c in self.children:
-            c.checkpoint(step, path, kind)
+class StopPoll:
+    """``callbacks.stop_requested`` for polling inside long stages: asks at most once per ``every_s`` seconds
+    (the question may cost a database round trip) and, once it said stop, keeps saying so without asking.
 
-    def stop_requested(self):
-        return any(c.stop_requested() for c in self.children)
+    ``poll()`` answers; ``check()`` raises ``StopRequested`` when the answer is stop."""
+
+    def __init__(self, should_stop: Callable[[], bool], every_s: float = 0.5):
+        self._should_stop, self.every_s = should_stop, every_s
+        self._next = 0.0
+        self.stopped = False
+
+    def poll(self) -> bool:
+        if not self.stopped and time.monotonic() >= self._next:
+            self.stopped = bool(self._should_stop())
+            self._next = time.monotonic() + self.every_s
+        return self.stopped
+
+    __call__ = poll
+
+    def check(self) -> None:
+        if self.poll():
+            raise StopRequested
+
+
+def stop_poll(callbacks: Callbacks | None, every_s: float | None = None) -> StopPoll | None:
+    """A ``StopPoll`` over ``callbacks.stop_requested`` asking at most every ``every_s`` seconds (default
+    ``STOP_POLL_S``); None when nothing can ask the run to stop."""
+    if callbacks is None or callbacks.should_stop is None:
+        return None
+    return StopPoll(callbacks.stop_requested, STOP_POLL_S if every_s is None else every_s)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -112,8 +133,6 @@ class WandbSink(NullSink):
 
 
 def _missing(what: str, package: str) -> NullSink:
-    import warnings
-
     warnings.warn(f"{what}: true, but {package!r} is not installed; not logging there (pip install {package})",
                   stacklevel=3)
     return NullSink()

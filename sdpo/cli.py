@@ -1,11 +1,27 @@
 """The algorithm half of the ``sdpo`` command line (``workers/cli.py`` adds the service commands).
 
-Commands keep no logic: they parse arguments, call the library, print, and exit 2 on invalid input.
+Commands keep no logic: they parse arguments, call the library, print, and exit 2 on invalid input. Modules that
+import torch or transformers are imported inside the commands that use them, so that ``sdpo --help`` and the
+service commands start in a fraction of a second.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import typer
+from tqdm import tqdm
+
+from sdpo.callbacks import Callbacks
+from sdpo.config import ConfigError, apply_overrides, read_config_file
+from sdpo.data.lcb import PROMPTS, LcbError, find_problem, import_lcb, parse_date
+from sdpo.data.problem import load_problem
+from sdpo.envs.code import evaluate
+from sdpo.toy.generator import splits
+from sdpo_sandbox import ConfigError as SandboxConfigError
+from sdpo_sandbox import SandboxConfig, SandboxUnavailable, serve
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="SDPO Studio: self-distilled policy optimization.")
 data_app = typer.Typer(no_args_is_help=True, help="Dataset tools.")
@@ -41,13 +57,12 @@ def import_lcb_cmd(
     ),
     split_tests: float = typer.Option(0.5, "--split-tests", help="Fraction of each question's tests for training."),
     seed: int = typer.Option(0, "--seed"),
+    prompt: str = typer.Option("ours", "--prompt", help="ours (system + user message) | reference (the "
+                               "reference's CODE_PROMPT, one user message)."),
 ) -> None:
     """Import LiveCodeBench rows (public + private tests, decoded safely) into train/test/problem files."""
-    from pathlib import Path
-
-    from sdpo.config import ConfigError
-    from sdpo.data.lcb import LcbError, import_lcb, parse_date
-
+    if prompt not in PROMPTS:
+        fail(f"--prompt: got {prompt!r}; allowed values are {', '.join(map(repr, PROMPTS))}")
     for f in files:
         if not Path(f).is_file():
             fail(f"{f}: no such file")
@@ -59,7 +74,7 @@ def import_lcb_cmd(
                 fail(f"{name}: {e}; expected e.g. 2025-02-01")
     try:
         summary = import_lcb(files, out, since=since, until=until, cutoff=cutoff,
-                             split_tests_fraction=split_tests, seed=seed)
+                             split_tests_fraction=split_tests, seed=seed, prompt=prompt)
     except ConfigError as e:
         fail(f"--split-tests: {str(e).split(': ', 1)[1]}")
     except LcbError as e:
@@ -87,10 +102,6 @@ def make_toy_model_cmd(
     samples: int = typer.Option(4, "--samples", help="Samples per problem for the sampled solve rate."),
 ) -> None:
     """Train the toy-world model from scratch on CPU (issue 10) and report what it learned."""
-    import json
-    from pathlib import Path
-
-    from sdpo.config import ConfigError
     from sdpo.toy.pretrain import ToyModelConfig, make_toy_model
 
     extra: dict = {}
@@ -109,7 +120,6 @@ def make_toy_model_cmd(
     path = make_toy_model(out, cfg, log=typer.echo)
     if eval_problems:
         from sdpo.models import load_model_and_tokenizer
-        from sdpo.toy.generator import splits
         from sdpo.toy.measure import format_report, report
 
         model, tokenizer = load_model_and_tokenizer(path)
@@ -127,17 +137,19 @@ def train_cmd(
     out: str = typer.Option(None, "--out", help="Run directory (default: the config's out_dir)."),
 ) -> None:
     """Train with SDPO / GRPO / hybrid. The whole config is validated before any model is loaded; the data
-    (malformed rows, prompts over max_prompt_len) before any step."""
-    from sdpo.config import ConfigError
-    from sdpo.trainer import load_config, train
+    (malformed rows, prompts over max_prompt_len) before any step. Settings left unset fit the model
+    (CPU-sized for the demo models or a CPU, the paper's on a GPU)."""
+    from sdpo.models import default_model_path
+    from sdpo.sizing import fit_config
+    from sdpo.trainer import TrainConfig, train
 
     overrides = list(set_) + ([f"out_dir={out}"] if out else [])
     try:
-        cfg = load_config(config, overrides)
+        data = apply_overrides(read_config_file(config) if config is not None else {}, overrides)
+        model_path = data.get("model_path") if isinstance(data.get("model_path"), str) else None
+        cfg = TrainConfig.from_dict(fit_config("train", data, model_path=model_path or default_model_path()))
     except ConfigError as e:
         fail(str(e))
-    import os
-
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if rank0:
         typer.echo(f"run directory: {cfg.out_dir}")
@@ -158,12 +170,6 @@ def check_cmd(
     truncated: bool = typer.Option(False, "--truncated", help="The response was cut at the length limit."),
 ) -> None:
     """Run a response against unit tests in the sandbox and print the CodeResult as JSON."""
-    import json
-    from pathlib import Path
-
-    from sdpo.envs.code import evaluate
-    from sdpo.envs.sandbox import SandboxUnavailable
-
     try:
         spec_text = Path(tests).read_text(encoding="utf-8")
         text = Path(response).read_text(encoding="utf-8")
@@ -189,13 +195,10 @@ def sandbox_serve_cmd(
     socket_uid: int = typer.Option(None, "--socket-uid",
                                    help="Give the socket to this uid (the workers' user, e.g. 1000 in our images)."),
 ) -> None:
-    """Serve the sandbox pool on a unix socket (clients: sdpo.envs.sandbox.SandboxClient)."""
-    from sdpo.config import ConfigError
-    from sdpo.envs.sandbox import SandboxConfig, SandboxUnavailable, serve
-
+    """Serve the sandbox pool on a unix socket (clients: sdpo_sandbox.SandboxClient)."""
     try:
         cfg = SandboxConfig(slots=slots)
-    except ConfigError as e:
+    except SandboxConfigError as e:
         fail(str(e))
     if socket_uid is not None and socket_uid < 0:
         fail(f"--socket-uid: got {socket_uid}; expected a uid >= 0 (the workers' user)")
@@ -211,38 +214,36 @@ def solve_cmd(
     problem: str = typer.Option(None, "--problem", help="Problem JSON file (title, statement, tests, ...)."),
     lcb: str = typer.Option(None, "--lcb", help="LiveCodeBench JSONL file to take the problem from."),
     question_id: str = typer.Option(None, "--question-id", help="With --lcb: the row's question_id."),
-    strategy: str = typer.Option("sdpo", "--strategy", help="sdpo | best_of_k | multiturn."),
-    budget: int = typer.Option(64, "--budget", help="Attempts in all."),
+    prompt: str = typer.Option("ours", "--prompt", help="With --lcb: ours | reference (the reference's "
+                               "CODE_PROMPT as one user message)."),
+    config: str = typer.Option(None, "--config", help="YAML SolveConfig (e.g. configs/paper/ttt_sdpo.yaml); "
+                               "--strategy, --budget and --set override it."),
+    strategy: str = typer.Option(None, "--strategy", help="sdpo | best_of_k | multiturn (default sdpo)."),
+    budget: int = typer.Option(None, "--budget", help="Attempts in all (default: 16 for the demo models or on a "
+                               "CPU, 64 on a GPU)."),
     model: str = typer.Option(None, "--model", help="Local HF checkpoint (default: SDPO_MODEL / toy / tiny)."),
     set_: list[str] = typer.Option([], "--set", help="SolveConfig override: key=value (dotted keys nest)."),
     out: str = typer.Option("runs/solve", "--out", help="Directory for result.json, attempts.jsonl, weights."),
 ) -> None:
-    """Test-time solve of one problem (issue 5): SDPO on the problem, or the best-of-k / multi-turn baselines."""
-    import json
-    from pathlib import Path
-
-    from sdpo.config import ConfigError
-    from sdpo.trainer import apply_overrides
-
+    """Test-time solve of one problem: SDPO on the problem, or the best-of-k / multi-turn baselines. Settings
+    left unset fit the model (CPU-sized for the demo models or a CPU, the paper's on a GPU)."""
     # 1. Problem and settings, all validated before the model is loaded.
     if (problem is None) == (lcb is None):
         fail("give exactly one of --problem FILE or --lcb FILE --question-id ID")
     try:
         if problem is not None:
-            from sdpo.data.problem import load_problem
-
             if not Path(problem).is_file():
                 fail(f"--problem: no such file: {problem}")
             prob = load_problem(problem)
         else:
-            from sdpo.data.lcb import find_problem
-
             if not question_id:
                 fail("--question-id: required with --lcb")
+            if prompt not in PROMPTS:
+                fail(f"--prompt: got {prompt!r}; allowed values are {', '.join(map(repr, PROMPTS))}")
             if not Path(lcb).is_file():
                 fail(f"--lcb: no such file: {lcb}")
             try:
-                prob = find_problem([lcb], question_id)
+                prob = find_problem([lcb], question_id, prompt=prompt)
             except KeyError as e:
                 fail(f"--question-id: {e.args[0]}")
     except ValueError as e:  # Problem.parse / LcbError: the message starts with the field
@@ -250,16 +251,18 @@ def solve_cmd(
     if model is not None and not (Path(model) / "config.json").is_file():
         fail(f"--model: no Hugging Face checkpoint (config.json) at {model}")
     try:
+        from sdpo.models import default_model_path
+        from sdpo.sizing import fit_config
         from sdpo.ttt import SolveConfig
 
-        cfg = SolveConfig.from_dict(apply_overrides({"strategy": strategy, "budget": budget}, list(set_)))
+        data = read_config_file(config, field="--config") if config is not None else {}
+        data.update({k: v for k, v in (("strategy", strategy), ("budget", budget)) if v is not None})
+        data = apply_overrides(data, list(set_))
+        cfg = SolveConfig.from_dict(fit_config("solve", data, model_path=model or default_model_path()))
     except ConfigError as e:
         fail(str(e))
 
     # 2. Run, writing attempts.jsonl as rounds finish, with a progress bar over the budget.
-    from tqdm import tqdm
-
-    from sdpo.callbacks import Callbacks
     from sdpo.ttt import solve_from_config
 
     out_dir = Path(out)
@@ -267,12 +270,15 @@ def solve_cmd(
     attempts_file = (out_dir / "attempts.jsonl").open("w", encoding="utf-8")
     bar = tqdm(total=cfg.budget, desc=f"solve ({cfg.strategy})", unit="attempt", dynamic_ncols=True)
 
+    numbered = [0]  # attempts arrive in order: "attempt" is the 1-based number "solved at attempt N" uses
+
     def on_attempts(attempts) -> None:
         for a in attempts:
+            numbered[0] += 1
             attempts_file.write(json.dumps({
-                "round": a.round, "index": a.index, "reward": a.reward, "passed": a.passed, "total": a.total,
-                "hidden_passed": a.hidden_passed, "hidden_total": a.hidden_total, "feedback": a.feedback,
-                "code": a.code}) + "\n")
+                "attempt": numbered[0], "round": a.round, "index": a.index, "reward": a.reward, "passed": a.passed,
+                "total": a.total, "hidden_passed": a.hidden_passed, "hidden_total": a.hidden_total,
+                "feedback": a.feedback, "code": a.code}) + "\n")
         attempts_file.flush()
         bar.update(len(attempts))
         bar.set_postfix(best=f"{max(a.reward for a in attempts):.2f}")

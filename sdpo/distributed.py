@@ -80,14 +80,6 @@ class DistContext:
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    def broadcast_object(self, obj: T) -> T:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
     def barrier(self) -> None:
         if self.enabled:
             torch.distributed.barrier()
@@ -192,14 +184,9 @@ def shard(items: Sequence[T], ctx: DistContext) -> list[T]:
 
 
 def _is_dtensor(t: Any) -> bool:
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # FSDP/DTensor modules: only FSDP runs import them
 
     return isinstance(t, DTensor)
-
-
-def is_sharded(module: torch.nn.Module) -> bool:
-    """Whether ``module``'s parameters are FSDP2 shards (DTensors), i.e. :func:`apply_fsdp` ran on it."""
-    return any(_is_dtensor(p) for p in module.parameters())
 
 
 def _generating_root(model: torch.nn.Module) -> torch.nn.Module:
@@ -220,7 +207,7 @@ def apply_fsdp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     too). Call it after loading weights and after :meth:`DistContext.broadcast_parameters`.
     Tested on CPU with gloo and 2 processes (tests/sdpo/test_fsdp.py); not on GPUs (nccl).
     """
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard  # (FSDP runs only)
 
     if ctx.strategy != "fsdp":
         return model
@@ -265,7 +252,7 @@ def shard_like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     ``full``; its dtype is kept); ``full`` itself when ``ref`` is a plain tensor."""
     if not _is_dtensor(ref):
         return full
-    from torch.distributed.tensor import distribute_tensor
+    from torch.distributed.tensor import distribute_tensor  # (FSDP runs only)
 
     return distribute_tensor(full.to(device=ref.device), ref.device_mesh, ref.placements,
                              src_data_rank=None)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from transformers.utils import logging as _hf_logging
+
+from sdpo.config import ConfigError
+from sdpo.tiny import make_tiny_model
 
 _hf_logging.disable_progress_bar()
 
@@ -27,8 +31,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | 
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is a ConfigError naming ``device``."""
-    from sdpo.config import ConfigError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -39,7 +41,7 @@ def resolve_device(name: str) -> torch.device:
 def load_tokenizer(path: str | Path):
     """Load a local tokenizer. ``tokenizer.json`` checkpoints (ours, Qwen, Llama) load with
     ``PreTrainedTokenizerFast`` so no remote code or hub lookup is ever attempted."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # (seconds to import)
 
     path = Path(path)
     if (path / "tokenizer.json").exists():
@@ -60,7 +62,7 @@ def load_model_and_tokenizer(path: str | Path, *, dtype: str | torch.dtype | Non
 
     Raises FileNotFoundError with the path when the directory or its config is missing (we never download).
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # (seconds to import)
 
     path = Path(path)
     if not (path / "config.json").exists():
@@ -92,8 +94,6 @@ def chat_ids(tokenizer, messages: list[dict[str, str]], *, add_generation_prompt
 
 def data_dir() -> Path:
     """``SDPO_DATA_DIR`` (default ``var/`` in the working directory): where built models live."""
-    import os
-
     return Path(os.environ.get("SDPO_DATA_DIR") or "var")
 
 
@@ -107,8 +107,6 @@ def default_model_path() -> Path:
     ``sdpo make-toy-model --out <data dir>/models/toy``; else the committed demo model (``demo_model_path``,
     no build); else (a copy of the code without it) the tiny model, built on first use (seconds, no
     download)."""
-    import os
-
     if os.environ.get("SDPO_MODEL"):
         return Path(os.environ["SDPO_MODEL"])
     toy = data_dir() / "models" / "toy"
@@ -119,7 +117,5 @@ def default_model_path() -> Path:
         return demo
     tiny = data_dir() / "models" / "tiny"
     if not (tiny / "config.json").exists():
-        from sdpo.tiny import make_tiny_model
-
         make_tiny_model(tiny, seed=0)
     return tiny

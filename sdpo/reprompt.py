@@ -6,15 +6,8 @@ Pipeline for one training batch of B sampled attempts:
 1. :func:`build_teacher_messages` turns (prompt, response, reward, group, feedback) into one
    :class:`TeacherContext` per sample: the chat messages the teacher sees, and whether the sample is distilled.
 2. :func:`tokenize_teacher_inputs` renders those messages with the chat template and lays out one batch
-   ``[left-padded prompt | right-padded response]``; :func:`student_inputs` builds the same layout for the
-   student's own prompt.
-3. :func:`response_logits` / :func:`response_hidden` run a model on such a batch and return only the
-   response-aligned positions, so that index ``t`` predicts ``response_ids[:, t]`` for teacher and student alike.
-
-Layout (both sides): ``input_ids`` is ``[B, P + T]`` with the prompt part in columns ``0 .. P-1`` (left-padded
-to the longest prompt P) and the response in columns ``P .. P+T-1`` (right-padded, attention = response_mask).
-The logit at column ``P - 1 + t`` predicts ``response_ids[:, t]``; hence the aligned slice is
-``logits[:, P-1 : P-1+T]`` with ``P = batch.response_start``.
+   ``[left-padded prompt | right-padded response]``, the layout of the student's own batch
+   (:func:`sdpo.forward.student_inputs`), so that :mod:`sdpo.forward` runs teacher and student alike.
 """
 
 from __future__ import annotations
@@ -26,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from sdpo.config import SelfDistillationConfig
+from sdpo.forward import ResponseBatch, response_logits, student_inputs  # noqa: F401 - importable from here too
 from sdpo.models import chat_ids
 
 Message = dict[str, str]
@@ -170,28 +164,6 @@ def reprompt_metrics(
     }
 
 
-@dataclass
-class ResponseBatch:
-    """Model input ``[left-padded prompt | right-padded response]`` (see the module docstring).
-
-    input_ids, attention_mask, position_ids: [B, P + T] (long).
-    response_start: P, the column of the first response token. Logits ``[:, P-1 : P-1+T]`` predict the response.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    response_start: int
-
-    @property
-    def response_len(self) -> int:
-        return self.input_ids.shape[1] - self.response_start
-
-    def to(self, device: torch.device | str) -> ResponseBatch:
-        return ResponseBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                             self.position_ids.to(device), self.response_start)
-
-
 TeacherBatch = ResponseBatch
 """The teacher's input; the same layout as the student's (:func:`student_inputs`)."""
 
@@ -222,35 +194,6 @@ def _pad_id(tokenizer) -> int:
     return int(pad)
 
 
-def student_inputs(prompt_ids_list: Sequence[Sequence[int]], response_ids: torch.Tensor,
-                   response_mask: torch.Tensor, pad_id: int) -> ResponseBatch:
-    """Lay out ``[left-padded prompt | response]``.
-
-    prompt_ids_list: [B] token id lists (unpadded). response_ids, response_mask: [B, T], right-padded.
-    Returns a :class:`ResponseBatch` on ``response_ids.device``; position ids = cumsum(attention_mask) - 1,
-    clamped at 0 (pads and trailing response pads keep a valid position; they are masked out).
-    """
-    if response_ids.dim() != 2 or response_ids.shape != response_mask.shape:
-        raise ValueError(f"response_ids {tuple(response_ids.shape)} and response_mask "
-                         f"{tuple(response_mask.shape)} must both be [B, T]")
-    if len(prompt_ids_list) != response_ids.shape[0]:
-        raise ValueError(f"{len(prompt_ids_list)} prompts for {response_ids.shape[0]} responses")
-    if any(len(p) == 0 for p in prompt_ids_list):
-        raise ValueError("every prompt needs at least one token (the response's first token is predicted "
-                         "from the last prompt position)")
-    device = response_ids.device
-    width = max(len(p) for p in prompt_ids_list)
-    prompt = torch.full((len(prompt_ids_list), width), pad_id, dtype=torch.long, device=device)
-    prompt_mask = torch.zeros_like(prompt)
-    for i, ids in enumerate(prompt_ids_list):
-        prompt[i, width - len(ids):] = torch.as_tensor(list(ids), dtype=torch.long, device=device)
-        prompt_mask[i, width - len(ids):] = 1
-    input_ids = torch.cat([prompt, response_ids.long()], dim=1)
-    attention_mask = torch.cat([prompt_mask, response_mask.long()], dim=1)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    return ResponseBatch(input_ids, attention_mask, position_ids, width)
-
-
 def tokenize_teacher_inputs(tokenizer, contexts: Sequence[TeacherContext], response_ids: torch.Tensor,
                             response_mask: torch.Tensor, max_reprompt_len: int,
                             truncation: str) -> TeacherBatch:
@@ -259,38 +202,8 @@ def tokenize_teacher_inputs(tokenizer, contexts: Sequence[TeacherContext], respo
     :func:`truncate_prompt`), left-padded, then the response tokens [B, T] appended.
 
     The trainer takes the teacher's ``logits[:, P-1 : P-1+T]`` with ``P = batch.response_start`` (done by
-    :func:`response_logits`), which line up index-for-index with the student's response logits.
+    :func:`sdpo.forward.response_logits`), which line up index-for-index with the student's response logits.
     """
     prompt_ids = [truncate_prompt(chat_ids(tokenizer, c.messages), max_reprompt_len, truncation)
                   for c in contexts]
     return student_inputs(prompt_ids, response_ids, response_mask, _pad_id(tokenizer))
-
-
-def _unwrap(model):
-    """The transformers model under a peft wrapper (LoRA layers stay injected, so adapters still apply)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def response_logits(model, batch: ResponseBatch) -> torch.Tensor:
-    """Run ``model`` on ``batch`` and return the response-aligned logits [B, T, V] (index t predicts
-    ``response_ids[:, t]``). Only the last T+1 positions go through the LM head (``logits_to_keep``)."""
-    t = batch.response_len
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, use_cache=False, logits_to_keep=t + 1)
-    return out.logits[:, :t]
-
-
-def output_head(model) -> torch.nn.Linear:
-    """The LM head (output embedding) of a transformers or peft model."""
-    return _unwrap(model).get_output_embeddings()
-
-
-def response_hidden(model, batch: ResponseBatch) -> torch.Tensor:
-    """Final (post-norm) hidden states at the response-aligned positions [B, T, H], for a fused
-    ``hidden @ output_head(model).weight.T`` loss. Runs the decoder only (no LM head); equals
-    ``response_logits`` after the head for models whose head is a plain linear layer (no logit soft-capping)."""
-    start = batch.response_start
-    decoder = _unwrap(model).get_decoder()
-    out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                  position_ids=batch.position_ids, use_cache=False)
-    return out.last_hidden_state[:, start - 1: start - 1 + batch.response_len]

@@ -1,7 +1,7 @@
 """Teachers for self-distillation (SDPO, arXiv 2601.20802, Sec. 3 "teacher regularisation").
 
-The teacher is the student's own model evaluated on the re-prompted input (:mod:`sdpo.reprompt`); how its
-weights relate to the student's is ``SelfDistillationConfig.teacher_regularization``:
+The teacher is the student's own model evaluated on the re-prompted input (:mod:`sdpo.reprompt`, run by
+:mod:`sdpo.forward`); how its weights relate to the student's is ``SelfDistillationConfig.teacher_regularization``:
 
 - ``"ema"`` (:class:`EmaTeacher`): θ_T ← (1−τ)·θ_T + τ·θ_S once per training step. For a full model a frozen
   copy; for a peft LoRA model a second adapter ``"teacher"`` on the same base (EMA over adapter weights only).
@@ -9,7 +9,7 @@ weights relate to the student's is ``SelfDistillationConfig.teacher_regularizati
   frozen initial model (for LoRA: the base with the adapter disabled) and the student under no_grad.
 - ``"live"`` (:class:`LiveTeacher`): the current student under no_grad.
 
-Every teacher returns response-aligned logits [B, T, V] without grad (:func:`sdpo.reprompt.response_logits`)
+Every teacher returns response-aligned logits [B, T, V] without grad (:func:`sdpo.forward.response_logits`)
 and has ``state_dict()`` / ``load_state_dict()`` so a resumed run continues with the same teacher.
 Teacher forwards run with every module in eval mode (no dropout); the previous train/eval flags are restored.
 """
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdpo.config import ConfigError, SelfDistillationConfig
-from sdpo.reprompt import ResponseBatch, output_head, response_hidden, response_logits
+from sdpo.config import SelfDistillationConfig
+from sdpo.forward import ResponseBatch, eval_mode, plain_head_weight, response_hidden, response_logits
 
 TEACHER_ADAPTER = "teacher"
 
@@ -35,38 +35,11 @@ def is_peft_model(model: nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter") and hasattr(model, "set_adapter")
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every module in eval mode; restore each module's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
 def _frozen_copy(model: nn.Module) -> nn.Module:
     twin = copy.deepcopy(model)
     twin.eval()
     twin.requires_grad_(False)
     return twin
-
-
-def _plain_head_weight(model: nn.Module) -> torch.Tensor:
-    """The LM-head weight [V, H] of ``model`` for a fused (from-hidden) loss. Raises ConfigError (field
-    ``fused_lm_head``) unless the head is a plain bias-free ``nn.Linear``: a LoRA-wrapped head's ``.weight``
-    is only its frozen base, so fusing it would silently drop the adapter."""
-    head = output_head(model)
-    if type(head) is not nn.Linear or head.bias is not None:
-        kind = type(head).__name__ + (" with a bias" if type(head) is nn.Linear else "")
-        raise ConfigError(
-            "fused_lm_head", f"the fused LM-head path needs a bias-free nn.Linear LM head, got {kind} "
-            f"({type(head).__module__}); a LoRA adapter on the head (lora_target_modules containing it) cannot be "
-            "fused: remove the head from lora_target_modules or set fused_lm_head=false"
-        )
-    return head.weight
 
 
 def _adapter_params(model: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
@@ -86,7 +59,9 @@ class EmaTeacher:
     adapter ``"teacher"`` on the same (shared, frozen) base, initialised from the student's adapter; the EMA runs
     over adapter weights only. Its forward switches the active adapter to ``"teacher"`` under no_grad and then
     restores the student's adapter and every parameter's ``requires_grad`` flag, so the student's trainable set
-    and optimizer state are unaffected.
+    and optimizer state are unaffected. The LoRA EMA averages the factors A and B separately (as TRL's EMA
+    adapter does), so the teacher's weight update is EMA(B)·EMA(A), which is not the EMA of the products B·A
+    the student went through; a full-model EMA averages the weights themselves.
 
     Precision: with τ = 0.01–0.05 a bfloat16 teacher cannot represent one EMA step (its relative precision is
     2^-8), so the step would round away. ``fp32_master`` (default: whenever a teacher weight is below float32)
@@ -154,19 +129,26 @@ class EmaTeacher:
     def hidden(self, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden [B, T, H], LM-head weight [V, H]) of the teacher, for a fused loss; no grad."""
         with self._teacher_active():
-            return response_hidden(self.model, batch), _plain_head_weight(self.model).detach()
+            return response_hidden(self.model, batch), plain_head_weight(self.model).detach()
 
     @torch.no_grad()
-    def update(self, student: nn.Module) -> None:
-        """One EMA step towards ``student`` (call once per optimizer step, after it)."""
+    def update(self, student: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """One EMA step towards ``student`` (call once per training step, after a real optimizer step).
+
+        weights: the student's weights by parameter name when their real values are kept elsewhere: the float32
+        masters of a bfloat16 / float16 full fine-tune (``sdpo.precision.master_weights``), so that the
+        teacher's float32 master moves towards the student's float32 master rather than its rounded copy.
+        Full models only (LoRA adapters are float32 themselves)."""
         tau = self.update_rate
         teacher = self._teacher_params()
         if self.is_peft:
             if student is not self.model:
                 raise ValueError("EmaTeacher(LoRA): update() must get the same peft model the teacher lives in")
+            if weights is not None:
+                raise ValueError("EmaTeacher(LoRA): weights are for full models (the adapters are the weights)")
             student_params = _adapter_params(self.model, self.student_adapter)
         else:
-            student_params = dict(student.named_parameters())
+            student_params = weights if weights is not None else dict(student.named_parameters())
         if teacher.keys() != student_params.keys():
             raise ValueError("EmaTeacher: student parameters do not match the teacher's")
         for k, t in teacher.items():
@@ -234,14 +216,14 @@ class TrustRegionTeacher:
         if not self.is_peft:
             raise NotImplementedError("TrustRegionTeacher.hidden: the full-model ref has its own LM head, so the "
                                       "teacher logits are not hidden @ one head; use logits() (fused_lm_head=false)")
-        weight = _plain_head_weight(self.student).detach()
+        weight = plain_head_weight(self.student).detach()
         with self.student.disable_adapter(), eval_mode(self.student):
             ref = response_hidden(self.student, batch)
         with eval_mode(self.student):
             student = response_hidden(self.student, batch)
         return torch.lerp(ref, student, self.update_rate), weight
 
-    def update(self, student: nn.Module) -> None:
+    def update(self, student: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> None:
         """No-op: the trust region follows the live student."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -271,9 +253,9 @@ class LiveTeacher:
     @torch.no_grad()
     def hidden(self, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor]:
         with eval_mode(self.student):
-            return response_hidden(self.student, batch), _plain_head_weight(self.student).detach()
+            return response_hidden(self.student, batch), plain_head_weight(self.student).detach()
 
-    def update(self, student: nn.Module) -> None:
+    def update(self, student: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> None:
         """No-op."""
 
     def state_dict(self) -> dict[str, Any]:

@@ -3,12 +3,18 @@ byte-level BPE tokenizer trained here on text that ships with Python (no downloa
 
 from __future__ import annotations
 
+import argparse  # argparse, collections, functools, heapq, textwrap: their source is the tokenizer's corpus
+import collections
+import functools
+import heapq
 import inspect
 import json
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -23,14 +29,7 @@ CHAT_TEMPLATE = (
 
 def _corpus() -> list[str]:
     """Deterministic training text: source of a few stdlib modules plus chat-shaped snippets."""
-    import argparse
-    import collections
-    import functools
-    import heapq
-    import json as _json
-    import textwrap
-
-    texts = [inspect.getsource(m) for m in (collections, functools, heapq, textwrap, argparse, _json.decoder)]
+    texts = [inspect.getsource(m) for m in (collections, functools, heapq, textwrap, argparse, json.decoder)]
     texts += [
         "<|im_start|>user\nWrite a function that returns the sum of a list.<|im_end|>\n"
         "<|im_start|>assistant\n```python\ndef solve(xs):\n    return sum(xs)\n```<|im_end|>\n",
@@ -43,8 +42,7 @@ def _corpus() -> list[str]:
 
 def train_tokenizer(vocab_size: int = 2048, corpus: Iterable[str] | None = None):
     """Byte-level BPE tokenizer with the ChatML template, trained on ``corpus`` (default: ``_corpus()``)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # (seconds to import)
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -67,7 +65,7 @@ def train_tokenizer(vocab_size: int = 2048, corpus: Iterable[str] | None = None)
 def make_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 192, num_layers: int = 4,
                     vocab_size: int = 2048) -> Path:
     """Build and save the tiny model + tokenizer to ``out_dir``. Deterministic given ``seed``."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM  # (seconds to import)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

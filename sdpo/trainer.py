@@ -11,21 +11,27 @@ over ranks; rank 0 alone writes metrics.jsonl, config.yaml and checkpoints, and 
 from __future__ import annotations
 
 import json
-import math
 import random
+import shutil
 import time
-from dataclasses import InitVar, asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from safetensors.torch import load_file, load_model
+from tqdm import tqdm
 
-from sdpo.adapters import check_target_modules
-from sdpo.callbacks import Attempt, Callbacks, tensorboard_sink, wandb_sink
-from sdpo.config import ConfigError, _choice, _number, build_dataclass
+from sdpo import envs
+from sdpo.adapters import apply_adapter, is_lora, load_adapter_weights, save_weights
+from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll, tensorboard_sink, wandb_sink
+from sdpo.config import ConfigError, _choice, _number, apply_overrides, read_config_file
+from sdpo.data import humaneval, lasgroup
 from sdpo.data.tasks import Task
 from sdpo.distributed import (
     SINGLE,
+    STRATEGIES,
     DistContext,
     apply_fsdp,
     gather_full,
@@ -35,79 +41,68 @@ from sdpo.distributed import (
     shutdown,
     sync_generate,
 )
+from sdpo.envs.code import extract_code
+from sdpo.models import chat_ids, default_model_path, load_model_and_tokenizer, resolve_device
+from sdpo.precision import MasterWeightAdamW, checkpoint_weights, master_weights
 from sdpo.rollout.base import SamplingParams
-from sdpo.update import ScoredBatch, UpdateConfig, policy_update
+from sdpo.rollout.select import make_sampler
+from sdpo.teacher import make_teacher
+from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update
 
-SAMPLERS = ("auto", "hf", "vllm")
 SCHEDULES = ("constant", "cosine")
 DATASETS = ("humaneval",)
-DISTRIBUTED = ("none", "ddp", "fsdp")
 
 
 @dataclass
 class TrainConfig(UpdateConfig):
-    """A training run. Inherits the update settings (loss, lr, self_distillation, ...) from UpdateConfig.
+    """A training run. Inherits the update settings (loss, lr, self_distillation, ...) from UpdateConfig and the
+    policy and sampling settings (adapter, LoRA, n, max_new_tokens, temperature, top_p, top_k, seed, sampler,
+    device, dtype, ...) from ``sdpo.config.PolicyConfig``.
 
     model_path: local HF checkpoint (None = ``sdpo.models.default_model_path()``, the tiny/toy model).
     dataset: "humaneval", or None with ``train_file`` (+ optional ``test_file``) in the lasgroup JSONL format.
-    train_batch_size: questions per step; n: rollouts per question (a group).
+    train_batch_size: questions per step; n (inherited): rollouts per question (a group).
     val_every / save_every: steps between validation / checkpoints (0 = only at the end).
-    val_k: samples per validation question (val/avg@k = mean reward over them).
-    lora_target_modules: module names (e.g. ['q_proj', 'v_proj']; one name alone is a one-element list) or
-        None for ``sdpo.adapters.DEFAULT_LORA_TARGETS``.
+    val_k: samples per validation question (val/avg@k = mean reward over them). Validation samples with its
+        own settings, the reference's protocol by default: val_temperature 0.6, val_top_p 0.95, val_top_k None
+        (user.yaml val_kwargs), every question of the test set (val_max_questions None; a number keeps the
+        first that many), responses up to max_new_tokens.
     max_prompt_len: longest chat-templated prompt, in tokens; every train and validation row is checked when
         the data loads (before any step), naming the first row over it.
-    mini_batch_size (inherited): samples per optimizer step. ``ppo_mini_batch_size`` (the reference's / verl's
-        name) is accepted as an alias, in YAML and as a keyword; giving both with different values is an error.
+    distributed: "none" | "ddp" | "fsdp". Only matters under torchrun (WORLD_SIZE > 1), where "none" means
+        "ddp"; one process ignores it. "fsdp" (FSDP2) runs on CPU (gloo) and CUDA (nccl); tested on CPU only,
+        and not with fused_lm_head (see docs/scale-out.md).
     tensorboard / wandb: also log metrics to TensorBoard (``out_dir/tensorboard``) / a W&B run in project
         ``wandb_project``, when the package is installed (else a warning, and metrics.jsonl only).
     """
 
     model_path: str | None = None
     out_dir: str = "runs/train"
-    seed: int = 0
     dataset: str | None = None
     train_file: str | None = None
     test_file: str | None = None
     val_fraction: float = 0.2
-    adapter: str = "lora"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | None = None
     max_steps: int = 10
     train_batch_size: int = 4
-    n: int = 8
-    max_new_tokens: int = 256
     max_prompt_len: int = 2048
-    top_p: float = 1.0
-    top_k: int | None = None
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     dense_reward: bool = False
     val_every: int = 0
     val_k: int = 4
-    val_temperature: float = 1.0
-    val_max_questions: int | None = 32
+    val_temperature: float = 0.6
+    val_top_p: float = 0.95
+    val_top_k: int | None = None
+    val_max_questions: int | None = None
     save_every: int = 0
     resume_from: str | None = None
-    sampler: str = "auto"
-    sampler_batch_size: int = 16
-    gpu_memory_utilization: float = 0.5
-    device: str = "auto"
-    dtype: str = "auto"
-    # "none" | "ddp" | "fsdp" (``strategy`` is another name of it in from_dict). Only matters under torchrun
-    # (WORLD_SIZE > 1), where "none" means "ddp"; one process ignores it. "fsdp" (FSDP2) runs on CPU (gloo) and
-    # CUDA (nccl); tested on CPU only, and not with fused_lm_head (see docs/scale-out.md).
     distributed: str = "none"
     progress: bool = True
     tensorboard: bool = False
     wandb: bool = False
     wandb_project: str = "sdpo"
-    ppo_mini_batch_size: InitVar[int | None] = None
 
-    def __post_init__(self, ppo_mini_batch_size: int | None = None) -> None:
-        self.mini_batch_size = _mini_batch_alias(self.mini_batch_size, ppo_mini_batch_size)
+    def __post_init__(self) -> None:
         super().__post_init__()
         if self.dataset is not None:
             _choice("dataset", self.dataset, DATASETS)
@@ -123,29 +118,19 @@ class TrainConfig(UpdateConfig):
             raise ConfigError("model_path", f"no Hugging Face checkpoint (config.json) at {self.model_path}")
         if self.resume_from is not None and not (Path(self.resume_from) / "trainer_state.pt").is_file():
             raise ConfigError("resume_from", f"no checkpoint (trainer_state.pt) at {self.resume_from}")
-        _choice("adapter", self.adapter, ("full", "lora"))
-        _number("lora_r", self.lora_r, lo=1, integer=True)
-        _number("lora_alpha", self.lora_alpha, lo=1, integer=True)
-        _number("lora_dropout", self.lora_dropout, lo=0.0, hi=1.0, hi_open=True)
-        self.lora_target_modules = check_target_modules(self.lora_target_modules)
         _number("val_fraction", self.val_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-        for name in ("max_steps", "train_batch_size", "n", "max_new_tokens", "max_prompt_len", "val_k",
-                     "sampler_batch_size"):
+        for name in ("max_steps", "train_batch_size", "max_prompt_len", "val_k"):
             _number(name, getattr(self, name), lo=1, integer=True)
-        for name in ("warmup_steps", "val_every", "save_every", "seed"):
+        for name in ("warmup_steps", "val_every", "save_every"):
             _number(name, getattr(self, name), lo=0, integer=True)
-        _number("top_p", self.top_p, lo=0.0, hi=1.0, lo_open=True)
-        if self.top_k is not None:
-            _number("top_k", self.top_k, lo=1, integer=True)
         _number("val_temperature", self.val_temperature, lo=0.0)
+        _number("val_top_p", self.val_top_p, lo=0.0, hi=1.0, lo_open=True)
+        if self.val_top_k is not None:
+            _number("val_top_k", self.val_top_k, lo=1, integer=True)
         if self.val_max_questions is not None:
             _number("val_max_questions", self.val_max_questions, lo=1, integer=True)
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
-        _choice("sampler", self.sampler, SAMPLERS)
-        _number("gpu_memory_utilization", self.gpu_memory_utilization, lo=0.0, hi=1.0, lo_open=True)
-        _choice("device", self.device, ("auto", "cpu", "cuda"))
-        _choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
-        _choice("distributed", self.distributed, DISTRIBUTED)
+        _choice("distributed", self.distributed, STRATEGIES)
         for name in ("progress", "tensorboard", "wandb"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"got {getattr(self, name)!r}; expected true or false")
@@ -161,65 +146,11 @@ class TrainConfig(UpdateConfig):
             raise ConfigError("mini_batch_size", f"got {self.mini_batch_size}; must be <= train_batch_size * n "
                               f"= {self.train_batch_size * self.n} samples per step")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        if "strategy" in data:  # another name of ``distributed`` (the issue's word); stored as distributed
-            if "distributed" in data:
-                raise ConfigError("strategy", "is another name of 'distributed'; set one of them, not both")
-            data["distributed"] = data.pop("strategy")
-        if "ppo_mini_batch_size" in data:  # an init-only alias: not a dataclass field, so not a known key
-            data["mini_batch_size"] = _mini_batch_alias(data.get("mini_batch_size"), data.pop("ppo_mini_batch_size"))
-        return build_dataclass(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _mini_batch_alias(mini_batch_size: int | None, ppo_mini_batch_size: int | None) -> int | None:
-    if ppo_mini_batch_size is None:
-        return mini_batch_size
-    if mini_batch_size is not None and mini_batch_size != ppo_mini_batch_size:
-        raise ConfigError("ppo_mini_batch_size", f"got {ppo_mini_batch_size!r} and mini_batch_size={mini_batch_size!r}; "
-                          "ppo_mini_batch_size is another name for mini_batch_size: set one of them")
-    return ppo_mini_batch_size
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` (YAML-typed value, dotted keys for nesting: self_distillation.alpha=1.0)."""
-    import yaml
-
-    data = json.loads(json.dumps(data))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(item, "expected key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as e:
-            raise ConfigError(key, f"cannot parse value {raw!r}: {e}") from None
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(key, f"{p} is not a mapping")
-        node[parts[-1]] = value
-    return data
-
 
 def load_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML run config, apply ``--set`` overrides, validate everything (no model is loaded)."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError("config", f"file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError("config", f"invalid YAML in {path}: {e}") from None
+    """Read a YAML run config, apply ``--set`` overrides, validate everything (no model is loaded). Values are
+    read as users mean them (``sdpo.config.parse_value``: ``lr: 1e-5`` is a number)."""
+    data = read_config_file(path) if path is not None else {}
     return TrainConfig.from_dict(apply_overrides(data, overrides or []))
 
 
@@ -238,11 +169,7 @@ class TrainResult:
 
 def load_data(cfg: TrainConfig) -> tuple[list[Task], list[Task]]:
     """Train and validation tasks for ``cfg`` (errors name file, line and field)."""
-    from sdpo.data import lasgroup
-
     if cfg.dataset == "humaneval":
-        from sdpo.data import humaneval
-
         return lasgroup.split_tasks(humaneval.load_tasks(), cfg.val_fraction, cfg.seed)
     train = lasgroup.load_jsonl(cfg.train_file)
     if not train:
@@ -254,8 +181,6 @@ def load_data(cfg: TrainConfig) -> tuple[list[Task], list[Task]]:
 def check_prompt_lengths(tokenizer, tasks: list[Task], max_prompt_len: int, where: str) -> None:
     """Raise ConfigError naming ``max_prompt_len`` and the first row whose chat-templated prompt is longer
     (checked when the data loads, so that no step runs before a too-long row would stop the run)."""
-    from sdpo.models import chat_ids
-
     for task in tasks:
         n = len(chat_ids(tokenizer, task.messages))
         if n > max_prompt_len:
@@ -291,9 +216,6 @@ def _set_seed(seed: int) -> None:
 
 def build_policy(cfg: TrainConfig):
     """Load model + tokenizer and apply the adapter; returns (model, tokenizer, model_path)."""
-    from sdpo.adapters import apply_adapter
-    from sdpo.models import default_model_path, load_model_and_tokenizer, resolve_device
-
     path = cfg.model_path or str(default_model_path())
     device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(path, dtype=cfg.dtype, device=device)
@@ -302,28 +224,11 @@ def build_policy(cfg: TrainConfig):
     return model, tokenizer, path
 
 
-def make_optimizer(model, cfg: UpdateConfig, *, warmup_steps: int = 0, total_steps: int = 1,
-                   schedule: str = "constant"):
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
-
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "cosine":
-            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def score_rollouts(tasks: list[Task], rollouts, n: int, *, sparse: bool):
-    """Reward + feedback for rollout ``i`` of question ``i // n``."""
-    from sdpo.envs import score_many
-
+def score_rollouts(tasks: list[Task], rollouts, n: int, *, sparse: bool, code_feedback: str = "all_tests"):
+    """Reward + feedback for rollout ``i`` of question ``i // n``; code_feedback: ``UpdateConfig.code_feedback``."""
     per_rollout = [tasks[r.prompt_index] for r in rollouts]
-    return score_many(per_rollout, [r.text for r in rollouts], [r.truncated for r in rollouts], sparse=sparse)
+    return envs.score_many(per_rollout, [r.text for r in rollouts], [r.truncated for r in rollouts],
+                           sparse=sparse, code_feedback=code_feedback)
 
 
 def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
@@ -337,11 +242,12 @@ def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
     local = shard(tasks, dist)
     sums = [0.0, 0.0, 0.0, 0.0]  # reward sum, solved questions, response tokens, questions
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.val_temperature,
-                            top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed * 7919 + step + 1_000_003 * dist.rank)
+                            top_p=cfg.val_top_p, top_k=cfg.val_top_k,
+                            seed=cfg.seed * 7919 + step + 1_000_003 * dist.rank)
     rollouts = sync_generate(sampler, [t.messages for t in local], cfg.val_k, params, dist)  # fsdp: all ranks
     if local:
         full = [t if t.hidden_tests is None else _with_tests(t, t.hidden_tests) for t in local]
-        scores = score_rollouts(full, rollouts, cfg.val_k, sparse=True)
+        scores = score_rollouts(full, rollouts, cfg.val_k, sparse=True, code_feedback="first_failure")
         rewards = [s.reward for s in scores]
         solved = [max(rewards[i * cfg.val_k:(i + 1) * cfg.val_k]) for i in range(len(local))]
         sums = [sum(rewards), sum(1.0 for s in solved if s >= 1.0),
@@ -354,8 +260,6 @@ def validate(sampler, tasks: list[Task], cfg: TrainConfig, step: int,
 
 
 def _with_tests(task: Task, tests) -> Task:
-    from dataclasses import replace
-
     return replace(task, tests=tests)
 
 
@@ -373,7 +277,7 @@ def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext) -> dict
     optimizer's state keyed by parameter index, as ``optimizer.state_dict()``), so a 1-process run loads it."""
     if ctx.strategy != "fsdp" or not ctx.enabled:
         return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # (FSDP only)
 
     weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if ctx.is_main:  # tied weights (embeddings / LM head) are one tensor again, as in model.state_dict()
@@ -382,6 +286,11 @@ def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext) -> dict
             if id(p) in first and first[id(p)] in weights and name in weights:
                 weights[name] = weights[first[id(p)]]
             first.setdefault(id(p), name)
+    masters = master_weights(optimizer)
+    if masters is not None:  # the float32 masters are the real weights (gathered on every rank: collectives)
+        masters = gather_full(masters)
+        if ctx.is_main:
+            weights = checkpoint_weights(model, masters, weights)
     opt = gather_full(optimizer.state_dict())
     teacher_state = gather_full(teacher.state_dict()) if teacher is not None else None
     return {"model": weights, "optimizer": opt, "teacher": teacher_state} if ctx.is_main else None
@@ -389,8 +298,6 @@ def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext) -> dict
 
 def _save_gathered_weights(model, tokenizer, out_dir: Path, weights: dict[str, torch.Tensor]) -> tuple[Path, str]:
     """``sdpo.adapters.save_weights``'s layout (adapter/ or model/) written from a gathered full state dict."""
-    from sdpo.adapters import is_lora
-
     if is_lora(model):
         path = out_dir / "adapter"
         model.save_pretrained(path, selected_adapters=["default"], state_dict=weights)
@@ -407,15 +314,13 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
     """``out_dir/checkpoints/step_N/``: weights (adapter/ or model/), trainer_state.pt (optimizer, scheduler,
     teacher state, RNG states, step, data position), config.yaml. Written to a temp dir, then renamed.
 
+    A full fine-tune with float32 masters (``sdpo.precision``) stores the masters as the model's weights
+    (float32 tensors; ``load_model_and_tokenizer(..., dtype="bfloat16")`` gives the compute-dtype model), so
+    the saved model is the real update and a resume continues exactly.
+
     rng_ranks: every data-parallel rank's RNG state (rank order), written by rank 0 alone (weights, optimizer
     and teacher are identical replicas on every rank). gathered: under FSDP, :func:`gather_checkpoint_state`'s
     full states, written instead of the (sharded) live ones; the layout is the same either way."""
-    import shutil
-
-    import yaml
-
-    from sdpo.adapters import save_weights
-
     final = out_dir / "checkpoints" / f"step_{step}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -424,7 +329,9 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
         _, kind = _save_gathered_weights(model, tokenizer, tmp, gathered["model"])
         opt_state, teacher_state = gathered["optimizer"], gathered["teacher"]
     else:
-        _, kind = save_weights(model, tokenizer, tmp)
+        masters = master_weights(optimizer)
+        _, kind = save_weights(model, tokenizer, tmp,
+                               state_dict=None if masters is None else checkpoint_weights(model, masters))
         opt_state = optimizer.state_dict()
         teacher_state = teacher.state_dict() if teacher is not None else None
     torch.save({
@@ -453,8 +360,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, teacher, rank: int 
 def load_model_state(path: Path, model) -> dict[str, Any]:
     """Read ``path/trainer_state.pt`` and load the checkpoint's weights into the (unsharded) ``model``; returns
     the trainer state. Every rank reads the same full checkpoint, whatever world size wrote it."""
-    from sdpo.adapters import is_lora, load_adapter_weights
-
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
     if (state["adapter"] == "lora") != is_lora(model):
         raise ConfigError("resume_from", f"checkpoint {path} is {state['adapter']!r}, this run's adapter differs")
@@ -462,12 +367,16 @@ def load_model_state(path: Path, model) -> dict[str, Any]:
         load_adapter_weights(model, path / "adapter")
     else:
         _load_full_weights(model, path / "model" / "model.safetensors")
+        state["weights_file"] = path / "model" / "model.safetensors"  # float32 masters (load_training_state)
     return state
 
 
 def load_training_state(state: dict[str, Any], optimizer, scheduler, rank: int = 0) -> None:
     """Optimizer (full tensors, re-sharded like their parameters when those are FSDP shards), scheduler and
-    this rank's RNG state from a checkpoint's trainer state."""
+    this rank's RNG state from a checkpoint's trainer state. An optimizer with float32 masters gets them from
+    the checkpoint's weights file (float32 since masters are saved; a bfloat16 file gives bfloat16 values)."""
+    if isinstance(optimizer, MasterWeightAdamW) and state.get("weights_file") is not None:
+        optimizer.load_master_weights(load_file(str(state["weights_file"])))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     opt = state["optimizer"]
     per_param = {}
@@ -506,8 +415,6 @@ def shard_teacher(teacher, ctx: DistContext) -> None:
 def _load_full_weights(model, weights: Path) -> None:
     """Load a full-model checkpoint strictly: every parameter of ``model`` (tied aliases excepted) must be in
     the file and every tensor of the file must be one of them, else ConfigError(resume_from) naming them."""
-    from safetensors.torch import load_model
-
     if not weights.is_file():
         raise ConfigError("resume_from", f"no full-model weights at {weights}")
     missing, unexpected = load_model(model, str(weights), strict=False)
@@ -547,8 +454,6 @@ class _Sinks:
         self.file = (out_dir / "metrics.jsonl").open("a")
         self.bar = None
         if cfg.progress:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True)
         self.sinks = [tensorboard_sink(cfg.tensorboard, str(out_dir / "tensorboard")),
                       wandb_sink(cfg.wandb, project=cfg.wandb_project, run_dir=str(out_dir), config=cfg.to_dict())]
@@ -592,12 +497,6 @@ def check_world(cfg: TrainConfig, ctx: DistContext) -> str:
 
 def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     """Run (or resume) a training run. Under torchrun every rank calls this; callbacks fire on rank 0."""
-    import yaml
-
-    from sdpo.envs.code import extract_code
-    from sdpo.rollout.select import make_sampler
-    from sdpo.teacher import make_teacher
-
     callbacks = callbacks or Callbacks()
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     ctx = init_from_env(cfg.distributed, device=cfg.device)
@@ -638,8 +537,11 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     sinks = _Sinks(out_dir, cfg, start) if ctx.is_main else None
     result = TrainResult(out_dir=str(out_dir), steps=start)
     sampler = None
+    # One process also stops inside a step (while sampling, before an update's micro-batch); ranks of a
+    # torchrun job stop together at step boundaries only (a rank alone must not skip a collective).
+    poll = stop_poll(callbacks) if not ctx.enabled else None
     try:
-        sampler = make_sampler(sampler_kind, model, tokenizer, batch_size=cfg.sampler_batch_size,
+        sampler = make_sampler(sampler_kind, model, tokenizer, batch_size=cfg.sampler_batch_size, should_stop=poll,
                                max_prompt_len=cfg.max_prompt_len, adapter=cfg.adapter,
                                gpu_memory_utilization=cfg.gpu_memory_utilization,
                                max_model_len=cfg.max_prompt_len + cfg.max_new_tokens)
@@ -660,7 +562,8 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
             t_sample = time.perf_counter()
 
             # 2. Reward + feedback from each question's environment (on the rank that holds the rollouts).
-            scores = score_rollouts(tasks, rollouts, cfg.n, sparse=not cfg.dense_reward)
+            scores = score_rollouts(tasks, rollouts, cfg.n, sparse=not cfg.dense_reward,
+                                    code_feedback=cfg.code_feedback)
             t_score = time.perf_counter()
             attempts = [
                 Attempt(round=step, index=i, response=r.text,
@@ -669,8 +572,6 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                         seconds=0.0, task_id=tasks[r.prompt_index].id)
                 for i, (r, s) in enumerate(zip(rollouts, scores, strict=True))]
             if ctx.enabled:
-                from dataclasses import replace
-
                 gathered = [a for part in ctx.all_gather_object(attempts) for a in part]
                 attempts = [replace(a, index=i) for i, a in enumerate(gathered)]
             if ctx.is_main:
@@ -682,13 +583,14 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                                 group_ids=[r.prompt_index for r in rollouts])
             lr = optimizer.param_groups[0]["lr"]  # the rate of this step's updates (logged below)
             update_metrics = policy_update(model, optimizer, teacher, tokenizer, batch, cfg, seed=cfg.seed + step,
-                                           dist=ctx)
+                                           dist=ctx, should_stop=poll)
             scheduler.step()
 
-            # 7. Teacher update, once per step (EMA; no-op for live / trust-region). Deterministic from the
-            #    replicas' identical weights, so the teachers stay identical across ranks too.
-            if teacher is not None:
-                teacher.update(model)
+            # 7. Teacher update, once per step and only after a real optimizer step (EMA; no-op for live /
+            #    trust-region), towards the float32 masters when kept. Deterministic from the replicas'
+            #    identical weights, so the teachers stay identical across ranks too.
+            if teacher is not None and update_metrics["update/optimizer_steps"] > 0:
+                teacher.update(model, master_weights(optimizer))
             sampler.update_weights(model)
             t_update = time.perf_counter()
 
@@ -728,6 +630,8 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                     callbacks.checkpoint(step, str(path), kind)
                 result.checkpoints.append(str(path))
                 ctx.barrier()  # no rank moves on (or exits) before the checkpoint is on disk
+    except StopRequested:  # one process, asked to stop inside a step: that step is not logged or saved
+        result.stopped = True
     finally:
         if sampler is not None:  # frees a vLLM engine's GPU memory and work dir (no-op for HF)
             sampler.close()

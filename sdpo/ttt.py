@@ -1,5 +1,5 @@
 """Test-time self-distillation on one hard problem, with the two baselines it is compared against (SDPO,
-arXiv 2601.20802, the test-time discovery experiment; issue 5).
+arXiv 2601.20802, the test-time discovery experiment).
 
 ``solve(problem, model, tokenizer, sampler, cfg, callbacks)`` spends an attempt budget on one problem and
 stops at the first *discovery*: an attempt that passes every public test and then every hidden test (without
@@ -8,7 +8,7 @@ hidden tests the public tests decide). Strategies (``SolveConfig.strategy``):
 - ``"sdpo"``: rounds of ``n`` attempts from the current policy; the public tests give reward and feedback;
   without a discovery the round's attempts become one SDPO batch for this one question (teacher contexts from
   the round's public successes as sibling demonstrations, and the tests' feedback), and one policy update of
-  ``steps_per_round`` epochs (PPO-style: the importance ratios of every epoch refer to the policy that sampled
+  ``ppo_epochs`` epochs (PPO-style: the importance ratios of every epoch refer to the policy that sampled
   the round) of a LoRA adapter (or of all weights) follows; then the next round samples from the updated
   policy. A round whose teacher contexts hold neither a demonstration nor feedback carries no learning
   signal: it is not updated at all (the weights are left bit-for-bit unchanged), and neither is the round
@@ -21,8 +21,8 @@ hidden tests the public tests decide). Strategies (``SolveConfig.strategy``):
   always kept), like the reference's multi-turn baseline with a bounded context window.
 
 Hidden tests: the reward is the public tests' (sparse), so an attempt that passes every public test but
-fails a hidden one keeps reward 1 and is a sibling demonstration for ``sdpo`` (the issue's "teacher contexts
-from this round's successes"): it is the best evidence the round has. It also carries ``HIDDEN_FAIL_FEEDBACK``
+fails a hidden one keeps reward 1 and is a sibling demonstration for ``sdpo`` (teacher contexts come from the
+round's successes): it is the best evidence the round has. It also carries ``HIDDEN_FAIL_FEEDBACK``
 (which says it was not accepted, without showing the hidden tests) as its feedback: its own teacher context
 shows that feedback when no other sibling succeeded, and multi-turn shows it in the conversation.
 
@@ -42,10 +42,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdpo.callbacks import Attempt, Callbacks
+from sdpo import envs
+from sdpo.adapters import apply_adapter, is_lora, load_adapter_weights, save_weights
+from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll
 from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
+from sdpo.data.tasks import Task
+from sdpo.envs.code import extract_code
+from sdpo.models import chat_ids, default_model_path, load_model_and_tokenizer, resolve_device
+from sdpo.precision import master_weights
+from sdpo.reprompt import build_teacher_messages, strip_thinking
 from sdpo.rollout.base import Rollout, SamplingParams
-from sdpo.update import ScoredBatch, UpdateConfig, policy_update
+from sdpo.rollout.select import make_sampler
+from sdpo.teacher import make_teacher
+from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update
 
 STRATEGIES = ("sdpo", "best_of_k", "multiturn")
 MULTITURN_TEMPLATES = ("feedback_only", "attempt_and_feedback")
@@ -69,19 +78,18 @@ def _ttt_self_distillation(overrides: dict[str, Any] | None = None) -> SelfDisti
 
 @dataclass
 class SolveConfig(UpdateConfig):
-    """A test-time solve of one problem. Inherits the update settings (loss, lr, self_distillation, ...).
+    """A test-time solve of one problem. Inherits the update settings (loss, lr, ppo_epochs, self_distillation,
+    ...) from UpdateConfig and the policy and sampling settings (adapter, LoRA, n, temperature, top_p, top_k,
+    seed, sampler, device, dtype, ...) from ``sdpo.config.PolicyConfig``.
 
     strategy: "sdpo" | "best_of_k" | "multiturn" (module docstring).
-    budget: attempts in all. n: attempts per round (sdpo / best_of_k; the last round is clamped to the budget).
-    steps_per_round: epochs of the policy update on each round's batch (sdpo only): test time's name for
-        ``ppo_epochs`` (the two are kept equal; setting both to different values is an error). Every epoch's
-        importance ratios and clips refer to the policy that sampled the round.
-    adapter: "lora" (default: a few MB per problem, the base stays shared) | "full".
-    max_new_tokens, temperature (inherited), top_p, top_k: sampling. seed: base of every sampling seed.
+    budget: attempts in all. n (inherited): attempts per round (sdpo / best_of_k; the last round is clamped to the
+        budget). ppo_epochs (inherited): epochs of the policy update on each round's batch (sdpo only); every
+        epoch's importance ratios and clips refer to the policy that sampled the round.
+    max_new_tokens: as PolicyConfig's, with the paper's test-time default.
     multiturn_template: "feedback_only" | "attempt_and_feedback". context_budget: tokens of prompt + response
         the multi-turn conversation may use (the oldest history is dropped to fit).
-    sampler: "auto" | "hf" | "vllm" and sampler_batch_size, gpu_memory_utilization (vLLM's share of the GPU),
-        device, dtype: used by ``solve_from_config``.
+    sampler, sampler_batch_size, gpu_memory_utilization, device, dtype (inherited): used by ``solve_from_config``.
 
     Test-time defaults differ from training's where one question changes the trade-off:
     - loss "sdpo", self_distillation alpha 1.0 (reverse KL) with top-k 20 + tail: the reference's rich-feedback
@@ -95,65 +103,22 @@ class SolveConfig(UpdateConfig):
 
     strategy: str = "sdpo"
     budget: int = 64
-    n: int = 8
-    steps_per_round: int = 1
-    adapter: str = "lora"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | None = None
     max_new_tokens: int = 4096
-    top_p: float = 1.0
-    top_k: int | None = None
-    seed: int = 0
     multiturn_template: str = "feedback_only"
     context_budget: int = 16384
-    sampler: str = "auto"
-    sampler_batch_size: int = 16
-    gpu_memory_utilization: float = 0.5
-    device: str = "auto"
-    dtype: str = "auto"
     self_distillation: SelfDistillationConfig = field(default_factory=_ttt_self_distillation)
 
     def __post_init__(self) -> None:
-        if isinstance(self.self_distillation, dict):
+        if isinstance(self.self_distillation, dict):  # a partial block overrides the test-time defaults
             self.self_distillation = _ttt_self_distillation(self.self_distillation)
         super().__post_init__()
         _choice("strategy", self.strategy, STRATEGIES)
-        _number("steps_per_round", self.steps_per_round, lo=1, integer=True)
-        if self.ppo_epochs != 1 and self.steps_per_round not in (1, self.ppo_epochs):
-            raise ConfigError("steps_per_round", f"got {self.steps_per_round} and ppo_epochs={self.ppo_epochs}; "
-                              "at test time they are the same setting: set one of them")
-        self.steps_per_round = self.ppo_epochs = max(self.steps_per_round, self.ppo_epochs)
-        for name in ("budget", "n", "steps_per_round", "lora_r", "lora_alpha", "max_new_tokens",
-                     "context_budget", "sampler_batch_size"):
+        for name in ("budget", "context_budget"):
             _number(name, getattr(self, name), lo=1, integer=True)
-        _number("seed", self.seed, lo=0, integer=True)
-        _number("gpu_memory_utilization", self.gpu_memory_utilization, lo=0.0, hi=1.0, lo_open=True)
-        _choice("adapter", self.adapter, ("lora", "full"))
-        _number("lora_dropout", self.lora_dropout, lo=0.0, hi=1.0, hi_open=True)
-        from sdpo.adapters import check_target_modules
-
-        self.lora_target_modules = check_target_modules(self.lora_target_modules)
-        _number("top_p", self.top_p, lo=0.0, hi=1.0, lo_open=True)
-        if self.top_k is not None:
-            _number("top_k", self.top_k, lo=1, integer=True)
         _choice("multiturn_template", self.multiturn_template, MULTITURN_TEMPLATES)
         if self.context_budget <= self.max_new_tokens:
             raise ConfigError("context_budget", f"got {self.context_budget}; must exceed max_new_tokens="
                               f"{self.max_new_tokens} (it holds the prompt and the response)")
-        _choice("sampler", self.sampler, ("auto", "hf", "vllm"))
-        _choice("device", self.device, ("auto", "cpu", "cuda"))
-        _choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SolveConfig:
-        """Build from a mapping (unknown keys are rejected by name; ``self_distillation`` may be partial: the
-        given keys override the test-time defaults)."""
-        return build_dataclass(cls, dict(data))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -225,16 +190,16 @@ class _Scored:
         return self.hidden_total is not None and self.hidden_passed == self.hidden_total
 
 
-def score_attempts(task, rollouts: list[Rollout]) -> list[_Scored]:
-    """Public tests for every attempt (sparse reward + feedback); hidden tests, in attempt order, for the
-    attempts that pass all public tests, up to the first that passes them too (the later ones are never
-    counted, so their hidden tests need not run). An attempt that fails a hidden test keeps its public reward
-    and gets ``HIDDEN_FAIL_FEEDBACK`` (nothing of the hidden tests themselves)."""
-    from sdpo.envs import score, score_many
-    from sdpo.envs.code import extract_code
-
-    scores = score_many([task] * len(rollouts), [r.text for r in rollouts], [r.truncated for r in rollouts],
-                        sparse=True)
+def score_attempts(task, rollouts: list[Rollout], should_stop=None, code_feedback: str = "all_tests",
+                   ) -> list[_Scored]:
+    """Public tests for every attempt (sparse reward + feedback gathered as ``code_feedback`` says); hidden
+    tests, in attempt order, for the attempts that pass all public tests, up to the first that passes them too
+    (the later ones are never counted, so their hidden tests need not run). An attempt that fails a hidden test
+    keeps its public reward and gets ``HIDDEN_FAIL_FEEDBACK`` (nothing of the hidden tests themselves, so they
+    stop at their first failure). ``should_stop`` is asked
+    before every sandbox run after the first (``StopRequested`` when it says stop)."""
+    scores = envs.score_many([task] * len(rollouts), [r.text for r in rollouts],
+                             [r.truncated for r in rollouts], sparse=True, code_feedback=code_feedback)
     has_hidden = task.hidden_tests is not None
     out = [_Scored(r, extract_code(r.text), s.reward, s.passed, s.total, s.feedback, has_hidden=has_hidden)
            for r, s in zip(rollouts, scores, strict=True)]
@@ -242,7 +207,10 @@ def score_attempts(task, rollouts: list[Rollout]) -> list[_Scored]:
         return out
     for a in out:
         if a.public_pass:
-            h = score(task, a.rollout.text, truncated=a.rollout.truncated, sparse=True, tests=task.hidden_tests)
+            if should_stop is not None and should_stop():
+                raise StopRequested
+            h = envs.score(task, a.rollout.text, truncated=a.rollout.truncated, sparse=True,
+                           tests=task.hidden_tests, code_feedback="first_failure")
             a.hidden_passed, a.hidden_total = h.passed, h.total
             if a.discovered:
                 break
@@ -259,8 +227,6 @@ def _attempt_record(a: _Scored, rnd: int, index: int, seconds: float, task_id: s
 def has_learning_signal(batch: ScoredBatch, cfg: UpdateConfig) -> bool:
     """Whether an update on ``batch`` can move the weights: for the SDPO loss, some sample has a teacher
     context (a demonstration or feedback); for GRPO, the rewards differ (else every advantage is 0)."""
-    from sdpo.reprompt import build_teacher_messages
-
     sdpo_signal = any(c.distill_mask for c in build_teacher_messages(
         batch.prompts, [r.text for r in batch.rollouts], batch.rewards, batch.group_ids, batch.feedback,
         cfg.self_distillation))
@@ -271,8 +237,6 @@ def has_learning_signal(batch: ScoredBatch, cfg: UpdateConfig) -> bool:
 def prepare_policy(model, cfg: SolveConfig):
     """The trainable policy for ``strategy="sdpo"``: ``model`` itself when it already carries a LoRA adapter,
     else ``model`` with ``cfg.adapter`` applied (LoRA injects into the model's modules in place)."""
-    from sdpo.adapters import apply_adapter, is_lora
-
     if is_lora(model):
         return model
     return apply_adapter(model, cfg.adapter, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -280,8 +244,6 @@ def prepare_policy(model, cfg: SolveConfig):
 
 
 def _as_task(problem):
-    from sdpo.data.tasks import Task
-
     if isinstance(problem, Task):
         if problem.kind != "code" or problem.tests is None:
             raise ValueError(f"problem: only code tasks with tests can be solved, got kind {problem.kind!r}")
@@ -315,13 +277,17 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
     model / tokenizer: the policy (``sdpo`` applies ``cfg.adapter`` unless the model already has a LoRA
     adapter; the sampler is pointed at the trainable model). sampler: a ``Sampler`` over that model.
     callbacks: ``attempts`` after every round, ``metrics(round, ...)``, ``checkpoint`` for the saved weights,
-    ``stop_requested()`` checked before every round. start_attempt: attempts already spent (a resumed job).
+    ``stop_requested()`` checked before every round, between sandbox runs and before every micro-batch of an
+    update (the sampler asks it while generating when it was built with ``should_stop``, as
+    ``solve_from_config`` does). A round interrupted by a stop reports nothing more, and weights interrupted
+    mid-update are not saved. start_attempt: attempts already spent (a resumed job).
     """
     _number("start_attempt", start_attempt, lo=0, integer=True)
     if cfg.strategy == "multiturn":
         return _solve_multiturn(problem, tokenizer, sampler, cfg, callbacks or Callbacks(),
                                 start_attempt=start_attempt)
     callbacks = callbacks or Callbacks()
+    poll = stop_poll(callbacks)
     task = _as_task(problem)
     result = SolveResult(cfg.strategy, cfg.budget, attempts_used=min(start_attempt, cfg.budget))
     out = Path(out_dir) if out_dir is not None else None
@@ -330,10 +296,6 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
     learn = cfg.strategy == "sdpo"
     teacher = optimizer = None
     if learn:
-        from sdpo.adapters import is_lora, load_adapter_weights
-        from sdpo.teacher import make_teacher
-        from sdpo.trainer import make_optimizer
-
         model = prepare_policy(model, cfg)
         if start_attempt and out is not None and is_lora(model) and (out / "adapter").is_dir():
             load_adapter_weights(model, out / "adapter")
@@ -342,69 +304,72 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
         optimizer, _ = make_optimizer(model, cfg)
 
     attempt = start_attempt
-    while attempt < cfg.budget:
-        if callbacks.stop_requested():
-            result.stopped = True
-            break
-        # 1. This round's attempts: up to the next multiple of n, clamped to the budget.
-        rnd = attempt // cfg.n
-        k = min((rnd + 1) * cfg.n, cfg.budget) - attempt
-        t0 = time.perf_counter()
+    updating = False  # a stop inside a policy update leaves weights that are not saved
+    try:
+        while attempt < cfg.budget:
+            if callbacks.stop_requested():
+                result.stopped = True
+                break
+            # 1. This round's attempts: up to the next multiple of n, clamped to the budget.
+            rnd = attempt // cfg.n
+            k = min((rnd + 1) * cfg.n, cfg.budget) - attempt
+            t0 = time.perf_counter()
 
-        # 2. Sample k attempts from the current policy (seed from the round's first attempt number).
-        rollouts = sampler.generate([task.messages], k, _sampling(cfg, attempt))
-        t1 = time.perf_counter()
+            # 2. Sample k attempts from the current policy (seed from the round's first attempt number).
+            rollouts = sampler.generate([task.messages], k, _sampling(cfg, attempt))
+            t1 = time.perf_counter()
 
-        # 3. Public tests: reward + feedback; 4. hidden tests for public passes, up to the first discovery.
-        scored = score_attempts(task, rollouts)
-        t2 = time.perf_counter()
-        hit = next((i for i, a in enumerate(scored) if a.discovered), None)
-        counted = k if hit is None else hit + 1
+            # 3. Public tests: reward + feedback; 4. hidden tests for public passes, up to the first discovery.
+            scored = score_attempts(task, rollouts, poll, cfg.code_feedback)
+            t2 = time.perf_counter()
+            hit = next((i for i, a in enumerate(scored) if a.discovered), None)
+            counted = k if hit is None else hit + 1
 
-        # 5. Report the counted attempts.
-        per_attempt = (t2 - t0) / k
-        callbacks.attempts([_attempt_record(a, rnd, attempt - rnd * cfg.n + i, per_attempt, task.id)
-                            for i, a in enumerate(scored[:counted])])
-        timing = {"perf/sample_s": t1 - t0, "perf/score_s": t2 - t1}
-        extra: dict[str, float] = {}
+            # 5. Report the counted attempts.
+            per_attempt = (t2 - t0) / k
+            callbacks.attempts([_attempt_record(a, rnd, attempt - rnd * cfg.n + i, per_attempt, task.id)
+                                for i, a in enumerate(scored[:counted])])
+            result.attempts_used = attempt + counted
+            timing = {"perf/sample_s": t1 - t0, "perf/score_s": t2 - t1}
+            extra: dict[str, float] = {}
 
-        # 6. A discovery ends the run.
-        if hit is not None:
-            result.discovered_at = attempt + hit + 1
-            result.solution = scored[hit].code
-        # 7. sdpo: one update of steps_per_round epochs (= cfg.ppo_epochs: the old log-probs, hence every
-        #    epoch's IS ratios, are the sampling policy's) on this round's batch when it carries a learning
-        #    signal and attempts remain to sample from the updated policy.
-        elif learn:
-            batch = ScoredBatch(prompts=[task.messages] * k, rollouts=rollouts, rewards=[a.reward for a in scored],
-                                feedback=[a.feedback for a in scored], group_ids=[0] * k)
-            updated = attempt + counted < cfg.budget and has_learning_signal(batch, cfg)
-            extra["ttt/updated"] = float(updated)
-            if updated:
-                extra.update(policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
-                                           seed=round_seed(cfg, attempt)))
-                if teacher is not None:
-                    teacher.update(model)
-                sampler.update_weights(model)
-                if out is not None and getattr(model, "peft_config", None) is not None:
-                    from sdpo.adapters import save_weights
+            # 6. A discovery ends the run.
+            if hit is not None:
+                result.discovered_at = attempt + hit + 1
+                result.solution = scored[hit].code
+            # 7. sdpo: one update of cfg.ppo_epochs epochs (the old log-probs, hence every epoch's IS
+            #    ratios, are the sampling policy's) on this round's batch when it carries a learning
+            #    signal and attempts remain to sample from the updated policy.
+            elif learn:
+                batch = ScoredBatch(prompts=[task.messages] * k, rollouts=rollouts, rewards=[a.reward for a in scored],
+                                    feedback=[a.feedback for a in scored], group_ids=[0] * k)
+                updated = attempt + counted < cfg.budget and has_learning_signal(batch, cfg)
+                extra["ttt/updated"] = float(updated)
+                if updated:
+                    updating = True
+                    extra.update(policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
+                                               seed=round_seed(cfg, attempt), should_stop=poll))
+                    if teacher is not None and extra["update/optimizer_steps"] > 0:  # not after skipped steps only
+                        teacher.update(model, master_weights(optimizer))
+                    sampler.update_weights(model)
+                    if out is not None and getattr(model, "peft_config", None) is not None:
+                        save_weights(model, tokenizer, out)  # small; lets a resumed job continue from here
+                    updating = False
+                extra["perf/update_s"] = time.perf_counter() - t2
 
-                    save_weights(model, tokenizer, out)  # small; lets a resumed job continue from here
-            extra["perf/update_s"] = time.perf_counter() - t2
-
-        # 8. Round metrics.
-        attempt += counted
-        result.attempts_used = attempt
-        metrics = _round_metrics(rnd, scored, counted, hit is not None, timing, extra)
-        result.rounds.append(metrics)
-        callbacks.metrics(rnd, metrics)
-        if hit is not None:
-            break
+            # 8. Round metrics.
+            attempt += counted
+            result.attempts_used = attempt
+            metrics = _round_metrics(rnd, scored, counted, hit is not None, timing, extra)
+            result.rounds.append(metrics)
+            callbacks.metrics(rnd, metrics)
+            if hit is not None:
+                break
+    except StopRequested:  # asked to stop while sampling, scoring or updating
+        result.stopped = True
 
     # 9. Save the adapted weights.
-    if learn and out is not None:
-        from sdpo.adapters import save_weights
-
+    if learn and out is not None and not updating:
         path, kind = save_weights(model, tokenizer, out)
         result.adapter_path = str(path)
         callbacks.checkpoint(result.attempts_used, str(path), kind)
@@ -439,8 +404,6 @@ def fit_history(tokenizer, question: list[dict[str, str]], history: list[tuple[s
     """The conversation with the longest suffix of ``history`` whose chat-templated prompt has at most
     ``max_prompt_tokens`` tokens (the question alone is returned when nothing fits); also returns how many
     history entries were kept. The prompt length grows with every entry kept, so a binary search finds it."""
-    from sdpo.models import chat_ids
-
     def size(m: int) -> int:
         return len(chat_ids(tokenizer, multiturn_messages(question, history[len(history) - m:], template)))
 
@@ -457,9 +420,6 @@ def fit_history(tokenizer, question: list[dict[str, str]], history: list[tuple[s
 def _solve_multiturn(problem, tokenizer, sampler, cfg: SolveConfig, callbacks: Callbacks, *,
                      start_attempt: int) -> SolveResult:
     """One conversation, one attempt per turn (= round), feedback appended after each failure."""
-    from sdpo.models import chat_ids
-    from sdpo.reprompt import strip_thinking
-
     task = _as_task(problem)
     room = cfg.context_budget - cfg.max_new_tokens
     question = len(chat_ids(tokenizer, task.messages))
@@ -469,37 +429,41 @@ def _solve_multiturn(problem, tokenizer, sampler, cfg: SolveConfig, callbacks: C
                           f"least {question + cfg.max_new_tokens} (or lower max_new_tokens)")
     result = SolveResult(cfg.strategy, cfg.budget, attempts_used=min(start_attempt, cfg.budget))
     history: list[tuple[str, str]] = []
+    poll = stop_poll(callbacks)
     attempt = start_attempt
-    while attempt < cfg.budget:
-        if callbacks.stop_requested():
-            result.stopped = True
-            break
-        t0 = time.perf_counter()
-        # 1. The conversation so far, truncated (oldest first) to fit the context budget.
-        messages, kept = fit_history(tokenizer, task.messages, history, cfg.multiturn_template,
-                                     cfg.context_budget - cfg.max_new_tokens)
-        # 2. One attempt.
-        rollouts = sampler.generate([messages], 1, _sampling(cfg, attempt))
-        t1 = time.perf_counter()
-        # 3. Public tests, then hidden tests when it passes them.
-        a = score_attempts(task, rollouts)[0]
-        t2 = time.perf_counter()
-        # 4. Report it.
-        callbacks.attempts([_attempt_record(a, attempt, 0, t2 - t0, task.id)])
-        metrics = _round_metrics(attempt, [a], 1, a.discovered,
-                                 {"perf/sample_s": t1 - t0, "perf/score_s": t2 - t1},
-                                 {"multiturn/history_kept": float(kept),
-                                  "multiturn/history_dropped": float(len(history) - kept),
-                                  "multiturn/prompt_tokens": float(len(rollouts[0].prompt_ids))})
-        result.rounds.append(metrics)
-        callbacks.metrics(attempt, metrics)
-        attempt += 1
-        result.attempts_used = attempt
-        # 5. A discovery ends the run; otherwise the attempt and its feedback join the conversation.
-        if a.discovered:
-            result.discovered_at, result.solution = attempt, a.code
-            break
-        history.append((strip_thinking(a.rollout.text), a.feedback or HIDDEN_FAIL_FEEDBACK))
+    try:
+        while attempt < cfg.budget:
+            if callbacks.stop_requested():
+                result.stopped = True
+                break
+            t0 = time.perf_counter()
+            # 1. The conversation so far, truncated (oldest first) to fit the context budget.
+            messages, kept = fit_history(tokenizer, task.messages, history, cfg.multiturn_template,
+                                         cfg.context_budget - cfg.max_new_tokens)
+            # 2. One attempt.
+            rollouts = sampler.generate([messages], 1, _sampling(cfg, attempt))
+            t1 = time.perf_counter()
+            # 3. Public tests, then hidden tests when it passes them.
+            a = score_attempts(task, rollouts, poll, cfg.code_feedback)[0]
+            t2 = time.perf_counter()
+            # 4. Report it.
+            callbacks.attempts([_attempt_record(a, attempt, 0, t2 - t0, task.id)])
+            metrics = _round_metrics(attempt, [a], 1, a.discovered,
+                                     {"perf/sample_s": t1 - t0, "perf/score_s": t2 - t1},
+                                     {"multiturn/history_kept": float(kept),
+                                      "multiturn/history_dropped": float(len(history) - kept),
+                                      "multiturn/prompt_tokens": float(len(rollouts[0].prompt_ids))})
+            result.rounds.append(metrics)
+            callbacks.metrics(attempt, metrics)
+            attempt += 1
+            result.attempts_used = attempt
+            # 5. A discovery ends the run; otherwise the attempt and its feedback join the conversation.
+            if a.discovered:
+                result.discovered_at, result.solution = attempt, a.code
+                break
+            history.append((strip_thinking(a.rollout.text), a.feedback or HIDDEN_FAIL_FEEDBACK))
+    except StopRequested:  # asked to stop while sampling or scoring
+        result.stopped = True
     return result
 
 
@@ -513,10 +477,8 @@ def solve_from_config(problem, cfg: SolveConfig, callbacks: Callbacks | None = N
                       model_path: str | Path | None = None, out_dir: str | Path | None = None,
                       start_attempt: int = 0) -> SolveResult:
     """Load the model (``model_path``, default ``sdpo.models.default_model_path()``) on ``cfg.device`` in
-    ``cfg.dtype``, apply the adapter (sdpo), build the sampler (``cfg.sampler``) and ``solve``."""
-    from sdpo.models import default_model_path, load_model_and_tokenizer, resolve_device
-    from sdpo.rollout.select import make_sampler
-
+    ``cfg.dtype``, apply the adapter (sdpo), build the sampler (``cfg.sampler``, asking
+    ``callbacks.stop_requested()`` while it generates) and ``solve``."""
     path = str(model_path or default_model_path())
     model, tokenizer = load_model_and_tokenizer(path, dtype=cfg.dtype, device=resolve_device(cfg.device))
     adapter = "full"
@@ -524,6 +486,7 @@ def solve_from_config(problem, cfg: SolveConfig, callbacks: Callbacks | None = N
         model = prepare_policy(model, cfg)
         adapter = cfg.adapter
     sampler = make_sampler(cfg.sampler, model, tokenizer, batch_size=cfg.sampler_batch_size, adapter=adapter,
+                           should_stop=stop_poll(callbacks),
                            model_path=path, gpu_memory_utilization=cfg.gpu_memory_utilization,
                            max_model_len=_engine_len(model, cfg.context_budget))
     try:

@@ -3,21 +3,33 @@
 
 Paper Sec. 3: SDPO re-scores each rollout under a teacher context (a successful sibling and/or the
 environment's feedback) and distils the teacher's next-token distribution into the student. GRPO (the
-baseline) uses group-normalised scalar rewards; ``hybrid`` mixes both losses.
+baseline) uses group-normalised scalar rewards; ``hybrid`` mixes the two, either their losses
+(``hybrid_mix="loss"``, TRL's ``distillation_weight``) or their advantages (``hybrid_mix="advantage"``, the
+paper's Sec. 4 combination A = λ·A_GRPO + (1 − λ)·A_SDPO).
 """
 
 from __future__ import annotations
 
-import random
+import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
+from torch import Tensor
 
-from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
+from sdpo.callbacks import StopRequested
+from sdpo.config import ConfigError, PolicyConfig, SelfDistillationConfig, _choice, _number, build_dataclass
 from sdpo.distributed import SINGLE, DistContext
+from sdpo.forward import (
+    ResponseBatch,
+    eval_mode,
+    model_device,
+    plain_head_weight,
+    response_hidden,
+    response_logits,
+    student_inputs,
+)
 from sdpo.losses import (
-    aggregation_weights,
     group_advantages,
     grpo_loss,
     sdpo_loss,
@@ -25,30 +37,38 @@ from sdpo.losses import (
     token_logprobs,
     token_logprobs_from_hidden,
 )
-from sdpo.reprompt import (
-    build_teacher_messages,
-    reprompt_metrics,
-    response_hidden,
-    response_logits,
-    student_inputs,
-    tokenize_teacher_inputs,
-)
+from sdpo.minibatches import MicroBatch, UpdatePlan, plan_update
+from sdpo.precision import make_adamw, step_tensors
+from sdpo.reprompt import build_teacher_messages, reprompt_metrics, tokenize_teacher_inputs
 from sdpo.rollout.base import Rollout
 from sdpo.rollout.correction import rollout_is_weights
-from sdpo.teacher import _plain_head_weight
 
 LOSSES = ("sdpo", "grpo", "hybrid")
+HYBRID_MIXES = ("loss", "advantage")
+CODE_FEEDBACK = ("all_tests", "first_failure")
 
 
 @dataclass
-class UpdateConfig:
-    """Settings of the policy update (shared by ``TrainConfig`` and ``SolveConfig``, which extend it).
+class UpdateConfig(PolicyConfig):
+    """Settings of the policy update; the policy and sampling settings (adapter, LoRA, n, max_new_tokens,
+    temperature, ...) are ``PolicyConfig``'s. ``TrainConfig`` and ``SolveConfig`` extend it.
 
-    loss: "sdpo" | "grpo" | "hybrid" (= (1 - hybrid_weight) * grpo + hybrid_weight * sdpo).
-    temperature: the sampling temperature; GRPO ratios and rollout correction use log-probs at it.
+    loss: "sdpo" | "grpo" | "hybrid". hybrid_weight w is the SDPO share of a hybrid, mixed by ``hybrid_mix``:
+        "loss": (1 - w) * L_GRPO + w * L_SDPO (TRL's ``distillation_weight`` = w);
+        "advantage": one PPO-clipped policy-gradient loss on the per-token advantage
+        λ * A_GRPO + (1 - λ) * A_SDPO with λ = 1 - w (the paper's Sec. 4 λ weighs GRPO), where A_SDPO on a
+        response token y_t is log π_teacher(y_t) - log π(y_t) (detached, at self_distillation.temperature; zero
+        on samples without a teacher context): the sampled-token form of SDPO's advantage, so it needs
+        self_distillation.mode "token"; the PPO clip of the mixed surrogate replaces self_distillation.is_clip.
+        On the first, on-policy step with seq-mean-token-mean-all the two mixes take the same gradient; they
+        differ once ratios leave 1 (later mini-batches / epochs) and the clip engages on the mixed advantage.
     micro_batch_size: samples per forward/backward. mini_batch_size: samples per optimizer step
-        (None = the whole batch, i.e. one on-policy step). ppo_epochs: passes over the batch.
+        (None = the whole batch, i.e. one on-policy step). ppo_epochs: passes over the batch (at test time,
+        over each round's attempts). docs/fidelity.md maps these names to the reference's.
     rollout_correction_threshold: truncation of the token-level trainer/sampler ratio (None = off).
+    code_feedback: what the code environment reports to the teacher about a failed attempt: "all_tests" (the
+        reference's: every test runs; a runtime error first, then a timeout, then the two shortest wrong
+        answers) or "first_failure" (the first failing test in test order; cheaper). The reward is unchanged.
     fused_lm_head: compute the losses from hidden states and the LM-head weight chunk by chunk, never holding
         [B, T, V] logits (``sdpo_loss_from_hidden``). Needs a bias-free ``nn.Linear`` LM head on the student
         (not LoRA-wrapped) and a teacher that exposes (hidden, head weight): not the full-model trust-region
@@ -57,11 +77,11 @@ class UpdateConfig:
 
     loss: str = "sdpo"
     hybrid_weight: float = 0.5
+    hybrid_mix: str = "loss"
     self_distillation: SelfDistillationConfig = field(default_factory=SelfDistillationConfig)
     lr: float = 1e-5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    temperature: float = 1.0
     micro_batch_size: int = 4
     mini_batch_size: int | None = None
     ppo_epochs: int = 1
@@ -70,9 +90,11 @@ class UpdateConfig:
     clip_ratio_c: float = 3.0
     norm_adv_by_std: bool = True
     rollout_correction_threshold: float | None = 2.0
+    code_feedback: str = "all_tests"
     fused_lm_head: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.self_distillation, dict):
             self.self_distillation = build_dataclass(SelfDistillationConfig, self.self_distillation,
                                                      prefix="self_distillation.")
@@ -80,10 +102,14 @@ class UpdateConfig:
             raise ConfigError("self_distillation", f"expected a mapping, got {self.self_distillation!r}")
         _choice("loss", self.loss, LOSSES)
         _number("hybrid_weight", self.hybrid_weight, lo=0.0, hi=1.0)
+        _choice("hybrid_mix", self.hybrid_mix, HYBRID_MIXES)
+        if self.loss == "hybrid" and self.hybrid_mix == "advantage" and self.self_distillation.mode != "token":
+            raise ConfigError("hybrid_mix", f"hybrid_mix='advantage' mixes the sampled token's SDPO advantage "
+                              f"into GRPO's; it needs self_distillation.mode='token' (and alpha 1.0), got mode="
+                              f"{self.self_distillation.mode!r}; set it, or use hybrid_mix='loss'")
         _number("lr", self.lr, lo=0.0, lo_open=True)
         _number("weight_decay", self.weight_decay, lo=0.0)
         _number("max_grad_norm", self.max_grad_norm, lo=0.0, lo_open=True)
-        _number("temperature", self.temperature, lo=0.0, lo_open=True)
         _number("micro_batch_size", self.micro_batch_size, lo=1, integer=True)
         if self.mini_batch_size is not None:
             _number("mini_batch_size", self.mini_batch_size, lo=1, integer=True)
@@ -93,29 +119,29 @@ class UpdateConfig:
         _number("clip_ratio_c", self.clip_ratio_c, lo=1.0, lo_open=True)
         if self.rollout_correction_threshold is not None:
             _number("rollout_correction_threshold", self.rollout_correction_threshold, lo=1.0)
+        _choice("code_feedback", self.code_feedback, CODE_FEEDBACK)
         if not isinstance(self.fused_lm_head, bool):
             raise ConfigError("fused_lm_head", f"got {self.fused_lm_head!r}; expected true or false")
         if self.fused_lm_head:
-            # the entry-point configs extending this one (TrainConfig, SolveConfig) carry the adapter fields
-            _check_fused_lm_head(self, getattr(self, "adapter", None), getattr(self, "lora_target_modules", None))
+            _check_fused_lm_head(self)
 
 
 #: Names under which transformers models keep their LM head (output embedding).
 LM_HEAD_NAMES = ("lm_head", "embed_out")
 
 
-def _check_fused_lm_head(cfg: UpdateConfig, adapter: str | None, lora_target_modules) -> None:
+def _check_fused_lm_head(cfg: UpdateConfig) -> None:
     """Reject ``fused_lm_head`` combinations the fused path cannot run (checked again at run time by
-    ``_plain_head_weight`` on the actual model)."""
+    ``plain_head_weight`` on the actual model)."""
     sd = cfg.self_distillation
-    if cfg.loss != "grpo" and sd.teacher_regularization == "trust-region" and adapter == "full":
+    if cfg.loss != "grpo" and sd.teacher_regularization == "trust-region" and cfg.adapter == "full":
         raise ConfigError(
             "fused_lm_head", "fused_lm_head=true with self_distillation.teacher_regularization='trust-region' "
             "and adapter='full' is not supported (the frozen reference model has its own LM head, so the teacher "
             "logits are not one hidden state times one head); set fused_lm_head=false, use adapter='lora', or "
             "teacher_regularization='ema' or 'live'")
-    if adapter == "lora" and lora_target_modules:
-        wrapped = [m for m in lora_target_modules if m in LM_HEAD_NAMES]
+    if cfg.adapter == "lora" and cfg.lora_target_modules:
+        wrapped = [m for m in cfg.lora_target_modules if m in LM_HEAD_NAMES]
         if wrapped:
             raise ConfigError(
                 "fused_lm_head", f"fused_lm_head=true with the LM head in lora_target_modules ({wrapped[0]!r}) "
@@ -137,7 +163,237 @@ class ScoredBatch:
         return len(self.rollouts)
 
 
-def _pad(rows: list[list], value, dtype, width: int | None = None) -> torch.Tensor:
+@dataclass
+class UpdateTensors:
+    """The batch as the update's micro-batches read it: one row per sample of this rank, the responses
+    right-padded to one width T (the same on every rank).
+
+    student / teacher: the student's and the teacher's inputs (``sdpo.forward``; no teacher without an SDPO term).
+    response_ids, response_mask, sampler_logprobs: [N, T]. sample_mask: [N], 1 where the sample has a teacher
+    context (SDPO distils it). advantages: [N], GRPO's outcome advantages. old_logprobs: [N, T] under the policy
+    before the update at the sampling temperature, old_logprobs_sd at the self-distillation temperature (None
+    where nothing needs them). rollout_weights: [N, T] rollout-correction weights (None = off).
+    """
+
+    student: ResponseBatch
+    teacher: ResponseBatch | None
+    response_ids: Tensor
+    response_mask: Tensor
+    sampler_logprobs: Tensor
+    sample_mask: Tensor
+    advantages: Tensor
+    old_logprobs: Tensor | None = None
+    old_logprobs_sd: Tensor | None = None
+    rollout_weights: Tensor | None = None
+
+
+def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg: UpdateConfig, *,
+                  seed: int = 0, dist: DistContext | None = None, should_stop=None) -> dict[str, float]:
+    """Run ``cfg.ppo_epochs`` passes of mini-batch optimizer steps on ``batch``; return mean metrics.
+
+    The teacher is *not* updated here (the caller does it once per training step, after all mini-batches).
+
+    dist: data parallelism (:mod:`sdpo.distributed`). ``batch`` is then this rank's block of the global batch
+    (ranks in order, whole groups per rank); mini-batches are slices of the *global* sample order, losses are
+    normalised by global aggregation weights and gradients summed over ranks, so every rank takes the same
+    optimizer step as one process holding the global batch. Every rank runs the same number of forward /
+    backward passes and collectives (zero-weight dummy micro-batches pad the ranks with fewer rows).
+    should_stop: single process only; asked before every micro-batch, raising ``sdpo.callbacks.StopRequested``
+        when it says stop (the optimizer steps already taken stay taken).
+    """
+    ctx = dist or SINGLE
+    if len(batch) == 0:
+        raise ValueError("policy_update: empty batch (each data-parallel rank needs at least one sample)")
+    sd = cfg.self_distillation
+    if sd.loss_scale_factor is None:  # seq-mean-token-sum-norm divides by a constant: the max response length
+        sd = replace(sd, loss_scale_factor=cfg.max_new_tokens)
+    metrics: dict[str, list[float]] = defaultdict(list)
+    batch_keys: set[str] = set()  # batch-level metrics (reprompt, rollout-correction fractions)
+
+    # 1. The batch as tensors: teacher contexts (a successful sibling and/or feedback; samples with neither are
+    #    not distilled) and GRPO advantages (per group of one question's rollouts; groups never straddle ranks).
+    data, batch_metrics = batch_tensors(batch, tokenizer, cfg, sd, ctx)
+    _record(metrics, batch_metrics, batch_keys)
+
+    # 2. The plan: mini-batches over the global sample order, their micro-batches and exact accumulation scales
+    #    under the global mini-batch's aggregation weights (the ranks' denominators summed).
+    sizes = [int(x) for x in ctx.all_gather_object(len(batch))]
+    masks = {"sdpo": data.response_mask.float() * data.sample_mask[:, None], "grpo": data.response_mask.float()}
+    plan = plan_update(sizes, ctx.rank, masks, sd.loss_agg_mode, micro_batch_size=cfg.micro_batch_size,
+                       mini_batch_size=cfg.mini_batch_size, ppo_epochs=cfg.ppo_epochs, seed=seed)
+    if ctx.enabled:
+        plan = plan.globalised(ctx.all_reduce(plan.local_denominators(), "sum"), sd.loss_agg_mode)
+
+    # 3. Old log-probs under the policy before the first step (IS weights, PPO ratios, rollout correction).
+    data, rc_metrics = with_old_logprobs(model, data, plan, cfg, sd)
+    _record(metrics, rc_metrics, batch_keys)
+
+    # 4. Optimizer steps: micro-batch forward/backward, the gradients summed over ranks and clipped; a step whose
+    #    gradient is not finite is skipped.
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    n_steps = 0
+    for step in plan.steps:
+        optimizer.zero_grad(set_to_none=True)
+        for micro in step.micro:
+            if should_stop is not None and should_stop():
+                raise StopRequested
+            loss, micro_metrics = micro_batch_loss(model, teacher, data, micro, cfg, sd)
+            loss.backward()
+            _record(metrics, {**micro_metrics, "loss": float(loss.detach())})
+        n_steps += optimizer_step(optimizer, params, cfg.max_grad_norm, ctx, metrics)
+
+    # 5. Metrics, means over ranks; "loss" is the sum of an optimizer step's scaled micro-batch losses.
+    out = _reduce_metrics(metrics, batch_keys, len(batch), max(len(plan.steps), 1), ctx)
+    out["update/optimizer_steps"] = float(n_steps)  # steps taken (a skipped one is not): the EMA teacher's cue
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pieces of an update
+# ---------------------------------------------------------------------------------------------------
+
+def batch_tensors(batch: ScoredBatch, tokenizer, cfg: UpdateConfig, sd: SelfDistillationConfig,
+                  ctx: DistContext = SINGLE) -> tuple[UpdateTensors, dict[str, float]]:
+    """``batch`` as ``UpdateTensors`` (without old log-probs) and the re-prompting metrics. Responses are padded to
+    the width of the longest response on any rank (a collective under data parallelism)."""
+    rollouts = batch.rollouts
+    width = None
+    if ctx.enabled:
+        width = int(ctx.all_reduce([max(1, max(len(r.response_ids) for r in rollouts))], "max")[0])
+    response_ids = _pad([r.response_ids for r in rollouts], tokenizer.pad_token_id, torch.long, width)
+    response_mask = _pad([[1] * len(r.response_ids) for r in rollouts], 0, torch.long, width)
+    data = UpdateTensors(
+        student=student_inputs([r.prompt_ids for r in rollouts], response_ids, response_mask, tokenizer.pad_token_id),
+        teacher=None, response_ids=response_ids, response_mask=response_mask,
+        sampler_logprobs=_pad([r.logprobs for r in rollouts], 0.0, torch.float32, width),
+        sample_mask=torch.ones(len(batch)),
+        advantages=group_advantages(torch.tensor(batch.rewards, dtype=torch.float32), batch.group_ids,
+                                    norm_by_std=cfg.norm_adv_by_std))
+    if cfg.loss not in ("sdpo", "hybrid"):
+        return data, {}
+    contexts = build_teacher_messages(batch.prompts, [r.text for r in rollouts], batch.rewards, batch.group_ids,
+                                      batch.feedback, sd)
+    data.teacher = tokenize_teacher_inputs(tokenizer, contexts, response_ids, response_mask, sd.max_reprompt_len,
+                                           sd.reprompt_truncation)
+    data.sample_mask = torch.tensor([float(c.distill_mask) for c in contexts])
+    return data, reprompt_metrics(contexts, batch.rewards, batch.group_ids, batch.feedback, sd)
+
+
+def with_old_logprobs(model, data: UpdateTensors, plan: UpdatePlan, cfg: UpdateConfig,
+                      sd: SelfDistillationConfig) -> tuple[UpdateTensors, dict[str, float]]:
+    """``data`` with the log-probs of the policy before the update where something needs them (GRPO's ratio,
+    SDPO's IS clip, rollout correction), in the plan's forwards, and the rollout-correction weights and metrics."""
+    if cfg.loss == "sdpo" and sd.is_clip is None and cfg.rollout_correction_threshold is None:
+        return data, {}
+    passes, fused = plan.old_logprob_micro, cfg.fused_lm_head
+    old = _old_logprobs(model, data.student, data.response_ids, passes, cfg.temperature, fused)
+    old_sd = old
+    if cfg.loss != "grpo" and sd.is_clip is not None and sd.temperature != cfg.temperature:
+        old_sd = _old_logprobs(model, data.student, data.response_ids, passes, sd.temperature, fused)
+    data = replace(data, old_logprobs=old, old_logprobs_sd=old_sd)
+    if cfg.rollout_correction_threshold is None:
+        return data, {}
+    weights, metrics = rollout_is_weights(old, data.sampler_logprobs, data.response_mask,
+                                          cfg.rollout_correction_threshold)
+    return replace(data, rollout_weights=weights), metrics
+
+
+def micro_batch_loss(model, teacher, data: UpdateTensors, micro: MicroBatch, cfg: UpdateConfig,
+                     sd: SelfDistillationConfig) -> tuple[Tensor, dict[str, float]]:
+    """One micro-batch's loss, scaled so that its gradient is its exact share of the mini-batch's, and its
+    metrics (none for a dummy pass, whose scales are 0).
+
+    L = w_SDPO · s_SDPO · L_SDPO + w_GRPO · s_GRPO · L_GRPO with the plan's scales s and (w_SDPO, w_GRPO) = (1, 0)
+    for "sdpo", (0, 1) for "grpo", (w, 1 − w) for a hybrid mixing losses (w = hybrid_weight); a hybrid mixing
+    advantages has the GRPO term alone, on the per-token advantage λ·A_GRPO + (1 − λ)·A_SDPO with λ = 1 − w.
+    """
+    device = model_device(model)
+    rows = torch.tensor([0]) if micro.dummy else micro.rows
+    mb = data.student.rows(rows).trimmed().to(device)
+    ids, rmask = data.response_ids[rows].to(device), data.response_mask[rows].to(device)
+    rcw = data.rollout_weights[rows].to(device) if data.rollout_weights is not None else None
+    fused = cfg.fused_lm_head
+    head_w = plain_head_weight(model) if fused else None  # refuses a LoRA-wrapped / biased head
+    student = response_hidden(model, mb) if fused else response_logits(model, mb)
+    tb = data.teacher.rows(rows).trimmed().to(device) if data.teacher is not None else None
+    mix_advantages = cfg.loss == "hybrid" and cfg.hybrid_mix == "advantage"
+    total = torch.zeros((), device=device)
+    metrics: dict[str, float] = {}
+    if cfg.loss in ("sdpo", "hybrid") and not mix_advantages:
+        kw = dict(old_logprobs=data.old_logprobs_sd[rows].to(device) if sd.is_clip is not None else None,
+                  sample_mask=data.sample_mask[rows].to(device), rollout_is_weights=rcw)
+        if fused:
+            # the teacher's own head: an EMA teacher of a full model has its own (EMA'd) weights
+            t_hidden, t_head_w = teacher.hidden(tb)
+            l_sd, m_sd = sdpo_loss_from_hidden(student, t_hidden, head_w, ids, rmask, sd,
+                                               teacher_lm_head_weight=t_head_w, **kw)
+        else:
+            l_sd, m_sd = sdpo_loss(student, teacher.logits(tb), ids, rmask, sd, **kw)
+        w = cfg.hybrid_weight if cfg.loss == "hybrid" else 1.0
+        total = total + w * micro.scales["sdpo"] * l_sd
+        metrics.update(m_sd)
+    if cfg.loss in ("grpo", "hybrid"):
+        if fused:
+            lp = token_logprobs_from_hidden(student, head_w, ids, cfg.temperature)
+        else:
+            lp = token_logprobs(student, ids, cfg.temperature)
+        adv = data.advantages[rows].to(device)
+        w = (1.0 - cfg.hybrid_weight) if cfg.loss == "hybrid" else 1.0
+        if mix_advantages:
+            a_sd = _sdpo_token_advantages(teacher, tb, lp, student, head_w, ids, cfg)
+            a_sd = a_sd * data.sample_mask[rows].to(device)[:, None]
+            lam = 1.0 - cfg.hybrid_weight
+            adv, w = lam * adv[:, None] + (1.0 - lam) * a_sd, 1.0
+            metrics["hybrid/sdpo_advantage_mean"] = float((a_sd * rmask).sum() / rmask.sum().clamp(min=1))
+        l_pg, m_pg = grpo_loss(lp, data.old_logprobs[rows].to(device), adv, rmask,
+                               clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
+                               clip_ratio_c=cfg.clip_ratio_c, loss_agg_mode=sd.loss_agg_mode,
+                               loss_scale_factor=sd.loss_scale_factor, rollout_is_weights=rcw)
+        total = total + w * micro.scales["grpo"] * l_pg
+        metrics.update(m_pg)
+    return total, ({} if micro.dummy else metrics)
+
+
+def optimizer_step(optimizer, params: list[Tensor], max_grad_norm: float, ctx: DistContext,
+                   metrics: dict[str, list[float]]) -> int:
+    """Sum the accumulated gradients over ranks, clip them to ``max_grad_norm`` and step; a gradient whose norm
+    is not finite skips the step (the same decision on every rank: the gradients are reduced). Float32 masters
+    (bf16 / fp16 full fine-tuning) take the gradients before they are reduced and clipped. Returns the steps
+    taken (1 or 0)."""
+    grads = step_tensors(optimizer, params)
+    ctx.all_reduce_grads(grads)
+    grad_norm = torch.nn.utils.clip_grad_norm_(grads, max_grad_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+        grad_norm = grad_norm.full_tensor()
+    metrics["grad_norm"].append(float(grad_norm))
+    taken = bool(torch.isfinite(grad_norm))
+    if taken:
+        optimizer.step()
+    else:
+        metrics["update/skipped_nonfinite"].append(1.0)
+    optimizer.zero_grad(set_to_none=True)
+    return int(taken)
+
+
+def make_optimizer(model, cfg: UpdateConfig, *, warmup_steps: int = 0, total_steps: int = 1,
+                   schedule: str = "constant"):
+    """AdamW (float32 masters for a bfloat16 / float16 full fine-tune, ``sdpo.precision``) and its LambdaLR:
+    linear warmup over ``warmup_steps`` from lr/warmup_steps, then constant or cosine to 0 at ``total_steps``."""
+    optimizer = make_adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _pad(rows: list[list], value, dtype, width: int | None = None) -> Tensor:
     width = width or max(1, max(len(r) for r in rows))
     out = torch.full((len(rows), width), value, dtype=dtype)
     for i, r in enumerate(rows):
@@ -146,83 +402,52 @@ def _pad(rows: list[list], value, dtype, width: int | None = None) -> torch.Tens
     return out
 
 
-def _index(batch, idx: torch.Tensor):
-    return type(batch)(batch.input_ids[idx], batch.attention_mask[idx], batch.position_ids[idx],
-                       batch.response_start)
-
-
-def _trim(batch):
-    """Drop left-padding columns that are padding in every row of a micro-batch."""
-    keep = int(batch.attention_mask[:, :batch.response_start].sum(-1).max())
-    cut = batch.response_start - max(keep, 1)
-    return type(batch)(batch.input_ids[:, cut:], batch.attention_mask[:, cut:], batch.position_ids[:, cut:],
-                       batch.response_start - cut)
-
-
-def _split_rows(n: int, size: int) -> list[torch.Tensor]:
-    return [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
-
-
-def _agg_denominator(mask: torch.Tensor, mode: str) -> float:
-    """The batch-dependent normaliser of ``aggregation_weights(mask, mode)`` before clamping, additive over
-    data-parallel ranks: the token count (token-mean), the active-sequence count (seq-mean-token-sum,
-    seq-mean-token-mean); 0 for seq-mean-token-sum-norm, whose normaliser is the (global) padded width."""
-    if mode == "token-mean":
-        return float(mask.float().sum())
-    if mode == "seq-mean-token-sum-norm":
-        return 0.0
-    return float((mask.float().sum(-1) > 0).sum())
-
-
-def _acc_scale(mask_mini: torch.Tensor, rows: torch.Tensor, mode: str,
-               global_denominator: float | None = None) -> float:
-    """Gradient-accumulation scale of a micro-batch: its share of the mini-batch's aggregation weights over
-    its own (the loss functions normalise per micro-batch), so that accumulated micro-batch gradients equal the
-    gradient of the mini-batch loss exactly, in every ``loss_agg_mode``.
-
-    global_denominator: ``_agg_denominator`` of the *global* mini-batch (summed over data-parallel ranks,
-    ``mask_mini`` being this rank's part); the weights are then those of the global mini-batch, so the sum over
-    ranks of the local gradients is the global mini-batch gradient. None = this process holds the whole batch."""
-    w_mini = aggregation_weights(mask_mini, mode, torch.float64)[rows].sum()
-    w_micro = aggregation_weights(mask_mini[rows], mode, torch.float64).sum()
-    if float(w_micro) == 0.0:
-        return 0.0
-    scale = float(w_mini / w_micro)
-    if global_denominator is not None and mode != "seq-mean-token-sum-norm":
-        scale *= max(_agg_denominator(mask_mini, mode), 1.0) / max(global_denominator, 1.0)
-    return scale
+def _record(metrics: dict[str, list[float]], values: dict[str, float], batch_keys: set[str] | None = None) -> None:
+    for k, v in values.items():
+        metrics[k].append(v)
+        if batch_keys is not None:
+            batch_keys.add(k)
 
 
 @torch.no_grad()
-def _old_logprobs(model, batch, ids, mask, micro: int, temperature: float, fused: bool,
-                  n_passes: int = 0) -> torch.Tensor:
-    """Log-probs of ``ids`` under ``model`` in micro-batches; at least ``n_passes`` forwards (extra ones repeat
-    row 0 and are discarded: under FSDP every rank must run the same number of forwards)."""
+def _old_logprobs(model, batch: ResponseBatch, ids: Tensor, passes: list[Tensor | None], temperature: float,
+                  fused: bool) -> Tensor:
+    """Log-probs of ``ids`` under ``model``, one forward per entry of ``passes`` (rows of the batch; None repeats
+    row 0 and is discarded: under FSDP every rank must run the same number of forwards). In eval mode (no
+    dropout), as the reference's ``compute_log_prob``, whatever mode an earlier update left the model in."""
     out = torch.zeros(ids.shape, dtype=torch.float32)
-    chunks = _split_rows(len(ids), micro)
-    chunks += [None] * max(0, n_passes - len(chunks))
-    for rows in chunks:
-        dummy = rows is None
-        rows = torch.tensor([0]) if dummy else rows
-        mb = _trim(_index(batch, rows)).to(_device(model))
-        if fused:
-            lp = token_logprobs_from_hidden(response_hidden(model, mb), _plain_head_weight(model),
-                                            ids[rows].to(_device(model)), temperature)
-        else:
-            lp = token_logprobs(response_logits(model, mb), ids[rows].to(_device(model)), temperature)
-        if not dummy:
-            out[rows] = lp.float().cpu()
+    device = model_device(model)
+    with eval_mode(model):
+        for rows in passes:
+            dummy = rows is None
+            rows = torch.tensor([0]) if dummy else rows
+            mb = batch.rows(rows).trimmed().to(device)
+            if fused:
+                lp = token_logprobs_from_hidden(response_hidden(model, mb), plain_head_weight(model),
+                                                ids[rows].to(device), temperature)
+            else:
+                lp = token_logprobs(response_logits(model, mb), ids[rows].to(device), temperature)
+            if not dummy:
+                out[rows] = lp.float().cpu()
     return out
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _global_layout(ctx: DistContext, n: int) -> tuple[list[int], int]:
-    """Sample counts of every rank and this rank's offset in the global (rank-ordered) batch."""
-    sizes = [int(x) for x in ctx.all_gather_object(n)]
-    return sizes, sum(sizes[:ctx.rank])
+@torch.no_grad()
+def _sdpo_token_advantages(teacher, t_batch, student_lp: Tensor, student_out: Tensor, head_w: Tensor | None,
+                           ids: Tensor, cfg: UpdateConfig) -> Tensor:
+    """A_SDPO [B, T] = log π_teacher(y_t) - log π(y_t) at ``self_distillation.temperature`` (paper Sec. 3: the
+    sampled-token advantage whose policy gradient is the token-mode SDPO gradient). student_lp: the student's
+    log-probs at ``cfg.temperature`` (reused when the temperatures agree); student_out: its logits [B, T, V],
+    or hidden states [B, T, H] with ``head_w`` [V, H] (fused LM head)."""
+    temp = cfg.self_distillation.temperature
+    if head_w is not None:
+        t_hidden, t_head_w = teacher.hidden(t_batch)
+        lt = token_logprobs_from_hidden(t_hidden, t_head_w, ids, temp)
+        ls = student_lp if temp == cfg.temperature else token_logprobs_from_hidden(student_out, head_w, ids, temp)
+    else:
+        lt = token_logprobs(teacher.logits(t_batch), ids, temp)
+        ls = student_lp if temp == cfg.temperature else token_logprobs(student_out, ids, temp)
+    return (lt - ls.detach()).to(student_lp.dtype)
 
 
 def _reduce_metrics(metrics: dict[str, list[float]], batch_keys: set[str], n: int, steps: int,
@@ -241,164 +466,3 @@ def _reduce_metrics(metrics: dict[str, list[float]], batch_keys: set[str], n: in
             vec += [sum(v) * w, len(v) * w]
     tot = ctx.all_reduce(vec, "sum") if keys else torch.zeros(0)
     return {k: float(tot[2 * i] / tot[2 * i + 1]) for i, k in enumerate(keys) if float(tot[2 * i + 1]) > 0}
-
-
-def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg: UpdateConfig, *,
-                  seed: int = 0, dist: DistContext | None = None) -> dict[str, float]:
-    """Run ``cfg.ppo_epochs`` passes of mini-batch optimizer steps on ``batch``; return mean metrics.
-
-    The teacher is *not* updated here (the caller does it once per training step, after all mini-batches).
-
-    dist: data parallelism (:mod:`sdpo.distributed`). ``batch`` is then this rank's block of the global batch
-    (ranks in order, whole groups per rank); mini-batches are slices of the *global* sample order, losses are
-    normalised by global aggregation weights and gradients summed over ranks, so every rank takes the same
-    optimizer step as one process holding the global batch. Every rank runs the same number of forward /
-    backward passes and collectives (zero-weight dummy micro-batches pad the ranks with fewer rows).
-    """
-    ctx = dist or SINGLE
-    sd = cfg.self_distillation
-    device = _device(model)
-    n = len(batch)
-    if n == 0:
-        raise ValueError("policy_update: empty batch (each data-parallel rank needs at least one sample)")
-    use_sdpo = cfg.loss in ("sdpo", "hybrid")
-    use_grpo = cfg.loss in ("grpo", "hybrid")
-    metrics: dict[str, list[float]] = defaultdict(list)
-    batch_keys: set[str] = set()
-    sizes, offset = _global_layout(ctx, n)
-    n_global = sum(sizes)
-
-    # 1. Tensors: right-padded responses (to the global width: seq-mean-token-sum-norm divides by it),
-    #    sampler log-probs, student input layout.
-    width = None
-    if ctx.enabled:
-        width = int(ctx.all_reduce([max(1, max(len(r.response_ids) for r in batch.rollouts))], "max")[0])
-    response_ids = _pad([r.response_ids for r in batch.rollouts], tokenizer.pad_token_id, torch.long, width)
-    response_mask = _pad([[1] * len(r.response_ids) for r in batch.rollouts], 0, torch.long, width)
-    sampler_lp = _pad([r.logprobs for r in batch.rollouts], 0.0, torch.float32, width)
-    s_batch = student_inputs([r.prompt_ids for r in batch.rollouts], response_ids, response_mask,
-                             tokenizer.pad_token_id)
-    rewards = torch.tensor(batch.rewards, dtype=torch.float32)
-
-    # 2. GRPO advantages (per group of one question's rollouts; groups never straddle ranks).
-    advantages = group_advantages(rewards, batch.group_ids, norm_by_std=cfg.norm_adv_by_std)
-
-    # 3. Teacher contexts: successful sibling and/or feedback; samples with neither are masked out.
-    if use_sdpo:
-        contexts = build_teacher_messages(batch.prompts, [r.text for r in batch.rollouts], batch.rewards,
-                                          batch.group_ids, batch.feedback, sd)
-        for k, v in reprompt_metrics(contexts, batch.rewards, batch.group_ids, batch.feedback, sd).items():
-            metrics[k].append(v)
-            batch_keys.add(k)
-        t_batch = tokenize_teacher_inputs(tokenizer, contexts, response_ids, response_mask,
-                                          sd.max_reprompt_len, sd.reprompt_truncation)
-        sample_mask = torch.tensor([float(c.distill_mask) for c in contexts])
-    else:
-        sample_mask = torch.ones(n)
-
-    # 4. Old log-probs under the policy before the first update (IS weights, PPO ratios, rollout correction).
-    n_passes = -(-max(sizes) // cfg.micro_batch_size)
-    need_old = use_grpo or sd.is_clip is not None or cfg.rollout_correction_threshold is not None
-    old_lp = _old_logprobs(model, s_batch, response_ids, response_mask, cfg.micro_batch_size, cfg.temperature,
-                           cfg.fused_lm_head, n_passes) if need_old else None
-    old_lp_sd = old_lp
-    if need_old and use_sdpo and sd.is_clip is not None and sd.temperature != cfg.temperature:
-        old_lp_sd = _old_logprobs(model, s_batch, response_ids, response_mask, cfg.micro_batch_size,
-                                  sd.temperature, cfg.fused_lm_head, n_passes)
-    rc_weights = None
-    if cfg.rollout_correction_threshold is not None:
-        rc_weights, rc_metrics = rollout_is_weights(old_lp, sampler_lp, response_mask,
-                                                    cfg.rollout_correction_threshold)
-        for k, v in rc_metrics.items():
-            metrics[k].append(v)
-            batch_keys.add(k)
-
-    # 5. Mini-batch optimizer steps over the global sample order; micro-batch forward/backward with exact
-    #    accumulation scaling under the global mini-batch's aggregation weights; gradients summed over ranks.
-    mini = cfg.mini_batch_size or n_global
-    rng = random.Random(seed)
-    sd_mask = response_mask.float() * sample_mask[:, None]
-    params = [p for p in model.parameters() if p.requires_grad]
-    starts = [sum(sizes[:r]) for r in range(len(sizes))]
-    model.train()
-    for _epoch in range(cfg.ppo_epochs):
-        order = list(range(n_global))
-        if cfg.ppo_epochs > 1 or mini < n_global:
-            rng.shuffle(order)
-        for start in range(0, n_global, mini):
-            chosen = order[start:start + mini]
-            mini_rows = torch.tensor(sorted(g - offset for g in chosen if offset <= g < offset + n),
-                                     dtype=torch.long)
-            # every rank runs as many micro-batches as the rank with the most rows in this mini-batch
-            per_rank = [sum(1 for g in chosen if s0 <= g < s0 + sz) for s0, sz in zip(starts, sizes, strict=True)]
-            n_micro = max(-(-c // cfg.micro_batch_size) for c in per_rank)
-            denom = None
-            if ctx.enabled:
-                counts = [_agg_denominator(sd_mask[mini_rows], sd.loss_agg_mode),
-                          _agg_denominator(response_mask[mini_rows], sd.loss_agg_mode)]
-                denom = [float(x) for x in ctx.all_reduce(counts, "sum")]
-            optimizer.zero_grad(set_to_none=True)
-            chunks: list[torch.Tensor | None] = list(_split_rows(len(mini_rows), cfg.micro_batch_size))
-            chunks += [None] * (n_micro - len(chunks))
-            for local in chunks:
-                dummy = local is None  # zero-weight pass: same forward/backward/collectives, no contribution
-                rows = torch.tensor([0]) if dummy else mini_rows[local]
-                mb = _trim(_index(s_batch, rows)).to(device)
-                ids = response_ids[rows].to(device)
-                rmask = response_mask[rows].to(device)
-                rcw = rc_weights[rows].to(device) if rc_weights is not None else None
-                total = torch.zeros((), device=device)
-                if cfg.fused_lm_head:
-                    head_w = _plain_head_weight(model)  # refuses a LoRA-wrapped / biased head
-                    s_hidden = response_hidden(model, mb)
-                else:
-                    s_logits = response_logits(model, mb)
-                if use_sdpo:
-                    tb = _trim(_index(t_batch, rows)).to(device)
-                    scale = 0.0 if dummy else _acc_scale(sd_mask[mini_rows], local, sd.loss_agg_mode,
-                                                         denom[0] if denom else None)
-                    kw = dict(old_logprobs=old_lp_sd[rows].to(device) if sd.is_clip is not None else None,
-                              sample_mask=sample_mask[rows].to(device), rollout_is_weights=rcw)
-                    if cfg.fused_lm_head:
-                        # the teacher's own head: an EMA teacher of a full model has its own (EMA'd) weights
-                        t_hidden, t_head_w = teacher.hidden(tb)
-                        l_sd, m_sd = sdpo_loss_from_hidden(s_hidden, t_hidden, head_w, ids, rmask, sd,
-                                                           teacher_lm_head_weight=t_head_w, **kw)
-                    else:
-                        l_sd, m_sd = sdpo_loss(s_logits, teacher.logits(tb), ids, rmask, sd, **kw)
-                    w = cfg.hybrid_weight if cfg.loss == "hybrid" else 1.0
-                    total = total + w * scale * l_sd
-                    if not dummy:
-                        for k, v in m_sd.items():
-                            metrics[k].append(v)
-                if use_grpo:
-                    if cfg.fused_lm_head:
-                        lp = token_logprobs_from_hidden(s_hidden, head_w, ids, cfg.temperature)
-                    else:
-                        lp = token_logprobs(s_logits, ids, cfg.temperature)
-                    scale = 0.0 if dummy else _acc_scale(response_mask[mini_rows].float(), local,
-                                                         sd.loss_agg_mode, denom[1] if denom else None)
-                    l_pg, m_pg = grpo_loss(lp, old_lp[rows].to(device), advantages[rows].to(device), rmask,
-                                           clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
-                                           clip_ratio_c=cfg.clip_ratio_c, loss_agg_mode=sd.loss_agg_mode,
-                                           rollout_is_weights=rcw)
-                    w = (1.0 - cfg.hybrid_weight) if cfg.loss == "hybrid" else 1.0
-                    total = total + w * scale * l_pg
-                    if not dummy:
-                        for k, v in m_pg.items():
-                            metrics[k].append(v)
-                total.backward()
-                metrics["loss"].append(float(total.detach()))
-            ctx.all_reduce_grads(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
-                grad_norm = grad_norm.full_tensor()
-            metrics["grad_norm"].append(float(grad_norm))
-            if torch.isfinite(grad_norm):
-                optimizer.step()
-            else:
-                metrics["update/skipped_nonfinite"].append(1.0)
-            optimizer.zero_grad(set_to_none=True)
-    # "loss" is the sum of scaled micro-batch losses of each optimizer step; report it per optimizer step
-    steps = cfg.ppo_epochs * len(range(0, n_global, mini))
-    return _reduce_metrics(metrics, batch_keys, n, max(steps, 1), ctx)

@@ -7,9 +7,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "sdpo": {"backend", "app", "workers"},
-    "backend": {"sdpo", "app", "workers"},
-    "app": {"sdpo", "workers"},
+    "sdpo": {"backend", "app", "workers"},  # sdpo may use sdpo_sandbox (the code environment does)
+    "sdpo_sandbox": {"sdpo", "backend", "app", "workers"},  # the sandbox imports nothing of the project
+    "backend": {"sdpo", "sdpo_sandbox", "app", "workers"},
+    "app": {"sdpo", "sdpo_sandbox", "workers"},
 }
 
 

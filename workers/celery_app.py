@@ -23,6 +23,8 @@ log = logging.getLogger("sdpo.worker")
 
 app = make_celery(get_settings())
 app.conf.include = ["workers.tasks"]
+# Celery's solo pool, whose terminate_job stops the running job instead of raising (workers.pool).
+app.conf.worker_pool = "workers.pool:StoppableSoloPool"
 
 
 @cache
@@ -79,6 +81,14 @@ def _on_ready(**_kwargs) -> None:
     _presence.start()
     log.info("worker %s ready on queue(s) %s (GPUs offered: %s)", ctx.worker_id, ",".join(ctx.queues),
              ctx.gpus if ctx.gpus is not None else "no CUDA; N-GPU jobs run as gloo processes")
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(sig=None, how=None, **_kwargs) -> None:
+    """SIGTERM, Ctrl-C (SIGINT), SIGQUIT: the running job stops at its next stop check (within seconds) instead
+    of running to its end; ``workers.runner.run_job`` then ends it ``cancelled`` if a cancel was requested, else
+    hands it back to the queue. Runs inside the signal handler: only sets a flag."""
+    context().request_stop(f"the worker was shut down ({sig or 'signal'}, {str(how or 'warm').lower()} shutdown)")
 
 
 @signals.worker_shutdown.connect

@@ -10,6 +10,7 @@ Service commands (same services as the UI, for scripts):
     sdpo submit train --config C.yaml [--set max_steps=10] [--gpus 2]
     sdpo jobs list [--json] [--status running] [--kind solve] [--search text]
     sdpo jobs show ID [--json]
+    sdpo jobs attempts ID            (JSON lines)
     sdpo jobs cancel ID
 
 Invalid input exits with code 2 and a message naming the field; nothing is queued then.
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
 from sdpo.cli import app, fail
 
@@ -53,47 +53,6 @@ def _sessions(settings):
     if settings.database_url.startswith("sqlite"):
         upgrade(settings.database_url)
     return session_factory_from_settings(settings)
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["lr=1e-5", "self_distillation.alpha=1"]`` -> ``{"lr": 1e-5, "self_distillation": {"alpha": 1}}``.
-
-    Values are parsed as YAML scalars/lists (numbers, true/false, null, [1, 2]); dotted keys nest.
-    """
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {pair!r}: expected KEY=VALUE")
-        value = _scalar(raw)
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {pair!r}: {p} is not a mapping")
-        node[parts[-1]] = value
-    return out
-
-
-def _scalar(raw: str) -> Any:
-    """int, then float (YAML 1.1 reads ``1e-5`` as a string), then YAML (bools, null, lists), else text."""
-    for convert in (int, float):
-        try:
-            return convert(raw)
-        except ValueError:
-            pass
-    try:
-        return yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        return raw
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- db
@@ -127,8 +86,9 @@ def worker_cmd(
     from workers.celery_app import app as celery_app
 
     queues = settings.consumed_queues(settings.worker_gpus or visible_gpus())
+    # no --pool: the app's worker_pool (workers.pool, the solo pool that can stop its job) is used
     celery_app.worker_main([
-        "worker", "--pool", "solo", "--concurrency", "1", "--queues", ",".join(queues),
+        "worker", "--concurrency", "1", "--queues", ",".join(queues),
         "--loglevel", loglevel, "--hostname", hostname or f"sdpo-{os.getpid()}@%h", "--without-mingle",
         "--without-gossip",
     ])
@@ -193,25 +153,27 @@ def submit_solve(
         cfg["strategy"] = strategy
     if budget is not None:
         cfg["budget"] = budget
-    try:
-        cfg = deep_merge(cfg, parse_overrides(set_))
-    except ValueError as e:
-        fail(str(e))
-    _submit("solve", cfg, problem_data=problem_text, model=model)
+    _submit("solve", _with_overrides(cfg, set_), problem_data=problem_text, model=model)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
+    """A config file read with the one settings parser (``sdpo.config``: ``lr: 1e-5`` is a number)."""
+    from sdpo.config import ConfigError, read_config_file
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        fail(f"config: cannot read {path}: {e.strerror}")
-    except yaml.YAMLError as e:
-        fail(f"config: {path} is not valid YAML/JSON: {e}")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        fail(f"config: {path} must hold a mapping of settings, got {type(data).__name__}")
-    return data
+        return read_config_file(path)
+    except ConfigError as e:
+        fail(str(e))
+
+
+def _with_overrides(cfg: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` applied to ``cfg`` (``sdpo.config.apply_overrides``; dotted keys nest)."""
+    from sdpo.config import ConfigError, apply_overrides
+
+    try:
+        return apply_overrides(cfg, pairs)
+    except ConfigError as e:
+        fail(str(e))
 
 
 @submit_app.command("train")
@@ -222,13 +184,14 @@ def submit_train(
     dataset: str = typer.Option(None, "--dataset", help="Name of a registered/uploaded dataset."),
     model: str = typer.Option("", "--model", help="Model folder (overrides model_path)."),
 ) -> None:
-    """Queue a training run; prints the job id."""
+    """Queue a training run; prints the job id. The job writes into its own folder (SDPO_DATA_DIR/jobs/ID):
+    an out_dir in the config file (there for `sdpo train`) is left out, with a note."""
     cfg = _read_config(config)
-    try:
-        cfg = deep_merge(cfg, parse_overrides(set_))
-    except ValueError as e:
-        fail(str(e))
-    _submit("train", cfg, model=model, gpus=gpus, dataset=dataset)
+    for key in ("out_dir", "run_dir"):
+        if key in cfg and key not in {p.partition("=")[0].strip() for p in set_}:
+            typer.echo(f"note: {key}: {cfg.pop(key)!r} from {config} is not used; the job writes into its own "
+                       "folder (SDPO_DATA_DIR/jobs/<id>)", err=True)
+    _submit("train", _with_overrides(cfg, set_), model=model, gpus=gpus, dataset=dataset)
 
 
 # ----------------------------------------------------------------------------------------------- jobs
@@ -271,36 +234,82 @@ def jobs_list(
         typer.echo(f"{r.id:>6}  {r.kind:6} {r.status:10} {_dt(r.created_at):20} {r.label}")
 
 
+# Metrics the text summary shows per round when logged (--json has them all).
+ROUND_METRICS = ("reward/mean", "loss", "grad_norm", "sdpo/reprompt_fraction", "ttt/updated",
+                 "response/length_mean", "response/truncated_fraction")
+
+
+def round_line(kind: str, r) -> str:
+    """One line of ``jobs show``: a solve round (its attempts numbered as in attempts.jsonl and the UI table)
+    or a training step."""
+    if kind == "solve":
+        head = f"round {r.round}"
+        if r.attempts:
+            last = r.first_attempt + r.attempts - 1
+            head += f": attempts {r.first_attempt}-{last}" if r.attempts > 1 else f": attempt {r.first_attempt}"
+    else:
+        head = f"step {r.round}" + (f": {r.attempts} rollouts" if r.attempts else "")
+    parts = [head]
+    if r.attempts and r.tests is not None:
+        parts.append(f"best {r.best_passed}/{r.tests} tests, mean reward {r.reward_mean:.3g}"
+                     + (f", {r.solved} solved" if r.solved else ""))
+    shown = [f"{name}={r.metrics[name]:.4g}" for name in ROUND_METRICS if name in r.metrics]
+    seconds = r.metrics.get("perf/step_s", sum(v for k, v in r.metrics.items()
+                                               if k.startswith("perf/") and k.endswith("_s")))
+    if seconds:
+        shown.append(f"{seconds:.1f} s")
+    return "  " + " · ".join(parts + ([" ".join(shown)] if shown else []))
+
+
 @jobs_app.command("show")
 def jobs_show(job_id: int = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
-    """Status, error, attempts count, last metrics and checkpoints of one job."""
+    """Status, error, every round (attempts, rewards, metrics, time), checkpoints and result of one job."""
     from backend.db import session_scope
     from backend.errors import NotFound
-    from backend.services.jobs import job_detail
+    from backend.services.jobs import job_detail, round_summaries
 
     settings = _settings()
     with session_scope(_sessions(settings)) as s:
         try:
             d = job_detail(s, job_id=job_id)
+            rounds = round_summaries(s, job_id=job_id)
         except NotFound as e:
             fail(str(e))
     if as_json:
-        typer.echo(json.dumps(d.model_dump(mode="json"), indent=1))
+        typer.echo(json.dumps({**d.model_dump(mode="json"), "rounds": [r.model_dump() for r in rounds]}, indent=1))
         return
     typer.echo(f"job {d.id} ({d.kind}) {d.status}; attempts {d.n_attempts}; worker {d.worker_id or '-'}")
     if d.error:
         typer.echo(f"error: {d.error}")
-    for name, value in sorted(d.last_metrics.items()):
-        typer.echo(f"  step {d.last_step} {name} = {value:g}")
+    for r in rounds:
+        typer.echo(round_line(d.kind, r))
     for c in d.checkpoints:
         typer.echo(f"  checkpoint step {c.step} {c.kind} {c.path} ({c.bytes} bytes)")
     if d.result:
         typer.echo(f"result: {json.dumps(d.result)}")
 
 
+@jobs_app.command("attempts")
+def jobs_attempts(job_id: int = typer.Argument(...)) -> None:
+    """A job's attempts as JSON lines, in (round, index) order: the texts as stored (what the UI shows and the
+    job's attempts.jsonl holds), with the raw response file where one was kept."""
+    from backend.db import session_scope
+    from backend.errors import NotFound
+    from backend.services.jobs import get_job, iter_attempt_lines
+
+    settings = _settings()
+    with session_scope(_sessions(settings)) as s:
+        try:
+            get_job(s, job_id=job_id)
+        except NotFound as e:
+            fail(str(e))
+        for line in iter_attempt_lines(s, job_id=job_id, jobs_dir=settings.jobs_dir):
+            typer.echo(line, nl=False)
+
+
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: int = typer.Argument(...)) -> None:
-    """Cancel a job (queued: at once; running: after the current step)."""
+    """Cancel a job (queued: at once; running: within seconds, keeping what it had committed)."""
     from backend.db import session_scope
     from backend.errors import IllegalTransition, NotFound
     from backend.queue import JobQueue

@@ -8,18 +8,18 @@ The services never import ``sdpo``; they take these functions as arguments:
   the normalized config (every field, defaults filled) that is stored on the job;
 * ``parse_problem(data)`` parses with ``sdpo.data.problem.Problem.parse``.
 
-Both re-raise engine errors as ``backend.errors.InvalidInput`` naming the field. (``strategy`` as another name
-of ``distributed``, and ``distributed: fsdp`` on a CPU-only host, are the trainer's own rules now:
-``TrainConfig.from_dict``.)
+Both re-raise engine errors as ``backend.errors.InvalidInput`` naming the field. (``distributed: fsdp`` on a
+CPU-only host is the trainer's own rule: ``TrainConfig.from_dict``.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from backend.errors import InvalidInput
-from backend.schemas import AttemptIn, ParsedProblem
+from backend.schemas import AttemptIn, ParsedProblem, RawConfig
 
 # Keys of a train config that the worker sets per job (the job's folder, its resume point); a submitted
 # config may not choose them.
@@ -57,24 +57,67 @@ def build_train_config(config: dict[str, Any], **runtime: Any):
     return TrainConfig.from_dict({**config, **{k: v for k, v in runtime.items() if v is not None}})
 
 
-def validate_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
-    """Build the engine config of ``kind`` from ``config``; return it normalized, or raise ``InvalidInput``."""
+def compose(config: dict[str, Any] | RawConfig) -> dict[str, Any]:
+    """A mapping from a ``RawConfig`` as typed in a form, read by the one settings parser
+    (``sdpo.config.compose_config``); a mapping is returned as it is."""
+    if not isinstance(config, RawConfig):
+        return dict(config)
+    from sdpo.config import compose_config
+
+    return compose_config(config.values, config.fields, config.text, text_field=config.text_field,
+                          fixed=config.fixed)
+
+
+def model_for(kind: str, config: dict[str, Any], model: str = "") -> tuple[str, str | None]:
+    """(field, path) of the model a job will load: ``model`` (field "model"), else a train config's
+    ``model_path``, else the server's default (``Settings.model``; field "model"). InvalidInput when there is no
+    checkpoint there, unless it is the default tiny model, which the worker builds on first use (the path is
+    then None: not built yet)."""
+    from backend.settings import get_settings
+
+    settings = get_settings()
+    field, path = "model", (model or "").strip()
+    if not path and kind == "train" and config.get("model_path"):
+        field, path = "model_path", str(config["model_path"])
+    if not path:
+        path = settings.model
+    p = Path(path).expanduser()
+    if (p / "config.json").is_file():
+        return field, str(p)
+    if p.resolve() == settings.default_model_path.resolve():
+        return field, None
+    raise InvalidInput(field, f"no Hugging Face checkpoint (config.json) at {path}; give a local checkpoint folder "
+                       f"as seen by the workers (build the demo model with `sdpo make-tiny-model --out {path}`)")
+
+
+def validate_config(kind: str, config: dict[str, Any] | RawConfig, *, model: str = "",
+                    gpu: bool | None = None) -> dict[str, Any]:
+    """Build the engine config of ``kind`` from ``config`` (a mapping or a form's ``RawConfig``) for the job's
+    ``model`` ("" = the server's default, checked to exist now, not when the job runs); the settings it leaves
+    unset get defaults that fit the model and the machines (``sdpo.sizing.fit_config``; ``gpu``: whether the
+    workers offer GPUs, None = not known). Return it normalized, or raise ``InvalidInput``."""
+    from sdpo.sizing import fit_config
+
     try:
-        if kind == "solve":
-            return _to_dict(build_solve_config(config))
+        config = compose(config)
+        if kind not in ("solve", "train"):
+            raise InvalidInput("kind", f"got {kind!r}; allowed values are 'solve', 'train'")
         if kind == "train":
             for key in TRAIN_RUNTIME_KEYS:
                 if config.get(key):
                     raise InvalidInput(key, "is set by the worker for each job (the job's folder); leave it out")
-            normalized = _to_dict(build_train_config(config))
-            for key in TRAIN_RUNTIME_KEYS:
-                normalized.pop(key, None)
-            return normalized
+        _, path = model_for(kind, config, model)
+        config = fit_config(kind, config, model_path=path, cuda=gpu)
+        if kind == "solve":
+            return _to_dict(build_solve_config(config))
+        normalized = _to_dict(build_train_config(config))
+        for key in TRAIN_RUNTIME_KEYS:
+            normalized.pop(key, None)
+        return normalized
     except InvalidInput:
         raise
     except (ValueError, TypeError) as e:
         raise _field_error(e, "config") from None
-    raise InvalidInput("kind", f"got {kind!r}; allowed values are 'solve', 'train'")
 
 
 def parse_problem(data: dict[str, Any]) -> ParsedProblem:

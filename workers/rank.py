@@ -29,6 +29,7 @@ def main(argv: list[str]) -> int:
         print("workers.rank: SDPO_JOB_OWNER (the id of the worker that owns the job) is not set", file=sys.stderr)
         return 2
     job_id, config_path = int(argv[0]), Path(argv[1])
+    from backend.errors import NotRecorded
     from backend.settings import get_settings
     from sdpo.trainer import train
     from workers.engine import build_train_config
@@ -36,7 +37,11 @@ def main(argv: list[str]) -> int:
 
     ctx = WorkerContext.from_settings(get_settings(), detect_gpus=False)
     cfg = build_train_config(json.loads(config_path.read_text()))
-    result = train(cfg, DbCallbacks(ctx, job_id, None, owner=owner).as_callbacks())
+    try:
+        result = train(cfg, DbCallbacks(ctx, job_id, None, owner=owner).as_callbacks())
+    except NotRecorded as e:  # the worker fails the job with this one line (workers.runner.run_train_ranks)
+        (config_path.parent / "not_recorded.json").write_text(json.dumps({"what": e.what, "reason": e.reason}))
+        raise
     if int(os.environ.get("RANK", "0")) == 0:
         (config_path.parent / "result.json").write_text(json.dumps(_result_dict(result)))
     return 0

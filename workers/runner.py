@@ -16,6 +16,14 @@ Crash safety (issue 6):
   worker still owning the job, so a worker that lost its job cannot write after a takeover;
 * an N-GPU job's ranks die with their worker (parent-death signal through ``torchrun``) and stop by themselves
   when the job stops being their worker's.
+
+Stopping: a cancel is seen within about a second, while the engine generates, scores or updates
+(``DbCallbacks.should_stop``, polled through ``sdpo.callbacks.StopPoll``), and the job ends ``cancelled`` with
+what it had committed. A worker that is shut down (SIGTERM, Ctrl-C, Celery's cold shutdown) stops its running
+job the same way (``WorkerContext.request_stop``): it ends ``cancelled`` if a cancel was requested, else it goes
+back to the queue to be resumed by the next worker (``backend.services.jobs.release_job``; ``failed`` with a
+one-line reason after ``max_resumes`` resumes). An N-GPU job's ranks stop at step boundaries; the worker
+stops their process group if they have not stopped a few seconds after the request.
 """
 
 from __future__ import annotations
@@ -32,17 +40,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.db import session_factory_from_settings, session_scope
-from backend.errors import JobLost
+from backend.errors import JobLost, NotFound, NotRecorded
 from backend.queue import JobQueue
 from backend.services import jobs as J
 from backend.services.workers import touch_worker
 from backend.settings import Settings
+from backend.text import database_error_reason
 from workers.engine import attempt_in, build_solve_config, build_train_config
 
 log = logging.getLogger("sdpo.worker")
+# Seconds the ranks of an N-GPU job get to stop by themselves (at a step boundary) after a cancel or shutdown.
+RANKS_STOP_GRACE_S = 3.0
 
 
 def visible_gpus() -> int | None:
@@ -65,6 +77,16 @@ class WorkerContext:
     sessions: sessionmaker[Session]
     worker_id: str
     gpus: int | None = None
+    # Set when the worker process is shutting down: the running job stops at its next stop check.
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    stop_reason: str = ""
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the running job (and any job this worker would start) to stop: the worker is shutting down.
+        Safe inside a signal handler (sets a flag)."""
+        if not self.stopping.is_set():
+            self.stop_reason = reason
+        self.stopping.set()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, detect_gpus: bool = True) -> WorkerContext:
@@ -129,7 +151,8 @@ class DbCallbacks:
         self.cancelled = False
         self.lost = threading.Event()
 
-    def _write(self, fn, **kwargs) -> None:
+    def _write(self, fn, what: str, **kwargs) -> None:
+        """Commit one write; a database error becomes ``NotRecorded`` naming ``what`` with a one-line reason."""
         if self.lost.is_set():
             return
         try:
@@ -138,19 +161,42 @@ class DbCallbacks:
         except JobLost:
             log.warning("job %s is no longer %s's; its progress is not recorded", self.job_id, self.owner)
             self.lost.set()
+        except SQLAlchemyError as e:
+            log.exception("job %s: the database refused %s", self.job_id, what)
+            raise NotRecorded(what, database_error_reason(e)) from None
 
     def on_attempts(self, attempts: list[Any]) -> None:
-        self._write(J.record_attempts, attempts=[attempt_in(a) for a in attempts])
+        """Record a round's attempts. If the database refuses the batch, each attempt is recorded alone, and
+        one it still refuses is recorded as a stand-in carrying the reason (``record_unstored_attempt``) so
+        the job goes on with complete attempts; only when even that fails does the job fail."""
+        rows = [attempt_in(a) for a in attempts]
+        jobs_dir = self.ctx.settings.jobs_dir
+        try:
+            self._write(J.record_attempts, f"the attempts of round {rows[0].round}" if rows else "attempts",
+                        attempts=rows, jobs_dir=jobs_dir)
+            return
+        except NotRecorded:
+            pass
+        for row in rows:
+            what = f"attempt {row.index} of round {row.round}"
+            try:
+                self._write(J.record_attempts, what, attempts=[row], jobs_dir=jobs_dir)
+            except NotRecorded as e:
+                log.error("job %s: %s is recorded without its texts: %s", self.job_id, what, e.reason)
+                self._write(J.record_unstored_attempt, what, attempt=row, reason=e.reason, jobs_dir=jobs_dir)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self._write(J.append_metrics, step=step, metrics=metrics)
+        self._write(J.append_metrics, f"the metrics of step {step}", step=step, metrics=metrics)
 
     def on_checkpoint(self, step: int, path: str, kind: str) -> None:
-        self._write(J.register_checkpoint, step=step, kind=kind, path=path)
+        self._write(J.register_checkpoint, f"the checkpoint of step {step}", step=step, kind=kind, path=path)
 
     def should_stop(self) -> bool:
-        """Stop when the job was cancelled, deleted, or is no longer running under its owner (reaped,
-        re-enqueued, taken over); checked before every round/step (on every rank of an N-GPU job)."""
+        """Stop when the worker is shutting down, the job was cancelled or deleted, or it is no longer running
+        under its owner (reaped, re-enqueued, taken over). Checked before every round/step (on every rank of an
+        N-GPU job) and, at most twice a second, inside them (``sdpo.callbacks.StopPoll``)."""
+        if self.ctx.stopping.is_set():
+            return True
         if self.lost.is_set() or (self.heartbeat is not None and self.heartbeat.lost.is_set()):
             return True
         with session_scope(self.ctx.sessions) as s:
@@ -225,6 +271,20 @@ def reap(ctx: WorkerContext) -> list[tuple[int, str]]:
     return reaped
 
 
+def defer_message(ctx: WorkerContext, job_id: int, kind: str, task_id: str) -> str:
+    """A job message reached this worker while it shuts down: send it back to the job's queue unchanged (same
+    task id) for the next worker and return ``"deferred"``. (Celery's ``Reject(requeue=True)`` would do the
+    same but logs a traceback.) A message of a deleted job is dropped."""
+    try:
+        with session_scope(ctx.sessions) as s:
+            gpus = J.get_job(s, job_id=job_id).gpus
+    except NotFound:
+        return "skipped"
+    ctx.job_queue().enqueue(kind, job_id, task_id, gpus)
+    log.info("job %s: message sent back to the queue (this worker is shutting down)", job_id)
+    return "deferred"
+
+
 def gpu_shortfall(ctx: WorkerContext, gpus: int) -> str | None:
     """Why this worker cannot run a job on ``gpus`` GPUs (None when it can). A CPU worker (no CUDA, no
     ``SDPO_WORKER_GPUS``) runs any count as gloo processes."""
@@ -285,15 +345,18 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
         else:
             result = run_train(ctx, config=config, model=model, job_dir=job_dir, callbacks=callbacks,
                                resume_from=resume_from, gpus=gpus, job_id=job_id)
-        # 5. Decide how it ended: an engine that stopped early on the cancel flag ends the job cancelled; one
-        # that ran to its end succeeded even if a cancel arrived after its last check.
+        # 5. Decide how it ended: an engine that stopped early (cancel, worker shutdown) is settled in step 6;
+        # one that ran to its end succeeded even if a cancel arrived after its last check.
         stopped = result.get("stopped") if isinstance(result, dict) else getattr(result, "stopped", None)
-        if stopped if stopped is not None else callbacks.cancelled:
-            status, error = "cancelled", "cancelled by the user"
+        if stopped if stopped is not None else (callbacks.cancelled or ctx.stopping.is_set()):
+            status = "stopped"
     except Exception as e:  # noqa: BLE001 - the job records the failure; the worker lives on
-        log.exception("job %s failed", job_id)
-        tb = traceback.format_exception(type(e), e, e.__traceback__)
-        status, error = "failed", f"{type(e).__name__}: {e}\n\n{''.join(tb[-6:])}"
+        if ctx.stopping.is_set():  # interrupted by the shutdown: handed back (step 6), not a failure of the job
+            log.warning("job %s stopped by the worker's shutdown with %s: %s", job_id, type(e).__name__, e)
+            status = "stopped"
+        else:
+            log.exception("job %s failed", job_id)
+            status, error = "failed", failure_text(e)
     finally:
         heartbeat.stop()
         lost = heartbeat.lost.is_set() or callbacks.lost.is_set()
@@ -302,11 +365,47 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
         log_handler.close()
     if heartbeat.lost.is_set() or callbacks.lost.is_set():
         return "lost"
+    # 6. A stopped job ends cancelled when a cancel was requested (also when the worker is shutting down);
+    # stopped by a shutdown alone, it goes back to the queue (or fails after max_resumes resumes).
+    if status == "stopped":
+        with session_scope(ctx.sessions) as s:
+            if J.cancel_requested(s, job_id=job_id) or not ctx.stopping.is_set():
+                status, error = "cancelled", "cancelled by the user"
+            else:
+                outcome = J.release_job(s, job_id=job_id, worker_id=ctx.worker_id,
+                                        reason=ctx.stop_reason or "the worker was shut down",
+                                        enqueue=ctx.job_queue().enqueue, max_resumes=ctx.settings.max_resumes)
+                touch_worker(s, worker_id=ctx.worker_id, current_job_id=None)
+                log.info("job %s %s: %s", job_id, outcome, ctx.stop_reason)
+                return outcome
     with session_scope(ctx.sessions) as s:
         done = J.finish_job(s, job_id=job_id, worker_id=ctx.worker_id, status=status, error=error,
                             result=_result_dict(result))
         touch_worker(s, worker_id=ctx.worker_id, current_job_id=None)
+    if done:
+        write_attempts_file(ctx, job_id)
     return status if done else "lost"
+
+
+def failure_text(e: BaseException) -> str:
+    """A failed job's error text: the one-line reason when the database refused a write or failed (never
+    SQL, parameters or a framework traceback), else the engine's exception with the end of its traceback."""
+    if isinstance(e, NotRecorded):
+        return str(e)
+    if isinstance(e, SQLAlchemyError):
+        return f"the database failed ({database_error_reason(e)}); what was recorded before is kept"
+    tb = traceback.format_exception(type(e), e, e.__traceback__)
+    return f"{type(e).__name__}: {e}\n\n{''.join(tb[-6:])}"
+
+
+def write_attempts_file(ctx: WorkerContext, job_id: int) -> None:
+    """``attempts.jsonl`` in the job's folder: its attempts as stored (the text the UI and ``sdpo jobs
+    attempts`` show). A file that cannot be written is logged; the job's outcome stands."""
+    try:
+        with session_scope(ctx.sessions) as s:
+            J.write_attempts_file(s, job_id=job_id, jobs_dir=ctx.settings.jobs_dir)
+    except Exception:  # noqa: BLE001 - a copy of what is in the database
+        log.exception("job %s: could not write attempts.jsonl", job_id)
 
 
 def run_solve(ctx: WorkerContext, *, config: dict[str, Any], model: str, problem_data: dict[str, Any] | None,
@@ -354,23 +453,43 @@ def run_train_ranks(ctx: WorkerContext, *, cfg: Any, gpus: int, job_id: int | No
     config_path = job_dir / "rank_config.json"
     config_path.write_text(json.dumps(cfg.to_dict()))
     (job_dir / "result.json").unlink(missing_ok=True)
+    (job_dir / "not_recorded.json").unlink(missing_ok=True)
     # torchrun dies with this worker (workers.lifeline: parent-death signal), and its ranks with it; the ranks
     # write as this worker (SDPO_JOB_OWNER) and stop by themselves when the job is no longer its.
     cmd = [sys.executable, "-m", "workers.lifeline", str(os.getpid()),
            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
            "-m", "workers.rank", str(job_id), str(config_path)]
     env = dict(os.environ, SDPO_JOB_OWNER=callbacks.owner, SDPO_WORKER_PID=str(os.getpid()))
+    stop_asked: float | None = None  # when a cancel or shutdown was first seen
+    terminated = False
     with open(job_dir / "torchrun.log", "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             while proc.poll() is None:
                 if callbacks.heartbeat is not None and callbacks.heartbeat.lost.is_set():
                     os.killpg(proc.pid, signal.SIGTERM)  # torchrun forwards it to the ranks
-                time.sleep(ctx.settings.heartbeat_interval_s)
+                elif stop_asked is None and callbacks.should_stop():
+                    stop_asked = time.monotonic()
+                if stop_asked is not None and not terminated and time.monotonic() - stop_asked > RANKS_STOP_GRACE_S:
+                    # the ranks stop at step boundaries; a long step is cut short here (nothing of it was kept)
+                    log.info("job %s: the ranks did not stop within %.0f s; stopping them", job_id,
+                             RANKS_STOP_GRACE_S)
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    terminated = True
+                elif terminated and time.monotonic() - stop_asked > RANKS_STOP_GRACE_S + 10:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                time.sleep(min(1.0, ctx.settings.heartbeat_interval_s))
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)  # the ranks follow (parent-death signal)
                 proc.wait()
+    if terminated:  # stopped by us: rank 0's result if it got to write one, else what we know
+        try:
+            return {**json.loads((job_dir / "result.json").read_text()), "stopped": True}
+        except (OSError, ValueError):
+            return {"stopped": True}
+    if proc.returncode != 0 and (job_dir / "not_recorded.json").exists():  # a rank's write the database refused
+        raise NotRecorded(**json.loads((job_dir / "not_recorded.json").read_text()))
     if proc.returncode != 0:
         tail = (job_dir / "torchrun.log").read_text(errors="replace").splitlines()[-15:]
         raise RuntimeError(f"torchrun with {gpus} ranks exited with {proc.returncode}:\n" + "\n".join(tail))

@@ -1,18 +1,17 @@
-"""Small helpers shared by the views: typed values from text boxes, dotted config paths, status lines."""
+"""Small helpers shared by the views: dotted config paths, status lines, plots. (Values typed in the forms are
+read by the engine when it validates a job: ``backend.schemas.RawConfig``.)"""
 
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from backend.errors import InvalidInput
 from backend.models import TERMINAL_STATUSES
 from backend.schemas import JobDetail
+from backend.services.ui import Progress
 
 STATUS_ICONS = {"queued": "…", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "■"}
 
@@ -59,48 +58,6 @@ def badge(status: str) -> str:
     return f'<span class="sdpo-badge sdpo-{html.escape(status)}">{STATUS_ICONS.get(status, "")} {html.escape(status)}</span>'
 
 
-def parse_value(raw: Any) -> Any:
-    """A config value from a text box: int, float, true/false/null, a YAML list, else the text itself.
-    Empty text is None (meaning "keep the default")."""
-    if raw is None:
-        return None
-    if not isinstance(raw, str):
-        return raw
-    text = raw.strip()
-    if not text:
-        return None
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def parse_int(field: str, raw: Any, *, what: str, minimum: int = 1) -> int:
-    """A whole number from a text box, or ``InvalidInput`` naming the field and what it expects."""
-    if isinstance(raw, bool):
-        raise InvalidInput(field, f"got {raw!r}; expected {what}")
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        value = raw
-    else:
-        text = str(raw or "").strip()
-        if not text:
-            raise InvalidInput(field, f"is empty; expected {what}")
-        try:
-            value = float(text)
-        except ValueError:
-            raise InvalidInput(field, f"got {text!r}; expected {what}") from None
-    if not math.isfinite(value) or value != int(value):
-        raise InvalidInput(field, f"got {raw!r}; expected {what}")
-    if value < minimum:
-        raise InvalidInput(field, f"got {int(value)}; must be >= {minimum}")
-    return int(value)
-
-
 def get_path(d: dict[str, Any], dotted: str) -> Any:
     node: Any = d
     for part in dotted.split("."):
@@ -133,21 +90,6 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_yaml_mapping(field: str, text: str | None) -> dict[str, Any]:
-    """A mapping from a YAML editor (empty -> {}), or ``InvalidInput`` naming the field."""
-    if not text or not text.strip():
-        return {}
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise InvalidInput(field, f"not valid YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise InvalidInput(field, f"expected a mapping of settings (key: value), got {type(data).__name__}")
-    return data
-
-
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -159,6 +101,15 @@ def fmt_duration(seconds: float | None) -> str:
         return f"{m} min {s:02d} s"
     h, m = divmod(m, 60)
     return f"{h} h {m:02d} min"
+
+
+def progress_text(p: Progress, *, running: bool) -> str:
+    """' · 12 s per round · about 2 min 30 s for the remaining 12 attempts' (the estimate while it runs)."""
+    per = "step" if p.unit == "steps" else "round"
+    text = f" · {fmt_duration(p.per_round_s) if p.per_round_s >= 1 else f'{p.per_round_s:.1f} s'} per {per}"
+    if running and p.remaining > 0:
+        text += f" · about {fmt_duration(p.remaining_s)} for the remaining {p.remaining} {p.unit}"
+    return text
 
 
 def error_md(message: str) -> str:

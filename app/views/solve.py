@@ -16,7 +16,6 @@ import pandas as pd
 
 from app.context import AppContext
 from app.views.common import (
-    deep_merge,
     error_md,
     get_path,
     has_path,
@@ -24,15 +23,13 @@ from app.views.common import (
     job_id_of,
     legend_updates,
     ok_md,
-    parse_int,
-    parse_value,
-    parse_yaml_mapping,
     plot_frame,
+    progress_text,
     series_of,
-    set_path,
     status_line,
 )
 from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
+from backend.schemas import RawConfig
 from backend.services import jobs as J
 from backend.services import picker as P
 from backend.services import ui as U
@@ -94,21 +91,19 @@ def pick_problem(ctx: AppContext, key: Any) -> dict[str, Any]:
 
 
 def build_solve_config(*, strategy: str, budget: Any, adapter: str, extra_yaml: str,
-                       advanced: dict[str, Any]) -> dict[str, Any]:
-    """The solve config of the form (the engine's validator checks it): strategy, budget, adapter, the
-    Advanced fields (text parsed to numbers; empty = default) and the free-form YAML overrides."""
-    cfg: dict[str, Any] = {"strategy": strategy,
-                           "budget": parse_int("budget", budget, what="a whole number of attempts, e.g. 16")}
+                       advanced: dict[str, Any]) -> RawConfig:
+    """The solve config of the form as typed: strategy and adapter (choices), the budget and Advanced boxes
+    (text; empty = the default) and the free-form YAML. The engine reads the text when it validates the job
+    (one parser for forms, command lines and config files: ``1e-5`` is a number everywhere)."""
+    values: dict[str, Any] = {"strategy": strategy}
     if adapter:
-        cfg["adapter"] = adapter
-    for path, raw in advanced.items():
-        value = parse_value(raw)
-        if value is not None:
-            set_path(cfg, path, value)
-    return deep_merge(cfg, parse_yaml_mapping("extra settings", extra_yaml))
+        values["adapter"] = adapter
+    fields = (("budget", "" if budget is None else str(budget)),
+              *((path, "" if raw is None else str(raw)) for path, raw in advanced.items()))
+    return RawConfig(values=values, fields=fields, text=extra_yaml or "", text_field="extra settings")
 
 
-def submit(ctx: AppContext, *, problem: dict[str, Any], config: dict[str, Any], model: str = "") -> int:
+def submit(ctx: AppContext, *, problem: dict[str, Any], config: dict[str, Any] | RawConfig, model: str = "") -> int:
     """Create the problem and queue the job; ``InvalidInput`` leaves nothing stored or queued."""
     with ctx.session() as s:
         job = U.submit_solve(s, problem=problem, config=config, settings=ctx.settings,
@@ -145,6 +140,7 @@ def snapshot(ctx: AppContext, job_id: int) -> SolveSnapshot:
         problem = J.get_job(s, job_id=job_id).problem
         n_public = problem.n_public_tests if problem else (attempts[0].total_public if attempts else 0)
         n_hidden = problem.n_hidden_tests if problem else 0
+        progress = U.job_progress(s, job_id=job_id, kind="solve", config=d.config)
     line = status_line(d)
     if rows:
         best = max(r.reward for r in rows)
@@ -152,6 +148,8 @@ def snapshot(ctx: AppContext, job_id: int) -> SolveSnapshot:
     budget = d.config.get("budget")
     if budget:
         line += f" / budget {budget}"
+    if progress is not None:
+        line += progress_text(progress, running=d.status == "running" and solution is None)
     if solution is not None:
         line += " · **solved** 🎉"
     df = pd.DataFrame([[r.round, r.number, r.public, r.hidden, r.reward, r.tokens, "✓" if r.solved else ""]
@@ -179,6 +177,9 @@ def attempt_view(ctx: AppContext, attempt_id: int) -> tuple[str, str, str]:
         hidden = "" if a.total_hidden is None else f", hidden {a.passed_hidden}/{a.total_hidden}"
         header = (f"**Round {a.round}, attempt {a.index}** · public {a.passed_public}/{a.total_public}{hidden} · "
                   f"reward {a.reward:g} · {a.tokens} tokens · {a.seconds:.1f} s")
+        raw = J.raw_response_path(jobs_dir=ctx.settings.jobs_dir, job_id=a.job_id, round=a.round, index=a.index)
+        if raw.exists():  # the stored texts had to be escaped or cut; the response as the model wrote it
+            header += f" · raw response: `{raw}`"
         code = a.code if a.code is not None else "# no code block found in the response\n"
         feedback = a.feedback or ("All public tests passed." if a.passed_public == a.total_public
                                   else "(no feedback)")
@@ -280,19 +281,32 @@ def build(ctx: AppContext) -> SolveHandles:
             strategy = gr.Radio(STRATEGIES, value="sdpo", label="Strategy", elem_id="solve-strategy")
             budget = gr.Textbox(label="Attempt budget", value=str(defaults.get("budget", 16)),
                                 elem_id="solve-budget")
-            model = gr.Textbox(label="Model", placeholder=f"default: {ctx.settings.model}", elem_id="solve-model")
+            model = gr.Textbox(label="Model", placeholder=f"default: {ctx.settings.model}", elem_id="solve-model",
+                               info="The budget and the Advanced values below are the defaults for this model: "
+                               "CPU-sized for the demo models or without a GPU, the paper's on a GPU.")
+            defaults_msg = gr.HTML(error_md(defaults_error) if defaults_error else "", visible=bool(defaults_error),
+                                   elem_id="solve-defaults-message")
             adapter = gr.Radio([("LoRA adapter", "lora"), ("Full fine-tune", "full")],
                                value=defaults.get("adapter", "lora") if defaults.get("adapter") in ("lora", "full")
                                else "lora", label="Weights updated", elem_id="solve-adapter")
             with gr.Accordion("Advanced (SDPO settings)", open=False, elem_id="solve-advanced"):
-                if defaults_error:
-                    gr.Markdown(error_md(f"engine defaults unavailable: {defaults_error}"))
                 adv_boxes = [gr.Textbox(label=label, value=_fmt_default(v), elem_id=f"solve-adv-{p.replace('.', '-')}")
                              for p, label, v in adv]
-                extra = gr.Code(language="yaml", label="Other settings (YAML, e.g. steps_per_round: 2)", lines=3,
+                extra = gr.Code(language="yaml", label="Other settings (YAML, e.g. ppo_epochs: 2)", lines=3,
                                 elem_id="solve-extra")
             submit_btn = gr.Button("Solve", variant="primary", elem_id="solve-submit")
             message = gr.HTML(elem_id="solve-message")
+
+            def on_model(model_v):
+                """Show the defaults of the model typed in (they are what a submission leaves unset gets)."""
+                d, err = ctx.defaults("solve", model_v)
+                if err:
+                    return (gr.HTML(error_md(err), visible=True), gr.skip(), *(gr.skip() for _ in adv))
+                return (gr.HTML("", visible=False), str(d.get("budget", "")),
+                        *(_fmt_default(get_path(d, p)) for p, _, _ in adv))
+
+            for event in (model.submit, model.blur):
+                event(on_model, model, [defaults_msg, budget, *adv_boxes], api_visibility="private")
 
     gr.Markdown("---\n### Job")
     with gr.Row():

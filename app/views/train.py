@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +19,21 @@ import yaml
 
 from app.context import AppContext
 from app.views.common import (
-    deep_merge,
     error_md,
     is_terminal,
     job_id_of,
     legend_updates,
     ok_md,
-    parse_value,
-    parse_yaml_mapping,
     plot_frame,
+    progress_text,
     series_of,
     status_line,
 )
 from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
+from backend.schemas import RawConfig
 from backend.services import datasets as D
 from backend.services import jobs as J
+from backend.services import ui as U
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 # label -> config file in configs/ (written with the trainer, issue 4)
@@ -84,28 +84,34 @@ def preset_form(preset: dict[str, Any]) -> tuple[str, str, list[str], str]:
     return loss, adapter, values, yaml.safe_dump(rest, sort_keys=False) if rest else ""
 
 
+def default_hint(defaults: dict[str, Any], key: str) -> str:
+    """Placeholder of an empty hyperparameter box: the value the job gets when it stays empty."""
+    return f"default: {defaults[key]}" if defaults.get(key) is not None else ""
+
+
 # -------------------------------------------------------------------------------------------- handlers
-def build_train_config(*, loss: str, adapter: str, fields: dict[str, Any], extra_yaml: str) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"loss": loss, "adapter": adapter}
-    for key, raw in fields.items():
-        value = parse_value(raw)
-        if value is not None:
-            cfg[key] = value
-    return deep_merge(cfg, parse_yaml_mapping("extra settings", extra_yaml))
+def build_train_config(*, loss: str, adapter: str, fields: dict[str, Any], extra_yaml: str) -> RawConfig:
+    """The train config of the form as typed: loss and adapter (choices), the hyperparameter boxes (text; empty =
+    the default) and the free-form YAML, read by the engine when it validates the job."""
+    return RawConfig(values={"loss": loss, "adapter": adapter},
+                     fields=tuple((key, "" if raw is None else str(raw)) for key, raw in fields.items()),
+                     text=extra_yaml or "", text_field="extra settings")
 
 
-def submit(ctx: AppContext, *, source: str, config: dict[str, Any], upload_path: str | None = None,
+def submit(ctx: AppContext, *, source: str, config: dict[str, Any] | RawConfig, upload_path: str | None = None,
            dataset_name: str = "", server_path: str = "", registered: str | None = None, model: str = "") -> int:
     """Resolve the dataset (uploading or registering it in the same transaction) and queue the run.
 
     On ``InvalidInput`` nothing is stored or queued and an uploaded file is removed again.
     """
     created_folder: Path | None = None
+    if not isinstance(config, RawConfig):
+        config = RawConfig(values=dict(config))
     try:
         with ctx.session() as s:
             dataset_id, label = None, "humaneval"
             if source == "humaneval":
-                config = {**config, "dataset": "humaneval", "train_file": None, "test_file": None}
+                config = replace(config, fixed={"dataset": "humaneval", "train_file": None, "test_file": None})
             elif source in ("upload", "path", "registered"):
                 if source == "upload":
                     if not upload_path:
@@ -128,7 +134,7 @@ def submit(ctx: AppContext, *, source: str, config: dict[str, Any], upload_path:
                         raise InvalidInput("dataset", "choose a registered dataset")
                     ds = D.get_dataset_by_name(s, name=registered)
                 dataset_id, label = ds.id, ds.name
-                config = {**config, **D.dataset_config(ds)}
+                config = replace(config, fixed=D.dataset_config(ds))
             else:
                 raise InvalidInput("dataset", f"got {source!r}; choose one of humaneval, upload, path, registered")
             job = J.submit_job(s, kind="train", config=config, validate=ctx.hooks.validate_config,
@@ -159,10 +165,13 @@ def snapshot(ctx: AppContext, job_id: int) -> TrainSnapshot:
     with ctx.session() as s:
         d = J.job_detail(s, job_id=job_id)
         series = J.metric_series(s, job_id=job_id)
+        progress = U.job_progress(s, job_id=job_id, kind="train", config=d.config)
     line = status_line(d)
     steps = d.config.get("max_steps")
     if d.last_step is not None:
         line += f" · step {d.last_step}" + (f" / {steps}" if steps else "")
+    if progress is not None:
+        line += progress_text(progress, running=d.status == "running")
     plots = {}
     for key, _, match in PLOTS:
         rows = [[step, value, name] for name, pts in sorted(series.items()) if match(name) for step, value in pts]
@@ -256,12 +265,17 @@ def build(ctx: AppContext) -> TrainHandles:
                 loss = gr.Radio(["sdpo", "grpo", "hybrid"], value=loss0, label="Algorithm", elem_id="train-loss")
                 adapter = gr.Radio([("LoRA", "lora"), ("Full", "full")], value=adapter0, label="Adapter",
                                    elem_id="train-adapter")
-            model = gr.Textbox(label="Model", placeholder=f"default: {ctx.settings.model}", elem_id="train-model")
+            model = gr.Textbox(label="Model", placeholder=f"default: {ctx.settings.model}", elem_id="train-model",
+                               info="An empty hyperparameter box uses the default shown in it, which fits this "
+                               "model: CPU-sized for the demo models or without a GPU, the paper's on a GPU.")
+            defaults_msg = gr.HTML("", visible=False, elem_id="train-defaults-message")
         with gr.Column(scale=3):
             gr.Markdown("### Hyperparameters")
             preset = gr.Dropdown(list(PRESETS), value=first, label="Preset", elem_id="train-preset")
             with gr.Row():
-                boxes = [gr.Textbox(label=label, value=v, elem_id=f"train-{key.replace('_', '-')}", min_width=140)
+                defaults0 = ctx.defaults("train")[0]
+                boxes = [gr.Textbox(label=label, value=v, elem_id=f"train-{key.replace('_', '-')}", min_width=140,
+                                    placeholder=default_hint(defaults0, key))
                          for (key, label), v in zip(FIELDS, values0, strict=True)]
             extra = gr.Code(language="yaml", label="Other settings (YAML; self_distillation.* etc.)", value=extra0,
                             lines=8, elem_id="train-extra")
@@ -273,6 +287,16 @@ def build(ctx: AppContext) -> TrainHandles:
         return (l_, a_, *vals, rest)
 
     preset.change(on_preset, preset, [loss, adapter, *boxes, extra], api_visibility="private", queue=False)
+
+    def on_model(model_v):
+        """The defaults an empty box gets, for the model typed in."""
+        d, err = ctx.defaults("train", model_v)
+        if err:
+            return (gr.HTML(error_md(err), visible=True), *(gr.skip() for _ in boxes))
+        return (gr.HTML("", visible=False), *(gr.Textbox(placeholder=default_hint(d, key)) for key, _ in FIELDS))
+
+    for event in (model.submit, model.blur):
+        event(on_model, model, [defaults_msg, *boxes], api_visibility="private")
 
     gr.Markdown("---\n### Run")
     with gr.Row():

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from backend.errors import InvalidInput, NotFound
 from backend.models import Dataset
 from backend.settings import Settings
+from backend.text import first_surrogate
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,119}$")
 BUILTIN = ("humaneval",)
@@ -34,20 +35,28 @@ def _check_name(session: Session, name: str) -> None:
 
 
 def count_jsonl_rows(path: Path, *, field: str = "file") -> int:
-    """Number of rows of a JSONL file; raises ``InvalidInput`` naming the first bad line."""
+    """Number of rows of a JSONL file; raises ``InvalidInput`` naming the first bad line: not UTF-8, not
+    JSON, not an object, or holding a lone surrogate escape (``"\\ud800"``: no text, a tokenizer refuses it)."""
     n = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InvalidInput(field, f"{path.name} line {lineno} is not UTF-8 text (byte 0x{raw[e.start]:02x} "
+                                   f"at column {e.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InvalidInput(field, f"{path.name} line {lineno} is not valid JSON ({e.msg})") from None
-            except UnicodeDecodeError:
-                raise InvalidInput(field, f"{path.name} line {lineno} is not UTF-8 text") from None
             if not isinstance(row, dict):
                 raise InvalidInput(field, f"{path.name} line {lineno} is a {type(row).__name__}, expected an object")
+            bad = first_surrogate(row)
+            if bad:
+                raise InvalidInput(field, f"{path.name} line {lineno} holds a lone surrogate escape ({bad}), which "
+                                   "is not text; remove it or pair it")
             n += 1
     if n == 0:
         raise InvalidInput(field, f"{path.name} has no rows")

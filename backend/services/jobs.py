@@ -13,6 +13,8 @@ exactly the code the engine runs and ``backend`` never imports the engines.
 from __future__ import annotations
 
 import enum
+import json
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -38,7 +40,17 @@ from backend.models import (
     Problem,
     utcnow,
 )
-from backend.schemas import AttemptIn, CheckpointOut, ConfigValidator, Enqueue, JobDetail
+from backend.schemas import (
+    AttemptIn,
+    CheckpointOut,
+    ConfigValidator,
+    Enqueue,
+    JobDetail,
+    RawConfig,
+    RoundSummary,
+)
+from backend.services.workers import gpus_offered
+from backend.text import RESPONSE_CHARS, storable
 
 MAX_LABEL = 200
 
@@ -55,16 +67,21 @@ def validate_job_input(
     problem_id: int | None = None,
     dataset_id: int | None = None,
     gpus: int = 1,
+    model: str = "",
 ) -> dict[str, Any]:
     """Check everything about a job submission without writing; return the normalized config.
 
-    Raises ``InvalidInput`` naming the field (``kind``, ``problem_id``, ``dataset_id``, ``gpus`` or the
-    engine config field, e.g. ``budget`` or ``self_distillation.alpha``). A train job on ``gpus`` > 1 must also
-    pass the trainer's rules for that many processes (``check_world_size``).
+    ``config``: a mapping, or a ``RawConfig`` as typed in a form (read by the engine's parser). ``model``: the
+    model the job will use ("" = the server's default); the validator checks that it exists and fits the
+    defaults to it and to the live workers (GPUs or not, ``gpus_offered``).
+
+    Raises ``InvalidInput`` naming the field (``kind``, ``problem_id``, ``dataset_id``, ``gpus``, ``model`` or
+    the engine config field, e.g. ``budget`` or ``self_distillation.alpha``). A train job on ``gpus`` > 1 must
+    also pass the trainer's rules for that many processes (``check_world_size``).
     """
     if kind not in JOB_KINDS:
         raise InvalidInput("kind", f"got {kind!r}; allowed values are {', '.join(map(repr, JOB_KINDS))}")
-    if not isinstance(config, dict):
+    if not isinstance(config, dict | RawConfig):
         raise InvalidInput("config", f"expected a mapping of settings, got {type(config).__name__}")
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
         raise InvalidInput("gpus", f"got {gpus!r}; expected an integer >= 1")
@@ -81,7 +98,7 @@ def validate_job_input(
         names = session.scalars(select(Dataset.name).order_by(Dataset.name)).all()
         raise InvalidInput("dataset_id", f"unknown dataset {dataset_id}; registered: {', '.join(names) or 'none'}")
     try:
-        normalized = validate(kind, config)
+        normalized = validate(kind, config, model=model, gpu=gpus_offered(session))
     except InvalidInput:
         raise
     except (ValueError, TypeError) as e:
@@ -128,7 +145,7 @@ def submit_job(
     """
     normalized = validate_job_input(
         session, kind=kind, config=config, validate=validate, problem_id=problem_id,
-        dataset_id=dataset_id, gpus=gpus,
+        dataset_id=dataset_id, gpus=gpus, model=model,
     )
     if not label and problem_id is not None:
         problem = session.get(Problem, problem_id)
@@ -160,7 +177,8 @@ def rerun_job(session: Session, *, job_id: int, validate: ConfigValidator, enque
 
 def cancel_job(session: Session, *, job_id: int, revoke: Callable[[str], None] | None = None) -> Job:
     """Cancel a job: a queued one is ``cancelled`` at once (and its message revoked when possible); a
-    running one gets its cancel flag set and its worker ends it ``cancelled`` after the current step."""
+    running one gets its cancel flag set and its worker ends it ``cancelled`` within seconds (the engine polls
+    the flag while it generates, scores and updates)."""
     job = get_job(session, job_id=job_id)
     if job.status in TERMINAL_STATUSES:
         raise IllegalTransition(job.id, job.status, "cancelled", JOB_TRANSITIONS[job.status])
@@ -201,9 +219,10 @@ def _job_query(kind: str | None, status: str | Sequence[str] | None, search: str
     if problem_id is not None:
         q = q.where(Job.problem_id == problem_id)
     if search:
-        term = f"%{search.strip().lower()}%"
-        conds = [func.lower(Job.label).like(term), func.lower(Job.model).like(term),
-                 func.lower(func.coalesce(Job.error, "")).like(term)]
+        term = storable(search.strip().lower())  # as stored; matched literally (%, _ and \ are no wildcards)
+        conds = [func.lower(Job.label).contains(term, autoescape=True),
+                 func.lower(Job.model).contains(term, autoescape=True),
+                 func.lower(func.coalesce(Job.error, "")).contains(term, autoescape=True)]
         if search.strip().isdigit():
             conds.append(Job.id == int(search.strip()))
         q = q.where(or_(*conds))
@@ -260,6 +279,28 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
     detail.last_metrics = last_metrics
     detail.checkpoints = [CheckpointOut.model_validate(c) for c in list_checkpoints(session, job_id=job_id)]
     return detail
+
+
+def round_summaries(session: Session, *, job_id: int) -> list[RoundSummary]:
+    """Every round of the job (a training job's rounds are its steps) in order: its attempts (count, mean
+    reward, best public tests passed, how many passed every public and hidden test, the 1-based number of its
+    first attempt in the job's (round, index) order) and the metrics logged for it."""
+    get_job(session, job_id=job_id)
+    rounds: dict[int, RoundSummary] = {}
+    number = 0
+    for a in list_attempts(session, job_id=job_id):
+        number += 1
+        r = rounds.setdefault(a.round, RoundSummary(round=a.round, first_attempt=number, reward_mean=0.0))
+        r.attempts += 1
+        r.reward_mean += (float(a.reward) - r.reward_mean) / r.attempts
+        if r.best_passed is None or a.passed_public > r.best_passed:
+            r.best_passed = a.passed_public
+        r.tests = a.total_public
+        r.solved += int(a.total_public > 0 and a.passed_public == a.total_public
+                        and (a.total_hidden is None or a.passed_hidden == a.total_hidden))
+    for p in list_metrics(session, job_id=job_id):
+        rounds.setdefault(p.step, RoundSummary(round=p.step)).metrics[p.name] = p.value
+    return [rounds[k] for k in sorted(rounds)]
 
 
 def delete_job(session: Session, *, job_id: int, jobs_dir: Path) -> None:
@@ -408,9 +449,65 @@ def finish_job(session: Session, *, job_id: int, worker_id: str, status: str, er
         return False
     transition(session, job=job, to=status, error=error)
     if result is not None:
-        job.result = result
+        job.result = _storable_json(result)
     session.flush()
     return True
+
+
+def release_job(session: Session, *, job_id: int, worker_id: str, reason: str, enqueue: Enqueue,
+                max_resumes: int | None = None) -> str:
+    """Hand back a running job that ``worker_id`` stopped because it is shutting down (``reason``, one line,
+    e.g. "the worker was shut down (SIGTERM, warm shutdown)"); returns ``"cancelled"``, ``"requeued"``,
+    ``"failed"`` or ``"lost"`` (no longer that worker's: nothing written).
+
+    * a cancel was requested: the job ends ``cancelled``;
+    * it was resumed ``max_resumes`` times already: it ends ``failed`` with ``reason`` and the limit;
+    * otherwise it goes back to ``queued`` (worker cleared, ``resumes`` + 1, a fresh task id), is committed, and
+      a new message is sent (as the reaper does): the next worker resumes it (a train job from its last
+      checkpoint, a solve job after its committed attempts). If the broker refuses, it ends ``failed``.
+    """
+    job = session.get(Job, job_id)
+    if job is None or job.worker_id != worker_id or job.status != "running":
+        return "lost"
+    ours = update(Job).where(Job.id == job_id, Job.status == "running", Job.worker_id == worker_id)
+    reason = " ".join(reason.split())
+    if job.cancel_requested:
+        values, outcome = dict(status="cancelled", finished_at=utcnow(), error="cancelled by the user"), "cancelled"
+    elif max_resumes is not None and job.resumes >= max_resumes:
+        values, outcome = dict(status="failed", finished_at=utcnow(), error=(
+            f"stopped because {reason}; it was resumed {job.resumes} time(s) already (limit "
+            f"SDPO_MAX_RESUMES={max_resumes}), so it is not queued again. Re-run the job to start it again.")), \
+            "failed"
+    else:
+        values, outcome = dict(status="queued", worker_id=None, heartbeat_at=None, resumes=Job.resumes + 1,
+                               task_id=str(uuid.uuid4())), "requeued"
+    if not session.execute(ours.values(**values)).rowcount:
+        return "lost"
+    session.expire(job)
+    if outcome != "requeued":
+        return outcome
+    session.commit()
+    task_id = session.scalar(select(Job.task_id).where(Job.id == job_id))
+    try:
+        enqueue(job.kind, job_id, task_id, job.gpus)
+    except Exception as e:  # noqa: BLE001 - recorded on the job
+        session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
+            status="failed", finished_at=utcnow(),
+            error=f"stopped because {reason}; queueing it again failed: {' '.join(str(e).split())}"))
+        session.commit()
+        return "failed"
+    return outcome
+
+
+def _storable_json(value: Any) -> Any:
+    """``value`` with every string in it made ``storable`` (an engine's result holds e.g. the solution code)."""
+    if isinstance(value, str):
+        return storable(value, limit=RESPONSE_CHARS)
+    if isinstance(value, dict):
+        return {storable(str(k)): _storable_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable_json(v) for v in value]
+    return value
 
 
 def _when(beat) -> str:
@@ -503,19 +600,99 @@ def _writable_job(session: Session, job_id: int, worker_id: str | None) -> Job:
     return job
 
 
+def raw_response_path(*, jobs_dir: Path, job_id: int, round: int, index: int) -> Path:
+    """Where the raw response of attempt (``round``, ``index``) is kept when its stored text had to differ
+    (escaped control characters, replaced invalid text, cut) or it could not be stored at all."""
+    return Path(jobs_dir) / str(job_id) / "responses" / f"round-{round}-index-{index}.txt"
+
+
+def _keep_raw(path: Path, response: str) -> None:
+    """Write ``response`` byte for byte (lone surrogates too) to ``path``, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(response.encode("utf-8", "surrogatepass"))
+    os.replace(tmp, path)
+
+
 def record_attempts(session: Session, *, job_id: int, attempts: Iterable[AttemptIn],
-                    worker_id: str | None = None) -> int:
+                    worker_id: str | None = None, jobs_dir: Path | None = None) -> int:
     """Insert attempts; one already stored for the same (job, round, index) is kept, never duplicated.
     Returns how many rows were new. With ``worker_id`` (a worker's writes) nothing is written and
-    ``JobLost`` is raised unless the job runs under that worker."""
+    ``JobLost`` is raised unless the job runs under that worker.
+
+    Texts are stored by the rule of ``backend.text.storable`` (the column types apply it). With ``jobs_dir``,
+    the raw response of each new attempt whose stored response differs from it is kept in
+    ``raw_response_path`` (a stale one of a re-run attempt is removed)."""
     job = _writable_job(session, job_id, worker_id)
+    attempts = list(attempts)
     rows = [dict(a.model_dump(), job_id=job_id, problem_id=job.problem_id, created_at=utcnow())
             for a in attempts]
     if not rows:
         return 0
     stmt = _insert(session, Attempt).values(rows).on_conflict_do_nothing(
-        index_elements=["job_id", "round", "index"]).returning(Attempt.id)
-    return len(session.execute(stmt).all())
+        index_elements=["job_id", "round", "index"]).returning(Attempt.round, Attempt.index)
+    new = set(map(tuple, session.execute(stmt).all()))
+    if jobs_dir is not None:
+        for a in attempts:
+            if (a.round, a.index) not in new:
+                continue
+            path = raw_response_path(jobs_dir=jobs_dir, job_id=job_id, round=a.round, index=a.index)
+            if storable(a.response, limit=RESPONSE_CHARS) != a.response:
+                _keep_raw(path, a.response)
+            else:
+                path.unlink(missing_ok=True)
+    return len(new)
+
+
+def record_unstored_attempt(session: Session, *, job_id: int, attempt: AttemptIn, reason: str,
+                            worker_id: str | None = None, jobs_dir: Path | None = None) -> int:
+    """Record in place of an attempt the database refused (``reason``, one line) a row with its numbers
+    (round, index, reward, tests passed, tokens, time) and the reason as its response and feedback, so the
+    job's attempts stay complete; with ``jobs_dir`` its raw response is kept in ``raw_response_path``.
+    Returns 1 when the row was new (``record_attempts``)."""
+    note = f"this attempt could not be stored in the database: {reason}"
+    if jobs_dir is not None:
+        path = raw_response_path(jobs_dir=jobs_dir, job_id=job_id, round=attempt.round, index=attempt.index)
+        _keep_raw(path, attempt.response)
+        note += f"; its raw response is in {path}"
+    note = f"[{note}]"
+    stand_in = attempt.model_copy(update={"response": note, "code": None, "feedback": note, "task_id": None})
+    return record_attempts(session, job_id=job_id, attempts=[stand_in], worker_id=worker_id)
+
+
+def attempt_record(a: Attempt, *, jobs_dir: Path | None = None) -> dict[str, Any]:
+    """One attempt as stored, as the JSON object of an ``attempts.jsonl`` line (the keys of ``sdpo solve``'s
+    file, plus response, tokens, seconds, task id and, with ``jobs_dir``, the raw response file if one was
+    kept)."""
+    record: dict[str, Any] = {
+        "round": a.round, "index": a.index, "reward": a.reward, "passed": a.passed_public,
+        "total": a.total_public, "hidden_passed": a.passed_hidden, "hidden_total": a.total_hidden,
+        "feedback": a.feedback, "code": a.code, "response": a.response, "tokens": a.tokens,
+        "seconds": a.seconds, "task_id": a.task_id}
+    if jobs_dir is not None:
+        raw = raw_response_path(jobs_dir=jobs_dir, job_id=a.job_id, round=a.round, index=a.index)
+        record["raw_response"] = str(raw) if raw.exists() else None
+    return record
+
+
+def iter_attempt_lines(session: Session, *, job_id: int, jobs_dir: Path | None = None) -> Iterable[str]:
+    """The job's attempts in (round, index) order as ``attempts.jsonl`` lines (``attempt_record``), read in
+    batches (a long training job has many)."""
+    q = (select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.round, Attempt.index)
+         .execution_options(yield_per=500))
+    for a in session.scalars(q):
+        yield json.dumps(attempt_record(a, jobs_dir=jobs_dir), ensure_ascii=False) + "\n"
+
+
+def write_attempts_file(session: Session, *, job_id: int, jobs_dir: Path) -> Path:
+    """Write ``<jobs_dir>/<id>/attempts.jsonl`` from the stored attempts (atomically); returns its path."""
+    path = Path(jobs_dir) / str(job_id) / "attempts.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".attempts.jsonl.{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(iter_attempt_lines(session, job_id=job_id, jobs_dir=jobs_dir))
+    os.replace(tmp, path)
+    return path
 
 
 def list_attempts(session: Session, *, job_id: int, after_id: int | None = None,

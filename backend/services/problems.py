@@ -12,6 +12,7 @@ from backend.errors import InvalidInput, NotFound
 from backend.models import Problem
 from backend.schemas import ParsedProblem, ProblemValidator
 from backend.settings import Settings
+from backend.text import valid_text
 
 
 def create_problem(session: Session, *, data: Any, validate: ProblemValidator, settings: Settings) -> Problem:
@@ -20,7 +21,8 @@ def create_problem(session: Session, *, data: Any, validate: ProblemValidator, s
     ``data`` is the problem as a dict (or a JSON string of one). ``validate`` parses it with the engine's
     problem format (``workers.engine.parse_problem``) and returns the normalized form; the sizes are then
     checked against ``settings`` (statement length, number of tests, total test size). Raises
-    ``InvalidInput`` naming the field; nothing is stored then.
+    ``InvalidInput`` naming the field; nothing is stored then. Lone surrogates in its strings are replaced by
+    U+FFFD; the stored statement and title follow ``backend.text.storable`` (control characters escaped).
     """
     if isinstance(data, str | bytes):
         raw_size = len(data)
@@ -33,6 +35,7 @@ def create_problem(session: Session, *, data: Any, validate: ProblemValidator, s
             raise InvalidInput("problem", f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     if not isinstance(data, dict):
         raise InvalidInput("problem", f"expected a JSON object, got {type(data).__name__}")
+    data = valid_text(data)  # a lone surrogate ("\\ud800" in the JSON) is no text a model or program can read
     raw_size = len(json.dumps(data))
     if raw_size > settings.max_statement_chars + settings.max_test_chars:
         raise InvalidInput("problem", f"{raw_size} characters; at most "

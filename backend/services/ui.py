@@ -22,6 +22,7 @@ from backend.models import Attempt, Job, MetricPoint
 from backend.schemas import ConfigValidator, Enqueue, ProblemValidator
 from backend.services import jobs as J
 from backend.services.problems import create_problem
+from backend.services.workers import gpus_offered
 from backend.settings import Settings
 
 TESTTYPES = ("stdin", "functional")
@@ -160,14 +161,17 @@ def submit_solve(
                         problem_id=p.id, model=model)
 
 
-def engine_defaults(kind: str, *, validate: ConfigValidator, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The engine's default config of ``kind`` (every field), as normalized by the engine's own validator.
+def engine_defaults(session: Session, kind: str, *, validate: ConfigValidator, model: str = "",
+                    base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The engine's default config of ``kind`` (every field) for a job on ``model`` ("" = the server's default):
+    what a submission that sets nothing would run with, as normalized by the engine's own validator; the
+    defaults fit the model and the live workers (CPU-sized for the demo models or without GPUs).
 
     ``base`` supplies what the engine requires without a default (a train config needs a dataset).
     """
     if base is None:
         base = {"dataset": "humaneval"} if kind == "train" else {}
-    return validate(kind, dict(base))
+    return validate(kind, dict(base), model=model, gpu=gpus_offered(session))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -233,3 +237,50 @@ def metric_names(session: Session, *, job_ids: Sequence[int]) -> list[str]:
         return []
     return list(session.scalars(select(MetricPoint.name).where(MetricPoint.job_id.in_(list(job_ids)))
                                 .distinct().order_by(MetricPoint.name)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Time per round and what is left
+# ---------------------------------------------------------------------------------------------------------
+SOLVE_TIME_METRICS = ("perf/sample_s", "perf/score_s", "perf/update_s")
+
+
+@dataclass
+class Progress:
+    """Measured time per round (a solve's round, a training step) and an estimate for the rest of the job:
+    ``remaining`` attempts (solve) or steps (train) at the measured rate, ``remaining_s`` seconds."""
+
+    per_round_s: float
+    rounds: int
+    remaining: int
+    remaining_s: float
+    unit: str  # "attempts" | "steps"
+
+
+def job_progress(session: Session, *, job_id: int, kind: str, config: dict[str, Any]) -> Progress | None:
+    """From the job's round metrics (``perf/*`` seconds of sampling, scoring and updating; ``ttt/attempts`` per
+    round; ``perf/step_s`` per training step): None before the first round is measured."""
+    if kind == "solve":
+        rows = J.list_metrics(session, job_id=job_id, names=[*SOLVE_TIME_METRICS, "ttt/attempts"])
+        seconds: dict[int, float] = {}
+        attempts: dict[int, float] = {}
+        for p in rows:
+            if p.name == "ttt/attempts":
+                attempts[p.step] = p.value
+            else:
+                seconds[p.step] = seconds.get(p.step, 0.0) + p.value
+        done = [r for r in seconds if attempts.get(r)]
+        budget = config.get("budget")
+        if not done or not isinstance(budget, int):
+            return None
+        spent, used = sum(seconds[r] for r in done), sum(attempts[r] for r in done)
+        left = max(0, budget - J.count_attempts(session, job_id=job_id))
+        return Progress(per_round_s=spent / len(done), rounds=len(done), remaining=left,
+                        remaining_s=spent / used * left, unit="attempts")
+    rows = J.list_metrics(session, job_id=job_id, names=["perf/step_s"])
+    steps = config.get("max_steps")
+    if not rows or not isinstance(steps, int):
+        return None
+    per = sum(p.value for p in rows) / len(rows)
+    left = max(0, steps - max(p.step for p in rows))
+    return Progress(per_round_s=per, rounds=len(rows), remaining=left, remaining_s=per * left, unit="steps")

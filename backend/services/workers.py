@@ -45,3 +45,14 @@ def list_workers(session: Session, *, alive_within_s: float, include_dead: bool 
         if item.alive or include_dead:
             out.append(item)
     return out
+
+
+def gpus_offered(session: Session, *, alive_within_s: float = 300.0) -> bool | None:
+    """Whether the workers seen within ``alive_within_s`` seconds offer GPUs: True when any does, False when
+    there are live workers and none does (CPU hosts), None without a live worker (not known). Job defaults
+    fit the machines that will run the job (``sdpo.sizing``)."""
+    cutoff = utcnow() - timedelta(seconds=alive_within_s)
+    offers = [(w.info or {}).get("offers_gpus") for w in session.scalars(select(Worker).where(Worker.last_seen >= cutoff))]
+    if not offers:
+        return None
+    return any(isinstance(n, int) and n > 0 for n in offers)

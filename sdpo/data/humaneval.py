@@ -15,6 +15,7 @@ from typing import Any
 
 from sdpo.data.problem import CODE_SYSTEM_PROMPT
 from sdpo.data.tasks import Task
+from sdpo.envs.code import TestSpec
 
 TIME_LIMIT = 6.0
 DATASET = "humaneval"
@@ -64,8 +65,6 @@ def data_path() -> Path:
 
 def load(path: str | Path | None = None) -> list[HumanEvalProblem]:
     """All HumanEval problems in dataset order (164 for the bundled file)."""
-    from sdpo.envs.code import TestSpec
-
     problems = []
     with gzip.open(path or data_path(), "rt", encoding="utf-8") as f:
         for line in f:

@@ -29,6 +29,8 @@ from typing import Any
 
 from sdpo.config import ConfigError
 from sdpo.data.tasks import KINDS, Task
+from sdpo.envs.code import TestSpec
+from sdpo.envs.tooluse import parse_ground_truth
 
 _EMPTY_TESTS = (None, "", "-")
 _DROPPED_META = ("embedding",)
@@ -46,8 +48,6 @@ class DatasetError(ValueError):
 
 
 def _parse_tests(value: Any) -> Any:
-    from sdpo.envs.code import TestSpec
-
     return TestSpec.parse(value)
 
 
@@ -89,8 +89,6 @@ def row_to_task(row: dict[str, Any], *, source: str | Path = "<row>", line: int 
             raise bad("answer", f"kind 'mcq' needs the correct option letter, got {answer!r}")
         answer = answer.strip()
     else:  # tooluse
-        from sdpo.envs.tooluse import parse_ground_truth
-
         raw = row.get("answer")
         try:
             parse_ground_truth(raw)  # validates
@@ -200,8 +198,6 @@ def split_tests(tasks: Sequence[Task], fraction: float = 0.5, seed: int = 0) -> 
     Both lists hold the same questions in the input order.
     """
     check_fraction("fraction", fraction, allow_one=True)
-    from sdpo.envs.code import TestSpec
-
     train, test = [], []
     for task in tasks:
         spec = task.tests

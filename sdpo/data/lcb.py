@@ -7,8 +7,11 @@ Each LiveCodeBench row has ``question_title``, ``question_content``, ``platform`
 
 Conversion (following lasgroup/SDPO ``data/utils/livecodebench.py``, but keeping public *and* private tests):
 
-- prompt: ``sdpo.data.problem.code_messages``: the statement, plus the starter code's signature (``self``
-  removed) when there is starter code; a system message asks for one Python code block.
+- prompt (``prompt="ours"``, the default): ``sdpo.data.problem.code_messages``: the statement, plus the starter
+  code's signature (``self`` removed) when there is starter code; a system message asks for one Python code
+  block. ``prompt="reference"``: the reference's single user message, its ``CODE_PROMPT`` around the same
+  statement and signature line (:func:`reference_code_messages`), no system message; the problems of
+  problems.jsonl then carry ``meta.prompt = "reference"`` so that a solve prompts the same way.
 - tests: public then private cases, ``testtype`` "stdin" or "functional" (one type per problem),
   ``fn_name`` = ``metadata.func_name``, ``time_limit`` = 6 s (``TIME_LIMIT``).
 - the pickle layer is never given to ``pickle.loads``: its opcodes are checked first against a whitelist
@@ -37,10 +40,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sdpo.data.problem import Problem, code_messages
+from sdpo.data.lasgroup import check_fraction, split_tests, task_to_row
+from sdpo.data.problem import Problem, code_messages, parse_signature
 from sdpo.data.tasks import Task
+from sdpo.envs.code import TestSpec
 
 TIME_LIMIT = 6.0
+PROMPTS = ("ours", "reference")
+#: The reference's code prompt, verbatim (lasgroup/SDPO data/format/prompts.py:3, ``CODE_PROMPT``), which its
+#: LiveCodeBench import wraps around each problem (data/format/code.py:26). Its "1 second" is its own wording;
+#: the tests' time limit is ``TIME_LIMIT`` there as here.
+REFERENCE_CODE_PROMPT = (
+    "You are a coding expert. You will be given a coding problem, and you need to write a correct Python program "
+    "that matches the specification and passes all tests. The time limit is 1 second. You may start by outlining "
+    "your thought process. In the end, please provide the complete code in a code block enclosed with ``` ```."
+    "\n\n{problem}"
+)
 DATASET = "livecodebench"
 MAX_DECOMPRESSED_BYTES = 256 * 1024 * 1024
 
@@ -158,14 +173,35 @@ def parse_date(value: Any) -> datetime:
     return dt
 
 
-def row_to_task(row: dict[str, Any], *, where: str = "<row>") -> Task:
+def reference_code_messages(statement: str, starter_code: str | None = None,
+                            fn_name: str | None = None) -> list[dict[str, str]]:
+    """The reference's LiveCodeBench prompt: one user message, ``REFERENCE_CODE_PROMPT`` around the statement
+    and, with starter code, "Your solution should have the following signature: ```python ...```" (lasgroup/SDPO
+    data/utils/livecodebench.py:44-46; ``self`` removed as its data/preprocess.py:69-71 does)."""
+    problem = statement
+    sig = parse_signature(starter_code, fn_name) if starter_code and starter_code.strip() else None
+    if sig:
+        problem += f"\n\nYour solution should have the following signature: ```python\n{sig}\n```"
+    return [{"role": "user", "content": REFERENCE_CODE_PROMPT.format(problem=problem)}]
+
+
+def prompt_messages(prompt: str, statement: str, starter_code: str | None = None,
+                    fn_name: str | None = None) -> list[dict[str, str]]:
+    """The messages of a code question in ``prompt`` style: "ours" (system + user) or "reference"."""
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt: got {prompt!r}; allowed values are {', '.join(map(repr, PROMPTS))}")
+    if prompt == "reference":
+        return reference_code_messages(statement, starter_code, fn_name)
+    return code_messages(statement, starter_code, fn_name)
+
+
+def row_to_task(row: dict[str, Any], *, where: str = "<row>", prompt: str = "ours") -> Task:
     """Convert one LiveCodeBench row to a code ``Task`` with all (public + private) tests.
 
     ``Task.id`` is ``"livecodebench/{question_id}"``; meta keeps title, statement, starter_code, platform,
-    contest_id, contest_date (ISO), difficulty, dataset and idx (= question_id).
+    contest_id, contest_date (ISO), difficulty, dataset and idx (= question_id), and ``prompt`` when it is
+    "reference" (the messages' style, see the module docstring).
     """
-    from sdpo.envs.code import TestSpec
-
     if not isinstance(row, dict):
         raise LcbError(f"{where}: expected a JSON object, got {type(row).__name__}")
     qid = row.get("question_id")
@@ -227,7 +263,9 @@ def row_to_task(row: dict[str, Any], *, where: str = "<row>") -> Task:
         "contest_date": date.isoformat(),
         "difficulty": row.get("difficulty"),
     }
-    return Task(id=f"{DATASET}/{qid}", messages=code_messages(statement, starter, fn_name), kind="code",
+    if prompt == "reference":
+        meta["prompt"] = prompt
+    return Task(id=f"{DATASET}/{qid}", messages=prompt_messages(prompt, statement, starter, fn_name), kind="code",
                 tests=tests, meta=meta)
 
 
@@ -258,18 +296,19 @@ def iter_rows(paths: Iterable[str | Path]) -> Iterator[tuple[str, dict[str, Any]
 
 
 def iter_tasks(paths: Iterable[str | Path], *, since: datetime | str | None = None,
-               until: datetime | str | None = None, duplicates: list[str] | None = None) -> Iterator[Task]:
+               until: datetime | str | None = None, duplicates: list[str] | None = None,
+               prompt: str = "ours") -> Iterator[Task]:
     """Tasks of all rows with ``since <= contest_date < until`` (either bound optional), in file order,
     converted one row at a time (memory stays bounded by the largest row).
 
     A question_id seen before (e.g. in overlapping release files) is skipped and, when ``duplicates`` is a
-    list, appended to it.
+    list, appended to it. prompt: the messages' style ("ours" | "reference").
     """
     lo = parse_date(since) if since is not None else None
     hi = parse_date(until) if until is not None else None
     seen: set[str] = set()
     for where, row in iter_rows(paths):
-        task = row_to_task(row, where=where)
+        task = row_to_task(row, where=where, prompt=prompt)
         date = parse_date(task.meta["contest_date"])
         if (lo is not None and date < lo) or (hi is not None and date >= hi):
             continue
@@ -289,19 +328,9 @@ def load_tasks(paths: Iterable[str | Path], *, since: datetime | str | None = No
     return tasks, len(dups)
 
 
-def split_by_date(tasks: Sequence[Task], cutoff: datetime | str) -> tuple[list[Task], list[Task]]:
-    """Questions with contest_date < cutoff -> train, the rest -> test (reference ``LCB_*_CUTOFF``)."""
-    c = parse_date(cutoff)
-    train = [t for t in tasks if parse_date(t.meta["contest_date"]) < c]
-    test = [t for t in tasks if parse_date(t.meta["contest_date"]) >= c]
-    return train, test
-
-
 def to_problems(tasks: Sequence[Task], *, fraction: float = 0.5, seed: int = 0) -> list[Problem]:
     """Problems for test-time solving: tests = the seeded ``fraction`` of each question's tests (the same
     draw as ``split_tests``), hidden_tests = all tests."""
-    from sdpo.data.lasgroup import split_tests
-
     train, _ = split_tests(tasks, fraction, seed)
     return [Problem.from_task(t) for t in train]
 
@@ -332,7 +361,7 @@ class ImportSummary:
 
 def import_lcb(paths: Sequence[str | Path], out_dir: str | Path, *, since: datetime | str | None = None,
                until: datetime | str | None = None, cutoff: datetime | str | None = None,
-               split_tests_fraction: float = 0.5, seed: int = 0) -> ImportSummary:
+               split_tests_fraction: float = 0.5, seed: int = 0, prompt: str = "ours") -> ImportSummary:
     """Import LiveCodeBench files into ``out_dir``: train.jsonl + test.jsonl (lasgroup format, loadable
     with ``sdpo.data.lasgroup.load_split``) and problems.jsonl (``Problem`` format). See the module docs for
     the split rules. Rows are streamed (one in memory at a time) into temporary files that replace the
@@ -340,11 +369,11 @@ def import_lcb(paths: Sequence[str | Path], out_dir: str | Path, *, since: datet
     (a directory created by this call is removed again).
 
     train.jsonl rows carry only their own tests (as the reference's train.json); the full set is in
-    test.jsonl, and in problems.jsonl as ``hidden_tests``.
+    test.jsonl, and in problems.jsonl as ``hidden_tests``. prompt: "ours" | "reference" (module docstring).
     """
-    from sdpo.data.lasgroup import check_fraction, split_tests, task_to_row
-
     check_fraction("split_tests", split_tests_fraction, allow_one=True)
+    if prompt not in PROMPTS:
+        raise LcbError(f"prompt: got {prompt!r}; allowed values are {', '.join(map(repr, PROMPTS))}")
     lo_cut = parse_date(cutoff) if cutoff is not None else None
     out = Path(out_dir)
     created = not out.exists()
@@ -359,7 +388,7 @@ def import_lcb(paths: Sequence[str | Path], out_dir: str | Path, *, since: datet
         files[name].write(json.dumps(obj, ensure_ascii=False) + "\n")
 
     try:
-        for task in iter_tasks(paths, since=since, until=until, duplicates=dups):
+        for task in iter_tasks(paths, since=since, until=until, duplicates=dups, prompt=prompt):
             counts["rows"] += 1
             (reduced,), _ = split_tests([task], split_tests_fraction, seed)
             try:
@@ -398,13 +427,14 @@ def import_lcb(paths: Sequence[str | Path], out_dir: str | Path, *, since: datet
 
 
 def find_problem(paths: Sequence[str | Path], question_id: str, *, fraction: float = 0.5,
-                 seed: int = 0) -> Problem:
-    """The problem with ``question_id`` in LiveCodeBench files (tests/hidden_tests as in ``to_problems``).
+                 seed: int = 0, prompt: str = "ours") -> Problem:
+    """The problem with ``question_id`` in LiveCodeBench files (tests/hidden_tests as in ``to_problems``),
+    prompted in ``prompt`` style.
 
     Only the matching row is converted, so one bad row elsewhere does not prevent finding it. Raises
     KeyError if no row has that id.
     """
     for where, row in iter_rows(paths):
         if isinstance(row, dict) and str(row.get("question_id")) == str(question_id):
-            return to_problems([row_to_task(row, where=where)], fraction=fraction, seed=seed)[0]
+            return to_problems([row_to_task(row, where=where, prompt=prompt)], fraction=fraction, seed=seed)[0]
     raise KeyError(f"question_id {question_id!r} not found in {', '.join(map(str, paths))}")

@@ -28,7 +28,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdpo.data.lasgroup import row_to_task
 from sdpo.data.tasks import Task
+from sdpo.envs.code import TestSpec
 
 CODE_SYSTEM_PROMPT = (
     "You are an expert Python programmer. You will be given a programming problem; write a correct and "
@@ -103,8 +105,6 @@ def code_messages(statement: str, starter_code: str | None = None, fn_name: str 
 
 
 def _spec(value: Any, name: str) -> Any:
-    from sdpo.envs.code import TestSpec
-
     if isinstance(value, str):
         if len(value.encode("utf-8", "surrogatepass")) > MAX_TESTS_BYTES:
             raise ValueError(f"{name}: larger than {MAX_TESTS_BYTES} bytes")
@@ -232,7 +232,12 @@ class Problem:
 
     def messages(self) -> list[dict[str, str]]:
         """The chat prompt: ``system`` (default ``CODE_SYSTEM_PROMPT``) then the statement with the starter-code
-        signature."""
+        signature; with ``meta["prompt"] == "reference"`` the reference's single user message
+        (``sdpo.data.lcb``)."""
+        if self.meta.get("prompt") == "reference":
+            from sdpo.data.lcb import reference_code_messages  # sdpo.data.lcb imports this module
+
+            return reference_code_messages(self.statement, self.starter_code, self.tests.fn_name)
         return code_messages(self.statement, self.starter_code, self.tests.fn_name, system=self.system)
 
     def to_task(self) -> Task:
@@ -260,8 +265,6 @@ class Problem:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Problem:
         """Problem of a lasgroup-format code row (see ``sdpo.data.lasgroup``)."""
-        from sdpo.data.lasgroup import row_to_task
-
         return cls.from_task(row_to_task(row))
 
 

@@ -23,7 +23,7 @@ def _tests_of(task: Any, tests: Any) -> Any:
 
 
 def score(task: Any, response: str, *, truncated: bool = False, sparse: bool = True, tests: Any = None,
-          tooluse_feedback: bool = False) -> Score:
+          tooluse_feedback: bool = False, code_feedback: str = "all_tests") -> Score:
     """Score one response to ``task`` (a ``sdpo.data.tasks.Task``).
 
     truncated: the response was cut at the length limit (code: a missing code block is reported as a
@@ -33,11 +33,17 @@ def score(task: Any, response: str, *, truncated: bool = False, sparse: bool = T
         hidden tests.
     tooluse_feedback: tool use only; give feedback that lists the mismatch (off by default: it reveals the
         ground truth).
+    code_feedback: code only; how the feedback for the self-teacher is gathered: "all_tests" (the
+        reference's: every test runs, the feedback shows the first runtime error, else the first time-out,
+        else the two shortest wrong answers; a sparse run still stops at the first runtime error) or
+        "first_failure" (a sparse run stops at the first failing test). See ``sdpo.envs.code``.
     """
-    if task.kind == "code":
-        from sdpo.envs import code
+    from sdpo.envs import code
 
-        return code.evaluate(response, _tests_of(task, tests), sparse=sparse, truncated=truncated).score()
+    code.check_code_feedback(code_feedback)
+    if task.kind == "code":
+        return code.evaluate(response, _tests_of(task, tests), sparse=sparse, truncated=truncated,
+                             code_feedback=code_feedback).score()
     elif task.kind == "mcq":
         from sdpo.envs import mcq
 
@@ -51,14 +57,17 @@ def score(task: Any, response: str, *, truncated: bool = False, sparse: bool = T
 
 def score_many(tasks: Sequence[Any], responses: Sequence[str], truncated: Sequence[bool] | bool = False, *,
                sparse: bool = True, tests: Sequence[Any] | None = None,
-               tooluse_feedback: bool = False) -> list[Score]:
+               tooluse_feedback: bool = False, code_feedback: str = "all_tests") -> list[Score]:
     """Score ``responses[i]`` against ``tasks[i]``; returns the scores in the same order.
 
     Code responses are evaluated together through ``sdpo.envs.code.evaluate_many`` (parallel across the
-    sandbox pool) when the code environment provides it, else one by one. ``truncated`` is one flag per
+    sandbox pool). ``truncated`` is one flag per
     response or a single flag for all; ``tests`` optionally overrides the tests of each task (None entries
-    keep ``task.tests``).
+    keep ``task.tests``). ``code_feedback`` as in ``score``.
     """
+    from sdpo.envs import code
+
+    code.check_code_feedback(code_feedback)
     n = len(tasks)
     if len(responses) != n:
         raise ValueError(f"responses: {len(responses)} responses for {n} tasks")
@@ -71,21 +80,18 @@ def score_many(tasks: Sequence[Any], responses: Sequence[str], truncated: Sequen
 
     results: list[Score | None] = [None] * n
     code_idx = [i for i, t in enumerate(tasks) if t.kind == "code"]
-    if code_idx:
-        from sdpo.envs import code
-
-        batch = getattr(code, "evaluate_many", None)
-        if batch is not None and len(code_idx) > 1:
-            outs = batch(
-                [responses[i] for i in code_idx],
-                [_tests_of(tasks[i], overrides[i]) for i in code_idx],
-                sparse=sparse,
-                truncated=[flags[i] for i in code_idx],
-            )
-            for i, out in zip(code_idx, outs, strict=True):
-                results[i] = out.score()
+    if len(code_idx) > 1:
+        outs = code.evaluate_many(
+            [responses[i] for i in code_idx],
+            [_tests_of(tasks[i], overrides[i]) for i in code_idx],
+            sparse=sparse,
+            truncated=[flags[i] for i in code_idx],
+            code_feedback=code_feedback,
+        )
+        for i, out in zip(code_idx, outs, strict=True):
+            results[i] = out.score()
     for i in range(n):
         if results[i] is None:
             results[i] = score(tasks[i], responses[i], truncated=flags[i], sparse=sparse, tests=overrides[i],
-                               tooluse_feedback=tooluse_feedback)
+                               tooluse_feedback=tooluse_feedback, code_feedback=code_feedback)
     return results  # type: ignore[return-value]

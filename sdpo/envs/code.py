@@ -1,7 +1,7 @@
-"""Code environment: LiveCodeBench-style unit tests run in the sandbox (paper Sec. 4, issue 3).
+"""Code environment: LiveCodeBench-style unit tests run in the sandbox (paper Sec. 4).
 
 ``evaluate(response, tests)`` extracts the last python block, runs it against a ``TestSpec`` in the sandbox
-(``sdpo.envs.sandbox``; see docs/sandbox.md for the isolation) and returns a ``CodeResult``: reward (sparse
+(``sdpo_sandbox``; see docs/sandbox.md for the isolation) and returns a ``CodeResult``: reward (sparse
 1/0 or dense fraction), per-test verdicts and the feedback text for the self-teacher. Expected outputs stay in
 this (trusted) process: the sandbox only ever receives inputs, and every verdict is computed here.
 """
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sdpo.envs.base import Score
-from sdpo.envs.sandbox import Sandbox, SandboxError, default_pool
+from sdpo_sandbox import Sandbox, SandboxError, decode_value, default_pool
 
 TESTTYPES = ("stdin", "functional", "assert")
 
@@ -187,13 +187,20 @@ class TestSpec:
         return 1 if self.testtype == "assert" else len(self.inputs)
 
 
-VERDICTS = ("passed", "wrong_answer", "runtime_error", "time_limit", "memory_limit", "output_limit",
-            "format_error")
 FORMAT_MESSAGE = "Put your code inside a ```python ... ``` block."
 TRUNCATION_MESSAGE = (
     "Your response was cut off at the maximum length before the code was complete. Write a shorter answer "
     "and put your code inside a ```python ... ``` block."
 )
+# How the feedback for the self-teacher is gathered (``code_feedback``):
+#   "all_tests": as the reference (lasgroup/SDPO feedback/code.py): every test is run, and the feedback
+#       reports the first runtime error in test order, else the first time-out, else the two shortest wrong
+#       answers (by the length of the input plus the program's output). With a sparse reward the run still
+#       stops at the first runtime error: nothing after it can change the feedback or the reward.
+#   "first_failure": the run stops at the first failing test (sparse reward), so the feedback always
+#       describes the first failure in test order.
+CODE_FEEDBACK_MODES = ("all_tests", "first_failure")
+CRASHES = ("runtime_error", "memory_limit", "output_limit")
 FEEDBACK_CAP = 2000
 RECORD_TEXT_CAP = 2000
 VALUE_LINES, VALUE_LINE_CHARS, VALUE_CHARS = 12, 200, 400
@@ -243,9 +250,10 @@ class CodeResult:
 
 # A fenced block as in Markdown (CommonMark): the opening fence starts a line (up to 3 spaces of indent) with
 # 3+ backticks and an info string; the block ends at the first later line that is only a fence at least as
-# long. Backticks elsewhere (inline ```code``` in prose, s = '```' inside the code) neither open nor close.
-_FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,})(?P<info>[^`\n]*)\n(?P<code>.*?)^ {0,3}(?P=fence)`*[ \t\r]*$",
-                    re.DOTALL | re.MULTILINE)
+# long, or, as models often write it, that ends with such a fence right after its code ("print(1)```").
+# Backticks elsewhere (inline ```code``` in prose, s = '```' inside the code) neither open nor close.
+_FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,})(?P<info>[^`\n]*)\n(?P<code>.*?)"
+                    r"(?:^ {0,3}|(?<=[^`\s])[ \t]*)(?P=fence)`*[ \t\r]*$", re.DOTALL | re.MULTILINE)
 
 
 def extract_code(response: str) -> str | None:
@@ -391,7 +399,26 @@ def make_job(spec: TestSpec, code: str, index: int) -> dict[str, Any]:
 
 
 def _b64text(data: str) -> str:
+    """A program's output as compared with the expected one (invalid UTF-8 as U+FFFD)."""
     return base64.b64decode(data).decode("utf-8", "replace")
+
+
+def _b64display(data: str) -> str:
+    """A program's output as shown (records, feedback): invalid UTF-8 bytes visible as ``\\xff``."""
+    return base64.b64decode(data).decode("utf-8", "backslashreplace")
+
+
+_NOT_PLAIN = re.compile(r"[^\n\t\x20-\x7e]")
+
+
+def visible(text: str) -> str:
+    """``text`` with every character that is neither printable nor a newline or tab written as its Python
+    escape: a NUL as ``\\x00``, ESC as ``\\x1b``, a carriage return as ``\\r``, a lone surrogate as
+    ``\\udcff``, U+202E as ``\\u202e``. What a program prints thus reaches the teacher prompt (and the
+    database) as valid UTF-8 without control characters, and still visibly."""
+    if not _NOT_PLAIN.search(text):
+        return text
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else repr(ch)[1:-1] for ch in text)
 
 
 def _last_report(text: str) -> dict[str, Any]:
@@ -421,8 +448,8 @@ def judge(spec: TestSpec, index: int, reply: dict[str, Any]) -> TestRecord:
     if not reply.get("ok"):
         raise SandboxError(f"sandbox error: {reply.get('error')}")
     rec = TestRecord(verdict="passed", seconds=float(reply["seconds"]), index=index,
-                     stdout=_b64text(reply["stdout"])[:RECORD_TEXT_CAP],
-                     stderr=_b64text(reply["stderr"])[:RECORD_TEXT_CAP])
+                     stdout=_b64display(reply["stdout"])[:RECORD_TEXT_CAP],
+                     stderr=_b64display(reply["stderr"])[:RECORD_TEXT_CAP])
     report = _last_report(reply.get("report", ""))
     err = report.get("error")
     signal_no = reply.get("signal")
@@ -476,8 +503,6 @@ def judge(spec: TestSpec, index: int, reply: dict[str, Any]) -> TestRecord:
             rec.message = _error_text(err) if err else "the function did not return a value"
             return rec
         try:
-            from sdpo.envs._executor import decode_value
-
             got = decode_value(report["result"])
         except (ValueError, TypeError, KeyError, RecursionError, OverflowError):
             rec.verdict = "runtime_error"
@@ -497,8 +522,9 @@ def judge(spec: TestSpec, index: int, reply: dict[str, Any]) -> TestRecord:
 
 
 def _clip(text: str) -> str:
-    """Truncate a value for feedback: at most VALUE_LINES lines of VALUE_LINE_CHARS, VALUE_CHARS in all."""
-    text = "".join(ch if ch.isprintable() or ch in "\n\t" else "\ufffd" for ch in text)
+    """A value for feedback: control characters and lone surrogates escaped (``visible``), then at most
+    VALUE_LINES lines of VALUE_LINE_CHARS, VALUE_CHARS in all."""
+    text = visible(text)
     lines = text.split("\n")
     out = [ln if len(ln) <= VALUE_LINE_CHARS else ln[:VALUE_LINE_CHARS] + " …" for ln in lines[:VALUE_LINES]]
     if len(lines) > VALUE_LINES:
@@ -518,15 +544,27 @@ def _display_input(spec: TestSpec, index: int) -> str:
     return spec.inputs[index] if spec.testtype != "assert" else ""
 
 
-def build_feedback(spec: TestSpec, records: list[TestRecord], *, code_found: bool, truncated: bool) -> str | None:
-    """Feedback text like the reference: only failing cases, delimited untrusted text, <= 2,000 chars."""
+def check_code_feedback(code_feedback: str) -> None:
+    """Raise ValueError naming ``code_feedback`` unless it is one of CODE_FEEDBACK_MODES."""
+    if code_feedback not in CODE_FEEDBACK_MODES:
+        raise ValueError(f"code_feedback: got {code_feedback!r}; allowed values are "
+                         f"{', '.join(map(repr, CODE_FEEDBACK_MODES))}")
+
+
+def build_feedback(spec: TestSpec, records: list[TestRecord], *, code_found: bool, truncated: bool,
+                   code_feedback: str = "first_failure") -> str | None:
+    """Feedback text like the reference: only failing cases, delimited untrusted text, <= 2,000 chars.
+
+    The first crash (runtime error, memory or output limit) in test order, else the first time-out, else up
+    to two wrong answers, shortest first: by input + expected output ("first_failure"), or by input + the
+    program's output as the reference sorts them ("all_tests"), ties in test order."""
     if not code_found:
         return TRUNCATION_MESSAGE if truncated else FORMAT_MESSAGE
     failed = [r for r in records if r.verdict != "passed"]
     if not failed:
         return None
     n = len(spec)
-    crash = next((r for r in failed if r.verdict in ("runtime_error", "memory_limit", "output_limit")), None)
+    crash = next((r for r in failed if r.verdict in CRASHES), None)
     if crash is not None:
         what = {"runtime_error": "raised a runtime error", "memory_limit": "exceeded the memory limit",
                 "output_limit": "printed more output than allowed"}[crash.verdict]
@@ -551,7 +589,10 @@ def build_feedback(spec: TestSpec, records: list[TestRecord], *, code_found: boo
         if r.output:
             parts.append("Last call (arguments and your return value):\n" + _block(r.output))
         return _cap(parts)
-    wrong.sort(key=lambda r: (len(spec.inputs[r.index]) + len(spec.outputs[r.index]), r.index))
+    if code_feedback == "all_tests":
+        wrong.sort(key=lambda r: (len(spec.inputs[r.index]) + len(r.output), r.index))
+    else:
+        wrong.sort(key=lambda r: (len(spec.inputs[r.index]) + len(spec.outputs[r.index]), r.index))
     parts = [f"Your code produced a wrong answer on {len(wrong)} of the {len(records)} tests run"
              f" ({n} in total)."]
     for r in wrong[:2]:
@@ -576,23 +617,35 @@ def _cap(parts: list[str]) -> str:
 
 
 def _result(spec: TestSpec, records: list[TestRecord], *, sparse: bool, code_found: bool,
-            truncated: bool) -> CodeResult:
+            truncated: bool, code_feedback: str) -> CodeResult:
     total = len(spec)
     passed = sum(r.verdict == "passed" for r in records)
     reward = (1.0 if passed == total else 0.0) if sparse else passed / total
     return CodeResult(reward=reward, passed=passed, total=total, tests=records,
-                      feedback=build_feedback(spec, records, code_found=code_found, truncated=truncated))
+                      feedback=build_feedback(spec, records, code_found=code_found, truncated=truncated,
+                                              code_feedback=code_feedback))
 
 
-def _run_batch(runner: Any, spec: TestSpec, code: str, stop: bool, records: list[TestRecord]) -> None:
+def _stop_rule(sparse: bool, code_feedback: str, stop_at_first_failure: bool | None):
+    """After which test record to stop running the remaining tests of a response."""
+    if stop_at_first_failure is not None:
+        return (lambda r: r.verdict != "passed") if stop_at_first_failure else (lambda r: False)
+    if not sparse:
+        return lambda r: False  # the reward is the fraction passed: every test counts
+    if code_feedback == "first_failure":
+        return lambda r: r.verdict != "passed"
+    return lambda r: r.verdict in CRASHES  # the feedback is settled (and the sparse reward is 0)
+
+
+def _run_batch(runner: Any, spec: TestSpec, code: str, stop_after, records: list[TestRecord]) -> None:
     """Stream all tests of one solution through the executor; judge each reply here as it arrives and ask
-    the executor to stop at the first failure (``stop``). Fills ``records`` in test order."""
+    the executor to stop once ``stop_after(record)`` holds. Fills ``records`` in test order."""
 
     def on_result(index: int, reply: dict[str, Any]) -> bool:
-        if index != len(records) or (records and stop and records[-1].verdict != "passed"):
+        if index != len(records) or (records and stop_after(records[-1])):
             return False  # a reply that crossed our stop request
         records.append(judge(spec, index, reply))
-        return not (stop and records[-1].verdict != "passed")
+        return not stop_after(records[-1])
 
     job = make_job(spec, code, 0)
     del job["input"]
@@ -610,32 +663,38 @@ def evaluate(
     sparse: bool = True,
     stop_at_first_failure: bool | None = None,
     truncated: bool = False,
+    code_feedback: str = "all_tests",
     sandbox: Sandbox | None = None,
 ) -> CodeResult:
     """Run the last python block of ``response`` against ``tests`` in the sandbox (sequentially).
 
-    sparse: reward 1.0 only when all tests pass (else the fraction passed). stop_at_first_failure: default
-    ``sparse`` (training); dense evaluation runs every test. truncated: the response hit the length limit
-    (changes the format-error feedback). sandbox: a SandboxPool / SandboxClient (default: the shared pool).
+    sparse: reward 1.0 only when all tests pass (else the fraction passed). code_feedback: how the feedback
+    is gathered, "all_tests" (the reference's: a sparse run goes on past wrong answers and time-outs and
+    stops at the first runtime error) or "first_failure" (a sparse run stops at the first failing test); see
+    CODE_FEEDBACK_MODES. stop_at_first_failure: overrides when to stop (True: at the first failing test,
+    False: never). truncated: the response hit the length limit (changes the format-error feedback).
+    sandbox: a SandboxPool / SandboxClient (default: the shared pool).
     """
+    check_code_feedback(code_feedback)
     spec = TestSpec.parse(tests)
-    stop = sparse if stop_at_first_failure is None else stop_at_first_failure
+    stop_after = _stop_rule(sparse, code_feedback, stop_at_first_failure)
     code = extract_code(response)
     if code is None:
         return _result(spec, [TestRecord(verdict="format_error")], sparse=sparse, code_found=False,
-                       truncated=truncated)
+                       truncated=truncated, code_feedback=code_feedback)
     box = sandbox if sandbox is not None else default_pool()
     records: list[TestRecord] = []
-    with box.lease() as runner:  # one slot, one warm process for this solution's tests
+    with box.lease() as runner:  # one slot, one zygote for this solution's tests
         if spec.testtype != "assert" and hasattr(runner, "batch"):
-            _run_batch(runner, spec, code, stop, records)
-        if not records or (records[-1].verdict == "passed" or not stop):
+            _run_batch(runner, spec, code, stop_after, records)
+        if not records or not stop_after(records[-1]):
             for i in range(len(records), len(spec)):  # no batch support, or the batch broke off
                 rec = judge(spec, i, runner.run(make_job(spec, code, i)))
                 records.append(rec)
-                if stop and rec.verdict != "passed":
+                if stop_after(rec):
                     break
-    return _result(spec, records, sparse=sparse, code_found=True, truncated=truncated)
+    return _result(spec, records, sparse=sparse, code_found=True, truncated=truncated,
+                   code_feedback=code_feedback)
 
 
 def evaluate_many(
@@ -645,9 +704,11 @@ def evaluate_many(
     sparse: bool = True,
     stop_at_first_failure: bool | None = None,
     truncated: Sequence[bool] | None = None,
+    code_feedback: str = "all_tests",
     sandbox: Sandbox | None = None,
 ) -> list[CodeResult]:
     """``evaluate`` for many responses, run in parallel across the sandbox's slots (order preserved)."""
+    check_code_feedback(code_feedback)
     if len(responses) != len(tests):
         raise ValueError(f"tests: {len(tests)} test specs for {len(responses)} responses")
     flags = list(truncated) if truncated is not None else [False] * len(responses)
@@ -655,5 +716,6 @@ def evaluate_many(
     specs = [TestSpec.parse(t) for t in tests]
     with ThreadPoolExecutor(max_workers=max(1, box.slots)) as ex:
         futs = [ex.submit(evaluate, r, s, sparse=sparse, stop_at_first_failure=stop_at_first_failure,
-                          truncated=f, sandbox=box) for r, s, f in zip(responses, specs, flags, strict=True)]
+                          truncated=f, code_feedback=code_feedback, sandbox=box)
+                for r, s, f in zip(responses, specs, flags, strict=True)]
         return [f.result() for f in futs]

@@ -15,6 +15,7 @@ own ``generation_config``, so a neutral config passed in is not enough for setti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
@@ -22,11 +23,14 @@ from transformers import (
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
+from sdpo.callbacks import StopRequested
 from sdpo.models import chat_ids
 from sdpo.rollout.base import Rollout, SamplingParams
 
@@ -53,6 +57,20 @@ class _RecordSampledLogprob(LogitsProcessor):
         if not self.steps:
             return torch.zeros(last_tokens.shape[0], 0)
         return torch.stack(self.steps, dim=1)
+
+
+class _StopWhenAsked(StoppingCriteria):
+    """Ends every sequence of the ``generate`` call once ``should_stop()`` says so (asked after every token;
+    ``sdpo.callbacks.StopPoll`` makes that cheap). ``fired`` tells the sampler why generation ended."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+        self.fired = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        if not self.fired and self.should_stop():
+            self.fired = True
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -117,15 +135,19 @@ class HFSampler:
     weights, so ``update_weights`` has nothing to do.
 
     batch_size: sequences generated per ``generate`` call (rollouts are chunked to bound memory).
+    should_stop: asked while generating (after every token; pass a ``sdpo.callbacks.StopPoll`` for anything
+        costly); when it says stop, ``generate`` ends within a token and raises ``StopRequested``.
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 16, max_prompt_len: int | None = None):
+    def __init__(self, model, tokenizer, *, batch_size: int = 16, max_prompt_len: int | None = None,
+                 should_stop: Callable[[], bool] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size: got {batch_size}; must be >= 1")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_prompt_len = max_prompt_len
+        self.should_stop = should_stop
 
     def update_weights(self, model) -> None:
         self.model = model
@@ -157,6 +179,8 @@ class HFSampler:
         out: list[Rollout] = []
         try:
             for start in range(0, len(jobs), self.batch_size):
+                if self.should_stop is not None and self.should_stop():
+                    raise StopRequested
                 chunk = jobs[start:start + self.batch_size]
                 if params.seed is not None:
                     # one seed per chunk drawn from the call's generator: reproducible for any chunking
@@ -189,11 +213,15 @@ class HFSampler:
         eos = _eos_ids(self.model, self.tokenizer)
         config = neutral_generation_config(_generating_model(self.model), max_new_tokens=params.max_new_tokens,
                                            do_sample=not greedy, eos_token_id=sorted(eos), pad_token_id=pad)
+        stop = _StopWhenAsked(self.should_stop) if self.should_stop is not None else None
         with _bare_generation_config(self.model):
             seqs = self.model.generate(  # warpers are ours, in the chain above; the config's are all off
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config,
                 logits_processor=LogitsProcessorList(processors),
+                stopping_criteria=StoppingCriteriaList([stop] if stop is not None else []),
             )
+        if stop is not None and stop.fired:
+            raise StopRequested
         gen_tokens = seqs[:, width:].cpu()
         logprobs = recorder.finish(gen_tokens[:, -1]).cpu() if gen_tokens.shape[1] else torch.zeros(len(chunk), 0)
         rollouts = []

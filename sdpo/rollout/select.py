@@ -11,15 +11,15 @@ fallback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from sdpo.config import ConfigError, build_dataclass
+from sdpo.config import SAMPLERS, ConfigError, build_dataclass
 from sdpo.rollout.base import Sampler
-
-SAMPLERS = ("auto", "hf", "vllm")
-
+from sdpo.rollout.hf import HFSampler
+from sdpo.rollout.vllm import BROKEN_INSTALL, VLLMOptions, VLLMSampler, vllm_unavailable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,6 @@ def resolve_sampler_kind(kind: str, device: torch.device | str | None = None) ->
     CUDA device (None = not known: the machine alone decides). Raises ConfigError for an unknown kind, or for
     "vllm" where vLLM cannot run (not installed or not importable, no CUDA, a multi-process job).
     """
-    from sdpo.rollout.vllm import BROKEN_INSTALL, vllm_unavailable_reason
-
     if kind not in SAMPLERS:
         raise ConfigError("sampler", f"got {kind!r}; allowed values are {', '.join(map(repr, SAMPLERS))}")
     if kind == "auto":
@@ -51,28 +49,25 @@ def resolve_sampler_kind(kind: str, device: torch.device | str | None = None) ->
 
 
 def make_sampler(kind: str, model, tokenizer, *, batch_size: int = 16, max_prompt_len: int | None = None,
-                 **vllm_opts: Any) -> Sampler:
+                 should_stop: Callable[[], bool] | None = None, **vllm_opts: Any) -> Sampler:
     """Build the sampler named by ``kind`` for the trainer's ``model`` and ``tokenizer``.
 
     batch_size: sequences per HF ``generate`` call (vLLM schedules its own batches and ignores it).
     max_prompt_len: longest chat-templated prompt accepted, in tokens (both samplers; None = no limit).
+    should_stop: asked while generating (both samplers); when it says stop, ``generate`` ends early and raises
+        ``sdpo.callbacks.StopRequested``. Pass a ``sdpo.callbacks.StopPoll`` when asking is costly.
     vllm_opts: the vLLM engine options (``sdpo.rollout.vllm.VLLMOptions``: adapter, gpu_memory_utilization,
         max_model_len (pass max_prompt_len + max_new_tokens when both are known), enable_sleep, lora_rank,
         ...). They only concern vLLM and are unused when the HF sampler is chosen (so one config serves both
         machines under ``auto``), but they are validated either way, so a typo is reported on a CPU machine
         too.
     """
-    from sdpo.rollout.vllm import VLLMOptions
-
     build_dataclass(VLLMOptions, vllm_opts)
     resolved = resolve_sampler_kind(kind, device=_model_device(model))
     if resolved == "vllm":
-        from sdpo.rollout.vllm import VLLMSampler
-
-        return VLLMSampler(model, tokenizer, max_prompt_len=max_prompt_len, **vllm_opts)
-    from sdpo.rollout.hf import HFSampler
-
-    return HFSampler(model, tokenizer, batch_size=batch_size, max_prompt_len=max_prompt_len)
+        return VLLMSampler(model, tokenizer, max_prompt_len=max_prompt_len, should_stop=should_stop, **vllm_opts)
+    return HFSampler(model, tokenizer, batch_size=batch_size, max_prompt_len=max_prompt_len,
+                     should_stop=should_stop)
 
 
 def _model_device(model) -> torch.device | None:

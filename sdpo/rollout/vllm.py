@@ -43,6 +43,11 @@ in-memory names are the checkpoint's; MoE models whose experts transformers fuse
 LoRA adapters are served by vLLM's LoRA kernels, which support the attention and MLP projections (the
 default ``sdpo.adapters`` targets), not ``modules_to_save``.
 
+Stopping: with ``should_stop`` the sampler runs the engine loop that ``LLM.generate`` runs
+(``LLMEngine.add_request`` per request, then ``step()`` until nothing is unfinished), asking ``should_stop()``
+between steps; when it says stop, the unfinished requests are aborted (``LLMEngine.abort_request``) and
+``generate`` raises ``sdpo.callbacks.StopRequested``. Without it, ``LLM.generate`` runs as is.
+
 Every vLLM API used here was read from the v0.32.0 wheel's source; the file is cited next to each use.
 ``vllm`` is imported only inside functions, so this module imports without it.
 """
@@ -53,19 +58,21 @@ import gc
 import os
 import shutil
 import tempfile
+import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sdpo.config import ConfigError, build_dataclass
+from sdpo.callbacks import StopRequested
+from sdpo.config import ADAPTERS, ConfigError, _choice, build_dataclass
 from sdpo.models import chat_ids
 from sdpo.rollout.base import Rollout, SamplingParams
 from sdpo.rollout.correction import truncated_sampling_warning
 
-ADAPTERS = ("lora", "full")
 # vllm/config/lora.py (v0.32.0): ``MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]``.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 INSTALL_HINT = (
@@ -147,8 +154,7 @@ class VLLMOptions:
     work_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.adapter not in ADAPTERS:
-            raise ConfigError("adapter", f"got {self.adapter!r}; allowed values are 'lora', 'full'")
+        _choice("adapter", self.adapter, ADAPTERS)
         gmu = self.gpu_memory_utilization
         if isinstance(gmu, bool) or not isinstance(gmu, (int, float)) or not 0.0 < gmu <= 1.0:
             raise ConfigError("gpu_memory_utilization", f"got {gmu!r}; expected a number in (0, 1], e.g. 0.5 "
@@ -239,12 +245,16 @@ class VLLMSampler:
     ``VLLMSampler(model, tok, adapter="full", gpu_memory_utilization=0.4, max_model_len=4096)``.
 
     Call ``close()`` when done (or use it as a context manager): it stops the engine and deletes the temp dir.
+    ``should_stop``: asked between engine steps; when it says stop, the call's requests are aborted and
+    ``generate`` raises ``StopRequested`` (module docstring).
     """
 
-    def __init__(self, model, tokenizer, *, max_prompt_len: int | None = None, **options: Any) -> None:
+    def __init__(self, model, tokenizer, *, max_prompt_len: int | None = None,
+                 should_stop: Callable[[], bool] | None = None, **options: Any) -> None:
         # Everything close() looks at exists before anything that can fail (close runs on a failed __init__
         # and from __del__).
         self._closed = False
+        self.should_stop = should_stop
         self.llm = None
         self._transfer = None  # trainer-side weight-transfer engine (full mode), created on first push
         self.work_dir: Path | None = None
@@ -430,7 +440,10 @@ class VLLMSampler:
         # vllm/inputs/llm.py: ``TokensPrompt(prompt_token_ids=...)``; vllm/entrypoints/llm.py: ``generate(prompts,
         # sampling_params (one, or a list paired one by one with the prompts), *, use_tqdm, lora_request)``
         # returns outputs in prompt order.
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self._lora_request)
+        if self.should_stop is None:
+            outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self._lora_request)
+        else:
+            outputs = self._run_stoppable(requests, sampling)
         if len(outputs) != len(requests):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
         rollouts: list[Rollout] = []
@@ -483,6 +496,37 @@ class VLLMSampler:
                     shutil.rmtree(self.work_dir, ignore_errors=True)
 
     # -- helpers ------------------------------------------------------------------------------------
+
+    def _run_stoppable(self, requests: list, sampling: list) -> list:
+        """``LLM.generate``'s engine loop with a stop check between steps; outputs in request order.
+
+        vllm/entrypoints/llm.py (v0.32.0): ``generate`` sets ``output_kind = RequestOutputKind.FINAL_ONLY`` on
+        every ``SamplingParams``, adds each request with ``llm_engine.add_request(request_id, prompt, params,
+        lora_request=...)`` and runs ``_run_engine``: ``while llm_engine.has_unfinished_requests(): step()``,
+        keeping the outputs with ``finished``. vllm/v1/engine/llm_engine.py: ``abort_request(request_ids)``
+        drops unfinished requests (parallel-sampling children with their parent)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self.llm.llm_engine
+        tag = uuid.uuid4().hex[:12]
+        ids = [f"sdpo-{tag}-{k}" for k in range(len(requests))]
+        for rid, prompt, sp in zip(ids, requests, sampling, strict=True):
+            sp.output_kind = RequestOutputKind.FINAL_ONLY
+            engine.add_request(rid, prompt, sp, lora_request=self._lora_request)
+        done: dict[str, Any] = {}
+        try:
+            while engine.has_unfinished_requests():
+                if self.should_stop():
+                    raise StopRequested
+                for out in engine.step():
+                    if getattr(out, "finished", False):
+                        done[out.request_id] = out
+        except BaseException:
+            unfinished = [rid for rid in ids if rid not in done]
+            if unfinished:
+                engine.abort_request(unfinished)
+            raise
+        return [done[rid] for rid in ids if rid in done]
 
     def _check_open(self) -> None:
         if self._closed:

@@ -30,6 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sdpo.config import SelfDistillationConfig
+from sdpo.envs.code import TestRecord, TestSpec, build_feedback
+from sdpo.models import chat_ids
+from sdpo.reprompt import build_teacher_messages
 from sdpo.toy.generator import (
     PRIMITIVES,
     Op,
@@ -129,8 +132,6 @@ def feedback_text(problem: ToyProblem, att: Attempt, *, stop_at_first_failure: b
     it for this program: per-test records are synthesised from the in-process results (tests run in order,
     stopping at the first failure as sparse-reward training does) and passed to the environment's own
     ``build_feedback``."""
-    from sdpo.envs.code import TestRecord, TestSpec, build_feedback
-
     spec = TestSpec.parse(problem.tests())
     n_lines = len(program_code(problem.family, att.ops).splitlines())
     records: list[TestRecord] = []
@@ -150,8 +151,6 @@ def teacher_messages(problem: ToyProblem, *, solution: str | None = None, feedba
                      cfg: SelfDistillationConfig | None = None) -> list[dict[str, str]]:
     """The teacher's chat for a failed attempt of ``problem`` given a successful sibling and/or feedback,
     built exactly as the trainer builds it (:func:`sdpo.reprompt.build_teacher_messages`)."""
-    from sdpo.reprompt import build_teacher_messages
-
     cfg = cfg or SelfDistillationConfig()
     prompts = [problem.messages()]
     responses, rewards, groups, fbs = ["(failed attempt)"], [0.0], [0], [feedback]
@@ -221,8 +220,6 @@ def tokenizer_texts(examples: Sequence[CorpusExample]) -> list[str]:
 
 def encode(tokenizer, example: CorpusExample) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one example: labels are -100 except on the response and its end-of-turn token."""
-    from sdpo.models import chat_ids
-
     prompt = chat_ids(tokenizer, example.messages, add_generation_prompt=True)
     full = chat_ids(tokenizer, example.messages + [{"role": "assistant", "content": example.response}],
                     add_generation_prompt=False)

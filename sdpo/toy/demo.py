@@ -23,6 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 DEMO_DIR = Path(__file__).resolve().parent / "demo_model"
 MANIFEST = "demo_model.json"
 # copied as they are from the make-toy-model checkpoint (those present)
@@ -63,7 +65,6 @@ def export_demo_model(src: str | Path, out: str | Path = DEMO_DIR, *, recipe: st
                       notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the checkpoint at ``src`` (a ``sdpo make-toy-model`` output) to ``out`` with float16 weights and
     the manifest (recipe, the float32 source's sha256, every file's sha256); return the manifest."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     src, out = Path(src), Path(out)

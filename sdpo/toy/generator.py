@@ -45,12 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from sdpo.data.tasks import Task
+from sdpo.envs.code import TestSpec
 
 SYSTEM_PROMPT = "You are a Python programmer. Answer with one ```python code block."
 INSTRUCTION = "Write a Python program that solves this. Put it in a ```python block."
 DATASET = "toyworld"
 FAMILIES = ("list", "str")
-BUCKETS = ("test", "rl", "pretrain")
 MAX_DEPTH = 4
 N_TESTS = 8
 
@@ -261,8 +261,6 @@ class ToyProblem:
     def to_task(self) -> Task:
         tests: Any = self.tests()
         try:  # the code environment's typed spec when available
-            from sdpo.envs.code import TestSpec
-
             tests = TestSpec.parse(tests)
         except ImportError:  # pragma: no cover - the env module is part of the package
             pass

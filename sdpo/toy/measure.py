@@ -18,22 +18,20 @@ from statistics import mean
 
 import torch
 
+from sdpo.envs.code import evaluate_many, extract_code
+from sdpo.models import chat_ids
 from sdpo.toy.corpus import CorpusExample, encode, feedback_text, near_miss, teacher_messages
 from sdpo.toy.generator import ToyProblem
 
 
 def extract_program(response: str) -> str | None:
     """The program the code environment would run (:func:`sdpo.envs.code.extract_code`), or None."""
-    from sdpo.envs.code import extract_code
-
     return extract_code(response)
 
 
 def solved_many(responses: Sequence[str], problems: Sequence[ToyProblem], *, sandbox=None) -> list[bool]:
     """Whether each response passes every test of its problem, judged by ``sdpo.envs.code.evaluate_many`` in
     the sandbox (``sandbox``: a ``SandboxPool`` / ``SandboxClient``; default the shared pool)."""
-    from sdpo.envs.code import evaluate_many
-
     results = evaluate_many(list(responses), [p.tests() for p in problems], sparse=True, sandbox=sandbox)
     return [r.reward == 1.0 for r in results]
 
@@ -47,8 +45,6 @@ def solved(response: str, problem: ToyProblem, *, sandbox=None) -> bool:
 def generate(model, tokenizer, problems: Sequence[ToyProblem], *, samples: int = 1, temperature: float = 0.0,
              max_new_tokens: int = 160, batch_size: int = 16, seed: int = 0) -> list[list[str]]:
     """``samples`` responses per problem (greedy when ``temperature == 0``)."""
-    from sdpo.models import chat_ids
-
     torch.manual_seed(seed)
     prompts = [chat_ids(tokenizer, p.messages()) for p in problems for _ in range(samples)]
     texts: list[str] = []

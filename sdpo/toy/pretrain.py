@@ -8,8 +8,9 @@ Steps:
 5. save a normal Hugging Face checkpoint (``save_pretrained`` + tokenizer), ``sdpo_model.json`` (kind "toy")
    and ``toy_training.json`` (the config, the step count and the loss curve).
 
-Deterministic given ``seed`` (with the other settings fixed; 1 and 2 ``threads`` give identical weights on CPU,
-tested): the step count and the schedule
+Deterministic given ``seed`` on one machine (with the other settings fixed; 1 and 2 ``threads`` give identical
+weights on CPU, tested), not across CPUs: float kernels differ between processors, so a rebuild elsewhere gives
+other weights and can be a much weaker model (docs/toyworld.md, "Determinism"). The step count and the schedule
 never depend on the machine's speed (default ``DEFAULT_STEPS``). ``minutes`` is only an optional safety cap:
 when it is hit the loop stops early, the run is reported (``stopped_by_time`` in ``toy_training.json`` and in
 the log) and the weights then depend on how fast the machine was, i.e. determinism is lost for that run.
@@ -28,6 +29,8 @@ from pathlib import Path
 import torch
 
 from sdpo.config import ConfigError, _number
+from sdpo.models import load_tokenizer
+from sdpo.tiny import train_tokenizer
 from sdpo.toy.corpus import DEFAULT_MIX, KINDS, build_corpus, encode, tokenizer_texts
 
 DEFAULT_STEPS = 1200  # ~19 min at 2 threads on this 2-core machine (docs/toyworld.md)
@@ -153,9 +156,7 @@ def _collate(items: list[tuple[list[int], list[int]]], pad_id: int):
 def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
                    log: Callable[[str], None] = print) -> Path:
     """Build the corpus and tokenizer, train the model, save it to ``out_dir`` (see module docs)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from sdpo.tiny import train_tokenizer
+    from transformers import Qwen2Config, Qwen2ForCausalLM  # (seconds to import)
 
     cfg = cfg or ToyModelConfig()
     out = Path(out_dir)
@@ -171,8 +172,6 @@ def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
             prev_steps = int(prev.get("total_steps", prev["steps"]))
         examples = build_corpus(cfg.n_examples, seed=cfg.seed + prev_steps, mix=cfg.mix)
         if cfg.init_from is not None:
-            from sdpo.models import load_tokenizer
-
             tokenizer = load_tokenizer(cfg.init_from)
         else:
             tokenizer = train_tokenizer(cfg.vocab_size, corpus=tokenizer_texts(examples))

@@ -178,13 +178,26 @@ def test_bad_input_shows_an_error_and_creates_no_job(server, page):
     page.click("#solve-submit")
     expect_message(page, "solve-message", "error", "statement: is empty")
     shot(page, "bad_empty_statement")
-    # 2. non-numeric budget
+    from playwright.sync_api import expect
+
+    # 2. the form shows the defaults of the model it will use: CPU-sized for the demo model; a model folder
+    #    without a checkpoint is named next to the Model box (and refused at submit, not when the job runs)
+    assert page.input_value("#solve-budget textarea, #solve-budget input") == "16"
+    fill(page, "solve-model", "/no/such/model")
+    page.locator("#solve-model textarea, #solve-model input").first.blur()
+    expect_message(page, "solve-defaults-message", "error", "model: no Hugging Face checkpoint")
     fill(page, "solve-statement", STATEMENT)
+    page.click("#solve-submit")
+    expect_message(page, "solve-message", "error", "model: no Hugging Face checkpoint (config.json) at /no/such/model")
+    fill(page, "solve-model", "")
+    page.locator("#solve-model textarea, #solve-model input").first.blur()
+    expect(page.locator("#solve-defaults-message")).to_be_hidden(timeout=30_000)
+    # 3. non-numeric budget
     fill(page, "solve-budget", "ten")
     page.click("#solve-submit")
     expect_message(page, "solve-message", "error", "budget: got 'ten'")
     shot(page, "bad_budget")
-    # 3. malformed tests (pasted JSON whose tests have no outputs)
+    # 4. malformed tests (pasted JSON whose tests have no outputs)
     fill(page, "solve-budget", "4")
     page.get_by_text("Paste JSON (problem or LiveCodeBench row)").click()
     editor = page.locator("#solve-json .cm-content")
@@ -193,7 +206,7 @@ def test_bad_input_shows_an_error_and_creates_no_job(server, page):
     page.click("#solve-submit")
     expect_message(page, "solve-message", "error", "tests.outputs")
     shot(page, "bad_tests")
-    # 4. an upload over SDPO_MAX_UPLOAD_BYTES
+    # 5. an upload over SDPO_MAX_UPLOAD_BYTES
     tab(page, "train")
     page.get_by_text("Upload JSONL").click()
     big = server.root / "big.jsonl"

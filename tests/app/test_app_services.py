@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import func, select
 
 from app.views import compare, history, solve, system, train
-from app.views.common import parse_int
 from backend.errors import InvalidInput
 from backend.models import Dataset, Job, Problem
 from backend.schemas import AttemptIn
@@ -92,18 +91,29 @@ def test_livecodebench_row_public_cases_give_feedback_all_cases_are_hidden(ctx):
         form_problem(ctx, source="json", json_text=json.dumps(bad))
 
 
-@pytest.mark.parametrize("raw", ["ten", "", "2.5", "1e400"])
-def test_budget_must_be_a_whole_number(raw):
+@pytest.mark.parametrize("raw, text", [
+    ("ten", "budget: got 'ten'; expected an integer"),
+    ("2.5", "budget: got 2.5; expected an integer"),
+    ("1e400", "budget: got inf; expected an integer"),
+    ("0", "budget: got 0; must be >= 1"),
+    ("1e12", "budget: got 1000000000000; must be <= 100000"),
+])
+def test_budget_is_read_by_the_engine_and_named_when_wrong(ctx, raw, text):
     with pytest.raises(InvalidInput) as e:
-        small_config(budget=raw)
-    assert e.value.field == "budget"
+        solve.submit(ctx, problem=form_problem(ctx), config=small_config(budget=raw))
+    assert e.value.field == "budget" and str(e.value).startswith(text), str(e.value)
+    assert counts(ctx) == (0, 0, 0)
 
 
-def test_parse_int_accepts_whole_numbers():
-    assert parse_int("budget", " 16 ", what="n") == 16
-    assert parse_int("budget", 8.0, what="n") == 8
-    with pytest.raises(InvalidInput, match=">= 1"):
-        parse_int("budget", "0", what="n")
+def test_numbers_in_boxes_and_yaml_mean_what_the_user_typed(ctx):
+    """The engine reads the form's text (one parser for forms, --set and config files): 1e-5, .5, 1_000."""
+    jid = solve.submit(ctx, problem=form_problem(ctx), config=small_config(
+        budget="1_000", advanced={"lr": "1E-5", "temperature": ".5", "n": "2", "max_new_tokens": ""},
+        extra_yaml="weight_decay: 1e-3\nself_distillation:\n  teacher_update_rate: 5e-2\n"))
+    with ctx.session() as s:
+        c = J.get_job(s, job_id=jid).config
+    assert (c["budget"], c["lr"], c["temperature"], c["weight_decay"]) == (1000, 1e-5, 0.5, 1e-3)
+    assert c["self_distillation"]["teacher_update_rate"] == 0.05 and c["max_new_tokens"] == 384  # empty: default
 
 
 def test_advanced_fields_are_the_engine_defaults(ctx):
@@ -111,9 +121,10 @@ def test_advanced_fields_are_the_engine_defaults(ctx):
     assert err is None
     fields = {p: v for p, _, v in solve.advanced_fields(defaults)}
     # the form shows the engine's own values (sdpo.ttt.SolveConfig), not copies of them
+    from sdpo.sizing import CPU_SOLVE
     from sdpo.ttt import SolveConfig
 
-    engine = SolveConfig()
+    engine = SolveConfig(**CPU_SOLVE)  # the server's default model is the (small) demo model: CPU-sized
     assert set(fields) == {p for p, _ in solve.ADVANCED}
     assert fields == {
         "self_distillation.alpha": engine.self_distillation.alpha,
@@ -144,7 +155,7 @@ def test_submit_solve_stores_and_queues_one_job(ctx):
 @pytest.mark.parametrize("config", [
     {"advanced": {"self_distillation.alpha": "5"}},
     {"strategy": "magic"},
-    {"extra_yaml": "steps_per_round: 0"},
+    {"extra_yaml": "ppo_epochs: 0"},
 ])
 def test_invalid_solve_config_stores_and_queues_nothing(ctx, config):
     before = ctx.queue.length()
@@ -228,6 +239,50 @@ def test_solve_snapshot_table_curve_and_solution(ctx):
     assert "attempt 1" in header and "public 1/2" in header and code == "print(1)" and feedback == "feedback 0.1"
     path = solve.solution_file(ctx, jid, snap.solution)
     assert open(path).read() == snap.solution
+
+
+def test_job_views_show_time_per_round_and_an_estimate_for_the_rest(ctx):
+    """After the first round: its measured time (sampling + scoring + update) and, while the job runs, the
+    time the rest of the budget will take at that rate; a training run per step."""
+    jid = solve.submit(ctx, problem=form_problem(ctx), config=small_config(budget="10"))  # n = 2
+    assert "per round" not in solve.snapshot(ctx, jid).status_md  # nothing measured yet
+    with ctx.session() as s:
+        J.claim_job(s, job_id=jid, worker_id="w:1", takeover_after_s=60)
+        J.record_attempts(s, job_id=jid, attempts=[_attempt(0, 0, 0, 2), _attempt(0, 1, 1, 2)])
+        J.append_metrics(s, job_id=jid, step=0, metrics={"ttt/attempts": 2, "perf/sample_s": 50.0,
+                                                         "perf/score_s": 6.0, "perf/update_s": 4.0})
+    line = solve.snapshot(ctx, jid).status_md
+    assert "1 min 00 s per round" in line and "about 4 min 00 s for the remaining 8 attempts" in line, line
+    with ctx.session() as s:
+        J.finish_job(s, job_id=jid, worker_id="w:1", status="cancelled")
+    line = solve.snapshot(ctx, jid).status_md
+    assert "1 min 00 s per round" in line and "remaining" not in line  # finished: no estimate
+    tid = train.submit(ctx, source="humaneval", config={"loss": "sdpo", "max_steps": 5})
+    with ctx.session() as s:
+        J.claim_job(s, job_id=tid, worker_id="w:2", takeover_after_s=60)
+        for step in (1, 2):
+            J.append_metrics(s, job_id=tid, step=step, metrics={"perf/step_s": 2.0 + step})
+    line = train.snapshot(ctx, tid).status_md
+    assert "4 s per step" in line and "about 10 s for the remaining 3 steps" in line, line
+
+
+def test_attempt_view_shows_the_stored_texts_and_names_the_raw_response(ctx):
+    """The UI shows what the database holds (control characters escaped, lone surrogates replaced: the text of
+    `sdpo jobs attempts` and attempts.jsonl) and where the raw response is kept."""
+    jid = solve.submit(ctx, problem=form_problem(ctx), config=small_config())
+    with ctx.session() as s:
+        J.claim_job(s, job_id=jid, worker_id="w:1", takeover_after_s=60)
+        J.record_attempts(s, job_id=jid, worker_id="w:1", jobs_dir=ctx.settings.jobs_dir, attempts=[
+            _attempt(0, 0, 0, 2, code="print(1)\x00\ud800").model_copy(
+                update={"response": "x\x00", "feedback": "stderr: \x1b[31mboom\x07"}),
+            _attempt(0, 1, 0, 2)])
+    snap = solve.snapshot(ctx, jid)
+    header, code, feedback = solve.attempt_view(ctx, snap.attempt_ids[0])
+    raw = J.raw_response_path(jobs_dir=ctx.settings.jobs_dir, job_id=jid, round=0, index=0)
+    assert code == "print(1)\\x00\ufffd" and feedback == "stderr: \\x1b[31mboom\\x07"
+    assert f"raw response: `{raw}`" in header and raw.read_bytes() == b"x\x00"
+    header, _, _ = solve.attempt_view(ctx, snap.attempt_ids[1])
+    assert "raw response" not in header
 
 
 def test_train_snapshot_plots_and_checkpoint_zip(ctx, tmp_path):

@@ -23,7 +23,7 @@ class FieldError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def validate(kind: str, config: dict) -> dict:
+def validate(kind: str, config: dict, **_target) -> dict:
     """A stand-in engine config: budget (int >= 1) and lr (> 0), unknown keys refused."""
     known = {"budget": 4, "lr": 1e-5} if kind == "solve" else {"max_steps": 2, "train_batch_size": 4,
                                                               "sampler": "auto", "distributed": "none"}
@@ -318,6 +318,54 @@ def test_reaper_fails_a_job_it_cannot_requeue(db, queue, problem_id):
     with session_scope(db) as s:
         job = J.get_job(s, job_id=job_id)
         assert job.status == "failed" and "re-enqueueing it failed: broker down" in job.error
+
+
+def test_a_worker_shutting_down_hands_its_job_back(db, queue, problem_id):
+    """``release_job``: a job its shutting-down worker stopped goes back to the queue with a fresh message and
+    is resumed by the next worker; after max_resumes it fails with a one-line reason; with a cancel requested
+    it ends cancelled; a worker that no longer owns the job writes nothing; a refusing broker fails it."""
+    reason = "the worker was shut down (SIGTERM, warm shutdown)"
+    with session_scope(db) as s:
+        job_id = submit(s, queue, problem_id).id
+        J.claim_job(s, job_id=job_id, worker_id="host:1", takeover_after_s=5)
+        old_task = J.get_job(s, job_id=job_id).task_id
+    queue.purge()
+    with session_scope(db) as s:
+        assert J.release_job(s, job_id=job_id, worker_id="host:other", reason=reason, enqueue=queue.enqueue) == "lost"
+        assert J.release_job(s, job_id=job_id, worker_id="host:1", reason=reason, enqueue=queue.enqueue,
+                             max_resumes=1) == "requeued"
+    with session_scope(db) as s:
+        job = J.get_job(s, job_id=job_id)
+        assert (job.status, job.worker_id, job.resumes, job.error) == ("queued", None, 1, None)
+        assert job.task_id != old_task and queue.length() == 1
+        assert J.claim_job(s, job_id=job_id, worker_id="host:2", takeover_after_s=60) is J.Claim.RESUME
+    with session_scope(db) as s:  # resumed once already: the next hand-back fails it, in one line
+        assert J.release_job(s, job_id=job_id, worker_id="host:2", reason=reason + "\n", enqueue=queue.enqueue,
+                             max_resumes=1) == "failed"
+    with session_scope(db) as s:
+        job = J.get_job(s, job_id=job_id)
+        assert job.status == "failed" and "\n" not in job.error and job.error.startswith(f"stopped because {reason};")
+        assert "resumed 1 time(s) already (limit SDPO_MAX_RESUMES=1)" in job.error and queue.length() == 1
+
+    with session_scope(db) as s:
+        cancelled, unqueued = submit(s, queue, problem_id).id, submit(s, queue, problem_id).id
+        for j in (cancelled, unqueued):
+            J.claim_job(s, job_id=j, worker_id="host:3", takeover_after_s=5)
+        J.cancel_job(s, job_id=cancelled)
+    queue.purge()
+
+    def broken(kind, job_id, task_id, gpus):
+        raise ConnectionError("broker\ndown")
+
+    with session_scope(db) as s:
+        assert J.release_job(s, job_id=cancelled, worker_id="host:3", reason=reason, enqueue=broken) == "cancelled"
+        assert J.release_job(s, job_id=unqueued, worker_id="host:3", reason=reason, enqueue=broken) == "failed"
+    with session_scope(db) as s:
+        assert (J.get_job(s, job_id=cancelled).status, J.get_job(s, job_id=cancelled).error) == (
+            "cancelled", "cancelled by the user")
+        job = J.get_job(s, job_id=unqueued)
+        assert (job.status, job.error) == ("failed", f"stopped because {reason}; queueing it again failed: broker down")
+    assert queue.length() == 0
 
 
 def test_redelivered_message_of_a_silent_job(db, queue, problem_id):

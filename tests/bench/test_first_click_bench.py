@@ -55,5 +55,8 @@ def test_a_run_on_the_tiny_model_times_one_example_of_each_group(fc, tiny_model_
     assert all(f"| {r['title']} |" in printed for r in rows) and "median first attempt" in printed
     saved = json.loads(out.read_text())
     assert saved["settings"]["budget"] == 2 and saved["settings"]["adapter"] == "lora" and len(saved["rows"]) == 3
+    from sdpo.sizing import PROMPT_ROOM  # what was left unset is what a Solve job on this model gets
+
+    assert saved["settings"]["context_budget"] == 8 + PROMPT_ROOM
     with pytest.raises(SystemExit):
         fc.main(["--model", str(tiny_model_path), "--groups", "medium"])

@@ -32,11 +32,34 @@ def test_solve_writes_result_and_attempts(tiny_model_path, tmp_path):
     assert (result["strategy"], result["budget"], result["attempts_used"]) == ("best_of_k", 3, 3)
     assert result["discovered_at"] is None and result["solution"] is None and len(result["rounds"]) == 2
     lines = [json.loads(x) for x in (out / "attempts.jsonl").read_text().splitlines()]
-    assert [(a["round"], a["index"]) for a in lines] == [(0, 0), (0, 1), (1, 0)]
+    assert [(a["attempt"], a["round"], a["index"]) for a in lines] == [(1, 0, 0), (2, 0, 1), (3, 1, 0)]
     for a in lines:
-        assert set(a) == {"round", "index", "reward", "passed", "total", "hidden_passed", "hidden_total",
-                          "feedback", "code"}
+        assert set(a) == {"attempt", "round", "index", "reward", "passed", "total", "hidden_passed",
+                          "hidden_total", "feedback", "code"}
         assert a["total"] == 2 and a["reward"] == 0.0 and a["feedback"]
+
+
+def test_solve_reads_set_values_as_the_user_means_them_and_sizes_the_rest(tiny_model_path, tmp_path):
+    """``--set lr=1e-5`` is a number (YAML 1.1 alone reads it as text); unset settings fit the demo model."""
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["solve", "--problem", _write(tmp_path, PROBLEM), "--strategy", "best_of_k",
+                                 "--model", str(tiny_model_path), "--out", str(out), "--set", "lr=1e-5",
+                                 "--set", "temperature=.9", "--set", "budget=2", "--set", "max_new_tokens=1e1"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in (out / "attempts.jsonl").read_text().splitlines()]
+    assert [a["attempt"] for a in lines] == [1, 2]  # budget 2 of a round of n = 4 (the CPU-sized default)
+    result = json.loads((out / "result.json").read_text())
+    assert result["budget"] == 2 and result["rounds"][0]["ttt/attempts"] == 2.0
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--budget", "1000000000000"], "error: budget: got 1000000000000; must be <= 100000"),
+    (["--set", "max_new_tokens=99999999"], "error: max_new_tokens: got 99999999; must be <= 131072"),
+])
+def test_typos_over_the_limits_exit_2_naming_the_field(tiny_model_path, tmp_path, args, text):
+    r = CliRunner().invoke(app, ["solve", "--problem", _write(tmp_path, PROBLEM), "--model", str(tiny_model_path),
+                                 "--out", str(tmp_path / "o"), *args])
+    assert r.exit_code == 2 and text in r.output, r.output
 
 
 def test_solve_sdpo_saves_the_adapter(tiny_model_path, tmp_path):

@@ -7,16 +7,14 @@
 - train() under torchrun completes, rank 0 alone writes metrics.jsonl, and a 2-rank checkpoint resumes on
   2 ranks reproducing the uninterrupted run.
 
-This file is also the per-rank program: ``torchrun ... tests/sdpo/test_distributed.py update|train ...``.
+This file is also the per-rank program: ``torchrun ... -m tests.sdpo.test_distributed update|train ...``
+(``tests/sdpo/two_ranks.py``).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,11 +22,9 @@ import torch
 
 from sdpo.config import SelfDistillationConfig
 from sdpo.distributed import SINGLE, DistContext, resolve_strategy, shard_bounds
-from sdpo.losses import aggregation_weights
-from sdpo.update import _acc_scale, _agg_denominator, _split_rows
+from tests.sdpo.two_ranks import rank_train, run_rank_program, torchrun
 
-ROOT = Path(__file__).resolve().parents[2]
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+MODULE = "tests.sdpo.test_distributed"  # the ranks' program (two_ranks.torchrun)
 P1 = [{"role": "user", "content": "Print hello."}]
 P2 = [{"role": "user", "content": "Print 2."}]
 P3 = [{"role": "user", "content": "Say something."}]
@@ -52,6 +48,9 @@ CASES = {
     "sdpo-seq-mean-token-mean-mini": dict(loss="sdpo", micro_batch_size=1, mini_batch_size=2, ppo_epochs=2,
                                           agg="seq-mean-token-mean"),
     "grpo-token-mean": dict(loss="grpo", micro_batch_size=2, agg="token-mean"),
+    # the reference's weighting: every sequence of the mini-batch counts, the masked rank's as zero
+    "sdpo-token-mean-all": dict(loss="sdpo", micro_batch_size=1, agg="seq-mean-token-mean-all",
+                                layout="masked-rank"),
     "hybrid-token-sum-norm": dict(loss="hybrid", micro_batch_size=3, agg="seq-mean-token-sum-norm"),
     "hybrid-token-sum-clip": dict(loss="hybrid", micro_batch_size=2, agg="seq-mean-token-sum", is_clip=2.0,
                                   rollout_correction_threshold=2.0),
@@ -97,25 +96,6 @@ def test_world_dependent_settings_are_checked(tmp_path):
         check_world(TrainConfig(train_file=str(data), train_batch_size=2), four)
     fsdp = TrainConfig(train_file=str(data), train_batch_size=2, distributed="fsdp")  # CPU (gloo) too
     assert check_world(fsdp, DistContext(world_size=2, strategy="fsdp")) == "hf"
-
-
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-                                  "seq-mean-token-sum-norm"])
-def test_global_acc_scale_gives_the_global_aggregation_weights(mode):
-    """Sum over ranks and micro-batches of scale * (micro-batch weights) == global mini-batch weights (float64),
-    including a rank whose rows are all masked and micro-batches of different counts per rank."""
-    g = torch.Generator().manual_seed(0)
-    mask = (torch.rand(9, 7, generator=g, dtype=torch.float64) > 0.4).double()
-    mask[6:] = 0.0  # the last rank's rows are fully masked
-    ranks = [torch.arange(0, 6), torch.arange(6, 9)]
-    denom = sum(_agg_denominator(mask[r], mode) for r in ranks)
-    got = torch.zeros_like(mask)
-    for rows in ranks:
-        local = mask[rows]
-        for micro in _split_rows(len(rows), 2):
-            scale = _acc_scale(local, micro, mode, denom)
-            got[rows[micro]] += scale * aggregation_weights(local[micro], mode, torch.float64)
-    torch.testing.assert_close(got, aggregation_weights(mask, mode, torch.float64), rtol=1e-12, atol=1e-15)
 
 
 # ----------------------------------------------------------------------------- the per-rank programs
@@ -191,26 +171,6 @@ def _rank_update(model_path: str, out: str) -> None:
     shutdown(dist)
 
 
-def _rank_train(cfg_json: str) -> None:
-    from sdpo.trainer import TrainConfig, train
-
-    torch.set_num_threads(1)
-    res = train(TrainConfig.from_dict(json.loads(cfg_json)))
-    print(f"RANK{os.environ.get('RANK')} steps={res.steps} stopped={res.stopped}")
-
-
-def _torchrun(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """2 ranks on CPU via torchrun; a hang fails the test after ``timeout`` seconds instead of blocking."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(Path(__file__)), *args]
-    try:
-        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:  # subprocess.run kills torchrun, whose agent stops the ranks
-        pytest.fail(f"2-rank run did not finish in {timeout} s (a rank waiting on a collective?):\n{e.stderr}")
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
-    return res
-
-
 # -------------------------------------------------------------------------------------- 2-rank tests
 
 
@@ -220,7 +180,7 @@ def test_two_ranks_take_the_one_process_step(tiny_model_path, tmp_path):
     grad norm and EMA teacher equal the one-process run on the whole batch, in every loss / aggregation mode."""
     from sdpo.models import load_model_and_tokenizer
 
-    _torchrun(["update", str(tiny_model_path), str(tmp_path)], timeout=240)
+    torchrun(MODULE, ["update", str(tiny_model_path), str(tmp_path)], timeout=240)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     model, tok = load_model_and_tokenizer(tiny_model_path)
     model = model.double()
@@ -264,7 +224,7 @@ def test_train_on_two_ranks_writes_once_and_resumes_on_two_ranks(tiny_model_path
                 n=2, max_new_tokens=8, micro_batch_size=2, val_k=1, lr=1e-3, progress=False, seed=3,
                 max_steps=3, save_every=2, adapter="lora",
                 self_distillation={"distillation_topk": 10, "teacher_update_rate": 0.2})
-    _torchrun(["train", json.dumps({**base, "out_dir": str(tmp_path / "a")})], timeout=300)
+    torchrun(MODULE, ["train", json.dumps({**base, "out_dir": str(tmp_path / "a")})], timeout=300)
     steps, a = _metrics(tmp_path / "a")
     assert steps == [1, 2, 3]  # one metrics file, one row per step (rank 0 alone writes)
     assert a[3]["reward/mean"] >= 0.0 and "val/avg@1" in a[3] and a[3]["loss"] == a[3]["loss"]
@@ -273,7 +233,7 @@ def test_train_on_two_ranks_writes_once_and_resumes_on_two_ranks(tiny_model_path
     assert sorted(p.name for p in (tmp_path / "a/checkpoints").iterdir()) == ["step_2", "step_3"]
     # resumed from step 2 on 2 ranks, in a new run directory: step 3 reproduces the uninterrupted run
     resume = {**base, "out_dir": str(tmp_path / "b"), "resume_from": str(tmp_path / "a/checkpoints/step_2")}
-    _torchrun(["train", json.dumps(resume)], timeout=300)
+    torchrun(MODULE, ["train", json.dumps(resume)], timeout=300)
     steps_b, b = _metrics(tmp_path / "b")
     assert steps_b == [3]
     assert a[3].keys() == b[3].keys()
@@ -282,9 +242,4 @@ def test_train_on_two_ranks_writes_once_and_resumes_on_two_ranks(tiny_model_path
 
 
 if __name__ == "__main__":  # a rank of a torchrun launch (see the tests above)
-    if sys.argv[1] == "update":
-        _rank_update(sys.argv[2], sys.argv[3])
-    elif sys.argv[1] == "train":
-        _rank_train(sys.argv[2])
-    else:
-        raise SystemExit(f"unknown mode {sys.argv[1]!r}")
+    run_rank_program({"update": _rank_update, "train": rank_train})

@@ -7,16 +7,14 @@
   ranks, checkpoints hold full tensors in the one-process layout, a 2-rank checkpoint resumes on 2 ranks and
   reproduces the uninterrupted run, loads in one process, and a one-process checkpoint resumes on 2 fsdp ranks.
 
-This file is also the per-rank program: ``torchrun ... tests/sdpo/test_fsdp.py update|train ...``.
+This file is also the per-rank program: ``torchrun ... -m tests.sdpo.test_fsdp update|generate|train ...``
+(``tests/sdpo/two_ranks.py``).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,28 +22,27 @@ import torch
 
 from sdpo.config import ConfigError, SelfDistillationConfig
 from sdpo.distributed import SINGLE, DistContext
+from tests.sdpo.test_distributed import CASES, LAYOUTS, TASKS, _batch, _metrics, _run_case, _tensors
+from tests.sdpo.two_ranks import rank_train, run_rank_program, torchrun
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_distributed import CASES, LAYOUTS, TASKS, _batch, _metrics, _run_case, _tensors  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+MODULE = "tests.sdpo.test_fsdp"  # the ranks' program (two_ranks.torchrun)
 FSDP_CASES = ("sdpo-token-mean-ema", "sdpo-trust-region", "hybrid-token-sum-norm")
 
 
 # ------------------------------------------------------------------------------------------ config rules
 
 
-def test_fsdp_is_accepted_on_cpu_and_strategy_is_its_other_name(tmp_path):
+def test_fsdp_is_accepted_on_cpu_and_distributed_has_one_spelling(tmp_path):
     from sdpo.trainer import TrainConfig, check_world
 
     data = tmp_path / "t.jsonl"
     data.write_text('{"prompt": "p", "kind": "mcq", "answer": "A"}\n')
-    cfg = TrainConfig.from_dict({"train_file": str(data), "train_batch_size": 2, "strategy": "fsdp"})
+    cfg = TrainConfig.from_dict({"train_file": str(data), "train_batch_size": 2, "distributed": "fsdp"})
     assert cfg.distributed == "fsdp" and "strategy" not in cfg.to_dict()
     assert check_world(cfg, DistContext(rank=1, world_size=2, strategy="fsdp")) == "hf"
-    with pytest.raises(ConfigError, match=r"^strategy: is another name of 'distributed'; set one of them"):
-        TrainConfig.from_dict({"train_file": str(data), "strategy": "fsdp", "distributed": "fsdp"})
+    # the reference's actor.strategy is called distributed here (docs/fidelity.md): one spelling
+    with pytest.raises(ConfigError, match=r"^strategy: unknown key; known keys are .*distributed"):
+        TrainConfig.from_dict({"train_file": str(data), "strategy": "fsdp"})
     with pytest.raises(ConfigError, match="^fused_lm_head: fused_lm_head=true cannot run with distributed='fsdp'"):
         TrainConfig(train_file=str(data), distributed="fsdp", fused_lm_head=True, adapter="lora")
 
@@ -124,35 +121,6 @@ def _rank_generate(model_path: str, out: str) -> None:
     shutdown(dist)
 
 
-def _rank_train(cfg_json: str) -> None:
-    from sdpo.trainer import TrainConfig, train
-
-    torch.set_num_threads(1)
-    res = train(TrainConfig.from_dict(json.loads(cfg_json)))
-    print(f"RANK{os.environ.get('RANK')} steps={res.steps} stopped={res.stopped}")
-
-
-def _torchrun(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """2 ranks on CPU via torchrun; a hang fails the test after ``timeout`` seconds instead of blocking."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(Path(__file__)), *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # SIGTERM: torchrun's agent stops the ranks (a SIGKILL would orphan them)
-        try:
-            out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        pytest.fail(f"2-rank fsdp run did not finish in {timeout} s (a rank waiting on a collective?):\n{err[-6000:]}")
-    res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    ranks = "\n".join(line for line in err.splitlines() if line.startswith("[rank"))  # the ranks' own errors
-    assert res.returncode == 0, res.stdout[-3000:] + ranks[-6000:] + res.stderr[-4000:]
-    return res
-
-
 # -------------------------------------------------------------------------------------- 2-rank tests
 
 
@@ -162,7 +130,7 @@ def test_fsdp_two_ranks_take_the_one_process_step(tiny_model_path, tmp_path):
     take the one-process step: updated weights, loss, grad norm and EMA / trust-region teacher state."""
     from sdpo.models import load_model_and_tokenizer
 
-    _torchrun(["update", str(tiny_model_path), str(tmp_path)], timeout=120)
+    torchrun(MODULE, ["update", str(tiny_model_path), str(tmp_path)], timeout=120)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     model, tok = load_model_and_tokenizer(tiny_model_path)
     model = model.double()
@@ -184,7 +152,7 @@ def test_fsdp_two_ranks_take_the_one_process_step(tiny_model_path, tmp_path):
 
 
 def test_fsdp_generate_keeps_ranks_of_different_lengths_and_call_counts_in_step(tiny_model_path, tmp_path):
-    _torchrun(["generate", str(tiny_model_path), str(tmp_path)], timeout=90)
+    torchrun(MODULE, ["generate", str(tiny_model_path), str(tmp_path)], timeout=90)
     r0, r1 = (torch.load(tmp_path / f"gen{r}.pt", weights_only=False) for r in (0, 1))
     assert [len(x) for x in r1["whole"]] == [1] and all(len(x) == 8 for x in r0["whole"])  # lengths differ
     assert r0["sharded"] == r0["whole"] and r1["sharded"] == r1["whole"]  # sharded generate = unsharded
@@ -202,12 +170,13 @@ def _base(tiny_model_path, data: Path, **kw) -> dict:
 @pytest.mark.slow
 def test_fsdp_lora_checkpoint_resumes_on_two_ranks_and_loads_in_one_process(tiny_model_path, tmp_path):
     from sdpo.teacher import make_teacher
-    from sdpo.trainer import TrainConfig, build_policy, load_checkpoint, make_optimizer, train
+    from sdpo.trainer import TrainConfig, build_policy, load_checkpoint, train
+    from sdpo.update import make_optimizer
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(t) + "\n" for t in TASKS))
     base = _base(tiny_model_path, data, adapter="lora", max_steps=3, save_every=2)
-    _torchrun(["train", json.dumps({**base, "out_dir": str(tmp_path / "a")})], timeout=150)
+    torchrun(MODULE, ["train", json.dumps({**base, "out_dir": str(tmp_path / "a")})], timeout=150)
     steps, a = _metrics(tmp_path / "a")
     assert steps == [1, 2, 3] and "val/avg@1" in a[3] and a[3]["loss"] == a[3]["loss"]
     ckpt = tmp_path / "a/checkpoints/step_2"
@@ -218,7 +187,7 @@ def test_fsdp_lora_checkpoint_resumes_on_two_ranks_and_loads_in_one_process(tiny
     assert not any(type(t) is not torch.Tensor for t in _tensors_raw(state))
     # resumed from step 2 on 2 ranks: step 3 reproduces the uninterrupted run
     resume = {**base, "out_dir": str(tmp_path / "b"), "resume_from": str(ckpt)}
-    _torchrun(["train", json.dumps(resume)], timeout=150)
+    torchrun(MODULE, ["train", json.dumps(resume)], timeout=150)
     steps_b, b = _metrics(tmp_path / "b")
     assert steps_b == [3] and a[3].keys() == b[3].keys()
     for k in a[3]:
@@ -244,7 +213,8 @@ def test_one_process_full_checkpoint_resumes_on_two_fsdp_ranks_and_back(tiny_mod
     from safetensors.torch import load_file
 
     from sdpo.teacher import make_teacher
-    from sdpo.trainer import TrainConfig, build_policy, load_checkpoint, make_optimizer, train
+    from sdpo.trainer import TrainConfig, build_policy, load_checkpoint, train
+    from sdpo.update import make_optimizer
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(t) + "\n" for t in TASKS))
@@ -254,7 +224,7 @@ def test_one_process_full_checkpoint_resumes_on_two_fsdp_ranks_and_back(tiny_mod
     train(one)
     resume = {**base, "max_steps": 2, "out_dir": str(tmp_path / "two"),
               "resume_from": str(tmp_path / "one/checkpoints/step_1")}
-    _torchrun(["train", json.dumps(resume)], timeout=150)
+    torchrun(MODULE, ["train", json.dumps(resume)], timeout=150)
     steps, _ = _metrics(tmp_path / "two")
     assert steps == [2]
     ckpt = tmp_path / "two/checkpoints/step_2"
@@ -273,6 +243,35 @@ def test_one_process_full_checkpoint_resumes_on_two_fsdp_ranks_and_back(tiny_mod
     assert all(torch.equal(ref[k], before[k]) for k in ref) and ref0.keys() <= before.keys()
 
 
+@pytest.mark.slow
+def test_fsdp_bf16_full_fine_tuning_keeps_float32_masters_and_resumes_exactly(tiny_model_path, tmp_path):
+    """bfloat16 full fine-tuning on 2 fsdp ranks at lr 1e-6: the float32 masters are sharded like their
+    parameters, the checkpoint holds them gathered (float32; without masters ~1.5% of the bf16 weights move at
+    all), the EMA teacher keeps a float32 master, and a resume on 2 ranks reproduces the uninterrupted run."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(t) + "\n" for t in TASKS))
+    base = _base(tiny_model_path, data, adapter="full", dtype="bfloat16", lr=1e-6, max_steps=3, save_every=2,
+                 val_every=0)
+    torchrun(MODULE, ["train", json.dumps({**base, "out_dir": str(tmp_path / "a")})], timeout=150)
+    saved = load_file(str(tmp_path / "a/checkpoints/step_3/model/model.safetensors"))
+    init = load_file(str(tiny_model_path / "model.safetensors"))
+    assert {v.dtype for v in saved.values()} == {torch.float32}
+    moved = sum(int((v != init[k].to(torch.bfloat16).float()).sum()) for k, v in saved.items())
+    assert moved > 0.9 * sum(v.numel() for v in saved.values())
+    state = torch.load(tmp_path / "a/checkpoints/step_2/trainer_state.pt", weights_only=False)
+    assert {v.dtype for v in state["teacher"]["weights"].values()} == {torch.float32}
+    resume = {**base, "out_dir": str(tmp_path / "b"), "resume_from": str(tmp_path / "a/checkpoints/step_2")}
+    torchrun(MODULE, ["train", json.dumps(resume)], timeout=150)
+    _, a = _metrics(tmp_path / "a")
+    _, b = _metrics(tmp_path / "b")
+    for k in a[3]:
+        assert a[3][k] == pytest.approx(b[3][k], rel=1e-5, abs=1e-7), k
+    again = load_file(str(tmp_path / "b/checkpoints/step_3/model/model.safetensors"))
+    assert all(torch.equal(again[k], saved[k]) for k in saved)
+
+
 def _tensors_raw(obj):
     if isinstance(obj, torch.Tensor):
         yield obj
@@ -285,11 +284,4 @@ def _tensors_raw(obj):
 
 
 if __name__ == "__main__":  # a rank of a torchrun launch (see the tests above)
-    if sys.argv[1] == "update":
-        _rank_update(sys.argv[2], sys.argv[3])
-    elif sys.argv[1] == "generate":
-        _rank_generate(sys.argv[2], sys.argv[3])
-    elif sys.argv[1] == "train":
-        _rank_train(sys.argv[2])
-    else:
-        raise SystemExit(f"unknown mode {sys.argv[1]!r}")
+    run_rank_program({"update": _rank_update, "generate": _rank_generate, "train": rank_train})

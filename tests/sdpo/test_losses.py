@@ -1,4 +1,5 @@
-"""SDPO / GRPO losses against float64 references written here straight from the formulas (paper Sec. 3)."""
+"""SDPO / GRPO losses against the formula (``sdpo.losses.reference``, paper Sec. 3) in float64, and hand-computed
+values."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from sdpo.config import ConfigError, SelfDistillationConfig
 from sdpo.losses import (
+    aggregate_loss,
     group_advantages,
     grpo_loss,
     sdpo_loss,
@@ -16,76 +18,12 @@ from sdpo.losses import (
     token_logprobs,
     token_logprobs_from_hidden,
 )
+from sdpo.losses.reference import aggregate_reference, sdpo_loss_reference
 
-AGG_MODES = ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+AGG_MODES = ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm",
+             "seq-mean-token-mean-all"]
 ALPHAS = [0.0, 0.3, 0.5, 1.0]
 SUPPORTS = {"topk-tail": (5, True), "topk-renorm": (5, False), "full": (None, True)}
-
-
-# ------------------------------------------------------------------------------------------------
-# float64 reference, written from the formulas with full tensors
-# ------------------------------------------------------------------------------------------------
-
-def ref_aggregate(per_token, mask, mode):
-    B, T = mask.shape
-    if mode == "token-mean":
-        return (per_token * mask).sum() / max(float(mask.sum()), 1.0)
-    if mode == "seq-mean-token-sum-norm":
-        return (per_token * mask).sum() / T
-    seq_values = []
-    for b in range(B):
-        n = float(mask[b].sum())
-        if n == 0:
-            continue
-        s = (per_token[b] * mask[b]).sum()
-        seq_values.append(s if mode == "seq-mean-token-sum" else s / n)
-    if not seq_values:
-        return (per_token * mask).sum() * 0.0
-    return torch.stack(seq_values).sum() / len(seq_values)
-
-
-def ref_sdpo(s, t, ids, rmask, cfg, old=None, smask=None, rw=None):
-    s = s / cfg.temperature
-    t = t / cfg.temperature
-    ls_full = torch.log_softmax(s, -1)
-    lt_full = torch.log_softmax(t, -1)
-    lp_y = ls_full.gather(-1, ids[..., None]).squeeze(-1)
-    lt_y = lt_full.gather(-1, ids[..., None]).squeeze(-1)
-    if cfg.mode == "token":
-        per = (lp_y - lt_y).detach() * lp_y
-    else:
-        if cfg.distillation_topk is not None:
-            idx = torch.topk(s, cfg.distillation_topk, dim=-1).indices
-            ls = torch.gather(s, -1, idx) - torch.logsumexp(s, -1, keepdim=True)
-            lt = torch.gather(t, -1, idx) - torch.logsumexp(t, -1, keepdim=True)
-            if cfg.distillation_add_tail:
-                def tail(x):
-                    m = torch.clamp(torch.logsumexp(x, -1, keepdim=True), max=-1e-7)
-                    return torch.cat([x, torch.log(-torch.expm1(m))], -1)
-                ls, lt = tail(ls), tail(lt)
-            else:
-                ls = ls - torch.logsumexp(ls, -1, keepdim=True)
-                lt = lt - torch.logsumexp(lt, -1, keepdim=True)
-        else:
-            ls, lt = ls_full, lt_full
-        ps, pt = ls.exp(), lt.exp()
-        a = cfg.alpha
-        if a == 0.0:
-            per = (pt * (lt - ls)).sum(-1)
-        elif a == 1.0:
-            per = (ps * (ls - lt)).sum(-1)
-        else:
-            m = torch.log((1 - a) * ps + a * pt)
-            per = (1 - a) * (ps * (ls - m)).sum(-1) + a * (pt * (lt - m)).sum(-1)
-    if cfg.is_clip is not None:
-        ratio = torch.exp(torch.clamp(lp_y.detach() - old, -20, 20)).clamp(max=cfg.is_clip)
-        per = per * ratio
-    if rw is not None:
-        per = per * rw
-    mask = rmask.to(s.dtype)
-    if smask is not None:
-        mask = mask * smask[:, None].to(s.dtype)
-    return ref_aggregate(per, mask, cfg.loss_agg_mode)
 
 
 def make_batch(dtype=torch.float64, B=3, T=7, V=50, seed=0):
@@ -117,8 +55,9 @@ def check_against_reference(cfg, dtype, *, use_sample_mask=True, use_rw=True, ch
     loss, metrics = sdpo_loss(s1, t, ids, rmask, cfg, chunk_size=chunk_size, **kwargs)
     loss.backward()
     s2 = s.double().clone().requires_grad_()
-    ref = ref_sdpo(s2, t.double(), ids, rmask, cfg, old=kwargs["old_logprobs"] if cfg.is_clip else None,
-                   smask=kwargs["sample_mask"], rw=None if not use_rw else rw.double())
+    ref = sdpo_loss_reference(s2, t.double(), ids, rmask, cfg,
+                              old_logprobs=kwargs["old_logprobs"] if cfg.is_clip else None,
+                              sample_mask=kwargs["sample_mask"], rollout_is_weights=None if not use_rw else rw.double())
     ref.backward()
     assert abs(loss.item() - ref.item()) <= tol * max(abs(ref.item()), 1e-12), (loss.item(), ref.item())
     assert rel_err(s1.grad, s2.grad) < tol
@@ -283,7 +222,7 @@ def test_tail_clamp_on_one_side(alpha):
             math.exp(b) * (b - m) for b, m in zip(lt, mix, strict=True))
     assert loss.item() == pytest.approx(expected, rel=1e-9)
     y = s.detach().clone().requires_grad_()
-    ref_sdpo(y, t, ids, mask, cfg).backward()
+    sdpo_loss_reference(y, t, ids, mask, cfg).backward()
     assert rel_err(s.grad, y.grad) < 1e-9
 
 
@@ -361,9 +300,9 @@ def test_chunking_does_not_change_results():
 def test_row_blocked_kernel_matches_the_reference(monkeypatch, support):
     """The chunk kernel's full-width operations run on row blocks when a chunk is larger than
     _ROW_BLOCK_BYTES (at V = 151,936 every from-hidden chunk): force blocks of 2 rows on both paths."""
-    import sdpo.losses
+    import sdpo.losses.chunked
 
-    monkeypatch.setattr(sdpo.losses, "_ROW_BLOCK_BYTES", 2 * 50 * 8)
+    monkeypatch.setattr(sdpo.losses.chunked, "_ROW_BLOCK_BYTES", 2 * 50 * 8)
     topk, tail = SUPPORTS[support]
     cfg = SelfDistillationConfig(alpha=0.5, distillation_topk=topk, distillation_add_tail=tail, is_clip=2.0,
                                  temperature=0.7)
@@ -379,7 +318,8 @@ def test_row_blocked_kernel_matches_the_reference(monkeypatch, support):
     loss_f.backward()
     h2 = hs.clone().requires_grad_()
     w2 = w.clone().requires_grad_()
-    ref = ref_sdpo(h2 @ w2.T, ht @ w.T, ids, rmask, cfg, old=old, smask=smask, rw=rw)
+    ref = sdpo_loss_reference(h2 @ w2.T, ht @ w.T, ids, rmask, cfg, old_logprobs=old, sample_mask=smask,
+                              rollout_is_weights=rw)
     ref.backward()
     assert loss_f.item() == pytest.approx(ref.item(), rel=1e-10)
     assert rel_err(h1.grad, h2.grad) < 1e-10 and rel_err(w1.grad, w2.grad) < 1e-10
@@ -392,7 +332,7 @@ def test_loss_scaling_and_composition_in_autograd():
     loss, _ = sdpo_loss(x, t, ids, rmask, cfg)
     (3.0 * loss + (x ** 2).sum() * 0.0).backward()
     y = s.clone().requires_grad_()
-    ref_sdpo(y, t, ids, rmask, cfg).mul(3.0).backward()
+    sdpo_loss_reference(y, t, ids, rmask, cfg).mul(3.0).backward()
     assert rel_err(x.grad, y.grad) < 1e-10
 
 
@@ -403,7 +343,7 @@ def test_bfloat16_logits_run_and_return_bfloat16_gradients():
     loss, _ = sdpo_loss(x, t.to(torch.bfloat16), ids, rmask, cfg)
     loss.backward()
     assert loss.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
-    ref = ref_sdpo(x.detach().double(), t.to(torch.bfloat16).double(), ids, rmask, cfg)
+    ref = sdpo_loss_reference(x.detach().double(), t.to(torch.bfloat16).double(), ids, rmask, cfg)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-4)
 
 
@@ -589,10 +529,41 @@ def test_grpo_loss_masks_aggregation_and_weights():
     for agg in AGG_MODES:
         loss, _ = grpo_loss(lp, old, adv, rmask, clip_ratio_high=0.3, loss_agg_mode=agg, sample_mask=smask,
                             rollout_is_weights=rw)
-        ref = ref_aggregate(per, rmask * smask[:, None], agg)
+        ref = aggregate_reference(per, rmask * smask[:, None], agg)
         assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
     with pytest.raises(ValueError, match="clip_ratio_c"):
         grpo_loss(lp, old, adv, rmask, clip_ratio_c=1.0)
+
+
+def test_reference_weighting_counts_undistilled_sequences_as_zero():
+    """Sequences of lengths 1, 9 and 1 with per-token losses 1, 2 and 3, the first two distilled: the global
+    token-mean over distilled tokens is (1 + 9 * 2) / 10 = 1.9; the reference's per-sequence token-mean averaged
+    over all three sequences is (1 + 2 + 0) / 3 = 1.0."""
+    per = torch.tensor([[1.0] + [0.0] * 8, [2.0] * 9, [3.0] + [0.0] * 8], dtype=torch.float64)
+    lengths = torch.tensor([[1] + [0] * 8, [1] * 9, [1] + [0] * 8], dtype=torch.float64)
+    mask = lengths * torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)[:, None]
+    assert aggregate_loss(per, mask, "token-mean").item() == pytest.approx(1.9, rel=1e-15)
+    assert aggregate_loss(per, mask, "seq-mean-token-mean-all").item() == pytest.approx(1.0, rel=1e-15)
+    assert aggregate_loss(per, mask, "seq-mean-token-mean").item() == pytest.approx(1.5, rel=1e-15)
+
+
+def test_seq_mean_token_sum_norm_divides_by_a_constant():
+    """The divisor is loss_scale_factor (the run's max response length), not the batch's longest response."""
+    per = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    assert aggregate_loss(per, mask, "seq-mean-token-sum-norm").item() == pytest.approx(6 / 3, rel=1e-15)
+    assert aggregate_loss(per, mask, "seq-mean-token-sum-norm", 8).item() == pytest.approx(6 / 8, rel=1e-15)
+    assert aggregate_loss(per[:, :2], mask[:, :2], "seq-mean-token-sum-norm", 8).item() == pytest.approx(
+        6 / 8, rel=1e-15)  # the same batch padded narrower: the same loss
+    s, t, ids, rmask, _, _, _ = make_batch()
+    cfg = SelfDistillationConfig(distillation_topk=5, is_clip=None, loss_agg_mode="seq-mean-token-sum-norm")
+    wide, _ = sdpo_loss(s, t, ids, rmask, cfg)
+    scaled, _ = sdpo_loss(s, t, ids, rmask, SelfDistillationConfig(**{**cfg.to_dict(), "loss_scale_factor": 64}))
+    assert scaled.item() == pytest.approx(wide.item() * ids.shape[1] / 64, rel=1e-12)
+    lp = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    loss, _ = grpo_loss(lp, lp.detach(), torch.tensor([1.0, -1.0], dtype=torch.float64), mask,
+                        loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=8)
+    assert loss.item() == pytest.approx((-1 - 1 + 1) / 8, rel=1e-15)
 
 
 def test_group_advantages_hand_computed():

@@ -1,14 +1,14 @@
-"""Peak memory of the SDPO loss (module docstring of sdpo.losses): forward + backward allocate no more than one
-[B, T, V] float tensor beyond the inputs (the gradient of the student logits), where a reference-style
-computation (full log-softmax of both sides, then top-k / gather) holds several; the from-hidden variant's
-peak does not grow with T at all.
+"""Peak memory of the SDPO loss (module docstring of sdpo.losses.chunked): forward + backward allocate no more
+than one [B, T, V] float tensor beyond the inputs (the gradient of the student logits), where the formula as
+written (``sdpo.losses.reference``: full log-softmax of both sides, then top-k / gather) holds several; the
+from-hidden variant's peak does not grow with T at all.
 
 Each measurement runs in a fresh subprocess (one thread). The peak is the kernel's RSS high-water mark
 (VmHWM) after resetting it to the current RSS (``/proc/self/clear_refs``, after a small warm-up run that loads
 every code path), minus the RSS before the measured run; where the reset is not allowed, the process's
 ``ru_maxrss`` minus the RSS before the run (no warm-up then). With glibc's mmap threshold fixed at 1 MiB,
 RSS follows the live tensors closely (measured: ours 134 MiB = the 128 MiB gradient + row-block temporaries,
-reference-style 392 MiB; from-hidden 44-45 MiB at 1,024 and 4,096 tokens).
+the formula 519 MiB; from-hidden 44-45 MiB at 1,024 and 4,096 tokens).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[1])
 from sdpo.config import SelfDistillationConfig
-from sdpo.losses import sdpo_loss, sdpo_loss_from_hidden
+from sdpo.losses import sdpo_loss, sdpo_loss_from_hidden, sdpo_loss_reference
 
 impl, T, V, H, chunk = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 cfg = SelfDistillationConfig(alpha=0.5, distillation_topk=100, distillation_add_tail=True, is_clip=2.0)
@@ -45,20 +45,6 @@ def reset_peak():
         return True
     except OSError:
         return False
-
-def reference(s, t, ids, mask, old):
-    """Reference-style (lasgroup/SDPO): full log-softmax of both sides, top-k gather, tail, JSD, IS ratio."""
-    ls, lt = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
-    lp_y = ls.gather(-1, ids[..., None]).squeeze(-1)
-    idx = torch.topk(ls, 100, dim=-1).indices
-    def tail(lp):
-        m = torch.logsumexp(lp, -1, keepdim=True).clamp(max=-1e-7)
-        return torch.cat([lp, torch.log(-torch.expm1(m))], -1)
-    sk, tk = tail(ls.gather(-1, idx)), tail(lt.gather(-1, idx))
-    mix = torch.logsumexp(torch.stack([sk + torch.log(torch.tensor(0.5)), tk + torch.log(torch.tensor(0.5))]), 0)
-    per = 0.5 * (sk.exp() * (sk - mix)).sum(-1) + 0.5 * (tk.exp() * (tk - mix)).sum(-1)
-    per = per * torch.exp((lp_y.detach() - old).clamp(-20, 20)).clamp(max=2.0)
-    return (per * mask).sum() / mask.sum()
 
 def inputs(T):
     g = torch.Generator().manual_seed(0)
@@ -80,7 +66,7 @@ def run(T):
     elif impl == "hidden":
         loss, _ = sdpo_loss_from_hidden(x[0], x[1], x[2], ids, mask, cfg, old_logprobs=old, chunk_size=chunk)
     else:
-        loss = reference(x[0], x[1], ids, mask, old)
+        loss = sdpo_loss_reference(x[0], x[1], ids, mask, cfg, old_logprobs=old)
     loss.backward()   # the gradients stay alive until the peak is read
     return before, x
 

@@ -2,16 +2,13 @@ import pytest
 import torch
 
 from sdpo.config import SelfDistillationConfig
+from sdpo.forward import output_head, response_hidden, response_logits
 from sdpo.models import chat_ids, load_model_and_tokenizer
 from sdpo.reprompt import (
     TeacherContext,
     build_teacher_messages,
-    output_head,
     reprompt_metrics,
-    response_hidden,
-    response_logits,
     strip_thinking,
-    student_inputs,
     tokenize_teacher_inputs,
     truncate_prompt,
 )
@@ -164,16 +161,6 @@ def test_truncate_prompt_sides():
     assert truncate_prompt(ids, 10, "error") == ids
     with pytest.raises(ValueError, match="max_reprompt_len"):
         truncate_prompt(ids, 9, "error")
-
-
-def test_student_inputs_layout():
-    resp = torch.tensor([[5, 6, 7], [8, 0, 0]])
-    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
-    b = student_inputs([[1, 2], [3, 4, 5, 6]], resp, mask, pad_id=0)
-    assert b.response_start == 4 and b.response_len == 3
-    assert b.input_ids.tolist() == [[0, 0, 1, 2, 5, 6, 7], [3, 4, 5, 6, 8, 0, 0]]
-    assert b.attention_mask.tolist() == [[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]]
-    assert b.position_ids.tolist() == [[0, 0, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 4, 4]]
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from sdpo.config import SelfDistillationConfig
+from sdpo.forward import response_logits
 from sdpo.models import load_model_and_tokenizer
-from sdpo.reprompt import TeacherContext, response_logits, tokenize_teacher_inputs
+from sdpo.reprompt import TeacherContext, tokenize_teacher_inputs
 from sdpo.teacher import EmaTeacher, LiveTeacher, TrustRegionTeacher, make_teacher
 
 TAU = 0.1

@@ -1,4 +1,4 @@
-"""Test-time solving (issue 5) on the tiny model: all three strategies end to end, stopping at the first
+"""Test-time solving on the tiny model: all three strategies end to end, stopping at the first
 discovery, the update rule of ``sdpo`` (weights move after a round with a demonstration or feedback and stay
 bit-for-bit equal after a round with neither), resuming, stopping, and the multi-turn context budget."""
 
@@ -61,7 +61,7 @@ class Recorder(Callbacks):
 
 def test_config_test_time_defaults_and_partial_self_distillation():
     c = SolveConfig()
-    assert (c.strategy, c.loss, c.n, c.adapter, c.steps_per_round) == ("sdpo", "sdpo", 8, "lora", 1)
+    assert (c.strategy, c.loss, c.n, c.adapter, c.ppo_epochs) == ("sdpo", "sdpo", 8, "lora", 1)
     sd = c.self_distillation
     assert (sd.alpha, sd.distillation_topk, sd.teacher_regularization) == (1.0, 20, "live")
     # a partial block overrides only its keys; the other test-time defaults stay
@@ -77,7 +77,8 @@ def test_config_test_time_defaults_and_partial_self_distillation():
     ({"strategy": "beam"}, "strategy"),
     ({"budget": 0}, "budget"),
     ({"n": 1.5}, "n"),
-    ({"steps_per_round": 0}, "steps_per_round"),
+    ({"ppo_epochs": 0}, "ppo_epochs"),
+    ({"steps_per_round": 2}, "steps_per_round"),  # one spelling: ppo_epochs (docs/fidelity.md)
     ({"adapter": "qlora"}, "adapter"),
     ({"multiturn_template": "chat"}, "multiturn_template"),
     ({"max_new_tokens": 512, "context_budget": 512}, "context_budget"),
@@ -225,8 +226,8 @@ def test_sdpo_skips_the_update_of_the_round_that_spends_the_budget(tiny_model_pa
     assert [m["ttt/updated"] for m in res.rounds] == [1.0] * updates + [0.0]
 
 
-def test_steps_per_round_is_one_update_of_that_many_epochs(tiny_model_path, monkeypatch):
-    """steps_per_round=3: one policy_update per round running 3 epochs against the sampling policy's log-probs:
+def test_ppo_epochs_is_one_update_of_that_many_epochs_per_round(tiny_model_path, monkeypatch):
+    """ppo_epochs=3: one policy_update per round running 3 epochs against the sampling policy's log-probs:
     the first epoch's IS ratio is exactly 1, the later ones are not (recomputing the old log-probs before
     each step would reset them to 1)."""
     import sdpo.update
@@ -241,7 +242,7 @@ def test_steps_per_round_is_one_update_of_that_many_epochs(tiny_model_path, monk
         return loss, m
 
     monkeypatch.setattr(sdpo.update, "sdpo_loss", loss_spy)
-    c = cfg(budget=8, steps_per_round=3, lr=1e-2)
+    c = cfg(budget=8, ppo_epochs=3, lr=1e-2)
     assert c.ppo_epochs == 3
     res = solve(Problem.parse(PROBLEM), model, tok, sampler, c, Recorder())
     assert res.attempts_used == 8 and len(spy.batches) == 1  # round 0 only (round 1 spends the budget)
@@ -249,9 +250,8 @@ def test_steps_per_round_is_one_update_of_that_many_epochs(tiny_model_path, monk
     assert ratios[0] == 1.0
     assert all(abs(r - 1.0) > 1e-4 for r in ratios[1:]), ratios
     assert res.rounds[0]["sdpo/is_ratio_mean"] != 1.0  # the round's metrics average the three epochs
-    with pytest.raises(ConfigError, match="^steps_per_round: got 2 and ppo_epochs=3"):
-        cfg(steps_per_round=2, ppo_epochs=3)
-    assert cfg(ppo_epochs=2).steps_per_round == 2
+    with pytest.raises(ConfigError, match="^steps_per_round: unknown key; known keys are .*ppo_epochs"):
+        cfg(steps_per_round=3)
 
 
 # --------------------------------------------------------------------------------------------- a model that can succeed
@@ -392,7 +392,9 @@ def test_sdpo_resume_reloads_the_adapter_saved_after_each_round(tiny_model_path,
     model, tok, sampler = load(tiny_model_path)
     solve(Problem.parse(PROBLEM), model, tok, sampler, c, full, out_dir=tmp_path / "a")
     model, tok, sampler = load(tiny_model_path)
-    first.should_stop = lambda: len(first.got) >= 4  # the job is interrupted after round 0
+    rounds_done = []
+    first.on_metrics = lambda step, m: rounds_done.append(step)  # round 0 ended (updated, adapter saved)
+    first.should_stop = lambda: bool(rounds_done)  # the job is interrupted between round 0 and round 1
     solve(Problem.parse(PROBLEM), model, tok, sampler, c, first, out_dir=tmp_path / "b")
     model, tok, sampler = load(tiny_model_path)
     res = solve(Problem.parse(PROBLEM), model, tok, sampler, c, resumed, out_dir=tmp_path / "b", start_attempt=4)
@@ -412,6 +414,29 @@ def test_stop_requested_is_honoured_between_rounds(tiny_model_path):
     rec.should_stop = lambda: len(rec.got) >= 4
     res = solve(Problem.parse(PROBLEM), model, tok, sampler, cfg(strategy="best_of_k", budget=12), rec)
     assert res.stopped and res.attempts_used == 4 and len(rec.got) == 4
+
+
+@pytest.mark.parametrize("strategy", ["sdpo", "multiturn"])
+def test_stop_inside_a_round_ends_the_run_without_reporting_that_round(tiny_model_path, tmp_path, strategy):
+    """A stop the sampler sees while round 1 generates (it asks after every token) ends the run at once:
+    ``stopped``, round 0's attempts and metrics reported, nothing of round 1, no more tokens generated."""
+    model, tok = load_model_and_tokenizer(tiny_model_path)
+    rec = Recorder()
+    metrics = []
+    rec.on_metrics = lambda step, m: metrics.append(step)
+    per_round = 1 if strategy == "multiturn" else 2
+    polls = []
+
+    def sampler_stop():  # says stop on the 5th token of round 1
+        if len(rec.got) >= per_round:
+            polls.append(1)
+        return len(polls) >= 5
+
+    sampler = HFSampler(model, tok, should_stop=sampler_stop)
+    res = solve(Problem.parse(PROBLEM), model, tok, sampler,
+                cfg(strategy=strategy, budget=6, n=2, max_new_tokens=200, context_budget=600), rec, out_dir=tmp_path)
+    assert res.stopped and len(rec.got) == per_round and res.attempts_used == per_round
+    assert metrics == [0] and len(res.rounds) == 1 and len(polls) == 5
 
 
 def test_multiturn_question_longer_than_the_context_budget_is_a_config_error(tiny_model_path):
@@ -450,3 +475,21 @@ def test_solve_from_config_closes_its_sampler(tiny_model_path, monkeypatch, fail
         res = solve_from_config(Problem.parse(PROBLEM), cfg(sampler="hf", budget=4), model_path=tiny_model_path)
         assert res.attempts_used == 4
     assert len(closed) == 1 and isinstance(closed[0], Hf)
+
+
+def test_stop_inside_an_update_saves_no_weights_and_reports_nothing_more(tiny_model_path, tmp_path, monkeypatch):
+    """A stop first seen inside round 0's policy update (asked before each micro-batch) ends the run: its
+    attempts stay reported, its metrics are not, and the interrupted weights are not saved."""
+    import sdpo.callbacks
+
+    monkeypatch.setattr(sdpo.callbacks, "STOP_POLL_S", 0.0)  # ask every time (no wall-clock dependence)
+    model, tok, sampler = load(tiny_model_path)
+    rec = Recorder()
+    metrics, ckpts = [], []
+    rec.on_metrics = lambda step, m: metrics.append(step)
+    rec.on_checkpoint = lambda step, path, kind: ckpts.append(path)
+    rec.should_stop = lambda: len(rec.got) >= 2
+    res = solve(Problem.parse(PROBLEM), model, tok, sampler, cfg(budget=6, n=2), rec, out_dir=tmp_path)
+    assert res.stopped and len(rec.got) == 2 and res.attempts_used == 2
+    assert metrics == [] and ckpts == [] and res.adapter_path is None
+    assert not (tmp_path / "adapter").exists()

@@ -8,8 +8,8 @@ import torch
 
 from sdpo.adapters import apply_adapter
 from sdpo.config import ConfigError, SelfDistillationConfig
+from sdpo.forward import output_head
 from sdpo.models import chat_ids, load_model_and_tokenizer
-from sdpo.reprompt import output_head
 from sdpo.rollout.base import Rollout
 from sdpo.teacher import make_teacher
 from sdpo.trainer import TrainConfig
@@ -75,6 +75,33 @@ def test_fused_update_equals_unfused_with_a_full_model_ema_teacher(tiny_model_pa
     scale = float(d_u.abs().max())
     assert scale > 0
     torch.testing.assert_close(d_f, d_u, rtol=1e-7, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("sd_temperature", [1.0, 0.7])
+def test_fused_hybrid_advantage_update_equals_unfused(tiny_model_path, sd_temperature):
+    """hybrid_mix='advantage' takes the teacher's and the student's sampled-token log-probs from hidden states
+    and heads on the fused path (at the self-distillation temperature, recomputed when it is not the
+    sampling temperature): the same update as from logits."""
+    model, tok = load_model_and_tokenizer(tiny_model_path)
+    model = model.double()
+    sd = SelfDistillationConfig(mode="token", alpha=1.0, is_clip=None, temperature=sd_temperature,
+                                teacher_regularization="live")
+    batch = _batch(tok)
+    deltas, metrics = {}, {}
+    for fused in (False, True):
+        m = copy.deepcopy(model)
+        cfg = UpdateConfig(loss="hybrid", hybrid_mix="advantage", hybrid_weight=0.4, self_distillation=sd,
+                           fused_lm_head=fused, micro_batch_size=2, max_grad_norm=1e9,
+                           rollout_correction_threshold=None)
+        before = [p.detach().clone() for p in m.parameters()]
+        metrics[fused] = policy_update(m, torch.optim.SGD(m.parameters(), lr=1.0), make_teacher(sd, m), tok,
+                                       batch, cfg)
+        deltas[fused] = torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), before, strict=True)])
+    assert metrics[True]["hybrid/sdpo_advantage_mean"] == pytest.approx(
+        metrics[False]["hybrid/sdpo_advantage_mean"], rel=1e-9)
+    scale = float(deltas[False].abs().max())
+    assert scale > 0
+    torch.testing.assert_close(deltas[True], deltas[False], rtol=1e-7, atol=1e-9 * scale)
 
 
 def test_fused_update_refuses_a_lora_wrapped_lm_head(tiny_model_path):

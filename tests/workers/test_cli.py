@@ -8,7 +8,7 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from workers.cli import app, parse_overrides
+from workers.cli import app
 
 runner = CliRunner()
 
@@ -41,11 +41,28 @@ def queue_length(settings) -> int:
     return JobQueue(settings).length()
 
 
-def test_parse_overrides():
-    assert parse_overrides(["lr=1e-5", "self_distillation.alpha=1", "name=x", "flag=true", "ks=[1, 2]"]) == {
-        "lr": 1e-5, "self_distillation": {"alpha": 1}, "name": "x", "flag": True, "ks": [1, 2]}
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        parse_overrides(["novalue"])
+@pytest.mark.parametrize("sets, expected", [
+    (["lr=1e-5"], {"lr": 1e-5}),
+    (["lr=1E-5", "temperature=.5"], {"lr": 1e-5, "temperature": 0.5}),
+    (["budget=1_000"], {"budget": 1000}),
+    (["max_new_tokens=1e3"], {"max_new_tokens": 1000}),
+    (["self_distillation.alpha=1", "lora_target_modules=[q_proj, v_proj]"],
+     {"self_distillation": {"alpha": 1}, "lora_target_modules": ["q_proj", "v_proj"]}),
+    (["self_distillation.dont_reprompt_on_self_success=false"],
+     {"self_distillation": {"dont_reprompt_on_self_success": False}}),
+])
+def test_submit_solve_reads_set_values_as_the_user_means_them(env, tmp_path, sets, expected):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(PROBLEM))
+    args = ["submit", "solve", "--problem", str(path)]
+    for pair in sets:
+        args += ["--set", pair]
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    config = json.loads(run("jobs", "show", r.output.strip(), "--json").output)["config"]
+    for key, value in expected.items():
+        got = config[key]
+        assert (got if not isinstance(value, dict) else {k: got[k] for k in value}) == value
 
 
 def test_db_upgrade_and_empty_listing(env):
@@ -124,6 +141,11 @@ def test_submit_show_cancel_and_list(env, tmp_path):
     (["--strategy", "beam"], "strategy: got 'beam'"),
     (["--set", "self_distillation.alpha=2"], "alpha: got 2"),
     (["--set", "nokey"], "expected KEY=VALUE"),
+    (["--budget", "1000000000000"], "budget: got 1000000000000; must be <= 100000"),
+    (["--set", "budget=1e12"], "budget: got 1000000000000; must be <= 100000"),
+    (["--set", "max_new_tokens=99_999_999"], "max_new_tokens: got 99999999; must be <= 131072"),
+    (["--set", "lr='1e-5'"], "lr: got '1e-5'; expected a number"),
+    (["--model", "/nonexistent/model"], "model: no Hugging Face checkpoint (config.json) at /nonexistent/model"),
 ])
 def test_invalid_solve_settings_exit_2_and_store_nothing(env, tmp_path, args, text):
     run("db", "upgrade")
@@ -189,6 +211,78 @@ def test_jobs_list_reaps_silent_jobs(env, tmp_path, monkeypatch):
     (row,) = json.loads(run("jobs", "list", "--json").output)
     assert row["status"] == "failed" and "worker gone:2 stopped heart-beating" in row["error"]
     assert "SDPO_MAX_RESUMES=1" in row["error"] and queue_length(env) == 2
+
+
+def test_submit_train_with_the_readme_config(env):
+    """``sdpo submit train --config configs/tiny_cpu.yaml`` (the README's command): the file's out_dir is for
+    ``sdpo train``; the job writes into its own folder, and a note says so."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
+    r = runner.invoke(app, ["submit", "train", "--config", str(config)])
+    assert r.exit_code == 0, r.output
+    assert "out_dir: 'runs/tiny_cpu'" in r.stderr and "its own folder" in r.stderr
+    shown = json.loads(run("jobs", "show", r.stdout.strip(), "--json").output)
+    assert shown["config"]["max_steps"] == 3 and shown["config"]["lr"] == 1e-4 and "out_dir" not in shown["config"]
+    r = runner.invoke(app, ["submit", "train", "--config", str(config), "--set", "out_dir=/tmp/x"])
+    assert r.exit_code == 2 and "out_dir: is set by the worker" in r.output  # an explicit choice is refused
+
+
+def test_jobs_show_summarises_every_round(env, tmp_path):
+    """Every round, numbered as attempts.jsonl and the UI number attempts (1-based, in round order)."""
+    from backend.db import session_factory_from_settings, session_scope
+    from backend.schemas import AttemptIn
+    from backend.services import jobs as J
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(PROBLEM))
+    job_id = int(run("submit", "solve", "--problem", str(path), "--set", "n=2", "--budget", "4").output.strip())
+
+    def attempt(rnd, index, passed, reward):
+        return AttemptIn(round=rnd, index=index, response="r", reward=reward, passed_public=passed, total_public=2)
+
+    with session_scope(session_factory_from_settings(env)) as s:
+        J.claim_job(s, job_id=job_id, worker_id="w:1", takeover_after_s=60)
+        J.record_attempts(s, job_id=job_id, attempts=[attempt(0, 0, 0, 0.0), attempt(0, 1, 1, 0.0)],
+                          worker_id="w:1")
+        J.append_metrics(s, job_id=job_id, step=0, metrics={"reward/mean": 0.0, "loss": 0.25, "ttt/updated": 1.0,
+                                                            "perf/sample_s": 2.0, "perf/score_s": 0.5},
+                         worker_id="w:1")
+        J.record_attempts(s, job_id=job_id, attempts=[attempt(1, 0, 2, 1.0)], worker_id="w:1")
+        J.append_metrics(s, job_id=job_id, step=1, metrics={"reward/mean": 1.0, "perf/sample_s": 1.0},
+                         worker_id="w:1")
+    out = run("jobs", "show", str(job_id)).output
+    assert "  round 0: attempts 1-2 · best 1/2 tests, mean reward 0 · reward/mean=0 loss=0.25 ttt/updated=1 2.5 s" in out
+    assert "  round 1: attempt 3 · best 2/2 tests, mean reward 1, 1 solved · reward/mean=1 1.0 s" in out
+    rounds = json.loads(run("jobs", "show", str(job_id), "--json").output)["rounds"]
+    assert [(r["round"], r["first_attempt"], r["attempts"], r["solved"]) for r in rounds] == [(0, 1, 2, 0), (1, 3, 1, 1)]
+    assert rounds[0]["metrics"]["loss"] == 0.25
+
+
+def test_jobs_attempts_prints_the_stored_texts(env, tmp_path):
+    """`sdpo jobs attempts` prints what the database holds (escaped, replaced), with the raw response file."""
+    from backend.db import session_factory_from_settings, session_scope
+    from backend.schemas import AttemptIn
+    from backend.services import jobs as J
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(PROBLEM))
+    job_id = int(run("submit", "solve", "--problem", str(path), "--budget", "2").output.strip())
+    sessions = session_factory_from_settings(env)
+    with session_scope(sessions) as s:
+        J.claim_job(s, job_id=job_id, worker_id="w:1", takeover_after_s=60)
+        J.record_attempts(s, job_id=job_id, worker_id="w:1", jobs_dir=env.jobs_dir, attempts=[
+            AttemptIn(round=0, index=i, response=r, code=r, reward=0.0, passed_public=0, total_public=2,
+                      feedback="out: \x1b[31m\ud800", tokens=1) for i, r in enumerate(["a\x00b", "clean"])])
+        J.finish_job(s, job_id=job_id, worker_id="w:1", status="failed", error="boom\x00")
+    lines = [json.loads(x) for x in run("jobs", "attempts", str(job_id)).output.splitlines()]
+    raw = J.raw_response_path(jobs_dir=env.jobs_dir, job_id=job_id, round=0, index=0)
+    assert [(x["index"], x["response"], x["code"], x["feedback"], x["raw_response"]) for x in lines] == [
+        (0, "a\\x00b", "a\\x00b", "out: \\x1b[31m\ufffd", str(raw)), (1, "clean", "clean", "out: \\x1b[31m\ufffd", None)]
+    assert raw.read_bytes() == b"a\x00b"
+    assert "error: boom\\x00" in run("jobs", "show", str(job_id)).output
+    r = runner.invoke(app, ["jobs", "attempts", "41"])
+    assert r.exit_code == 2 and "job 41 not found" in r.output
 
 
 def test_install_examples_puts_the_example_problems_in_the_solve_pickers_list(env):

@@ -10,6 +10,7 @@ import pytest
 from backend.errors import InvalidInput
 from backend.schemas import AttemptIn
 from sdpo.callbacks import Attempt
+from sdpo.sizing import CPU_SOLVE, CPU_TRAIN
 from sdpo.trainer import TrainConfig
 from sdpo.ttt import SolveConfig
 from workers.engine import TRAIN_RUNTIME_KEYS, attempt_in, parse_problem, validate_config
@@ -22,17 +23,18 @@ PROBLEM = {
 }
 
 
-def test_solve_config_is_normalized_by_the_engine_dataclass():
+def test_solve_config_is_normalized_by_the_engine_dataclass(settings_env):
+    # the server's default model (the demo model, not built yet) gets the CPU-sized defaults
     out = validate_config("solve", {"strategy": "best_of_k", "budget": 3})
-    assert out == SolveConfig.from_dict({"strategy": "best_of_k", "budget": 3}).to_dict()
-    assert out["budget"] == 3 and out["n"] == SolveConfig().n  # defaults filled from the engine
+    assert out == SolveConfig.from_dict({**CPU_SOLVE, "strategy": "best_of_k", "budget": 3}).to_dict()
+    assert out["budget"] == 3 and out["n"] == CPU_SOLVE["n"]  # defaults filled from the engine
     assert json.loads(json.dumps(out)) == out  # storable as JSON
     assert validate_config("solve", out) == out  # stored configs re-validate unchanged (re-run)
 
 
-def test_train_config_is_normalized_without_runtime_keys():
+def test_train_config_is_normalized_without_runtime_keys(settings_env):
     out = validate_config("train", {"dataset": "humaneval", "max_steps": 3})
-    expected = TrainConfig.from_dict({"dataset": "humaneval", "max_steps": 3}).to_dict()
+    expected = TrainConfig.from_dict({**CPU_TRAIN, "dataset": "humaneval", "max_steps": 3}).to_dict()
     for key in TRAIN_RUNTIME_KEYS:
         expected.pop(key, None)
     assert out == expected
@@ -49,11 +51,75 @@ def test_train_config_is_normalized_without_runtime_keys():
     ("train", {"dataset": "humaneval", "model_path": "/no/model"}, "model_path"),
     ("ping", {}, "kind"),
 ])
-def test_engine_errors_name_the_field(kind, config, field):
+def test_engine_errors_name_the_field(kind, config, field, settings_env):
     with pytest.raises(InvalidInput) as e:
         validate_config(kind, config)
     assert e.value.field.endswith(field), str(e.value)
     assert e.value.message and not e.value.message.startswith(f"{field}:")
+
+
+def _checkpoint(path, **dims):
+    """A checkpoint folder as far as the defaults look: its config.json (the parameter count comes from it)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "qwen2", **dims}))
+    return str(path)
+
+
+BIG = dict(hidden_size=4096, num_hidden_layers=36, vocab_size=151936, intermediate_size=12288,
+           num_attention_heads=32, num_key_value_heads=8)  # an 8B-parameter model
+SMALL = dict(hidden_size=192, num_hidden_layers=4, vocab_size=2048, intermediate_size=512, tie_word_embeddings=True)
+
+
+def test_defaults_fit_the_model_and_the_machine(tmp_path, settings_env):
+    """The paper's values for a real checkpoint on GPU workers; CPU-sized ones for a small (demo) model, for
+    device: cpu and when the workers have no GPU; whatever the user sets wins."""
+    big, small = _checkpoint(tmp_path / "big", **BIG), _checkpoint(tmp_path / "small", **SMALL)
+    paper = SolveConfig()
+
+    def solve(config=None, **target):
+        out = validate_config("solve", config or {}, **target)
+        return out["budget"], out["n"], out["max_new_tokens"], out["context_budget"]
+
+    assert solve(model=big, gpu=True) == (paper.budget, paper.n, paper.max_new_tokens, paper.context_budget)
+    cpu = (CPU_SOLVE["budget"], CPU_SOLVE["n"], CPU_SOLVE["max_new_tokens"], CPU_SOLVE["context_budget"])
+    assert solve(model=big, gpu=False) == cpu
+    assert solve({"device": "cpu"}, model=big, gpu=True) == cpu
+    assert solve(model=small, gpu=True) == cpu
+    assert solve({"n": 6, "budget": 30}, model=small)[:2] == (30, 6)
+    # a longer response than the context fits: context_budget (not set by the user) grows with it
+    assert solve({"max_new_tokens": 20_000}, model=big, gpu=True)[2:] == (20_000, 22_048)
+    assert solve({"max_new_tokens": 5_000}, model=small)[2:] == (5_000, 7_048)
+    train = validate_config("train", {"dataset": "humaneval"}, model=big, gpu=True)
+    assert (train["n"], train["max_prompt_len"]) == (TrainConfig.n, TrainConfig.max_prompt_len)
+    train = validate_config("train", {"dataset": "humaneval"}, model=small, gpu=True)
+    assert {k: train[k] for k in CPU_TRAIN} == CPU_TRAIN
+
+
+@pytest.mark.parametrize("kind, config, target, field", [
+    ("solve", {}, {"model": "/no/such/model"}, "model"),
+    ("train", {"dataset": "humaneval"}, {"model": "/no/such/model"}, "model"),
+    ("train", {"dataset": "humaneval", "model_path": "/no/such/model"}, {}, "model_path"),
+])
+def test_the_model_is_checked_when_the_job_is_submitted(kind, config, target, field, settings_env):
+    with pytest.raises(InvalidInput) as e:
+        validate_config(kind, config, **target)
+    assert e.value.field == field and "no Hugging Face checkpoint (config.json) at /no/such/model" in str(e.value)
+
+
+@pytest.mark.parametrize("kind, config, field, limit", [
+    ("solve", {"budget": 10**12}, "budget", 100_000),
+    ("solve", {"max_new_tokens": 99_999_999}, "max_new_tokens", 131_072),  # not context_budget, derived from it
+    ("solve", {"n": 5000}, "n", 1024),
+    ("solve", {"context_budget": 10**7}, "context_budget", 262_144),
+    ("solve", {"self_distillation": {"max_reprompt_len": 10**6}}, "self_distillation.max_reprompt_len", 262_144),
+    ("train", {"dataset": "humaneval", "max_new_tokens": 99_999_999}, "max_new_tokens", 131_072),
+    ("train", {"dataset": "humaneval", "max_prompt_len": 10**6}, "max_prompt_len", 131_072),
+    ("train", {"dataset": "humaneval", "max_steps": 10**9}, "max_steps", 10_000_000),
+])
+def test_upper_limits_name_the_field_the_user_set(kind, config, field, limit, settings_env):
+    with pytest.raises(InvalidInput) as e:
+        validate_config(kind, config)
+    assert e.value.field == field and f"must be <= {limit}" in str(e.value), str(e.value)
 
 
 def test_dataset_config_is_accepted_by_the_trainer(tmp_path, settings_env):
@@ -89,16 +155,15 @@ def test_attempt_conversion_keeps_every_field():
                                       seconds=0.25, task_id="t")
 
 
-def test_strategy_is_another_name_of_distributed():
+def test_distributed_has_one_spelling():
     base = {"dataset": "humaneval", "train_batch_size": 2}
-    out = validate_config("train", {**base, "strategy": "ddp"})
+    out = validate_config("train", {**base, "distributed": "ddp"})
     assert out["distributed"] == "ddp" and "strategy" not in out
-    assert out == validate_config("train", {**base, "distributed": "ddp"})
+    with pytest.raises(InvalidInput) as e:  # the reference's name of the setting is not a second spelling
+        validate_config("train", {**base, "strategy": "ddp"})
+    assert e.value.field == "strategy" and "unknown key" in e.value.message
     with pytest.raises(InvalidInput) as e:
-        validate_config("train", {**base, "strategy": "ddp", "distributed": "none"})
-    assert e.value.field == "strategy"
-    with pytest.raises(InvalidInput) as e:
-        validate_config("train", {**base, "strategy": "zero3"})
+        validate_config("train", {**base, "distributed": "zero3"})
     assert e.value.field == "distributed" and "'zero3'" in e.value.message
 
 

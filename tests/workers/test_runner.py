@@ -70,7 +70,7 @@ def _ctx(settings: Settings, worker_id: str, gpus: int | None = None) -> WorkerC
 
 def _job(ctx: WorkerContext, gpus: int = 2) -> int:
     with session_scope(ctx.sessions) as s:
-        return J.submit_job(s, kind="train", config={"max_steps": 1}, validate=lambda kind, config: config,
+        return J.submit_job(s, kind="train", config={"max_steps": 1}, validate=lambda kind, config, **_: config,
                             enqueue=lambda *a: None, gpus=gpus).id
 
 
@@ -110,3 +110,110 @@ def test_worker_refuses_a_job_needing_more_gpus_than_it_offers(settings):
         job = J.get_job(s, job_id=job_id)
         assert job.status == "failed" and job.worker_id == "one-gpu:1"
         assert "needs 4 GPUs but worker one-gpu:1 offers 1" in job.error and "'gpu4'" in job.error
+
+
+# ------------------------------------------------------------------------ writes the database refuses
+REFUSAL = "disk quota exceeded (test trigger)"
+
+
+def _refuse_attempts(settings: Settings, when_sqlite: str, when_pg: str, table: str = "attempts") -> None:
+    """A real database error on some inserts into ``table``: a trigger raising ``REFUSAL`` when its condition
+    holds."""
+    from sqlalchemy import text
+
+    engine = make_engine(settings.database_url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(text(f"CREATE TRIGGER refuse BEFORE INSERT ON {table} WHEN {when_sqlite} "
+                              f"BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END"))
+        else:
+            conn.execute(text(f"CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN IF {when_pg} THEN "
+                              f"RAISE EXCEPTION '{REFUSAL}'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
+            conn.execute(text(f"CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse()"))
+    engine.dispose()
+
+
+def test_an_attempt_the_database_refuses_is_recorded_as_a_stand_in_and_the_job_goes_on(settings):
+    from sdpo.callbacks import Attempt
+
+    ctx = _ctx(settings, "worker:1")
+    job_id = _job(ctx, gpus=1)
+    with session_scope(ctx.sessions) as s:
+        J.claim_job(s, job_id=job_id, worker_id="worker:1", takeover_after_s=6)
+    _refuse_attempts(settings, "NEW.response LIKE '%REFUSE ME%'", "NEW.response LIKE '%REFUSE ME%'")
+    cb = DbCallbacks(ctx, job_id, None)
+    responses = ["fine\x00", "REFUSE ME\x00", "fine too"]
+    cb.on_attempts([Attempt(round=0, index=i, response=r, code="print(1)", reward=0.5, passed=1, total=2,
+                            feedback="wrong", tokens=4, seconds=0.5) for i, r in enumerate(responses)])
+    assert not cb.lost.is_set() and not cb.should_stop()
+    with session_scope(ctx.sessions) as s:
+        rows = J.list_attempts(s, job_id=job_id)
+        assert J.get_job(s, job_id=job_id).status == "running"
+    assert [(a.round, a.index, a.reward, a.passed_public, a.tokens) for a in rows] == [
+        (0, i, 0.5, 1, 4) for i in range(3)]
+    assert [rows[0].response, rows[2].response] == ["fine\\x00", "fine too"]
+    raw = J.raw_response_path(jobs_dir=settings.jobs_dir, job_id=job_id, round=0, index=1)
+    stand_in = rows[1]
+    assert stand_in.response == stand_in.feedback and stand_in.code is None
+    assert stand_in.response.startswith("[this attempt could not be stored in the database: ")
+    assert REFUSAL in stand_in.response and f"its raw response is in {raw}]" in stand_in.response
+    assert "\n" not in stand_in.response and "INSERT" not in stand_in.response
+    assert raw.read_bytes() == b"REFUSE ME\x00"
+
+
+def test_a_job_whose_writes_the_database_refuses_fails_with_a_one_line_reason(settings, tiny_model_path):
+    """Every attempt insert of round 1 is refused, stand-ins too: the job fails with a one-line reason, no SQL
+    and no traceback, and round 0's attempts and metrics stay."""
+    from backend.services.problems import create_problem
+    from workers.engine import parse_problem, validate_config
+
+    settings = settings.model_copy(update={"model": str(tiny_model_path)})
+    ctx = _ctx(settings, "worker:1")
+    problem = {"title": "Double", "statement": "Print 2n.",
+               "tests": {"inputs": ["2\n"], "outputs": ["4\n"], "testtype": "stdin"}}
+    with session_scope(ctx.sessions) as s:
+        pid = create_problem(s, data=problem, validate=parse_problem, settings=settings).id
+        job_id = J.submit_job(s, kind="solve", config={"strategy": "best_of_k", "budget": 6, "n": 2,
+                                                       "max_new_tokens": 8, "device": "cpu"},
+                              validate=validate_config, enqueue=lambda *a: None, problem_id=pid).id
+    _refuse_attempts(settings, "NEW.round >= 1", "NEW.round >= 1")
+    assert run_job(ctx, job_id, "solve") == "failed"
+    with session_scope(ctx.sessions) as s:
+        job = J.get_job(s, job_id=job_id)
+        rounds = [(a.round, a.index) for a in J.list_attempts(s, job_id=job_id)]
+    assert job.status == "failed" and rounds == [(0, 0), (0, 1)]
+    assert job.error.startswith("could not record attempt 0 of round 1 in the database ("), job.error
+    assert REFUSAL in job.error and job.error.endswith("; what was recorded before is kept")
+    assert "\n" not in job.error and "Traceback" not in job.error and "[SQL" not in job.error
+    lines = (settings.jobs_dir / str(job_id) / "attempts.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # the job's file holds what was stored
+
+
+@pytest.mark.slow
+def test_a_two_rank_job_whose_metrics_the_database_refuses_fails_with_a_one_line_reason(settings, tiny_model_path,
+                                                                                         monkeypatch):
+    """The ranks of a 2-process train job write for their worker; when the database refuses rank 0's metrics of
+    step 2 the job fails with the one-line reason (not the ranks' traceback), step 1 kept."""
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("the ranks' path is the same on both databases (the refusals are tested on both above); run once")
+    from workers.engine import validate_config
+
+    settings = settings.model_copy(update={"model": str(tiny_model_path)})
+    for key, value in (("SDPO_DATA_DIR", settings.data_dir), ("SDPO_DATABASE_URL", settings.database_url),
+                       ("SDPO_MODEL", tiny_model_path)):
+        monkeypatch.setenv(key, str(value))
+    ctx = _ctx(settings, "worker:1")
+    config = {"dataset": "humaneval", "train_batch_size": 2, "n": 2, "max_new_tokens": 8, "micro_batch_size": 2,
+              "save_every": 1, "val_max_questions": 1, "val_k": 1, "progress": False, "device": "cpu",
+              "max_steps": 3, "distributed": "ddp"}
+    with session_scope(ctx.sessions) as s:
+        job_id = J.submit_job(s, kind="train", config=config, validate=validate_config, enqueue=lambda *a: None,
+                              gpus=2).id
+    _refuse_attempts(settings, "NEW.step >= 2", "NEW.step >= 2", table="metric_points")
+    assert run_job(ctx, job_id, "train") == "failed"
+    with session_scope(ctx.sessions) as s:
+        job = J.get_job(s, job_id=job_id)
+        steps = sorted({p.step for p in J.list_metrics(s, job_id=job_id)})
+    assert job.error.startswith("could not record the metrics of step 2 in the database ("), job.error
+    assert REFUSAL in job.error and "\n" not in job.error and "Traceback" not in job.error
+    assert steps == [1]

@@ -253,3 +253,34 @@ def test_every_module_constant_is_used():
                if isinstance(t, ast.Name) and t.id.lstrip("_").isupper()]
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     assert defined and [n for n in defined if n not in used] == []
+
+
+def test_reference_prompt_is_one_user_message_with_the_reference_code_prompt(tmp_path):
+    """``prompt="reference"``: the reference's CODE_PROMPT around the statement and its signature line, as the
+    only message (no system prompt), in train/test rows, in problems (meta.prompt) and from find_problem."""
+    from sdpo.data.lasgroup import load_jsonl
+    from sdpo.data.problem import Problem
+
+    t = row_to_task(functional_row(), prompt="reference")
+    assert len(t.messages) == 1 and t.messages[0]["role"] == "user"
+    content = t.messages[0]["content"]
+    assert content.startswith("You are a coding expert. You will be given a coding problem, and you need to write "
+                              "a correct Python program that matches the specification and passes all tests.")
+    assert content.endswith("enclosed with ``` ```.\n\nReturn k times the sum of nums.\n\nYour solution should have "
+                            "the following signature: ```python\ndef scaledSum(nums: List[int], k: int) -> int:\n```")
+    stdin = row_to_task(stdin_row(), prompt="reference").messages[0]["content"]
+    assert stdin.endswith("```.\n\n" + stdin_row()["question_content"])  # no signature line without starter code
+    assert row_to_task(functional_row()).messages[0]["role"] == "system"  # ours stays the default
+
+    src = _write(tmp_path / "t.jsonl", [stdin_row("a1"), functional_row("f1")])
+    import_lcb([src], tmp_path / "o", prompt="reference")
+    for name in ("train", "test"):
+        rows = load_jsonl(tmp_path / "o" / f"{name}.jsonl")
+        assert [len(r.messages) for r in rows] == [1, 1] and rows[1].messages[0]["content"] == content
+    problem = Problem.parse((tmp_path / "o" / "problems.jsonl").read_text().splitlines()[1])
+    assert problem.meta["prompt"] == "reference" and problem.to_task().messages[0]["content"] == content
+    assert find_problem([src], "f1", prompt="reference").to_task().messages[0]["content"] == content
+    with pytest.raises(LcbError, match="^prompt: got 'theirs'"):
+        import_lcb([src], tmp_path / "p", prompt="theirs")
+    r = CliRunner().invoke(app, ["data", "import-lcb", str(src), "--out", str(tmp_path / "c"), "--prompt", "x"])
+    assert r.exit_code == 2 and "--prompt: got 'x'" in r.output

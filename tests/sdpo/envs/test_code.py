@@ -20,7 +20,7 @@ from sdpo.envs.code import (
     stdout_matches,
     values_equal,
 )
-from sdpo.envs.sandbox import SandboxConfig, SandboxPool
+from sdpo_sandbox import SandboxConfig, SandboxPool
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +118,17 @@ def test_extract_code_fences_only_at_line_starts():
     assert extract_code("1. Code:\n   ```python\nprint(2)\n   ```\n") == "print(2)\n"
 
 
+def test_extract_code_closing_fence_on_the_line_of_the_code():
+    assert extract_code("```python\nprint(1)```") == "print(1)"
+    assert extract_code("```python\nn = int(input())\nprint(n) ```\nDone.") == "n = int(input())\nprint(n)"
+    assert extract_code("```python\nprint(1)```\ntext\n```python\nprint(2)```\n") == "print(2)"
+    # Backticks that end a line inside a string or a longer fence still do not close the block.
+    code = "s = '```'\nprint(s + '```')\n"
+    assert extract_code(f"```python\n{code}```\n") == code
+    assert extract_code("````python\nx = 1```\ny = 2\n````") == "x = 1```\ny = 2\n"
+    assert extract_code("```python\ndef f():\n    ```\n") is None  # an indented fence-only line is code
+
+
 # --------------------------------------------------------------------------------------------- comparison
 
 
@@ -193,7 +204,7 @@ def test_wrong_answer_feedback_shortest_two_first(pool):
 def test_sparse_stops_at_first_failure_dense_runs_all(pool):
     spec = {"inputs": ["1", "2", "3"], "outputs": ["1", "0", "3"]}
     resp = py("print(input())")
-    sparse = evaluate(resp, spec, sandbox=pool)
+    sparse = evaluate(resp, spec, code_feedback="first_failure", sandbox=pool)
     assert [t.verdict for t in sparse.tests] == ["passed", "wrong_answer"] and sparse.reward == 0.0
     dense = evaluate(resp, spec, sparse=False, sandbox=pool)
     assert len(dense.tests) == 3 and dense.reward == pytest.approx(2 / 3)
@@ -214,6 +225,123 @@ def test_time_limit_feedback(pool):
     r = evaluate(py("import time\nn = int(input())\nif n == 2:\n    time.sleep(5)\nprint(n)"), spec, sandbox=pool)
     assert [t.verdict for t in r.tests] == ["passed", "time_limit"]
     assert r.feedback.startswith("Your code exceeded the time limit (0.5 s) on test 2 of 2.")
+
+
+MIXED = """
+import time
+n = int(input())
+if n == 1:
+    print("wrong")
+elif n == 2:
+    time.sleep(5)
+elif n == 3:
+    raise KeyError("boom")
+else:
+    print(n)
+"""
+
+
+def test_code_feedback_first_failure_stops_at_the_first_failing_test(pool):
+    spec = {"inputs": ["1", "2", "3", "4"], "outputs": ["1", "2", "3", "4"], "time_limit": 0.5}
+    r = evaluate(py(MIXED), spec, code_feedback="first_failure", sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["wrong_answer"] and r.reward == 0.0
+    assert r.feedback.startswith("Your code produced a wrong answer on 1 of the 1 tests run (4 in total).")
+
+
+def test_code_feedback_all_tests_reports_runtime_error_then_timeout_then_wrong_answers(pool):
+    spec = {"inputs": ["1", "2", "3", "4"], "outputs": ["1", "2", "3", "4"], "time_limit": 0.5}
+    # The default (the reference's): the run goes on past the wrong answer and the time-out; the runtime error
+    # of test 3 settles the feedback (and the sparse reward), so test 4 is not run.
+    r = evaluate(py(MIXED), spec, sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["wrong_answer", "time_limit", "runtime_error"] and r.reward == 0.0
+    assert r.feedback.startswith("Your code raised a runtime error on test 3 of 4.") and "KeyError" in r.feedback
+    # Without a runtime error, the first time-out wins over the earlier wrong answer.
+    no_crash = {**spec, "inputs": ["1", "2", "4"], "outputs": ["1", "2", "4"]}
+    r = evaluate(py(MIXED), no_crash, sandbox=pool)
+    assert [t.verdict for t in r.tests] == ["wrong_answer", "time_limit", "passed"]
+    assert r.feedback.startswith("Your code exceeded the time limit (0.5 s) on test 2 of 3.")
+    # A dense reward runs every test in either mode.
+    r = evaluate(py(MIXED), spec, sparse=False, sandbox=pool)
+    assert len(r.tests) == 4 and r.passed == 1 and r.reward == pytest.approx(0.25)
+
+
+def test_code_feedback_all_tests_orders_wrong_answers_by_input_and_actual_output(pool):
+    # The program's outputs get shorter as the expected outputs get longer: the reference shows the two
+    # wrong answers whose input + actual output are shortest (tests 3 and 2); by input + expected output
+    # (first_failure, dense) they are tests 1 and 2.
+    spec = {"inputs": ["1", "2", "3"], "outputs": ["z", "z" * 50, "z" * 100]}
+    resp = py('print("y" * (10 * (4 - int(input()))))')
+    ours = evaluate(resp, spec, sandbox=pool).feedback
+    assert ours.startswith("Your code produced a wrong answer on 3 of the 3 tests run (3 in total).")
+    assert ours.index("Test 3:") < ours.index("Test 2:") and "Test 1:" not in ours
+    old = evaluate(resp, spec, sparse=False, code_feedback="first_failure", sandbox=pool).feedback
+    assert old.index("Test 1:") < old.index("Test 2:") and "Test 3:" not in old
+
+
+def test_code_feedback_is_plumbed_through_score_and_validated(pool, monkeypatch):
+    import sdpo_sandbox as sb
+    from sdpo.data.tasks import Task
+    from sdpo.envs import score, score_many
+
+    monkeypatch.setattr(sb, "_default", pool)
+    spec = {"inputs": ["1", "2", "3", "4"], "outputs": ["1", "2", "3", "4"], "time_limit": 0.5}
+    task = Task(id="c", messages=[{"role": "user", "content": "Echo n."}], kind="code", tests=spec)
+    for mode in ("all_tests", "first_failure"):
+        want = evaluate(py(MIXED), spec, code_feedback=mode, sandbox=pool)
+        got = score(task, py(MIXED), code_feedback=mode)
+        assert (got.feedback, got.details["verdicts"]) == (want.feedback, [t.verdict for t in want.tests])
+        many = score_many([task, task], [py(MIXED), py("print(input())")], code_feedback=mode)
+        assert many[0].feedback == want.feedback and many[1].reward == 1.0
+    assert score(task, py(MIXED)).feedback.startswith("Your code raised a runtime error on test 3")  # default
+    mcq = Task(id="m", messages=[{"role": "user", "content": "Q"}], kind="mcq", answer="C")
+    for call in (lambda: evaluate(py(MIXED), spec, code_feedback="first", sandbox=pool),
+                 lambda: score(mcq, "<answer>C</answer>", code_feedback="every_test"),
+                 lambda: score_many([task], ["x"], code_feedback=None)):
+        with pytest.raises(ValueError, match="^code_feedback: got .*allowed values are 'all_tests', 'first_failure'"):
+            call()
+
+
+HOSTILE_BYTES = (b"ok\x00\x01\x07\x1b[31mred\x1b[0m\x7f \xff\xfe \xc0\xaf \xed\xa0\x80 "
+                 b"\xe2\x80\xae rtl \x00\r\nend")
+
+
+def test_feedback_escapes_control_bytes_surrogates_and_invalid_utf8(pool, tiny_model_path):
+    """A program's NUL and control bytes, invalid UTF-8 and lone surrogates reach the feedback (the teacher
+    prompt) escaped visibly, as valid UTF-8 without control characters, and the teacher context tokenizes."""
+    from transformers import PreTrainedTokenizerFast
+
+    from sdpo.config import SelfDistillationConfig
+    from sdpo.reprompt import build_teacher_messages
+
+    wrong = py(f"import os\nos.write(1, {HOSTILE_BYTES!r})")
+    crash = py(f"import os\nos.write(2, {HOSTILE_BYTES!r})\nraise ValueError('bad \\x00 \\udcff \\x1b[2J')")
+    exit3 = py(f"import os\nos.write(2, {HOSTILE_BYTES!r})\nos._exit(3)")
+    fn = py("def f(x):\n    return 'nul \\x00 lone \\udcff'")
+    stdin_spec = {"inputs": ["in\x00put \x1b[1m"], "outputs": ["expected"]}
+    results = [evaluate(wrong, stdin_spec, sandbox=pool), evaluate(crash, stdin_spec, sandbox=pool),
+               evaluate(exit3, stdin_spec, sandbox=pool),
+               evaluate(fn, {"inputs": ["1"], "outputs": ['"x"'], "fn_name": "f"}, sandbox=pool)]
+    assert [r.tests[0].verdict for r in results] == ["wrong_answer", "runtime_error", "runtime_error",
+                                                    "wrong_answer"]
+    feedbacks = [r.feedback for r in results]
+    for fb in feedbacks:
+        assert all(ch.isprintable() or ch in "\n\t" for ch in fb), ascii(fb)
+        fb.encode("utf-8")  # no lone surrogate: strict UTF-8 works
+    # visibly escaped, not dropped: each byte the program wrote can be read off the feedback
+    assert "ok\\x00\\x01\\x07\\x1b[31mred\\x1b[0m\\x7f \\xff\\xfe \\xc0\\xaf \\xed\\xa0\\x80 \\u202e rtl \\x00\\r" in feedbacks[0]
+    assert "in\\x00put \\x1b[1m" in feedbacks[0]  # the test's own input too
+    assert "ValueError: bad \\x00 \\udcff \\x1b[2J" in feedbacks[1]
+    assert "exit code 3" in feedbacks[2] and "\\xff\\xfe" in feedbacks[2]
+    assert "\\u0000" in feedbacks[3] and "\\udcff" in feedbacks[3]
+    tok = PreTrainedTokenizerFast.from_pretrained(str(tiny_model_path))
+    prompt = [{"role": "user", "content": "Print the answer."}]
+    contexts = build_teacher_messages([prompt] * 4, ["attempt"] * 4, [0.0] * 4, [0, 1, 2, 3], feedbacks,
+                                      SelfDistillationConfig())
+    for fb, ctx in zip(feedbacks, contexts, strict=True):
+        assert ctx.uses_feedback and fb in ctx.messages[-1]["content"]
+        assert tok.decode(tok(fb)["input_ids"]) == fb
+        ids = tok.apply_chat_template(ctx.messages, tokenize=True, add_generation_prompt=True)
+        assert len(ids) > 0
 
 
 def test_feedback_truncates_values_and_caps_length(pool):
@@ -406,7 +534,7 @@ def test_assert_mutation_fails_with_feedback(pool):
 def test_cli_check_prints_code_result_json(tmp_path, pool, monkeypatch):
     from typer.testing import CliRunner
 
-    import sdpo.envs.sandbox as sb
+    import sdpo_sandbox as sb
     from sdpo.cli import app
 
     monkeypatch.setattr(sb, "_default", pool)
@@ -494,9 +622,9 @@ def test_sparse_stop_interrupts_a_speculative_later_test(pool):
     code = "import time\nn = int(input())\nif n == 2:\n    time.sleep(20)\nprint(n + 1)"
     spec = {"inputs": ["1", "2", "3"], "outputs": ["1", "2", "3"], "time_limit": 20}
     t0 = time.monotonic()
-    r = evaluate(py(code), spec, sandbox=pool)
+    r = evaluate(py(code), spec, code_feedback="first_failure", sandbox=pool)
     assert [t.verdict for t in r.tests] == ["wrong_answer"]
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 10  # test 2 would sleep 20 s (the bound leaves room for a loaded machine)
     # The slot is clean for the next solution (a stop that crossed the batch end is ignored).
     r = evaluate(py("print(int(input()))"), {"inputs": ["1", "2"], "outputs": ["1", "2"]}, sandbox=pool)
     assert r.reward == 1.0

@@ -143,3 +143,25 @@ def test_a_lora_models_base_generation_config_does_not_shape_sampling(model_tok,
     for r in got:
         ref = _recomputed_logprobs(lora, r, params)
         torch.testing.assert_close(torch.tensor(r.logprobs, dtype=torch.float64), ref, atol=2e-4, rtol=1e-4)
+
+
+def test_generation_stops_within_a_token_of_being_asked(model_tok):
+    """``should_stop`` is asked after every token; once it says stop, generate ends and raises StopRequested
+    (the tiny model rarely emits EOS, so without it this call would generate 4 x 2000 tokens)."""
+    from sdpo.callbacks import StopRequested
+
+    model, tok = model_tok
+    asked = []
+
+    def should_stop():
+        asked.append(1)
+        return len(asked) > 20
+
+    sampler = HFSampler(model, tok, batch_size=2, should_stop=should_stop)
+    with pytest.raises(StopRequested):
+        sampler.generate(PROMPTS[:1], 4, SamplingParams(max_new_tokens=2000, seed=0))
+    assert len(asked) == 21  # once before the first chunk, then after each token; the 21st said stop
+    # never asked to stop: the same sampler generates to the end
+    sampler.should_stop = lambda: False
+    out = sampler.generate(PROMPTS[:1], 2, SamplingParams(max_new_tokens=16, seed=0))
+    assert len(out) == 2 and all(len(r.response_ids) <= 16 for r in out)

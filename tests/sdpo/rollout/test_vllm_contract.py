@@ -152,3 +152,39 @@ def test_lora_update_changes_outputs_and_evicts_old_adapters(model_and_tokenizer
             before = after
     finally:
         sampler.close()
+
+
+def test_stop_check_runs_the_engine_loop_and_aborts_on_stop(model_and_tokenizer):
+    """With ``should_stop`` the sampler drives ``LLMEngine.add_request`` / ``step`` itself: never asked to stop,
+    its rollouts are those ``LLM.generate`` gives (same seeds, same grouping); asked to stop, it aborts the
+    call's requests, raises ``StopRequested``, and the engine serves the next call."""
+    from sdpo.adapters import apply_adapter
+    from sdpo.callbacks import StopRequested
+
+    base, tokenizer = model_and_tokenizer
+    model = apply_adapter(base, "lora", r=8, alpha=16)
+    plain = VLLMSampler(model, tokenizer, adapter="lora", **ENGINE)
+    try:
+        expected = plain.generate(PROMPTS, 3, SAMPLE)
+    finally:
+        plain.close()
+    asked = []
+    sampler = VLLMSampler(model, tokenizer, adapter="lora", should_stop=lambda: asked.append(1) or False, **ENGINE)
+    try:
+        got = sampler.generate(PROMPTS, 3, SAMPLE)
+        assert responses(got) == responses(expected) and [r.prompt_index for r in got] == [0, 0, 0, 1, 1, 1]
+        assert asked  # asked between engine steps
+        steps = []
+
+        def stop_at_the_sixth_step() -> bool:
+            steps.append(1)
+            return len(steps) > 5
+
+        sampler.should_stop = stop_at_the_sixth_step
+        with pytest.raises(StopRequested):
+            sampler.generate(PROMPTS, 2, SamplingParams(max_new_tokens=900, temperature=1.0, seed=7))
+        assert not sampler.llm.llm_engine.has_unfinished_requests()
+        sampler.should_stop = lambda: False
+        assert len(sampler.generate(PROMPTS, 2, SAMPLE)) == 4
+    finally:
+        sampler.close()

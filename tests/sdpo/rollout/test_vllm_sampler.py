@@ -72,6 +72,12 @@ class FakeCompletion:
 @dataclass
 class FakeRequestOutput:
     outputs: list[FakeCompletion]
+    request_id: str = ""
+    finished: bool = True
+
+
+class FakeRequestOutputKind:
+    CUMULATIVE, DELTA, FINAL_ONLY = 0, 1, 2
 
 
 class FakeEngineCore:
@@ -80,9 +86,38 @@ class FakeEngineCore:
 
 
 class FakeLLMEngine:
+    """The engine loop ``LLM.generate`` runs (vllm/v1/engine/llm_engine.py): ``add_request``, ``step`` (here one
+    token per unfinished request; a request's output, FINAL_ONLY, comes with the step that finishes it),
+    ``has_unfinished_requests``, ``abort_request``."""
+
     def __init__(self, llm):
         self._llm = llm
         self.engine_core = FakeEngineCore()
+        self.pending: dict[str, list] = {}
+
+    def add_request(self, request_id, prompt, params, arrival_time=None, lora_request=None, **kwargs):
+        assert request_id not in self.pending and params.output_kind == FakeRequestOutputKind.FINAL_ONLY
+        self._llm._check_can_generate()
+        self.pending[request_id] = [prompt, params, lora_request, 0]
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.pending)
+
+    def step(self):
+        LOG.append(("step",))
+        out = []
+        for rid, entry in list(self.pending.items()):
+            entry[3] += 1
+            if entry[3] >= entry[1].max_tokens:
+                del self.pending[rid]
+                prompt, sp, lora_request = entry[:3]
+                out.append(FakeRequestOutput(self._llm._complete(prompt, sp, lora_request), rid, True))
+        return out
+
+    def abort_request(self, request_ids, internal=False):
+        LOG.append(("abort", list(request_ids)))
+        for rid in request_ids:
+            self.pending.pop(rid, None)
 
     def remove_lora(self, lora_id: int) -> bool:
         LOG.append(("remove_lora", lora_id))
@@ -112,29 +147,34 @@ class FakeLLM:
         self._incoming = None
         self._unseeded = random.Random(0)
 
-    def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request=None, priority=None):
+    def _check_can_generate(self):
         if self.sleeping:
             raise RuntimeError(f"generate while asleep ({sorted(self.sleeping)})")
         if self.weights in (None, "garbage"):
             raise RuntimeError("generate from discarded weights: nothing was pushed after the level-2 wake")
-        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
-        assert len(params) == len(prompts)
+
+    def _complete(self, prompt, sp, lora_request):
         lora_id = None if lora_request is None else lora_request.lora_int_id
         if lora_request is not None:
             assert os.path.exists(os.path.join(lora_request.lora_path, "adapter_config.json"))
             self.loras.add(lora_id)
+        completions = []
+        for j in range(sp.n):
+            seed = None if sp.seed is None else sp.seed + j  # vllm/v1/engine/parallel_sampling.py
+            rng = self._unseeded if seed is None else random.Random(
+                f"{seed}/{prompt['prompt_token_ids']}/{self.weights}/{lora_id}")
+            tokens = [rng.randrange(100, 1000) for _ in range(sp.max_tokens)]
+            completions.append(FakeCompletion(j, tokens, [{t: FakeLogprob(-1.0)} for t in tokens]))
+        return list(reversed(completions))  # any order; ``index`` tells
+
+    def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request=None, priority=None):
+        self._check_can_generate()
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+        assert len(params) == len(prompts)
+        lora_id = None if lora_request is None else lora_request.lora_int_id
         LOG.append(("generate", [p.seed for p in params], [p.n for p in params], lora_id, self.weights))
-        outputs = []
-        for prompt, sp in zip(prompts, params, strict=True):
-            completions = []
-            for j in range(sp.n):
-                seed = None if sp.seed is None else sp.seed + j  # vllm/v1/engine/parallel_sampling.py
-                rng = self._unseeded if seed is None else random.Random(
-                    f"{seed}/{prompt['prompt_token_ids']}/{self.weights}/{lora_id}")
-                tokens = [rng.randrange(100, 1000) for _ in range(sp.max_tokens)]
-                completions.append(FakeCompletion(j, tokens, [{t: FakeLogprob(-1.0)} for t in tokens]))
-            outputs.append(FakeRequestOutput(list(reversed(completions))))  # any order; ``index`` tells
-        return outputs
+        return [FakeRequestOutput(self._complete(prompt, sp, lora_request))
+                for prompt, sp in zip(prompts, params, strict=True)]
 
     def sleep(self, level=1, mode="abort"):
         LOG.append(("sleep", level))
@@ -231,6 +271,7 @@ def _fake_vllm_modules() -> dict[str, types.ModuleType]:
     return {
         "vllm": module("vllm", LLM=FakeLLM, SamplingParams=FakeSamplingParams, TokensPrompt=dict),
         "vllm.config": module("vllm.config", WeightTransferConfig=FakeWeightTransferConfig),
+        "vllm.sampling_params": module("vllm.sampling_params", RequestOutputKind=FakeRequestOutputKind),
         "vllm.lora": module("vllm.lora"),
         "vllm.lora.request": module("vllm.lora.request", LoRARequest=FakeLoRARequest),
         "vllm.distributed": module("vllm.distributed"),
@@ -458,3 +499,38 @@ def test_truncated_sampling_warns_once_about_rollout_correction(fake_vllm, model
         assert len(caught) == 1 and issubclass(caught[0].category, RuntimeWarning)
         assert "top_p=0.9 and top_k=20" in str(caught[0].message)
         assert "rollout correction" in str(caught[0].message)
+
+
+def test_with_should_stop_the_engine_loop_gives_what_generate_gives(fake_vllm, model_tok):
+    """With ``should_stop`` the sampler runs ``LLM.generate``'s engine loop itself (add_request, step): never
+    asked to stop, it returns exactly the rollouts ``generate`` returns, in the same order."""
+    model, tok = model_tok
+    params = SamplingParams(max_new_tokens=6, seed=5)
+    with fake_vllm(model, tok, adapter="full", enable_sleep=False) as plain:
+        expected = plain.generate([PROMPT, OTHER], 3, params)
+    asked = []
+    with fake_vllm(model, tok, adapter="full", enable_sleep=False,
+                   should_stop=lambda: asked.append(1) or False) as stoppable:
+        LOG.clear()
+        got = stoppable.generate([PROMPT, OTHER], 3, params)
+    assert [r.response_ids for r in got] == [r.response_ids for r in expected]
+    assert [r.prompt_index for r in got] == [0, 0, 0, 1, 1, 1]
+    assert not events("generate") and len(events("step")) == 6 and len(asked) == 6
+
+
+def test_a_stop_aborts_the_calls_requests_and_raises(fake_vllm, model_tok):
+    from sdpo.callbacks import StopRequested
+
+    model, tok = model_tok
+    asked = []
+    with fake_vllm(model, tok, adapter="full", enable_sleep=False,
+                   should_stop=lambda: asked.append(1) or len(asked) > 3) as sampler:
+        LOG.clear()
+        with pytest.raises(StopRequested):
+            sampler.generate([PROMPT, OTHER], 2, SamplingParams(max_new_tokens=1000, seed=5))
+        assert len(events("step")) == 3  # asked before every step; the 4th answer was stop
+        (abort,) = events("abort")
+        assert len(abort[1]) == 2 and not sampler.llm.llm_engine.has_unfinished_requests()
+        # the engine serves the next call
+        sampler.should_stop = lambda: False
+        assert len(sampler.generate([PROMPT], 2, SamplingParams(max_new_tokens=4, seed=1))) == 2

@@ -89,7 +89,7 @@ def test_near_miss_really_fails_and_feedback_equals_the_code_env_on_the_real_pro
         fb = feedback_text(p, wrong)
         heads.add(fb.split(" on ")[0])
         if i < 8:  # the sandboxed environment writes exactly the same text for the real program
-            assert evaluate(wrong.response, p.tests()).feedback == fb
+            assert evaluate(wrong.response, p.tests(), code_feedback="first_failure").feedback == fb
     assert heads == {"Your code produced a wrong answer"}
     # the unguarded aggregate raises on the empty list: a runtime error, reported like the environment does
     from sdpo.toy.corpus import attempt
@@ -102,7 +102,7 @@ def test_near_miss_really_fails_and_feedback_equals_the_code_env_on_the_real_pro
     fb = feedback_text(p, wrong)
     assert fb.startswith("Your code raised a runtime error on test 2 of 3.")
     assert "ValueError" in fb and "(line 3 of your code)" in fb
-    assert evaluate(wrong.response, p.tests()).feedback == fb
+    assert evaluate(wrong.response, p.tests(), code_feedback="first_failure").feedback == fb
 
 
 def test_correct_attempt_has_no_feedback():

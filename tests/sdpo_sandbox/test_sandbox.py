@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from sdpo.config import ConfigError
 from sdpo.envs.code import evaluate, evaluate_many
-from sdpo.envs.sandbox import (
-    PROJECT_ROOT,
+from sdpo_sandbox import (
+    ConfigError,
     SandboxClient,
     SandboxConfig,
     SandboxPool,
     SandboxUnavailable,
     serve,
 )
+from sdpo_sandbox.pool import PROJECT_ROOT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="strong sandbox mode needs root (as in CI)")
 
@@ -223,10 +223,12 @@ print("ok")""", stdin_spec(), {"runtime_error"}),
 import socket
 socket.create_connection(("1.1.1.1", 53), timeout=0.5)
 print("ok")""", stdin_spec(), {"runtime_error"}),
+    # Its parent is the solution's zygote, pid 1 of the solution's PID namespace: the kernel drops the signal.
     ("kill_parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('ok')", stdin_spec(),
-     {"runtime_error"}),
+     {"passed"}),
+    # kill(-1) spares the caller and its PID namespace's init (the zygote): nothing is left to signal (ESRCH).
     ("kill_minus_one", "import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('ok')", stdin_spec(),
-     {"passed"}),  # kill(-1) spares the caller; all it can reach is its own slot
+     {"runtime_error"}),
     ("kill_every_pid", """
 import os, signal
 for pid in os.listdir("/proc"):
@@ -488,7 +490,9 @@ def test_hostile_feedback_stays_delimited(outcomes):
 def test_timeouts_are_enforced_promptly(outcomes):
     for name in ("infinite_loop", "sleep", "fork_bomb"):
         rec = outcomes[0][name].tests[0]
-        assert 0.9 <= rec.seconds < 2.5, (name, rec.seconds)
+        # the 1 s limit is enforced: killed after it, and long before the program would end by itself (the
+        # upper bound leaves room for a loaded machine: it only has to tell "killed" from "ran on")
+        assert 0.9 <= rec.seconds < 5.0, (name, rec.seconds)
 
 
 def test_pool_recovers_from_a_dead_executor(pool):
@@ -536,7 +540,7 @@ def test_strong_mode_refusal_message():
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) not installed")
     code = (
-        "from sdpo.envs.sandbox import SandboxPool, SandboxConfig, SandboxUnavailable\n"
+        "from sdpo_sandbox import SandboxPool, SandboxConfig, SandboxUnavailable\n"
         "try:\n    SandboxPool(SandboxConfig(slots=1, isolation='strong'))\n"
         "except SandboxUnavailable as e:\n    print('REFUSED', e)\n"
     )
@@ -569,8 +573,9 @@ def test_service_over_unix_socket(tmp_path):
         slow = {"inputs": ["1", "2", "3"], "outputs": ["1", "2", "3"], "time_limit": 20}
         t0 = time.monotonic()
         r = evaluate("```python\nimport time\nn = int(input())\nif n == 2:\n    time.sleep(20)\nprint(n + 1)\n```",
-                     slow, sandbox=client)
-        assert [t.verdict for t in r.tests] == ["wrong_answer"] and time.monotonic() - t0 < 5
+                     slow, code_feedback="first_failure", sandbox=client)
+        # test 2 would sleep 20 s: the stop kills it (the bound leaves room for a loaded machine)
+        assert [t.verdict for t in r.tests] == ["wrong_answer"] and time.monotonic() - t0 < 10
         r = evaluate("```python\nprint(int(input()))\n```", slow, sandbox=client, sparse=False)
         assert r.passed == 3
     finally:
@@ -623,8 +628,6 @@ def test_service_socket_handed_to_the_workers_uid():
 
 
 def test_invalid_config_names_field():
-    from sdpo.config import ConfigError
-
     with pytest.raises(ConfigError, match="isolation"):
         SandboxConfig(isolation="none")
     with pytest.raises(ConfigError, match="memory_mb"):
@@ -752,7 +755,7 @@ def test_error_in_the_callers_judging_is_not_an_executor_failure(solo):
 
 
 def test_seccomp_filter_has_every_required_rule():
-    from sdpo.envs._executor import SECCOMP_REQUIRED, SeccompFilter
+    from sdpo_sandbox._executor import SECCOMP_REQUIRED, SeccompFilter
 
     f = SeccompFilter()
     denied = {name for name, *_ in f.denied}

@@ -1,15 +1,14 @@
 """Sandbox pool for untrusted code: pre-started executor processes, one per slot (see docs/sandbox.md).
 
-The pool never forks the calling process: each slot is a fresh ``python -I sdpo/envs/_executor.py``
-interpreter (spawned with ``subprocess``), which confines itself once (uid, namespaces) and then forks one
-small child per test case. Requests and replies are length-prefixed JSON frames; the same frames travel over a
-unix socket when the executor runs as its own service (``sdpo sandbox serve``), so ``SandboxPool`` and
-``SandboxClient`` are interchangeable ``Sandbox`` objects.
+The pool never forks the calling process: each slot is a fresh ``python -I sdpo_sandbox/_executor.py``
+interpreter (spawned with ``subprocess``), which confines itself once (uid, namespaces) and then forks a
+zygote per solution and a process per test case. Requests and replies are length-prefixed JSON frames; the
+same frames travel over a unix socket when the pool is served as its own service (``sdpo_sandbox.service``),
+so ``SandboxPool`` and ``SandboxClient`` are interchangeable ``Sandbox`` objects.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import queue
@@ -19,18 +18,25 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sdpo.config import ConfigError
-
 EXECUTOR = Path(__file__).with_name("_executor.py")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ISOLATION_MODES = ("strong", "weak")
 DEFAULT_HIDE = ("/run", "/root", "/home", "/srv", "/mnt", "/media", "/opt/secrets")
+
+
+class ConfigError(ValueError):
+    """A sandbox setting is invalid. The message names the field, the value and the fix."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
 
 
 class SandboxError(RuntimeError):
@@ -109,7 +115,8 @@ class Runner(Protocol):
 
 
 class Sandbox(Protocol):
-    """Runs test-case jobs (dicts, see ``sdpo.envs.code.make_job``) and returns the executor's replies.
+    """Runs test-case jobs (dicts with ``mode``, ``code``, ``input``, ``time_limit``, ``fn_name``) and returns the
+    executor's replies.
 
     ``run`` uses any free slot with a fresh process per test. ``lease()`` holds one slot for the tests of one
     solution: they run one after the other in a warm process of that solution (LiveCodeBench style: fresh
@@ -139,8 +146,6 @@ def _send(sock_or_fd: Any, obj: Any) -> None:
 
 
 def _recv_exact(src: Any, n: int, deadline: float | None) -> bytes:
-    import time
-
     chunks, got = [], 0
     while got < n:
         if deadline is not None:
@@ -163,6 +168,35 @@ def _recv(src: Any, deadline: float | None = None) -> Any:
     return json.loads(_recv_exact(src, n, deadline))
 
 
+def stream_batch(send: Callable[[Any], None], recv: Callable[[], Any], job: dict[str, Any],
+                 on_result: Callable[[int, dict[str, Any]], bool]) -> BaseException | None:
+    """The caller's side of a streamed batch, over any transport (``send(frame)``, ``recv() -> frame``).
+
+    Sends ``job`` and passes each streamed reply to ``on_result(index, reply)``; when that returns False (or
+    raises), asks the executor to stop, once, and goes on reading until the end frame (replies that still
+    arrive are passed on too, until ``on_result`` has raised). Returns what ``on_result`` raised, if anything,
+    once the protocol is complete (the executor is then fine); raises SandboxError on a failed frame, and the
+    transport's errors as they are."""
+    send(job)
+    stop_sent = False
+    error: BaseException | None = None
+    while True:
+        frame = recv()
+        if not frame.get("ok"):
+            raise SandboxError(f"sandbox executor failed: {frame.get('error')}")
+        if frame.get("end"):
+            return error
+        keep_going = False
+        if error is None:
+            try:
+                keep_going = on_result(int(frame["index"]), frame)
+            except BaseException as e:  # finish the protocol first
+                error = e
+        if not keep_going and not stop_sent:
+            send({"op": "stop"})
+            stop_sent = True
+
+
 # ------------------------------------------------------------------------------------------- pool
 
 
@@ -181,17 +215,16 @@ class _Slot:
         self.cfg = cfg
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", str(EXECUTOR), json.dumps(cfg.executor_config())],
+            [sys.executable, "-I", str(EXECUTOR)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
             start_new_session=True, cwd="/",
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
-        import time
-
         try:
+            _send(self.wfd, cfg.executor_config())
             hello = _recv(self.rfd, time.monotonic() + 60)
-        except (EOFError, TimeoutError) as e:
+        except (EOFError, TimeoutError, OSError) as e:
             self.close()
             raise SandboxUnavailable(f"sandbox executor failed to start ({e})") from None
         if not hello.get("ok"):
@@ -211,39 +244,23 @@ class _Slot:
         return self.tainted and job.get("mode") in ("stdin", "functional")
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        import time
-
         if job.get("mode") == "assert":
             self.tainted = True
         _send(self.wfd, job)
-        return _recv(self.rfd, time.monotonic() + float(job.get("time_limit", 6.0)) + self.cfg.reply_slack_s)
+        return _recv(self.rfd, time.monotonic() + self._wait(job))
 
     def batch(self, job: dict[str, Any], on_result: Callable[[int, dict[str, Any]], bool]) -> None:
         """Send a batch job; call ``on_result(index, reply)`` per streamed reply; when it returns False, ask
-        the executor to stop (replies that still arrive are passed on too). Raises on executor failure."""
-        import time
-
-        _send(self.wfd, job)
-        stop_sent = False
-        error: BaseException | None = None
-        wait = float(job.get("time_limit", 6.0)) + self.cfg.reply_slack_s
-        while True:
-            frame = _recv(self.rfd, time.monotonic() + wait)
-            if not frame.get("ok"):
-                raise SandboxError(f"sandbox executor failed: {frame.get('error')}")
-            if frame.get("end"):
-                break
-            keep_going = False
-            if error is None:
-                try:
-                    keep_going = on_result(int(frame["index"]), frame)
-                except BaseException as e:  # finish the protocol first, then re-raise
-                    error = e
-            if not keep_going and not stop_sent:
-                _send(self.wfd, {"op": "stop"})
-                stop_sent = True
+        the executor to stop (``stream_batch``). Raises on executor failure."""
+        wait = self._wait(job)
+        error = stream_batch(lambda frame: _send(self.wfd, frame), lambda: _recv(self.rfd, time.monotonic() + wait),
+                             job, on_result)
         if error is not None:
             raise _CallerError(error)
+
+    def _wait(self, job: dict[str, Any]) -> float:
+        """How long to wait for one reply before taking the executor for dead."""
+        return float(job.get("time_limit", 6.0)) + self.cfg.reply_slack_s
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -297,19 +314,25 @@ class SandboxPool:
             return {"ok": False, "error": f"unsupported op {job.get('op')!r} outside a lease"}
         slot = self._free.get()
         try:
-            if slot.needs_fresh(job):
-                slot = self._replace(slot)
-            for attempt in (1, 2):
-                try:
-                    return slot.run(job)
-                except (EOFError, TimeoutError, OSError, ValueError) as e:
-                    # The executor died or hung: replace it, retry once on the fresh one, then give up.
-                    slot = self._replace(slot)
-                    if attempt == 2:
-                        return {"ok": False, "error": f"sandbox executor failed twice: {e}"}
-            raise AssertionError("unreachable")
+            slot, reply = self._run_on(slot, job)
+            return reply
         finally:
             self._free.put(slot)
+
+    def _run_on(self, slot: _Slot, job: dict[str, Any]) -> tuple[_Slot, dict[str, Any]]:
+        """Run ``job`` on ``slot`` (replaced first if it must not fork a solution, see ``_Slot.needs_fresh``);
+        if the executor died or hung, replace it and retry once on the fresh one, then give up with an error
+        reply. Returns the slot now in use and the reply."""
+        if slot.needs_fresh(job):
+            slot = self._replace(slot)
+        try:
+            return slot, slot.run(job)
+        except (EOFError, TimeoutError, OSError, ValueError):
+            slot = self._replace(slot)
+        try:
+            return slot, slot.run(job)
+        except (EOFError, TimeoutError, OSError, ValueError) as e:
+            return self._replace(slot), {"ok": False, "error": f"sandbox executor failed twice: {e}"}
 
     @contextmanager
     def lease(self) -> Iterator[_Lease]:
@@ -354,24 +377,17 @@ class _Lease:
         self.warm = False  # a warm process may be left (a batch retires its own)
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        job = {**job, "warm": True}
         self.warm = True
-        self._fresh_for(job)
-        for attempt in (1, 2):
-            try:
-                return self.slot.run(job)
-            except (EOFError, TimeoutError, OSError, ValueError) as e:
-                self.slot = self.pool._replace(self.slot)
-                if attempt == 2:
-                    return {"ok": False, "error": f"sandbox executor failed twice: {e}"}
-        raise AssertionError("unreachable")
+        self.slot, reply = self.pool._run_on(self.slot, {**job, "warm": True})
+        return reply
 
     def batch(self, job: dict[str, Any], on_result: Callable[[int, dict[str, Any]], bool]) -> None:
         """Run a batch job (all tests of one solution, streamed; see ``_Slot.batch``). If the executor dies
         the slot is replaced and SandboxError raised; the caller then runs the remaining tests one by one.
         An exception raised by ``on_result`` itself (the caller's judging) propagates as it is, and the
         executor, which finished the batch normally, is kept."""
-        self._fresh_for(job)
+        if self.slot.needs_fresh(job):
+            self.slot = self.pool._replace(self.slot)
         try:
             self.slot.batch(job, on_result)
         except _CallerError as e:
@@ -383,10 +399,6 @@ class _Lease:
             self.slot = self.pool._replace(self.slot)
             raise SandboxError(f"sandbox executor failed during a batch: {e}") from None
 
-    def _fresh_for(self, job: dict[str, Any]) -> None:
-        if self.slot.needs_fresh(job):
-            self.slot = self.pool._replace(self.slot)
-
     def close(self) -> None:
         if self.warm:
             try:
@@ -394,233 +406,3 @@ class _Lease:
             except (EOFError, TimeoutError, OSError, ValueError):
                 self.slot = self.pool._replace(self.slot)
         self.pool._free.put(self.slot)
-
-
-_default: Sandbox | None = None
-_default_lock = threading.Lock()
-
-
-def default_pool() -> Sandbox:
-    """The process-wide sandbox, created on first use: a ``SandboxClient`` when ``SDPO_SANDBOX_SOCKET`` names
-    a running ``sdpo sandbox serve`` socket, else an embedded ``SandboxPool`` (closed at exit)."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            path = os.environ.get("SDPO_SANDBOX_SOCKET")
-            if path:
-                _default = SandboxClient(path)
-            else:
-                pool = SandboxPool()
-                atexit.register(pool.close)
-                _default = pool
-        return _default
-
-
-# ------------------------------------------------------------------------------------------- service
-
-
-class SandboxClient:
-    """Talks to ``sdpo sandbox serve --socket PATH``; same ``run`` contract as ``SandboxPool``."""
-
-    def __init__(self, socket_path: str | os.PathLike[str], slots: int | None = None, timeout_slack_s: float = 60.0):
-        self.path = str(socket_path)
-        self.slack = timeout_slack_s
-        self._local = threading.local()
-        if slots is None:
-            slots = int(self._request({"op": "info"}, 30.0).get("slots", 1))
-        self.slots = slots
-
-    def _sock(self) -> socket.socket:
-        s = getattr(self._local, "sock", None)
-        if s is None:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(self.path)
-            self._local.sock = s
-        return s
-
-    def _request(self, obj: dict[str, Any], wait_s: float) -> dict[str, Any]:
-        import time
-
-        s = self._sock()
-        try:
-            _send(s, obj)
-            return _recv(s, time.monotonic() + wait_s)
-        except (OSError, EOFError, TimeoutError):
-            s.close()
-            self._local.sock = None
-            raise
-
-    def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return self._request(job, float(job.get("time_limit", 6.0)) + self.slack)
-        except (OSError, EOFError, TimeoutError) as e:
-            return {"ok": False, "error": f"sandbox service failed: {e}"}
-
-    def batch(self, job: dict[str, Any], on_result: Callable[[int, dict[str, Any]], bool]) -> None:
-        """Stream a batch job through the service (inside ``lease``); same contract as ``_Slot.batch``."""
-        import time
-
-        s = self._sock()
-        wait = float(job.get("time_limit", 6.0)) + self.slack
-        try:
-            _send(s, job)
-            stop_sent = False
-            error: BaseException | None = None
-            while True:
-                frame = _recv(s, time.monotonic() + wait)
-                if not frame.get("ok"):
-                    raise SandboxError(f"sandbox service failed: {frame.get('error')}")
-                if frame.get("end"):
-                    break
-                keep_going = False
-                if error is None:
-                    try:
-                        keep_going = on_result(int(frame["index"]), frame)
-                    except BaseException as e:
-                        error = e
-                if not keep_going and not stop_sent:
-                    _send(s, {"op": "stop"})
-                    stop_sent = True
-        except (OSError, EOFError, TimeoutError) as e:
-            s.close()
-            self._local.sock = None
-            raise SandboxError(f"sandbox service failed during a batch: {e}") from None
-        if error is not None:
-            raise error
-
-    @contextmanager
-    def lease(self) -> Iterator[SandboxClient]:
-        """Hold one of the service's slots on this thread's connection for the tests of one solution."""
-        self._request({"op": "lease"}, 600.0)
-        try:
-            yield self
-        finally:
-            try:
-                self._request({"op": "release"}, 60.0)
-            except (OSError, EOFError, TimeoutError):
-                pass
-
-
-def _serve_batch(conn: socket.socket, held: _Lease, job: dict[str, Any]) -> dict[str, Any]:
-    """Relay a batch: replies go to the client as they come; a watcher forwards the client's stop."""
-    finished = threading.Event()
-
-    def watch() -> None:
-        while not finished.is_set():
-            r, _, _ = select.select([conn], [], [], 0.02)
-            if r and not finished.is_set():
-                try:
-                    msg = _recv(conn)
-                except (EOFError, OSError, ValueError):
-                    return
-                if isinstance(msg, dict) and msg.get("op") == "stop":
-                    try:
-                        _send(held.slot.wfd, {"op": "stop"})  # a stale stop is ignored by the executor
-                    except OSError:
-                        return
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    def relay(index: int, frame: dict[str, Any]) -> bool:
-        try:
-            _send(conn, frame)
-        except OSError:
-            return False  # the client went away: stop the batch (the executor is fine)
-        return True
-
-    try:
-        held.batch(job, relay)
-        reply: dict[str, Any] = {"ok": True, "end": True}
-    except SandboxError as e:
-        reply = {"ok": False, "error": str(e)}
-    finally:
-        finished.set()
-        watcher.join()
-    return reply
-
-
-def serve(socket_path: str | os.PathLike[str], config: SandboxConfig | None = None,
-          ready: threading.Event | None = None, stop: threading.Event | None = None, *,
-          socket_uid: int | None = None) -> None:
-    """Serve a pool on a unix socket (mode 0600): one thread per connection, frames as in the pool.
-
-    socket_uid: hand the socket to this uid (the service runs as root to drop executions to their own uids;
-    its clients, the workers, run unprivileged, e.g. uid 1000 in our images). None: the server's own uid."""
-    path = str(socket_path)
-    if socket_uid is not None and (not isinstance(socket_uid, int) or isinstance(socket_uid, bool)
-                                   or socket_uid < 0):
-        raise ConfigError("socket_uid", f"got {socket_uid!r}; expected a uid >= 0 (the workers' user)")
-    if os.path.exists(path):
-        os.unlink(path)
-    pool = SandboxPool(config)
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        srv.bind(path)
-        if socket_uid is not None:
-            os.chown(path, socket_uid, -1)
-    except BaseException:
-        srv.close()
-        pool.close()
-        raise
-    finally:
-        os.umask(old)
-    srv.listen(64)
-    srv.settimeout(0.5)
-
-    def handle(conn: socket.socket) -> None:
-        held: _Lease | None = None
-        try:
-            with conn:
-                while True:
-                    try:
-                        job = _recv(conn)
-                    except (EOFError, OSError, ValueError):
-                        return
-                    if not isinstance(job, dict):
-                        return
-                    op = job.get("op")
-                    if op == "info":
-                        reply = {"ok": True, "slots": pool.slots, "info": pool.info}
-                    elif op == "lease":
-                        if held is None:
-                            held = _Lease(pool, pool._free.get())
-                        reply = {"ok": True}
-                    elif op == "release":
-                        if held is not None:
-                            held.close()
-                            held = None
-                        reply = {"ok": True}
-                    elif op == "stop":  # crossed the end of its batch
-                        continue
-                    elif op == "batch":
-                        reply = (_serve_batch(conn, held, job) if held is not None
-                                 else {"ok": False, "error": "a batch needs a lease"})
-                    else:
-                        reply = held.run(job) if held is not None else pool.run(job)
-                    try:
-                        _send(conn, reply)
-                    except OSError:
-                        return
-        finally:
-            if held is not None:
-                held.close()
-
-    if ready is not None:
-        ready.set()
-    try:
-        while stop is None or not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-    finally:
-        srv.close()
-        pool.close()
-        if os.path.exists(path):
-            os.unlink(path)
-
-
-def config_dict(config: SandboxConfig) -> dict[str, Any]:
-    return asdict(config)

@@ -1,7 +1,8 @@
 """Sandbox executor: one long-lived process per pool slot (stdlib only, runnable as a script).
 
-Started by ``sdpo.envs.sandbox`` as ``python -I _executor.py CONFIG_JSON`` (a fresh interpreter, never a fork of
-the caller). It talks length-prefixed JSON frames over its stdin/stdout and runs one test case per request.
+Started by ``sdpo_sandbox.pool`` as ``python -I _executor.py`` (a fresh interpreter, never a fork of the caller).
+It talks length-prefixed JSON frames over its stdin/stdout (the first one is its configuration) and runs one
+test case per request.
 Nothing here is imported by untrusted code; untrusted code only ever runs in children of this process, after
 they dropped to the slot's unprivileged uid.
 
@@ -15,18 +16,20 @@ Strong mode (root required), set up once at start:
     imports work).
   * a seccomp deny-list filter (``SeccompFilter``, built with libseccomp through ctypes; refuses to start
     without it), loaded by every child before it runs untrusted code.
-Per solution (a forked "warm" child that runs the solution's tests one after the other, each with fresh
-module globals and stdin; see ``serve_tests``) or per test case (``run``/``assert``): own session/process
-group, a private IPC namespace, rlimits (address space = executor + memory limit, CPU = time limit + 2 s,
-processes, file size, open files, no core), ``setresuid`` to the slot uid, ``PR_SET_NO_NEW_PRIVS``, the
-seccomp filter, a fresh 0700 scratch directory, an empty environment, stdout/stderr/report pipes drained
-concurrently with byte caps, a wall-clock deadline, and afterwards SIGKILL of the process group and of every
-process owned by the slot uid (``kill(-1)`` issued from a helper that runs as that uid), then the scratch
-directory and everything the slot's uids left in /tmp and /dev/shm are removed.
+Per solution (``stdin``/``functional``): a zygote (``zygote``), pid 1 of a PID namespace and an IPC namespace
+of its own, with its own session, rlimits (address space = executor + memory limit, CPU = time limit + 2 s,
+processes, file size, open files, no core), ``setresuid`` to the slot uid, ``PR_SET_PDEATHSIG``,
+``PR_SET_NO_NEW_PRIVS`` and the seccomp filter; it compiles the solution and forks one fresh process per test
+(fds 0-3, module state, argv, environment and a 0700 scratch directory of its own), then kills and reaps
+everything the test started before it answers. The executor drains each test's stdout/stderr/report pipes
+with byte caps (``Capture``, ``await_run``), enforces the wall-clock deadline by killing the whole namespace
+(``waitpid`` on its init returns once every process in it is gone), and afterwards removes the scratch
+directory and everything the slot's uids left in /tmp and /dev/shm. ``assert`` tests: the solution in a
+fresh interpreter (pid 1 of a namespace of its own) and the trusted check code in a checker of another uid.
 
 Weak mode (``SDPO_SANDBOX=weak``): no uid change and no namespaces; rlimits, sessions, scratch, empty
-environment, the seccomp filter when libseccomp is there, and the kill of the process group plus every orphan
-re-parented to this (sub-reaper) process.
+environment, the seccomp filter when libseccomp is there, and the kill of every descendant (the zygote and
+this process are child sub-reapers) before a verdict.
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ from __future__ import annotations
 import base64
 import ctypes
 import fcntl
+import gc
 import json
 import os
 import resource
 import select
-import shutil
 import signal
 import struct
 import sys
@@ -47,6 +50,7 @@ import time
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
 # Every namespace flag clone(2) takes (CLONE_NEWTIME exists for unshare/clone3 only; both are denied whole).
 CLONE_NAMESPACE_FLAGS = {"CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000, "CLONE_NEWUTS": 0x04000000,
                          "CLONE_NEWIPC": 0x08000000, "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
@@ -403,6 +407,30 @@ class SeccompFilter:
             os.close(fd)
 
 
+def rmtree(path: str) -> None:
+    """Remove a directory tree, never following a symlink (what solutions leave is untrusted); errors are
+    ignored. (Not shutil.rmtree: importing shutil maps six more shared libraries into this process, and every
+    mapping makes each fork of it, one per test, slower.)"""
+    try:
+        for _top, dirs, files, fd in os.fwalk(path, topdown=False, follow_symlinks=False):
+            for name in files:
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except OSError:
+                    pass
+            for name in dirs:
+                try:
+                    os.rmdir(name, dir_fd=fd)
+                except OSError:
+                    try:
+                        os.unlink(name, dir_fd=fd)  # a symlink to a directory
+                    except OSError:
+                        pass
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
 def clean_shared_dirs(uids: list[int]) -> None:
     """Remove every entry of the shared writable directories (/tmp, /dev/shm: sticky, 1777) owned by one of
     ``uids``, so nothing a solution wrote there outlives its run (another solution of the slot would see it,
@@ -419,7 +447,7 @@ def clean_shared_dirs(uids: list[int]) -> None:
                 if st.st_uid not in uids:
                     continue
                 if e.is_dir(follow_symlinks=False):
-                    shutil.rmtree(e.path, ignore_errors=True)
+                    rmtree(e.path)
                 else:
                     os.unlink(e.path)
             except OSError:
@@ -466,49 +494,38 @@ def kill_uid(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def reap() -> None:
-    """Collect every exited child (we are a child sub-reaper, so orphans land here)."""
+def _children_of(parent: int) -> list[int]:
+    """The pids whose parent is ``parent`` (from /proc)."""
+    kids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(b")") + 2:].split()[1]) == parent:
+            kids.append(int(name))
+    return kids
+
+
+def kill_orphans() -> None:
+    """SIGKILL and reap every child of this process, a child sub-reaper (each round re-parents the next
+    generation of orphans to it), until none is left."""
+    me = os.getpid()
     while True:
+        for pid in _children_of(me):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
-            return
-
-
-def _has_children() -> bool:
-    try:
-        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return False
-    return True
-
-
-def kill_orphans() -> None:
-    """Weak mode: SIGKILL every descendant still alive (orphans are re-parented to us, the sub-reaper)."""
-    me = os.getpid()
-    for _ in range(50):
-        found = False
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
-            if ppid == me:
-                found = True
-                try:
-                    os.kill(int(name), signal.SIGKILL)
-                except OSError:
-                    pass
-        reap()
-        if not found:
-            return
-        time.sleep(0.01)
+            time.sleep(0.001)
 
 
 # ------------------------------------------------------------------------------------------- child side
@@ -522,13 +539,9 @@ def _build_prelude() -> dict:
 
 
 _PRELUDE = _build_prelude()
-
-
-def _prelude_globals(name: str) -> dict:
-    """Module globals LiveCodeBench gives a solution: star imports of common modules, then the builtins."""
-    g = dict(_PRELUDE)
-    g.update(__name__=name, stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr)
-    return g
+_MAIN = __import__("types").ModuleType("__main__")
+_MAIN.__dict__.update(_PRELUDE)
+_SOLUTION_GLOBALS = {**_PRELUDE, "__name__": "solution"}
 
 
 def _describe(exc: BaseException) -> dict:
@@ -594,8 +607,10 @@ _STREAMS: list = []
 def _std_streams() -> None:
     """Fresh sys.stdin/stdout/stderr on fds 0-2 (kept in _STREAMS too, so they are flushed even when the
     solution rebinds sys.stdout)."""
-    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)
-    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False)
+    # As CPython on POSIX: stdin splits lines at "\n" only (no newline translation), stdout writes "\n".
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="surrogateescape", newline="\n", closefd=False)
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="surrogateescape", newline="\n",
+                                       closefd=False)
     sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False,
                                        buffering=1)
     _STREAMS[:] = [sys.stdout, sys.stderr]
@@ -616,30 +631,17 @@ def _flush() -> None:
             pass
 
 
-def run_solution(job: dict, chan: int) -> int:
-    """Run the solution for one stdin/functional test in this (already confined) process; exit code."""
-    sys.set_int_max_str_digits(0)
-    sys.setrecursionlimit(50000)
-    _thread_stack()
-    _std_streams()
-    try:
-        code = compile(job["code"], "<solution>", "exec")
-    except BaseException as e:
-        _report_error(chan, e)
-        return 1
-    return _run_loaded(code, job, chan, job["input"])
-
-
 def _program_end() -> None:
     """What the interpreter does when a program's main module is done (``Py_FinalizeEx``: first
     ``threading._shutdown``, then the atexit handlers), without ending this process: wait for every non-daemon
     thread (threads that start threads included), then run and clear the atexit handlers. The executor's
-    deadline still applies: a thread that never ends is a time limit, as it would be for a real process."""
-    import threading
-
+    deadline still applies: a thread that never ends is a time limit, as it would be for a real process.
+    (A program that never imported ``threading`` has no thread to wait for: CPython does not wait for threads
+    of ``_thread`` either.)"""
+    threading = sys.modules.get("threading")
     try:
-        me = threading.current_thread()
-        while True:
+        me = threading.current_thread() if threading is not None else None
+        while threading is not None:
             pending = [t for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
             if not pending:
                 break
@@ -655,28 +657,30 @@ def _program_end() -> None:
         pass
 
 
-def _main_module(g: dict):
-    """A real ``__main__`` module whose namespace is ``g`` (so pickle finds the solution's functions, as
-    ``multiprocessing`` needs), installed in ``sys.modules`` for this test."""
-    import types
+def solution_globals(mode: str) -> dict:
+    """The module globals of a run of the solution: LiveCodeBench's prelude (star imports of common modules,
+    then the builtins). A stdin program runs in a real ``__main__`` module installed in ``sys.modules`` (so
+    pickle finds its functions, as ``multiprocessing`` needs); a functional one runs as ``solution``.
 
-    mod = types.ModuleType("__main__")
-    mod.__dict__.update(g)
-    sys.modules["__main__"] = mod
-    return mod.__dict__
+    Built once, here: every run happens in a fresh fork of this process, where they are pristine, so a run
+    uses them as they are. (A copy would touch every prelude object, and every page it touches is a
+    copy-on-write fault in the fork.)"""
+    if mode == "functional":
+        return _SOLUTION_GLOBALS
+    sys.modules["__main__"] = _MAIN
+    return _MAIN.__dict__
 
 
-def _run_loaded(code, job: dict, chan: int, args_text: str) -> int:
-    """Run an already compiled solution once (fresh module globals); the exit code it would have had.
+def _run_loaded(code, job: dict, chan: int, args_text: str, g: dict) -> int:
+    """Run an already compiled solution once in the module globals ``g`` (``solution_globals``); the exit
+    code it would have had.
 
     stdin programs end as a real process would: the module code returns (or raises SystemExit, or an
     exception), then the non-daemon threads are waited for and the atexit handlers run (``_program_end``),
     then the streams are flushed. Functional tests end when the call returns; handlers registered meanwhile
     are dropped (LiveCodeBench calls the function and reads its return value only)."""
     functional = job["mode"] == "functional"
-    g = _prelude_globals("solution" if functional else "__main__")
-    if not functional:
-        g = _main_module(g)
+    g.update(stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr)  # the prelude's names from sys
     try:
         import atexit
 
@@ -719,38 +723,171 @@ def _run_loaded(code, job: dict, chan: int, args_text: str) -> int:
     return rc
 
 
-def serve_tests(job: dict, ctl_fd: int, chan: int) -> int:
-    """A warm solution process (LiveCodeBench style: all tests of one solution in one process, each with
-    fresh module globals and a fresh stdin). Compiles once, then per control message: the input arrives as
-    a memfd, the test runs in-process, and ``{"done": nonce, "exit": code}`` closes it on the report pipe.
-    Everything here is as untrusted as the solution: the executor only uses it to find the end of a test."""
+def sweep(pid_ns: bool) -> None:
+    """Kill and reap every other process of the solution (the zygote calls it after each test), so that when it
+    returns nothing a test started exists any more, zombies included.
+
+    pid_ns (strong mode): the caller is pid 1 of the solution's own PID namespace, so ``kill(-1)`` reaches every
+    other process in it (the kernel walks the task list under its lock: nothing forks past it) and every orphan
+    in it is re-parented to the caller; waitpid reporting no child left means no process of the namespace
+    is left. Otherwise (weak mode) the caller is a child sub-reaper: its children are killed and reaped until
+    none is left (each round re-parents the next generation to it)."""
+    if pid_ns:
+        while True:
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+    kill_orphans()
+
+
+IPC_RMID = 0
+
+
+def remove_sysv_ipc() -> None:
+    """Remove every System V shared memory segment, semaphore set and message queue of the caller's IPC
+    namespace (strong mode: the solution's own), so that a test never finds one left by an earlier test."""
+    for kind in ("shm", "sem", "msg"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            ident = int(row.split()[1])
+            if kind == "shm":
+                _libc.shmctl(ident, IPC_RMID, None)
+            elif kind == "sem":
+                _libc.semctl(ident, 0, IPC_RMID)
+            else:
+                _libc.msgctl(ident, IPC_RMID, None)
+
+
+def zygote(job: dict, ctl_fd: int, pid_ns: bool) -> int:
+    """The solution's zygote: compiles the solution once and runs each test in a fresh fork of itself.
+
+    It never runs solution code itself, so every test starts from the same state: fresh modules and globals,
+    fds 0-3 (stdin, stdout, stderr, report) of its own, a plain ``sys.argv``, an environment without the
+    runner's settings, its own scratch directory as cwd, HOME and TMPDIR. Per control message (the test's
+    nonce and scratch directory, with its stdin memfd and the write ends of its three pipes) it hands the
+    test to a test process, waits for it, kills and reaps everything the test started (``sweep``), removes the
+    test's System V IPC objects and answers ``{"done": nonce, "status": wait status}``; then, unless that was
+    the last test, it forks the process for the next one, while the caller handles the answer. In strong mode
+    the zygote is pid 1 of the solution's own PID namespace (signals from the tests cannot reach it) and not
+    dumpable (the tests, same uid, cannot read or write its memory), so what it reports is not under the
+    tests' control.
+    """
     import socket
 
+    sys.argv[:] = ["main.py"]  # in place: the prelude's star import of sys holds the same list
+    sys.orig_argv[:] = [sys.executable, "main.py"]
     sys.set_int_max_str_digits(0)
     sys.setrecursionlimit(50000)
     _thread_stack()
+    import atexit
+
+    atexit._clear()
+    if pid_ns and os.getpid() != 1:
+        return 125
+    _prctl(PR_SET_DUMPABLE, 0)
+    if not pid_ns:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
     ctl = socket.socket(fileno=ctl_fd)
     try:
         code, err = compile(job["code"], "<solution>", "exec"), None
     except BaseException as e:
         code, err = None, e
+    # Every object so far is shared with the test processes (fork): a garbage collection that walked them
+    # would write to (and so copy) every page they are on, in the zygote and in each test process alike.
+    gc.freeze()
+    spare = None
+    more = True
     while True:
-        msg, fds, _, _ = socket.recv_fds(ctl, 4096, 1)
-        if not msg or not fds:
+        if spare is None and more:  # ahead of the test: overlaps with the caller's handling of the last answer
+            try:
+                spare = _fork_test_process(job, code, err)
+            except OSError:
+                spare = None  # tried again when the test arrives
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctl, 4096, 4)
+        except OSError:
             return 0
-        nonce = json.loads(msg)["nonce"]
-        os.dup2(fds[0], 0)
-        os.close(fds[0])
-        args_text = ""
-        if job["mode"] == "functional":
-            args_text = os.pread(0, os.fstat(0).st_size, 0).decode("utf-8", "surrogateescape")
-        _std_streams()
-        if code is None:
-            _report_error(chan, err)
-            rc = 1
-        else:
-            rc = _run_loaded(code, job, chan, args_text)
-        write_line(chan, {"done": nonce, "exit": rc})
+        if not msg:
+            return 0
+        req = json.loads(msg)
+        if len(fds) != 4:
+            return 1
+        if spare is None:
+            try:
+                spare = _fork_test_process(job, code, err)
+            except OSError as e:
+                for fd in fds:
+                    os.close(fd)
+                ctl.send(json.dumps({"done": req["nonce"], "error": f"fork failed: {e}"}).encode())
+                continue
+        (pid, chan), spare = spare, None
+        try:
+            socket.send_fds(chan, [msg], fds)
+        except OSError:
+            pass  # it died: its wait status says how
+        chan.close()
+        for fd in fds:
+            os.close(fd)
+        status = os.waitpid(pid, 0)[1]
+        sweep(pid_ns)
+        if pid_ns:
+            remove_sysv_ipc()
+        more = not req.get("last")
+        ctl.send(json.dumps({"done": req["nonce"], "status": status}).encode())
+
+
+def _fork_test_process(job: dict, code, err: BaseException | None):
+    """Fork the process for the next test: it prepares its module globals, then waits for its test on a
+    socket of its own. Returns (pid, the zygote's end of that socket)."""
+    import socket
+
+    here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        rc = 126
+        try:
+            here.close()
+            rc = _test_process(job, code, err, there)
+        finally:
+            os._exit(rc)
+    there.close()
+    return pid, here
+
+
+def _test_process(job: dict, code, err: BaseException | None, chan) -> int:
+    """One test in a fresh fork of the zygote; returns the exit code the program would have had."""
+    import resource as _resource
+    import socket
+
+    g = solution_globals(job["mode"])  # before the test arrives
+    msg, fds, _, _ = socket.recv_fds(chan, 4096, 4)
+    if not msg or len(fds) != 4:
+        return 0  # no test for this process (the zygote is done)
+    req = json.loads(msg)
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target)
+    os.closerange(4, _resource.getrlimit(_resource.RLIMIT_NOFILE)[1])
+    _prctl(PR_SET_DUMPABLE, 1)  # its own processes may read its /proc files (the zygote stays undumpable)
+    os.chdir(req["scratch"])
+    os.environ["HOME"] = os.environ["TMPDIR"] = req["scratch"]
+    _std_streams()
+    if code is None:
+        _report_error(3, err)
+        return 1
+    args_text = ""
+    if job["mode"] == "functional":
+        args_text = os.pread(0, os.fstat(0).st_size, 0).decode("utf-8", "surrogateescape")
+    return _run_loaded(code, job, 3, args_text, g)
 
 
 ASSERT_RUNNER = r'''
@@ -893,14 +1030,105 @@ def run_checker(job: dict, down: int, up: int, report: int) -> int:
 # ------------------------------------------------------------------------------------------- executor
 
 
+class Capture:
+    """The stdout, stderr and report pipes of one run (read ends, non-blocking), drained with caps: stdout keeps
+    ``max_output_bytes`` and any byte beyond it is an overflow; stderr keeps ``max_stderr_bytes`` and more than
+    ``max_output_bytes`` in all is an overflow; the report channel keeps REPORT_CAP, beyond it an overflow."""
+
+    def __init__(self, pipes: dict[str, int], cfg: dict):
+        self.name = {fd: k for k, fd in pipes.items()}
+        self.open = set(self.name)
+        self.keep = {"stdout": cfg["max_output_bytes"], "stderr": cfg["max_stderr_bytes"], "report": REPORT_CAP}
+        self.limit = {"stdout": cfg["max_output_bytes"], "stderr": cfg["max_output_bytes"], "report": REPORT_CAP}
+        self.bufs = {k: bytearray() for k in pipes}
+        self.total = {k: 0 for k in pipes}
+
+    def pump(self, fd: int) -> bool:
+        """Read what is there; False once a pipe went past its limit (the run must be stopped)."""
+        k = self.name[fd]
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                self.open.discard(fd)
+                return True
+            room = self.keep[k] - len(self.bufs[k])
+            if room > 0:
+                self.bufs[k] += chunk[:room]
+            self.total[k] += len(chunk)
+            if self.total[k] > self.limit[k]:
+                return False
+
+    def finish(self, deadline: float) -> None:
+        """Read every pipe to its end (its writers are gone), or until the deadline."""
+        while self.open and time.monotonic() < deadline:
+            poller = select.poll()
+            for fd in self.open:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+                self.pump(fd)
+
+    def overflow(self, k: str) -> bool:
+        return self.total[k] > self.limit[k]
+
+    def close(self) -> None:
+        for fd in self.name:
+            os.close(fd)
+
+    def fields(self) -> dict:
+        return {
+            "stdout": base64.b64encode(bytes(self.bufs["stdout"])).decode(),
+            "stderr": base64.b64encode(bytes(self.bufs["stderr"])).decode(),
+            "stdout_overflow": self.overflow("stdout"),
+            "stderr_overflow": self.overflow("stderr"),
+            "report_overflow": self.overflow("report"),
+            "report": bytes(self.bufs["report"]).decode("utf-8", "replace"),
+        }
+
+
+def await_run(cap: Capture, deadline: float, events: dict[int, str], stop_fd: int | None = None) -> str:
+    """Drain a run's pipes until one of ``events`` (fd -> name) is readable (returns its name), the deadline
+    passes ("timeout"), a stop request arrives on ``stop_fd`` ("stop") or a pipe overflows ("overflow")."""
+    poller = select.poll()
+    for fd in [*cap.open, *events] + ([stop_fd] if stop_fd is not None else []):
+        poller.register(fd, select.POLLIN)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "timeout"
+        ready = poller.poll(max(1, int(left * 1000) + 1))
+        for fd, _ in ready:  # output first: what arrived with the end of the run belongs to it
+            if fd in cap.name:
+                if not cap.pump(fd):
+                    return "overflow"
+                if fd not in cap.open:
+                    poller.unregister(fd)
+        for fd, _ in ready:
+            if fd in events:
+                return events[fd]
+            if fd == stop_fd:
+                return "stop"
+
+
+class _Zygote:
+    """The executor's handle on a solution's zygote process (see ``zygote``)."""
+
+    def __init__(self, key: tuple, pid: int, ctl):
+        self.key, self.pid, self.ctl = key, pid, ctl
+        self.pidfd = os.pidfd_open(pid)
+
+
 class Executor:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.strong = cfg["strong"]
+        self.pid = os.getpid()
         self.enforced: list[str] = []
         self.uid = self.checker_uid = None
         self.runs = 0
-        self.warm: dict | None = None
+        self.warm: _Zygote | None = None
         self.source = codec_source()  # read now: the file is hidden once the namespaces are set up
         # Built before the namespaces too (the library's directory might be covered); required in strong mode.
         self.seccomp: SeccompFilter | None = None
@@ -915,12 +1143,17 @@ class Executor:
             if os.geteuid() != 0:
                 raise RuntimeError("strong isolation needs root (to switch to per-slot uids and create "
                                    "namespaces)")
+            # Every solution runs in a PID namespace of its own (see ``_fork``): check that we can make one.
+            self.pid_ns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+            _check(_libc.setns(self.pid_ns_fd, CLONE_NEWPID), "setns(CLONE_NEWPID)")
             self.uid, self.lock_fd = reserve_uid(cfg)
             self.checker_uid = self.uid + 1000
             kill_uid(self.uid)  # leftovers of a previous holder of this uid that was itself killed
             kill_uid(self.checker_uid)
             self.enforced += setup_namespaces(cfg)
-            self.enforced += [f"uid {self.uid} (checker {self.checker_uid})", "IPC namespace per run"]
+            self.enforced += [f"uid {self.uid} (checker {self.checker_uid})",
+                              "PID and IPC namespace per solution"]
         if self.seccomp is not None:
             self.enforced.append(f"seccomp deny-list ({len(self.seccomp.denied)} rules)")
         else:
@@ -933,11 +1166,11 @@ class Executor:
             import tempfile
 
             self.scratch_root = tempfile.mkdtemp(prefix="sdpo-sandbox-")
-            atexit.register(shutil.rmtree, self.scratch_root, True)
+            atexit.register(rmtree, self.scratch_root)
         os.chmod(self.scratch_root, 0o711)
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.base_as = self._vm_size()
-        self.enforced += ["rlimits", "setsid", "scratch dir", "empty environment"]
+        self.enforced += ["rlimits", "setsid", "scratch dir per test", "empty environment"]
 
     @staticmethod
     def _vm_size() -> int:
@@ -946,6 +1179,8 @@ class Executor:
                 if line.startswith("VmSize:"):
                     return int(line.split()[1]) * 1024
         return 0
+
+    # ------------------------------------------------------------------ confined processes
 
     def _confine(self, uid: int | None, time_limit: float, scratch: str | None, nofile: int = 64) -> None:
         """In a fresh child: limits, then drop to ``uid``. Never returns on failure (exits 125)."""
@@ -971,6 +1206,11 @@ class Executor:
             os.setresuid(uid, uid, uid)
             if os.getuid() != uid:
                 os._exit(125)
+        # Dies with the executor (armed after the uid switch, which clears it). Its parent is the executor, or
+        # outside its PID namespace (then getppid() is 0); anything else means the executor is already gone.
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() not in (self.pid, 0):
+            os._exit(125)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         if self.seccomp is not None:
             self.seccomp.load()
@@ -984,9 +1224,26 @@ class Executor:
         mem = self.base_as + (cfg["memory_mb"] << 20)
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
 
+    def _fork(self, pid_ns: bool) -> int:
+        """os.fork(); with ``pid_ns`` the child is pid 1 of a new PID namespace (and everything it starts lives
+        in that namespace): killing it makes the kernel kill the whole namespace, and waitpid returns only once
+        every process in it is gone. unshare(CLONE_NEWPID) only sets where our next child goes, so we go back
+        to our own namespace for later children right after the fork."""
+        if not pid_ns:
+            return os.fork()
+        _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        try:
+            pid = os.fork()
+        except BaseException:
+            _check(_libc.setns(self.pid_ns_fd, CLONE_NEWPID), "setns(CLONE_NEWPID)")
+            raise
+        if pid != 0:
+            _check(_libc.setns(self.pid_ns_fd, CLONE_NEWPID), "setns(CLONE_NEWPID)")
+        return pid
+
     def _spawn(self, fds: dict[int, int], uid: int | None, time_limit: float, scratch: str | None,
-               body, nofile: int = 64) -> int:
-        pid = os.fork()
+               body, nofile: int = 64, pid_ns: bool = False) -> int:
+        pid = self._fork(pid_ns)
         if pid == 0:
             code = 126
             try:
@@ -997,8 +1254,8 @@ class Executor:
                     os.dup2(src, target)
                 os.closerange(max(fds) + 1, 1 << 16)
                 if self.strong:
-                    # A private IPC namespace per run: SysV shared memory, semaphores, message queues and
-                    # POSIX message queues it creates die with its last process.
+                    # A private IPC namespace: SysV shared memory, semaphores, message queues and POSIX message
+                    # queues it creates die with its last process.
                     _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
                 self._confine(uid, time_limit, scratch, nofile)
                 code = body()
@@ -1008,191 +1265,158 @@ class Executor:
                 os._exit(code)
         return pid
 
-    # ------------------------------------------------------------------ warm solution processes
+    def _kill_tree(self, pid: int) -> int:
+        """SIGKILL ``pid`` and everything it started; return its wait status once all of it is gone and reaped.
 
-    def _start_warm(self, job: dict, key: tuple) -> dict:
+        Strong mode: ``pid`` is pid 1 of its own PID namespace, so the kernel kills the whole namespace and
+        reports ``pid``'s exit only after every process in it has exited and been reaped. Weak mode: its
+        session, then every descendant, which were re-parented to this sub-reaper."""
+        for kill in ((os.kill,) if self.strong else (os.killpg, os.kill)):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            status = os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            status = 0
+        if not self.strong:
+            kill_orphans()
+        return status
+
+    def _scratch(self) -> str:
+        self.runs += 1
+        path = f"{self.scratch_root}/run-{self.runs}"
+        os.mkdir(path, 0o700)
+        if self.uid is not None:
+            os.chown(path, self.uid, self.uid)
+        return path
+
+    def _cleanup(self, scratch: str) -> None:
+        """After a test (nothing of it runs any more): remove its scratch dir and, in strong mode, whatever the
+        slot's uids left in /tmp and /dev/shm, so the next test starts from empty writable areas."""
+        rmtree(scratch)
+        if self.strong:
+            clean_shared_dirs([self.uid, self.checker_uid])
+
+    @staticmethod
+    def _pipes() -> tuple[dict[str, int], list[int]]:
+        """Fresh stdout, stderr and report pipes: ({name: read end (non-blocking)}, [write ends])."""
+        reads, writes = {}, []
+        for k in ("stdout", "stderr", "report"):
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            reads[k] = r
+            writes.append(w)
+        return reads, writes
+
+    # ------------------------------------------------------------------ stdin / functional: the zygote
+
+    def _start_zygote(self, job: dict, key: tuple) -> _Zygote:
         import socket
 
-        self.runs += 1
-        scratch = f"{self.scratch_root}/run-{self.runs}"
-        os.mkdir(scratch, 0o700)
-        if self.uid is not None:
-            os.chown(scratch, self.uid, self.uid)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        ch_r, ch_w = os.pipe()
-        for fd in (out_r, err_r, ch_r):
-            os.set_blocking(fd, False)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        pid = self._spawn({0: devnull, 1: out_w, 2: err_w, 3: ch_w, 4: theirs.fileno()}, self.uid,
-                          job["time_limit"], scratch, lambda: serve_tests(job, 4, 3))
-        for fd in (out_w, err_w, ch_w, devnull):
-            os.close(fd)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        pid = self._spawn({0: devnull, 1: devnull, 2: devnull, 3: theirs.fileno()}, self.uid, job["time_limit"],
+                          None, lambda: zygote(job, 3, self.strong), pid_ns=self.strong)
+        os.close(devnull)
         theirs.close()
-        return {"key": key, "pid": pid, "pidfd": os.pidfd_open(pid), "ctl": mine, "scratch": scratch,
-                "pipes": {"stdout": out_r, "stderr": err_r, "report": ch_r}, "time_limit": job["time_limit"]}
+        return _Zygote(key, pid, mine)
 
-    def retire(self) -> None:
-        """Stop the warm solution process (and everything it started); remove its scratch dir."""
-        w, self.warm = self.warm, None
-        if w is None:
-            return
-        status: dict[int, int] = {}
-        self._kill_all([w["pid"]], status)
-        w["ctl"].close()
-        for fd in [w["pidfd"], *w["pipes"].values()]:
-            os.close(fd)
-        shutil.rmtree(w["scratch"], ignore_errors=True)
-        self._clean_shared()
+    def retire(self) -> int | None:
+        """Kill the solution's zygote and everything of it (returns its wait status once all are gone)."""
+        z, self.warm = self.warm, None
+        if z is None:
+            return None
+        status = self._kill_tree(z.pid)
+        z.ctl.close()
+        os.close(z.pidfd)
+        return status
 
-    def _cpu_seconds(self, pid: int) -> float:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        fields = stat[stat.rfind(b")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def run_warm(self, job: dict, stop_fd: int | None = None, retried: bool = False) -> dict | None:
+        """One stdin/functional test: a fresh fork of the solution's zygote (started on first use), its own
+        stdin, pipes and scratch dir. The reply is sent only when the test and everything it started are gone.
 
-    def run_warm(self, job: dict, stop_fd: int | None = None) -> dict | None:
-        """One stdin/functional test in the warm process of this solution (started on first use).
-
-        stop_fd: during a batch, the caller's request pipe; a ``{"op": "stop"}`` frame arriving there ends
-        the test at once (returns None).
+        stop_fd: during a batch, the caller's request pipe; a ``{"op": "stop"}`` frame arriving there ends the
+        test at once (returns None).
         """
+        import socket
+
         key = (job["mode"], job["code"], job.get("fn_name"), job["time_limit"])
-        if self.warm is not None and self.warm["key"] != key:
+        if self.warm is not None and self.warm.key != key:
             self.retire()
         if self.warm is None:
-            self.warm = self._start_warm(job, key)
-        w = self.warm
+            self.warm = self._start_zygote(job, key)
+        z = self.warm
+        scratch = self._scratch()
         inp = os.memfd_create("stdin")
         os.write(inp, job["input"].encode("utf-8", "surrogateescape"))
         os.lseek(inp, 0, os.SEEK_SET)
+        reads, writes = self._pipes()
         nonce = os.urandom(8).hex()
         t0 = time.monotonic()
         try:
-            import socket
-
-            socket.send_fds(w["ctl"], [json.dumps({"nonce": nonce}).encode()], [inp])
+            msg = {"nonce": nonce, "scratch": scratch, "last": bool(job.get("last"))}
+            socket.send_fds(z.ctl, [json.dumps(msg).encode()], [inp, *writes])
         except OSError:
-            pass  # the process is gone: its pidfd reports it below
-        os.close(inp)
-        caps = {"stdout": self.cfg["max_output_bytes"], "stderr": self.cfg["max_stderr_bytes"],
-                "report": REPORT_CAP}
-        bufs = {k: bytearray() for k in w["pipes"]}
-        totals = {k: 0 for k in w["pipes"]}
-        overflow = {k: False for k in w["pipes"]}
-        done = None
-        dead_status = None
-        timed_out = False
+            pass  # the zygote is gone: its pidfd says so
+        for fd in (inp, *writes):
+            os.close(fd)
+        cap = Capture(reads, self.cfg)
         deadline = t0 + job["time_limit"]
-        poller = select.poll()
-        fd_name = {fd: k for k, fd in w["pipes"].items()}
-        live = set(fd_name)
-        for fd in fd_name:
-            poller.register(fd, select.POLLIN)
-        poller.register(w["pidfd"], select.POLLIN)
-        if stop_fd is not None:
-            poller.register(stop_fd, select.POLLIN)
-        marker = f'{{"done": "{nonce}"'.encode()
-
-        def pump(fd: int) -> bool:
-            """Read what is there; False on overflow past the kill threshold."""
-            k = fd_name[fd]
-            while True:
-                try:
-                    chunk = os.read(fd, 1 << 16)
-                except BlockingIOError:
-                    return True
-                if not chunk:
-                    if fd in live:
-                        live.discard(fd)
-                        poller.unregister(fd)
-                    return True
-                room = caps[k] - len(bufs[k])
-                bufs[k] += chunk[:room]
-                totals[k] += len(chunk)
-                if len(chunk) > room:
-                    overflow[k] = True
-                    limit = self.cfg["max_output_bytes"] if k == "stderr" else 0
-                    if totals[k] > limit:
-                        return False
-
-        killed = False
-        while done is None and dead_status is None:
-            now = time.monotonic()
-            if now >= deadline:
-                timed_out = True
-                break
-            events = poller.poll(max(1, int((deadline - now) * 1000) + 1))
-            for fd, _ in events:
-                if fd == w["pidfd"]:
-                    dead_status = os.waitpid(w["pid"], 0)[1]
-                    poller.unregister(fd)
-                elif fd == stop_fd:
-                    _expect_stop(stop_fd)
-                    self.retire()
-                    return None
-                elif not pump(fd):
-                    killed = True
-            if killed:
-                break
-            if marker in bufs["report"]:
-                at = bufs["report"].index(marker)
-                end = bufs["report"].find(b"\n", at)
-                if end >= 0:
-                    try:
-                        done = json.loads(bytes(bufs["report"][at:end]))
-                    except ValueError:
-                        done = {"exit": 1}
-                    del bufs["report"][at:]
-        seconds = time.monotonic() - t0
-        if done is not None:  # the test's output is in the pipes by now: collect it
-            for fd in fd_name:
-                if not pump(fd):
-                    killed = True
-        exit_code = None
-        if done is not None and not killed:
-            rc = done.get("exit")
-            exit_code = rc if isinstance(rc, int) and not isinstance(rc, bool) and 0 <= rc < 256 else 1
-        if done is None or killed:
-            if dead_status is None:
-                status: dict[int, int] = {}
-                self._kill_all([w["pid"]], status)
-                dead_status = status[w["pid"]]
-            # Anything the dying process wrote is still in the pipes.
-            for fd in fd_name:
-                pump(fd)
-            self.warm["pid"] = -1
-            self._retire_dead()
-        elif job.get("last") or self._cpu_seconds(w["pid"]) > 1.0:
-            self.retire()  # done with this solution, or its CPU-time rlimit no longer covers a whole test
-        signal_no = None
-        if exit_code is None and dead_status is not None:
-            if os.WIFSIGNALED(dead_status):
-                signal_no = os.WTERMSIG(dead_status)
+        outcome = await_run(cap, deadline, {z.ctl.fileno(): "done", z.pidfd: "died"}, stop_fd)
+        status = error = None
+        if outcome == "done":
+            try:
+                done = json.loads(z.ctl.recv(4096) or b"null")
+            except (OSError, ValueError):
+                done = None
+            if not isinstance(done, dict) or done.get("done") != nonce:
+                outcome = "died"
+            elif "error" in done:
+                error = str(done["error"])
             else:
-                exit_code = os.WEXITSTATUS(dead_status) if os.WIFEXITED(dead_status) else None
-        return {
-            "ok": True, "exit": exit_code, "signal": signal_no, "timed_out": timed_out,
-            "seconds": round(seconds, 6),
-            "stdout": base64.b64encode(bytes(bufs["stdout"])).decode(),
-            "stderr": base64.b64encode(bytes(bufs["stderr"])).decode(),
-            "stdout_overflow": overflow["stdout"],
-            "stderr_overflow": totals["stderr"] > self.cfg["max_output_bytes"],
-            "report_overflow": overflow["report"],
-            "report": bytes(bufs["report"]).decode("utf-8", "replace"),
-        }
+                status = done.get("status")
+        seconds = time.monotonic() - t0
+        if outcome == "done":
+            cap.finish(time.monotonic() + 1.0)  # the test's processes are gone: this reads to the end
+        if outcome != "done" or cap.open or cap.overflow("stdout") or cap.overflow("stderr"):
+            zstatus = self.retire()  # the whole namespace, waited for
+            cap.finish(time.monotonic() + 1.0)
+            if outcome == "died":
+                status = zstatus
+        cap.close()
+        self._cleanup(scratch)
+        if outcome == "stop":
+            return None
+        if outcome == "died" and not retried:
+            # The zygote never runs solution code and its tests cannot signal it (strong mode): its death is the
+            # machine's doing (e.g. the OOM killer). Run the test again in a fresh one, once.
+            return self.run_warm(job, stop_fd, retried=True)
+        if error is not None:
+            return {"ok": False, "error": f"sandbox zygote: {error}"}
+        if job.get("last"):
+            self.retire()
+        exit_code = signal_no = None
+        if isinstance(status, int):
+            if os.WIFEXITED(status):
+                exit_code = os.WEXITSTATUS(status)
+            elif os.WIFSIGNALED(status):
+                signal_no = os.WTERMSIG(status)
+        return {"ok": True, "exit": exit_code, "signal": signal_no, "timed_out": outcome == "timeout",
+                "seconds": round(seconds, 6), **cap.fields()}
 
     def run_batch(self, job: dict, rfd: int, wfd: int) -> None:
-        """All tests of one solution in its warm process, streaming one reply frame per test (with its
-        ``index``) and a final ``{"end": true}``. The caller judges each reply and sends ``{"op": "stop"}`` at
-        the first failure it wants to stop at; a test still running then is killed. Only inputs come in."""
+        """All tests of one solution, streaming one reply frame per test (with its ``index``) and a final
+        ``{"end": true}``. The caller judges each reply and sends ``{"op": "stop"}`` at the first failure it
+        wants to stop at; a test still running then is killed. Only inputs come in."""
         try:
             for i, inp in enumerate(job["inputs"]):
                 if select.select([rfd], [], [], 0)[0]:
                     _expect_stop(rfd)
                     break
-                reply = self.run_warm({**job, "input": inp}, stop_fd=rfd)
+                last = i == len(job["inputs"]) - 1
+                reply = self.run_warm({**job, "input": inp, "last": last}, stop_fd=rfd)
                 if reply is None:
                     break
                 reply["index"] = i
@@ -1201,78 +1425,34 @@ class Executor:
             self.retire()
         write_frame(wfd, {"ok": True, "end": True})
 
-    def _retire_dead(self) -> None:
-        w, self.warm = self.warm, None
-        reap()
-        if _has_children():
-            if self.strong:
-                kill_uid(self.uid)
-            else:
-                kill_orphans()
-            reap()
-        w["ctl"].close()
-        for fd in [w["pidfd"], *w["pipes"].values()]:
-            os.close(fd)
-        shutil.rmtree(w["scratch"], ignore_errors=True)
-        self._clean_shared()
-
-    def _clean_shared(self) -> None:
-        """Strong mode, once nothing of the slot runs: remove what its uids left in /tmp and /dev/shm."""
-        if self.strong:
-            clean_shared_dirs([self.uid, self.checker_uid])
-
-    # ------------------------------------------------------------------ one process per test
+    # ------------------------------------------------------------------ requests
 
     def run(self, job: dict) -> dict:
         if job.get("op") == "retire":
             self.retire()
             return {"ok": True}
-        if job.get("warm") and job["mode"] in ("stdin", "functional"):
-            return self.run_warm(job)
+        if job["mode"] in ("stdin", "functional"):
+            if not job.get("warm"):  # one test on its own: a zygote of its own, retired right after
+                self.retire()
+                job = {**job, "last": True}
+            return self.run_warm(job)  # type: ignore[return-value]  (None only with a stop_fd)
         self.retire()
-        self.runs += 1
-        scratch = f"{self.scratch_root}/run-{self.runs}"
-        os.mkdir(scratch, 0o700)
-        if self.uid is not None:
-            os.chown(scratch, self.uid, self.uid)
+        scratch = self._scratch()
         try:
-            if job["mode"] == "assert":
-                return self._run_assert(job, scratch)
-            return self._run_plain(job, scratch)
+            return self._run_assert(job, scratch)
         finally:
-            reap()
-            if _has_children():  # defensive: _supervise already swept
-                kill_uid(self.uid) if self.strong else kill_orphans()
-                reap()
-            shutil.rmtree(scratch, ignore_errors=True)
-            self._clean_shared()
-
-    def _run_plain(self, job: dict, scratch: str) -> dict:
-        inp = os.memfd_create("stdin")
-        data = job["input"].encode("utf-8", "surrogateescape") if job["mode"] == "stdin" else b""
-        os.write(inp, data)
-        os.lseek(inp, 0, os.SEEK_SET)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        ch_r, ch_w = os.pipe()
-        t0 = time.monotonic()
-        pid = self._spawn({0: inp, 1: out_w, 2: err_w, 3: ch_w}, self.uid, job["time_limit"], scratch,
-                          lambda: run_solution(job, 3))
-        for fd in (inp, out_w, err_w, ch_w):
-            os.close(fd)
-        res = self._supervise([pid], {"stdout": out_r, "stderr": err_r, "report": ch_r}, job, t0)
-        return res
+            self._cleanup(scratch)
 
     def _run_assert(self, job: dict, scratch: str) -> dict:
+        """An ``assert`` test: the solution in a fresh interpreter (pid 1 of its own PID namespace in strong
+        mode), the trusted check code in a checker process of another uid; the verdict is the checker's."""
         src = os.memfd_create("solution")
         os.write(src, job["code"].encode("utf-8", "surrogateescape"))
         os.lseek(src, 0, os.SEEK_SET)
         devnull = os.open(os.devnull, os.O_RDWR)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        reads, (out_w, err_w, rep_w) = self._pipes()
         down_r, down_w = os.pipe()  # checker -> solution
         up_r, up_w = os.pipe()  # solution -> checker
-        rep_r, rep_w = os.pipe()  # checker -> executor
         t0 = time.monotonic()
         codec = self.source
         exe = sys.executable
@@ -1281,7 +1461,7 @@ class Executor:
             os.execv(exe, [exe, "-I", "-c", ASSERT_RUNNER, codec])
 
         sol = self._spawn({0: devnull, 1: out_w, 2: err_w, 3: down_r, 4: up_w, 5: src}, self.uid,
-                          job["time_limit"], scratch, solution_body)
+                          job["time_limit"], scratch, solution_body, pid_ns=self.strong)
 
         def checker_body() -> int:
             _prctl(PR_SET_DUMPABLE, 0)
@@ -1289,152 +1469,24 @@ class Executor:
 
         chk = self._spawn({0: devnull, 1: devnull, 2: devnull, 3: down_w, 4: up_r, 5: rep_w},
                           self.checker_uid, job["time_limit"], None, checker_body)
-        for fd in (src, devnull, out_w, err_w, down_r, down_w, up_r, up_w, rep_w):
+        for fd in (src, devnull, out_w, err_w, rep_w, down_r, down_w, up_r, up_w):
             os.close(fd)
-        return self._supervise([chk, sol], {"stdout": out_r, "stderr": err_r, "report": rep_r}, job, t0,
-                               wait_for=1)
-
-    def _supervise(self, pids: list[int], pipes: dict[str, int], job: dict, t0: float,
-                   wait_for: int | None = None) -> dict:
-        """Drain the pipes with caps until the main process(es) exit or the deadline passes."""
-        caps = {"stdout": self.cfg["max_output_bytes"], "stderr": self.cfg["max_stderr_bytes"],
-                "report": REPORT_CAP}
-        bufs = {k: bytearray() for k in pipes}
-        overflow = {k: False for k in pipes}
-        totals = {k: 0 for k in pipes}
-        deadline = t0 + job["time_limit"]
-        pidfds = {os.pidfd_open(p): p for p in pids}
-        status: dict[int, int] = {}
-        must_exit = pids[:wait_for] if wait_for else pids
-        open_fds = {fd: k for k, fd in pipes.items()}
-        timed_out = False
-        killed_for_output = False
-        poller = select.poll()
-        for fd in list(open_fds) + list(pidfds):
-            poller.register(fd, select.POLLIN)
-        end_seconds = None
-        while True:
-            if all(p in status for p in must_exit):
-                if end_seconds is None:
-                    end_seconds = time.monotonic() - t0
-                    self._kill_all(pids, status)
-                if not open_fds:
-                    break
-                drain_deadline = time.monotonic() + 1.0
-                self._drain(poller, open_fds, bufs, caps, overflow, drain_deadline)
-                break
-            now = time.monotonic()
-            if now >= deadline:
-                timed_out = True
-                end_seconds = now - t0
-                self._kill_all(pids, status)
-                break
-            events = poller.poll(max(1, int((deadline - now) * 1000) + 1))
-            for fd, _ in events:
-                if fd in pidfds:
-                    p = pidfds.pop(fd)
-                    poller.unregister(fd)
-                    os.close(fd)
-                    if p not in status:
-                        try:
-                            status[p] = os.waitpid(p, 0)[1]
-                        except ChildProcessError:
-                            status[p] = 0
-                elif fd in open_fds:
-                    k = open_fds[fd]
-                    chunk = os.read(fd, 1 << 16)
-                    if not chunk:
-                        poller.unregister(fd)
-                        os.close(fd)
-                        del open_fds[fd]
-                        continue
-                    room = caps[k] - len(bufs[k])
-                    bufs[k] += chunk[:room]
-                    totals[k] += len(chunk)
-                    if len(chunk) > room:
-                        overflow[k] = True
-                        limit = self.cfg["max_output_bytes"] if k == "stderr" else 0
-                        if totals[k] > limit and not killed_for_output:
-                            killed_for_output = True
-                            end_seconds = time.monotonic() - t0
-                            self._kill_all(pids, status)
-            if killed_for_output:
-                break
-        for fd in list(pidfds):
-            os.close(fd)
-        for fd in list(open_fds):
-            os.close(fd)
-        for p in pids:
-            if p not in status:
-                try:
-                    _, st = os.waitpid(p, 0)
-                    status[p] = st
-                except ChildProcessError:
-                    status[p] = 0
-        main = status[pids[-1]]
-        return {
-            "ok": True,
-            "exit": os.WEXITSTATUS(main) if os.WIFEXITED(main) else None,
-            "signal": os.WTERMSIG(main) if os.WIFSIGNALED(main) else None,
-            "timed_out": timed_out,
-            "seconds": round(end_seconds if end_seconds is not None else time.monotonic() - t0, 6),
-            "stdout": base64.b64encode(bytes(bufs["stdout"])).decode(),
-            "stderr": base64.b64encode(bytes(bufs["stderr"])).decode(),
-            "stdout_overflow": overflow["stdout"],
-            "stderr_overflow": totals["stderr"] > self.cfg["max_output_bytes"],
-            "report_overflow": overflow["report"],
-            "report": bytes(bufs["report"]).decode("utf-8", "replace"),
-        }
-
-    def _kill_all(self, pids: list[int], status: dict[int, int]) -> None:
-        """SIGKILL the process groups, collect the main processes, then everything left of the slot.
-
-        Orphans are re-parented to this process (a child sub-reaper), so when it has no children left
-        nothing the test started survives; only otherwise is the per-uid sweep needed.
-        """
-        for p in pids:
-            try:
-                os.killpg(p, signal.SIGKILL)
-            except OSError:
-                pass
-        for p in pids:
-            if p not in status:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except OSError:
-                    pass
-                try:
-                    status[p] = os.waitpid(p, 0)[1]
-                except ChildProcessError:
-                    status[p] = 0
-        reap()
-        if _has_children():
-            if self.strong:
-                kill_uid(self.uid)
-                if len(pids) > 1:
-                    kill_uid(self.checker_uid)
-            else:
-                kill_orphans()
-            reap()
-
-    @staticmethod
-    def _drain(poller, open_fds, bufs, caps, overflow, deadline) -> None:
-        while open_fds and time.monotonic() < deadline:
-            events = poller.poll(max(1, int((deadline - time.monotonic()) * 1000)))
-            for fd, _ in events:
-                if fd not in open_fds:
-                    continue
-                k = open_fds[fd]
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    poller.unregister(fd)
-                    os.close(fd)
-                    del open_fds[fd]
-                    continue
-                room = caps[k] - len(bufs[k])
-                bufs[k] += chunk[:room]
-                if len(chunk) > room:
-                    overflow[k] = True
+        # The checker's report pipe is the third capture pipe; its exit ends the test.
+        cap = Capture(reads, self.cfg)
+        chk_fd = os.pidfd_open(chk)
+        outcome = await_run(cap, t0 + job["time_limit"], {chk_fd: "exit"})
+        seconds = time.monotonic() - t0
+        self._kill_tree(sol)
+        try:
+            os.kill(chk, signal.SIGKILL)
+        except OSError:
+            pass
+        os.waitpid(chk, 0)
+        os.close(chk_fd)
+        cap.finish(time.monotonic() + 1.0)
+        cap.close()
+        return {"ok": True, "exit": None, "signal": None, "timed_out": outcome == "timeout",
+                "seconds": round(seconds, 6), **cap.fields()}
 
 
 def _expect_stop(rfd: int) -> None:
@@ -1453,7 +1505,6 @@ def _raise_stack_and_reexec() -> None:
 
 def main() -> None:
     _raise_stack_and_reexec()
-    cfg = json.loads(sys.argv[1])
     rfd, wfd = sys.stdin.fileno(), sys.stdout.fileno()
     # Keep the protocol fds away from 0/1 so a child's dup2 targets never collide with them.
     rfd, wfd = os.dup(rfd), os.dup(wfd)
@@ -1461,6 +1512,9 @@ def main() -> None:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
+    # The configuration is the first frame (not an argument: nothing of it shows in the command line that
+    # every process forked from here carries in /proc/PID/cmdline).
+    cfg = read_frame(rfd)
     try:
         ex = Executor(cfg)
     except BaseException as e:

@@ -1,110 +1,43 @@
-"""SDPO and GRPO losses (arXiv 2601.20802, Sec. 2-3; reference lasgroup/SDPO), as pure tensor functions.
+"""The SDPO loss on [B, T, V] logits as a memory-lean chunked kernel, and per-token log-probs (paper Sec. 3).
 
-Shapes: B sequences, T response positions, V vocabulary entries, H hidden size. Logits are already aligned to
-response positions: position ``t`` predicts ``response_ids[:, t]``.
+The same values and gradients as the formula, ``sdpo.losses.reference.sdpo_loss_reference`` (the tests compare
+them in float64), without its memory: the SDPO loss never materialises a full-vocabulary log-softmax of either
+side. Positions are processed in chunks of rows; per chunk the student/teacher log-softmax, the top-k support,
+the per-position divergence and *its gradient* with respect to the student logits are computed at once (the
+loss is a fixed linear aggregation of per-token terms whose weights are known before the forward pass,
+``sdpo.losses.aggregation``, so the gradient can be formed eagerly, like fused linear-cross-entropy kernels).
+The only [B, T, V] tensor this module allocates is the gradient of the student logits, which autograd needs
+anyway (the student's softmax is written straight into it). Consequence: ``backward`` may run once per loss
+(``retain_graph`` reuse raises a clear error). ``sdpo.losses.hidden`` runs the same chunk kernel on logits
+formed chunk by chunk from hidden states, never holding [B, T, V] at all.
 
-Memory. The SDPO loss never materialises a full-vocabulary log-softmax of either side. Positions are
-processed in chunks of rows; per chunk the student/teacher log-softmax, the top-k support, the
-per-position divergence and *its gradient* with respect to the student logits are computed at once
-(the loss is a fixed linear aggregation of per-token terms whose weights are known before the forward
-pass, so the gradient can be formed eagerly, like fused linear-cross-entropy kernels). The only
-[B, T, V] tensor this module allocates is the gradient of the student logits, which autograd needs anyway
-(the student's softmax is written straight into it). Consequence: ``backward`` may run once per loss
-(``retain_graph`` reuse raises a clear error).
-The from-hidden variant goes further and never holds [B, T, V] at all: logits are formed per chunk from
-``hidden @ lm_head_weight.T`` and their gradient is pushed straight into the hidden states and the weight.
-
-Aggregation (``loss_agg_mode``), with ``mask = response_mask * sample_mask[:, None]``:
-
-* ``token-mean``: sum(mask * l) / max(sum(mask), 1).
-* ``seq-mean-token-sum``: mean over *active* sequences (at least one unmasked token) of sum_t mask * l.
-* ``seq-mean-token-mean``: mean over active sequences of sum_t mask * l / sum_t mask.
-* ``seq-mean-token-sum-norm``: sum(mask * l) / T, T = the padded response length (mask.shape[-1]); this is
-  verl's default constant ("max response length"), so that the loss scale does not depend on the batch.
-
-Counting only active sequences in the seq-mean modes (rather than all B rows, as older verl does) keeps
-``sample_mask`` (samples without a teacher context) from diluting the loss, consistent with token-mean.
-The denominators of every mode are clamped to at least 1, so a fully masked batch gives a zero loss that is
-still connected to the graph (backward works and yields zero gradients).
+Shapes: B sequences, T response positions, V vocabulary entries. Logits are already aligned to response
+positions: position ``t`` predicts ``response_ids[:, t]``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from sdpo.config import LOSS_AGG_MODES, SelfDistillationConfig
-
-__all__ = [
-    "aggregate_loss",
-    "aggregation_weights",
-    "group_advantages",
-    "grpo_loss",
-    "sdpo_loss",
-    "sdpo_loss_from_hidden",
-    "token_logprobs",
-    "token_logprobs_from_hidden",
-]
+from sdpo.losses.aggregation import aggregation_weights
+from sdpo.losses.reference import LOG_RATIO_CLAMP, TAIL_LOG_MASS_MAX
 
 #: Bytes of one [rows, V] float32 chunk for the logits path (rows = CHUNK_BYTES // (4 V), at least 1).
 CHUNK_BYTES = 32 * 2**20
-#: Bytes of the two [rows, V] compute-dtype workspaces (logits, logit gradient) of ``sdpo_loss_from_hidden``
-#: together: rows = HIDDEN_CHUNK_BYTES // (2 * 4 V), clamped to [1, HIDDEN_CHUNK_MAX_ROWS]. Larger chunks make
-#: the lm-head GEMMs more efficient and the weight-gradient accumulation less frequent (one CPU core,
-#: V = 151,936, H = 896: [128, H] x [H, V] ran at ~40 GFLOP/s, [256, H] x [H, V] at ~75, about the rate of the
-#: [1024, H] GEMM of materialised logits); at that V this is ~220 rows, 256 MiB, half the fp32 [V, H] weight
-#: gradient at H = 896 and independent of the number of tokens.
-HIDDEN_CHUNK_BYTES = 256 * 2**20
-HIDDEN_CHUNK_MAX_ROWS = 4096
-#: Default number of positions per chunk of ``token_logprobs_from_hidden``.
-HIDDEN_CHUNK_ROWS = 128
 #: Largest temporary of the row-blocked full-width operations of the chunk kernel (entropy dot product,
 #: teacher log-softmax): a logits-path chunk (CHUNK_BYTES) is one block, a from-hidden chunk a few. Smaller
 #: blocks are faster on one quiet core (cache-resident) but issue many short parallel regions, which cost far
 #: more on shared, loaded cores than they save.
 _ROW_BLOCK_BYTES = CHUNK_BYTES
-#: Upper clamp of the top-k log-mass before forming the tail bucket (reference value).
-TAIL_LOG_MASS_MAX = -1e-7
-#: Clamp of the log importance ratio (reference value).
-LOG_RATIO_CLAMP = 20.0
 
 # Rows of the per-token statistics tensor returned by the chunked kernels.
 _DIV, _ISW, _CLIPPED, _ENT, _TOPK_MASS, _N_STATS = 0, 1, 2, 3, 4, 5
-
-
-# --------------------------------------------------------------------------------------------------
-# Aggregation
-# --------------------------------------------------------------------------------------------------
-
-def aggregation_weights(mask: Tensor, loss_agg_mode: str, dtype: torch.dtype | None = None) -> Tensor:
-    """Weights ``w`` [B, T] such that the aggregated loss is ``sum(w * per_token_loss)``.
-
-    mask: [B, T], 0/1 (or non-negative weights). See the module docstring for the four modes.
-    """
-    if loss_agg_mode not in LOSS_AGG_MODES:
-        raise ValueError(f"loss_agg_mode={loss_agg_mode!r}; allowed values are {', '.join(LOSS_AGG_MODES)}")
-    if mask.dim() != 2:
-        raise ValueError(f"mask must be [B, T], got shape {tuple(mask.shape)}")
-    m = mask.to(dtype or torch.float32)
-    if loss_agg_mode == "token-mean":
-        return m / m.sum().clamp(min=1.0)
-    if loss_agg_mode == "seq-mean-token-sum-norm":
-        return m / max(m.shape[-1], 1)
-    row = m.sum(-1)
-    n_seq = (row > 0).sum().to(m.dtype).clamp(min=1.0)
-    if loss_agg_mode == "seq-mean-token-sum":
-        return m / n_seq
-    return m / row.clamp(min=1.0)[:, None] / n_seq  # seq-mean-token-mean
-
-
-def aggregate_loss(per_token: Tensor, mask: Tensor, loss_agg_mode: str = "token-mean") -> Tensor:
-    """Aggregate a [B, T] per-token loss under ``mask`` [B, T]; masked entries never contribute (even NaN)."""
-    w = aggregation_weights(mask, loss_agg_mode, per_token.dtype)
-    return (torch.where(w != 0, per_token, torch.zeros_like(per_token)) * w).sum()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,74 +281,8 @@ def _scaled(grad: Tensor, grad_loss: Tensor) -> Tensor:
     return grad.mul_(grad_loss.to(grad.dtype))
 
 
-class _SdpoFromHidden(torch.autograd.Function):
-    """Chunked SDPO on hidden states: logits = hidden @ weight.T per chunk, never [B, T, V].
-
-    Only active positions (aggregation weight != 0) are processed, packed across sequences into chunks of
-    ``rows``; two [rows, V] workspaces (logits, then teacher logits in the same buffer; the logit gradient)
-    are allocated once and reused by every chunk.
-    """
-
-    @staticmethod
-    def forward(ctx, s_hidden, t_hidden, weight_mat, t_weight, ids, agg_w, old, rollout_w, plan: _Plan,
-                rows: int):
-        B, T, H = s_hidden.shape
-        V = weight_mat.shape[0]
-        cd = _compute_dtype(s_hidden.dtype)
-        dev = s_hidden.device
-        want_h = plan.need_grad and ctx.needs_input_grad[0]
-        want_w = plan.need_grad and ctx.needs_input_grad[2]
-        g_h = torch.zeros_like(s_hidden) if want_h else None
-        total = torch.zeros((), dtype=cd, device=dev)
-        stats = torch.zeros(_N_STATS, B, T, dtype=cd, device=dev)
-        pos_b, pos_t = torch.nonzero(agg_w != 0, as_tuple=True)
-        n = pos_b.numel()
-        # the first chunk writes the weight gradient (no zero-fill pass over [V, H]), later ones accumulate
-        g_w = (torch.empty if n else torch.zeros)((V, H), dtype=cd, device=dev) if want_w else None
-        rows = max(1, min(rows, n))
-        ldt = torch.promote_types(weight_mat.dtype, t_weight.dtype)   # the dtype the logits are formed in
-        w_s, w_t = weight_mat.to(ldt), t_weight.to(ldt)                # no copies when the dtypes agree
-        logits_buf = torch.empty((rows, V), dtype=ldt, device=dev) if n else None
-        grad_buf = torch.empty((rows, V), dtype=cd, device=dev) if plan.need_grad and n else None
-        for r0 in range(0, n, rows):
-            pb, pt = pos_b[r0:r0 + rows], pos_t[r0:r0 + rows]
-            c = pb.numel()
-            h = s_hidden[pb, pt]                 # [c, H] (a gather: a copy)
-            ht = t_hidden[pb, pt].to(ldt)        # [c, H_t]
-            lb = logits_buf[:c]
-            buf = None if grad_buf is None else grad_buf[:c]
-            torch.matmul(h.to(ldt), w_s.T, out=lb)
-            # the teacher logits overwrite the student's once the kernel no longer needs them
-            part, st = _sdpo_chunk(lb, lambda ht=ht, lb=lb: torch.matmul(ht, w_t.T, out=lb),
-                                   ids[pb, pt], agg_w[pb, pt], None if old is None else old[pb, pt],
-                                   None if rollout_w is None else rollout_w[pb, pt], plan, buf, owned=True)
-            total += part
-            stats[:, pb, pt] = st
-            if buf is not None:
-                if g_h is not None:
-                    g_h[pb, pt] = buf.to(weight_mat.dtype) @ weight_mat
-                if g_w is not None:
-                    if r0 == 0:
-                        torch.mm(buf.T, h.to(cd), out=g_w)
-                    else:
-                        g_w.addmm_(buf.T, h.to(cd))
-        ctx.grads = (g_h, None if g_w is None else g_w.to(weight_mat.dtype))
-        ctx.mark_non_differentiable(stats)
-        return total, stats
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_stats):
-        if ctx.grads is None:
-            raise RuntimeError("sdpo_loss_from_hidden: backward called twice (retain_graph is not supported)")
-        g_h, g_w = ctx.grads
-        ctx.grads = None
-        g_h = None if g_h is None else _scaled(g_h, grad_loss)
-        g_w = None if g_w is None else _scaled(g_w, grad_loss)
-        return g_h, None, g_w, None, None, None, None, None, None, None
-
-
 # --------------------------------------------------------------------------------------------------
-# Public SDPO entry points
+# Checks, plan and metrics shared by the logits and the from-hidden paths
 # --------------------------------------------------------------------------------------------------
 
 def _check_inputs(
@@ -466,7 +333,7 @@ def _prepare(
     """mask: the combined mask from ``_check_inputs``. Ids at masked positions become 0 (never gathered
     with a padding id)."""
     ids = torch.where(mask != 0, response_ids, torch.zeros_like(response_ids)).long()
-    agg_w = aggregation_weights(mask, cfg.loss_agg_mode, cd)
+    agg_w = aggregation_weights(mask, cfg.loss_agg_mode, cd, cfg.loss_scale_factor)
     old = old_logprobs.detach().to(cd) if (cfg.is_clip is not None) else None
     rw = rollout_is_weights.detach().to(cd) if rollout_is_weights is not None else None
     plan = _Plan(mode=cfg.mode, topk=cfg.distillation_topk if cfg.mode == "logit" else None,
@@ -498,6 +365,10 @@ def _metrics(loss: Tensor, stats: Tensor, mask: Tensor, cfg: SelfDistillationCon
     return out
 
 
+# --------------------------------------------------------------------------------------------------
+# The SDPO loss on logits
+# --------------------------------------------------------------------------------------------------
+
 def sdpo_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -518,13 +389,14 @@ def sdpo_loss(
     a teacher context); rollout_is_weights: [B, T] extra per-token weights (detached).
     chunk_size: positions per chunk (default: ``CHUNK_BYTES // (4 V)``).
 
-    Semantics, in order: both logits / cfg.temperature; top-k support = the student's top-k per position,
+    The value and gradient of the formula ``sdpo.losses.reference.sdpo_loss_reference``. Semantics, in order:
+    both logits / cfg.temperature; top-k support = the student's top-k per position,
     true log-probs of both sides at it (full-vocabulary normalisation), plus a tail bucket per side
     (``distillation_add_tail``) or renormalised; full log-softmax when ``distillation_topk`` is None; the
     generalised JSD (``_divergence``) summed over the support; or in ``mode="token"`` the per-token
     (logp_s(y) - logp_t(y)).detach() * logp_s(y); times the clipped, detached IS ratio
     exp(clamp(logp_s(y) - old, -20, 20)).clamp(max=is_clip) and ``rollout_is_weights``; aggregated with
-    ``cfg.loss_agg_mode`` under ``response_mask * sample_mask[:, None]`` (see the module docstring).
+    ``cfg.loss_agg_mode`` under ``response_mask * sample_mask[:, None]`` (``sdpo.losses.aggregation``).
 
     Returns (scalar loss, metrics): ``sdpo/loss``, ``sdpo/kl_mean`` (mean per-token divergence on the
     support; in token mode logp_s(y) - logp_t(y)), ``sdpo/entropy_mean`` (student, full vocabulary),
@@ -544,63 +416,6 @@ def sdpo_loss(
     rows = chunk_size or max(1, CHUNK_BYTES // (4 * V))
     loss, stats = _SdpoFromLogits.apply(student_logits, teacher_logits.detach(), ids, agg_w, old, rw,
                                         plan, rows)
-    return loss, _metrics(loss, stats, mask, cfg)
-
-
-def sdpo_loss_from_hidden(
-    student_hidden: Tensor,
-    teacher_hidden: Tensor,
-    lm_head_weight: Tensor,
-    response_ids: Tensor,
-    response_mask: Tensor,
-    cfg: SelfDistillationConfig,
-    *,
-    teacher_lm_head_weight: Tensor | None = None,
-    old_logprobs: Tensor | None = None,
-    sample_mask: Tensor | None = None,
-    rollout_is_weights: Tensor | None = None,
-    chunk_size: int | None = None,
-) -> tuple[Tensor, dict[str, float]]:
-    """``sdpo_loss`` on logits ``hidden @ W.T`` without ever holding [B, T, V] logits.
-
-    student_hidden: [B, T, H] final hidden states aligned to response positions; lm_head_weight: [V, H] the
-    student's LM head (tied or not; no bias). teacher_hidden: [B, T, H_t], the teacher's (no gradient);
-    teacher_lm_head_weight: [V, H_t], the teacher's own head (no gradient), e.g. an EMA teacher's; default
-    ``lm_head_weight`` (a teacher sharing the student's head: live teacher, LoRA teachers). Gradients flow to
-    ``student_hidden`` and ``lm_head_weight``. Same values and gradients as ``sdpo_loss(student_hidden @ W.T,
-    teacher_hidden @ W_t.T, ...)`` up to floating-point summation order.
-    chunk_size: positions per chunk (default: ``HIDDEN_CHUNK_BYTES // (8 V)``, at most
-    ``HIDDEN_CHUNK_MAX_ROWS``); only active positions are processed, packed across sequences. Besides the
-    returned gradients ([B, T, H] and the [V, H] weight gradient) it allocates two [chunk_size, V] buffers.
-    """
-    if student_hidden.dim() != 3 or teacher_hidden.dim() != 3 or \
-            teacher_hidden.shape[:2] != student_hidden.shape[:2]:
-        raise ValueError(f"student_hidden and teacher_hidden must be [B, T, H] and [B, T, H_t]; got "
-                         f"{tuple(student_hidden.shape)} and {tuple(teacher_hidden.shape)}")
-    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != student_hidden.shape[-1]:
-        raise ValueError(f"lm_head_weight must be [V, H] with H={student_hidden.shape[-1]}, "
-                         f"got {tuple(lm_head_weight.shape)}")
-    V = lm_head_weight.shape[0]
-    if teacher_lm_head_weight is None:
-        if teacher_hidden.shape[-1] != student_hidden.shape[-1]:
-            raise ValueError(f"teacher_hidden has H_t={teacher_hidden.shape[-1]} != H={student_hidden.shape[-1]}; "
-                             "pass the teacher's own teacher_lm_head_weight [V, H_t]")
-        teacher_lm_head_weight = lm_head_weight
-    elif (teacher_lm_head_weight.dim() != 2 or teacher_lm_head_weight.shape[0] != V
-          or teacher_lm_head_weight.shape[1] != teacher_hidden.shape[-1]):
-        raise ValueError(f"teacher_lm_head_weight must be [V, H_t] = [{V}, {teacher_hidden.shape[-1]}], "
-                         f"got {tuple(teacher_lm_head_weight.shape)}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    B, T, _ = student_hidden.shape
-    cd = _compute_dtype(student_hidden.dtype)
-    mask = _check_inputs(B, T, V, response_ids, response_mask, cfg, old_logprobs, sample_mask,
-                         rollout_is_weights, cd)
-    need_grad = torch.is_grad_enabled() and (student_hidden.requires_grad or lm_head_weight.requires_grad)
-    ids, agg_w, old, rw, plan = _prepare(response_ids, mask, cfg, cd, old_logprobs, rollout_is_weights, need_grad)
-    rows = chunk_size or min(HIDDEN_CHUNK_MAX_ROWS, max(1, HIDDEN_CHUNK_BYTES // (8 * V)))
-    loss, stats = _SdpoFromHidden.apply(student_hidden, teacher_hidden.detach(), lm_head_weight,
-                                        teacher_lm_head_weight.detach(), ids, agg_w, old, rw, plan, rows)
     return loss, _metrics(loss, stats, mask, cfg)
 
 
@@ -641,45 +456,6 @@ class _TokenLogprobs(torch.autograd.Function):
         return grad, None, None, None
 
 
-class _TokenLogprobsFromHidden(torch.autograd.Function):
-    """log softmax(hidden @ W.T / T)[ids], chunked; logits are recomputed per chunk in backward."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight_mat, ids, temperature: float, rows: int):
-        B, T, _ = hidden.shape
-        cd = _compute_dtype(hidden.dtype)
-        out = torch.empty((B, T), dtype=cd, device=hidden.device)
-        for b in range(B):
-            for t0 in range(0, T, rows):
-                t1 = min(T, t0 + rows)
-                out[b, t0:t1] = _sampled_logprobs(_scaled_logits(hidden[b, t0:t1] @ weight_mat.T, cd, temperature),
-                                                  ids[b, t0:t1])
-        ctx.save_for_backward(hidden, weight_mat, ids)
-        ctx.temperature, ctx.rows = temperature, rows
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        hidden, weight_mat, ids = ctx.saved_tensors
-        temp, rows = ctx.temperature, ctx.rows
-        B, T, H = hidden.shape
-        cd = _compute_dtype(hidden.dtype)
-        g_h = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
-        g_w = torch.zeros(weight_mat.shape, dtype=cd, device=hidden.device) if ctx.needs_input_grad[1] else None
-        for b in range(B):
-            for t0 in range(0, T, rows):
-                t1 = min(T, t0 + rows)
-                h = hidden[b, t0:t1]
-                g = grad_out[b, t0:t1, None].to(cd) / temp
-                p = torch.softmax(_scaled_logits(h @ weight_mat.T, cd, temp), dim=-1)
-                p.mul_(-g).scatter_add_(1, ids[b, t0:t1, None], g)
-                if g_h is not None:
-                    g_h[b, t0:t1] = p.to(weight_mat.dtype) @ weight_mat
-                if g_w is not None:
-                    g_w.addmm_(p.T, h.to(cd))
-        return g_h, None if g_w is None else g_w.to(weight_mat.dtype), None, None, None
-
-
 def _sampled_logprobs(x: Tensor, ids: Tensor) -> Tensor:
     """log softmax(x)[ids] for x [c, V], ids [c], with the same operations as the SDPO kernel
     (``x[ids] - (max(x) - log(max(softmax(x))))``), so that the old log-probs of the policy before an update and
@@ -707,124 +483,3 @@ def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0, *,
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     rows = chunk_size or max(1, CHUNK_BYTES // (4 * logits.shape[-1]))
     return _TokenLogprobs.apply(logits, ids.long(), float(temperature), rows)
-
-
-def token_logprobs_from_hidden(hidden: Tensor, lm_head_weight: Tensor, ids: Tensor, temperature: float = 1.0,
-                               *, chunk_size: int = HIDDEN_CHUNK_ROWS) -> Tensor:
-    """``token_logprobs(hidden @ lm_head_weight.T, ids, temperature)`` without holding [B, T, V] logits.
-
-    hidden: [B, T, H]; lm_head_weight: [V, H]; ids: [B, T] -> [B, T]. Gradients flow to hidden and weight.
-    """
-    if hidden.dim() != 3 or tuple(ids.shape) != tuple(hidden.shape[:2]):
-        raise ValueError(f"hidden must be [B, T, H] and ids [B, T]; got {tuple(hidden.shape)}, {tuple(ids.shape)}")
-    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"lm_head_weight must be [V, H] with H={hidden.shape[-1]}, got {tuple(lm_head_weight.shape)}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return _TokenLogprobsFromHidden.apply(hidden, lm_head_weight, ids.long(), float(temperature), chunk_size)
-
-
-# --------------------------------------------------------------------------------------------------
-# GRPO
-# --------------------------------------------------------------------------------------------------
-
-def grpo_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    response_mask: Tensor,
-    *,
-    clip_ratio_low: float = 0.2,
-    clip_ratio_high: float = 0.2,
-    clip_ratio_c: float = 3.0,
-    loss_agg_mode: str = "token-mean",
-    sample_mask: Tensor | None = None,
-    rollout_is_weights: Tensor | None = None,
-) -> tuple[Tensor, dict[str, float]]:
-    """PPO clipped surrogate with dual clip (GRPO policy loss; verl ``compute_policy_loss`` semantics).
-
-    logprobs, old_logprobs: [B, T] current / sampler log-probs of the response tokens; advantages: [B, T] or
-    [B] (broadcast over T); response_mask: [B, T]; sample_mask: [B]; rollout_is_weights: [B, T] (detached).
-    ratio = exp(clamp(logprobs - old, -20, 20)); l1 = -A ratio; l2 = -A clamp(ratio, 1 - low, 1 + high);
-    l = max(l1, l2); for A < 0 additionally l = min(l, -A c) (dual clip, c > 1).
-    Metrics: grpo/loss, grpo/clip_fraction (l2 > l1), grpo/clip_fraction_lower (dual clip active),
-    grpo/approx_kl (mean old - new), grpo/ratio_mean.
-    """
-    if logprobs.shape != old_logprobs.shape or logprobs.shape != response_mask.shape or logprobs.dim() != 2:
-        raise ValueError(f"logprobs, old_logprobs and response_mask must all be [B, T]; got "
-                         f"{tuple(logprobs.shape)}, {tuple(old_logprobs.shape)}, {tuple(response_mask.shape)}")
-    if not clip_ratio_c > 1.0:
-        raise ValueError(f"clip_ratio_c must be > 1 (dual clip), got {clip_ratio_c!r}")
-    if clip_ratio_low < 0 or clip_ratio_high < 0:
-        raise ValueError(f"clip ratios must be >= 0, got low={clip_ratio_low!r}, high={clip_ratio_high!r}")
-    if advantages.dim() == 1:
-        advantages = advantages[:, None].expand_as(logprobs)
-    if advantages.shape != logprobs.shape:
-        raise ValueError(f"advantages must be [B] or [B, T], got {tuple(advantages.shape)}")
-    dtype = logprobs.dtype
-    mask = response_mask.to(dtype)
-    if sample_mask is not None:
-        mask = mask * sample_mask.to(dtype)[:, None]
-    adv = advantages.detach().to(dtype)
-    log_ratio = (logprobs - old_logprobs.detach().to(dtype)).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    ratio = torch.exp(log_ratio)
-    l1 = -adv * ratio
-    l2 = -adv * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
-    clipped = torch.maximum(l1, l2)
-    l3 = -adv * clip_ratio_c
-    per_token = torch.where(adv < 0, torch.minimum(clipped, l3), clipped)
-    if rollout_is_weights is not None:
-        per_token = per_token * rollout_is_weights.detach().to(dtype)
-    loss = aggregate_loss(per_token, mask, loss_agg_mode)
-
-    active = mask != 0
-    n = max(int(active.sum()), 1)
-
-    def mean(x: Tensor) -> float:
-        return float(torch.where(active, x.detach().to(dtype), torch.zeros((), dtype=dtype)).sum() / n)
-
-    metrics = {
-        "grpo/loss": float(loss.detach()),
-        "grpo/clip_fraction": mean((l2 > l1).to(dtype)),
-        "grpo/clip_fraction_lower": mean(((clipped > l3) & (adv < 0)).to(dtype)),
-        "grpo/approx_kl": mean(-log_ratio),
-        "grpo/ratio_mean": mean(ratio),
-    }
-    return loss, metrics
-
-
-def group_advantages(rewards: Tensor, group_ids: Tensor | Sequence[Hashable], norm_by_std: bool = True,
-                     eps: float = 1e-6) -> Tensor:
-    """GRPO outcome advantages (paper Sec. 2): reward minus its group's mean, over (std + eps) when norm_by_std.
-
-    rewards: [N]; group_ids: [N] tensor or a sequence of hashable ids (e.g. prompt uids). The std is the
-    unbiased sample std (as verl). Members of single-sample groups get advantage 0 (no baseline exists;
-    verl would leave their raw reward). Returns [N] in rewards' float dtype (float32 for integer rewards).
-    """
-    if rewards.dim() != 1:
-        raise ValueError(f"rewards must be [N], got shape {tuple(rewards.shape)}")
-    n = rewards.shape[0]
-    if len(group_ids) != n:
-        raise ValueError(f"group_ids has {len(group_ids)} entries for {n} rewards")
-    out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
-    if n == 0:
-        return torch.zeros(0, dtype=out_dtype, device=rewards.device)
-    if isinstance(group_ids, Tensor):
-        inverse = torch.unique(group_ids.reshape(-1), return_inverse=True)[1].to(rewards.device)
-    else:
-        first: dict[Hashable, int] = {}
-        inverse = torch.tensor([first.setdefault(g, len(first)) for g in group_ids], device=rewards.device)
-    r = rewards.to(torch.float64)
-    n_groups = int(inverse.max()) + 1
-    count = torch.zeros(n_groups, dtype=torch.float64, device=r.device).index_add_(0, inverse, torch.ones_like(r))
-    mean = torch.zeros_like(count).index_add_(0, inverse, r) / count
-    centred = r - mean[inverse]
-    adv = centred
-    if norm_by_std:
-        sq = torch.zeros_like(count).index_add_(0, inverse, centred * centred)
-        std = (sq / (count - 1).clamp(min=1)).sqrt()
-        adv = centred / (std[inverse] + eps)
-    adv = torch.where(count[inverse] > 1, adv, torch.zeros_like(adv))
-    return adv.to(out_dtype)

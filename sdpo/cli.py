@@ -97,6 +97,8 @@ def make_toy_model_cmd(
                                  "it)."),
     examples: int = typer.Option(40_000, "--examples", help="Size of the pretraining corpus."),
     init_from: str | None = typer.Option(None, "--init-from", help="Continue training this toy checkpoint."),
+    mix: str | None = typer.Option(None, "--mix", help="Weights of the direct,solution,feedback,copy examples, "
+                                   "e.g. 25,15,15,45 (the default)."),
     eval_problems: int = typer.Option(32, "--eval-problems", help="Held-out easy and hard problems to report "
                                       "on after training (0 = skip)."),
     samples: int = typer.Option(4, "--samples", help="Samples per problem for the sampled solve rate."),
@@ -104,9 +106,15 @@ def make_toy_model_cmd(
     """Train the toy-world model from scratch on CPU and report what it learned."""
     from sdpo.toy.pretrain import ToyModelConfig, make_toy_model
 
+    extra: dict = {}
+    if mix is not None:
+        try:
+            extra["mix"] = tuple(float(w) for w in mix.split(","))
+        except ValueError:
+            fail(f"--mix: got {mix!r}; expected comma-separated numbers such as 25,15,15,45")
     try:
         cfg = ToyModelConfig(seed=seed, minutes=minutes, steps=steps, threads=threads, n_examples=examples,
-                              init_from=init_from)
+                              init_from=init_from, **extra)
     except ConfigError as e:
         fail(str(e))
     if eval_problems < 0 or samples < 1:

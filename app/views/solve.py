@@ -303,9 +303,9 @@ def build(ctx: AppContext) -> SolveHandles:
             except InvalidInput as e:
                 choices, picker_note = [], error_md(str(e))
             with gr.Row(equal_height=True):
-                picker = gr.Dropdown(choices, value=None, label="Pick an imported problem (datasets with "
-                                     "problems.jsonl, e.g. from 'sdpo data import-lcb')", elem_id="solve-picker",
-                                     scale=4)
+                picker = gr.Dropdown(choices, value=None, label="Pick an example problem (dataset 'examples') or an "
+                                     "imported one (datasets with problems.jsonl, e.g. from 'sdpo data import-lcb')",
+                                     elem_id="solve-picker", scale=4)
                 picker_refresh = gr.Button("Refresh list", elem_id="solve-picker-refresh", scale=0)
             picker_msg = gr.HTML(picker_note, elem_id="solve-picker-message")
             title = gr.Textbox(label="Title", placeholder="(first line of the statement)", elem_id="solve-title")

@@ -1,6 +1,6 @@
 """End to end in a real browser (Playwright driving Debian's Chromium) against ``sdpo serve``: the app and one
-real Celery worker as subprocesses, SQLite + the filesystem broker in a tmp data dir, the tiny model built
-there by ``serve``. Screenshots go to ``tests/artifacts/`` (git-ignored).
+real Celery worker as subprocesses, SQLite + the filesystem broker in a tmp data dir, the demo model that
+``serve`` picks by default. Screenshots go to ``tests/artifacts/`` (git-ignored).
 
 * bad input through the page (empty statement, malformed tests, non-numeric budget, oversize upload) shows
   an error next to the box it concerns and creates no job;
@@ -223,8 +223,8 @@ def test_bad_input_shows_an_error_and_creates_no_job(server, page):
     expect_message(page, "train-dataset-message", "error", "SDPO_MAX_UPLOAD_BYTES")
     expect_message(page, "train-message", "error", "Not started: see the message at Dataset")
     shot(page, "bad_upload")
-    # nothing was stored or queued
-    assert (server.count(Job), server.count(Problem), server.count(Dataset)) == (0, 0, 0)
+    # nothing was stored or queued (the one dataset is the built-in examples that serve registers)
+    assert (server.count(Job), server.count(Problem), server.count(Dataset)) == (0, 0, 1)
 
 
 def test_solve_live_attempts_feedback_cancel_and_history(server, page):

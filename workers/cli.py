@@ -34,6 +34,21 @@ app.add_typer(submit_app, name="submit")
 app.add_typer(jobs_app, name="jobs")
 
 
+def _default_model_env():
+    """Unless SDPO_MODEL is set, set it to the engine's default model (``sdpo.models.default_model_path``: a toy
+    model built under the data dir, else the committed demo model), so that the app, ``sdpo serve`` and a
+    standalone ``sdpo worker`` agree on it. Returns the path it set, or None when SDPO_MODEL was given."""
+    import os
+
+    if os.environ.get("SDPO_MODEL"):
+        return None
+    from sdpo.models import default_model_path
+
+    path = default_model_path()
+    os.environ["SDPO_MODEL"] = str(path)
+    return path
+
+
 def _settings():
     from pydantic import ValidationError
 
@@ -78,6 +93,7 @@ def worker_cmd(
 
     from workers.runner import visible_gpus
 
+    _default_model_env()
     settings = _settings()
     if settings.database_url.startswith("sqlite"):
         from backend.migrate import upgrade
@@ -381,12 +397,9 @@ def serve_cmd(
 
     signal.signal(signal.SIGTERM, _interrupt)
 
-    # 1. A model: SDPO_MODEL, else the default (the tiny model is built on first use, no download).
-    if not os.environ.get("SDPO_MODEL"):
-        from sdpo.models import default_model_path
-
-        model_path = default_model_path()
-        os.environ["SDPO_MODEL"] = str(model_path)
+    # 1. A model: SDPO_MODEL, else the default (the committed demo model; no download, no build).
+    model_path = _default_model_env()
+    if model_path is not None:
         from sdpo.models import demo_model_path
 
         if model_path == demo_model_path():

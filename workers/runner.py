@@ -418,6 +418,22 @@ def write_attempts_file(ctx: WorkerContext, job_id: int) -> None:
         log.exception("job %s: could not write attempts.jsonl", job_id)
 
 
+def small_model_threads(model_path: str | Path, device: str) -> None:
+    """One torch thread for a small model on the CPU (``sdpo.sizing.cpu_threads``), else the process's
+    default thread count (restored for the next job)."""
+    import torch
+
+    from sdpo.sizing import cpu_threads
+
+    global _DEFAULT_THREADS
+    if _DEFAULT_THREADS is None:
+        _DEFAULT_THREADS = torch.get_num_threads()
+    torch.set_num_threads(cpu_threads(model_path, device) or _DEFAULT_THREADS)
+
+
+_DEFAULT_THREADS: int | None = None
+
+
 def run_solve(ctx: WorkerContext, *, config: dict[str, Any], model: str, problem_data: dict[str, Any] | None,
               job_dir: Path, callbacks: DbCallbacks, start_attempt: int) -> Any:
     """Test-time solve of one problem (``sdpo.ttt.solve_from_config``: device, dtype and sampler from the
@@ -431,6 +447,7 @@ def run_solve(ctx: WorkerContext, *, config: dict[str, Any], model: str, problem
     problem = Problem.parse(problem_data)
     cfg = build_solve_config(config)
     path = ensure_model(model or ctx.settings.model, ctx.settings)
+    small_model_threads(path, cfg.device)
     return solve_from_config(problem, cfg, callbacks.as_callbacks(), model_path=path, out_dir=job_dir,
                              start_attempt=start_attempt)
 
@@ -444,6 +461,7 @@ def run_train(ctx: WorkerContext, *, config: dict[str, Any], model: str, job_dir
         config["model_path"] = model
     config["model_path"] = str(ensure_model(config.get("model_path") or ctx.settings.model, ctx.settings))
     cfg = build_train_config(config, out_dir=str(job_dir), resume_from=resume_from)
+    small_model_threads(cfg.model_path, cfg.device)
     if gpus > 1:
         return run_train_ranks(ctx, cfg=cfg, gpus=gpus, job_id=job_id, job_dir=job_dir, callbacks=callbacks)
     from sdpo.trainer import train

@@ -1,4 +1,4 @@
-"""Discovery curves of test-time solving (issue 5): SDPO on the problem vs best-of-k vs multi-turn.
+"""Discovery curves of test-time solving: SDPO on the problem vs best-of-k vs multi-turn.
 
 Usage:
     python bench/discovery.py [--model PATH] [--problems FILE.jsonl] [--seeds 0,1] [--budget 32] [--n 8]

@@ -1,4 +1,4 @@
-"""Benchmark of the SDPO loss (issue 9): ours vs a reference-style baseline, forward + backward.
+"""Benchmark of the SDPO loss: ours vs a reference-style baseline, forward + backward.
 
 Usage: python bench/loss.py [--quick] [--runs N] [--fused-runs N] [--device cpu|cuda] [--no-fused]
 

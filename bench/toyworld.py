@@ -1,4 +1,4 @@
-"""Toy-world benchmarks (issue 10): can SDPO's claims be seen at CPU scale?
+"""Toy-world benchmarks: can SDPO's claims be seen at CPU scale?
 
 Usage:
     python bench/toyworld.py [--model var/models/toy] [--parts discovery,training,gaps] [--seeds 0,1,2]
@@ -398,7 +398,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = ap.add_argument_group("discovery")
     g.add_argument("--hard", type=int, default=6, help="problems to solve (the first of the split)")
     g.add_argument("--disc-split", default="hard", choices=("hard", "test"),
-                   help="hard: held-out compositions (the issue's setting); test: easy held-out problems")
+                   help="hard: held-out compositions (depth 3-4, never trained on); test: easy held-out problems")
     g.add_argument("--disc-adapter", default="full", choices=("full", "lora"))
     g.add_argument("--disc-lr", type=float, default=1e-4)
     g.add_argument("--budget", type=int, default=16)

@@ -1,1 +1,1 @@
-"""Toy coding world (issue 10): problem generator, pretraining corpus and a small from-scratch model."""
+"""Toy coding world: problem generator, pretraining corpus and a small from-scratch model."""

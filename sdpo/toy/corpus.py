@@ -1,4 +1,4 @@
-"""Pretraining corpus of the toy world: the three contexts SDPO relies on (issue 10).
+"""Pretraining corpus of the toy world: the three contexts SDPO relies on.
 
 Every example is a chat (``messages``) plus the assistant ``response`` the model is trained to produce (loss
 on the assistant tokens only, see :func:`encode`):
@@ -19,8 +19,9 @@ Teacher contexts are built by :func:`sdpo.reprompt.build_teacher_messages` with 
 
 Near-miss attempts change one thing in the reference composition (a parameter, a sibling primitive, a missing
 step, two steps swapped, an unguarded ``max``); one is kept only if it fails at least one test. Its feedback is
-written by :func:`feedback_text` with the code environment's own ``build_feedback`` (issue 3, "Feedback
-text"); the per-test outputs are computed in-process from the composition's semantics, so no code runs while the corpus is built (a test checks the text equals ``evaluate``'s on the real program).
+written by :func:`feedback_text` with the code environment's own ``build_feedback`` (``sdpo.envs.code``); the
+per-test outputs are computed in-process from the composition's semantics, so no code runs while the corpus is
+built (a test checks the text equals ``evaluate``'s on the real program).
 """
 
 from __future__ import annotations

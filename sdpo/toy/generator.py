@@ -1,4 +1,4 @@
-"""Toy coding world (issue 10): seeded small programming problems over integer lists and lowercase words.
+"""Toy coding world: seeded small programming problems over integer lists and lowercase words.
 
 A problem is a *composition* of primitives: read the input, apply ``ops`` in order, print the result. Each
 primitive has one sentence of statement text, one line of reference code and a Python semantics, so the

@@ -1,4 +1,4 @@
-"""What the toy model learned (issue 10): solve rates and the teacher-vs-student log-prob gaps.
+"""What the toy model learned: solve rates and the teacher-vs-student log-prob gaps.
 
 - :func:`solve_rates`: greedy and sampled solve rate on toy problems. Responses are judged by the code
   environment (:func:`sdpo.envs.code.evaluate_many`): model-written programs run in the project's sandbox

@@ -1,4 +1,4 @@
-"""Train the toy-world model from scratch on CPU (issue 10): ``sdpo make-toy-model --out DIR``.
+"""Train the toy-world model from scratch on CPU: ``sdpo make-toy-model --out DIR``.
 
 Steps:
 1. build the pretraining corpus (:mod:`sdpo.toy.corpus`: direct / "Correct solution" / feedback contexts);

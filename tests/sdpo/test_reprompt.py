@@ -21,7 +21,7 @@ def q(text):
 
 
 def expected_text(prompt, demo=None, fb=None):
-    """The reprompt written out from the issue's default templates, independently of the config constants."""
+    """The reprompt written out by hand from the default templates, independently of the config constants."""
     sol = f"\nCorrect solution:\n\n{demo}" if demo is not None else ""
     feed = f"\nThe following is feedback from your unsuccessful earlier attempt:\n\n{fb}" if fb is not None else ""
     return f"{prompt}{sol}{feed}\n\nCorrectly solve the original question."

@@ -89,41 +89,6 @@ class TeacherViewIn(BaseModel):
     credit: dict[str, Any] | None = None
 
 
-class ProblemOut(_Out):
-    id: int
-    title: str
-    statement: str
-    data: dict[str, Any]
-    n_public_tests: int
-    n_hidden_tests: int
-    created_at: datetime
-
-
-class AttemptOut(_Out):
-    id: int
-    job_id: int
-    round: int
-    index: int
-    response: str
-    code: str | None
-    reward: float
-    passed_public: int
-    total_public: int
-    passed_hidden: int | None
-    total_hidden: int | None
-    feedback: str | None
-    tokens: int
-    seconds: float
-    task_id: str | None
-    created_at: datetime
-
-
-class MetricOut(_Out):
-    step: int
-    name: str
-    value: float
-
-
 class CheckpointOut(_Out):
     id: int
     step: int
@@ -183,18 +148,6 @@ class RoundSummary(BaseModel):
     tests: int | None = None
     solved: int = 0
     metrics: dict[str, float] = Field(default_factory=dict)
-
-
-class DatasetOut(_Out):
-    id: int
-    name: str
-    path: str
-    format: str
-    train_rows: int
-    test_rows: int
-    bytes: int
-    uploaded: bool
-    created_at: datetime
 
 
 class WorkerOut(_Out):

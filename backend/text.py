@@ -81,10 +81,6 @@ def first_surrogate(value: Any) -> str | None:
     return None
 
 
-def is_storable(text: str, *, limit: int | None = None) -> bool:
-    """True when ``storable`` would store ``text`` unchanged."""
-    return storable(text, limit=limit) == text
-
 
 def one_line(text: str, *, limit: int = 500) -> str:
     """The first non-empty line of ``text``, storable and at most ``limit`` characters (for error reasons)."""

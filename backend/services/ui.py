@@ -131,14 +131,6 @@ def problem_from_json(text: str, *, parse_lcb: LcbParser | None = None) -> dict[
     return data
 
 
-def rows_from_problem(data: dict[str, Any]) -> tuple[str, str | None, list[list[Any]]]:
-    """(testtype, fn_name, rows) of a stored problem, for showing it back in the tests editor."""
-    tests = data.get("tests") or {}
-    rows = [[i, o, False] for i, o in zip(tests.get("inputs", []), tests.get("outputs", []), strict=False)]
-    hidden = data.get("hidden_tests") or {}
-    rows += [[i, o, True] for i, o in zip(hidden.get("inputs", []), hidden.get("outputs", []), strict=False)]
-    return tests.get("testtype", "stdin"), tests.get("fn_name"), rows
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Submitting
@@ -217,9 +209,6 @@ def discovery_curve(attempts: Sequence[Attempt]) -> list[tuple[int, int, int | N
         out.append((n, best_pub, best_hid))
     return out
 
-
-def get_attempt(session: Session, *, attempt_id: int) -> Attempt | None:
-    return session.get(Attempt, attempt_id)
 
 
 def solution_attempt(session: Session, *, job_id: int) -> Attempt | None:

@@ -7,7 +7,6 @@ JSON object when the dataset is added, so a training job never starts on a broke
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.errors import InvalidInput, NotFound
+from backend.jsonl import read_objects
 from backend.models import Dataset
 from backend.settings import Settings
 from backend.text import first_surrogate
@@ -38,26 +38,12 @@ def count_jsonl_rows(path: Path, *, field: str = "file") -> int:
     """Number of rows of a JSONL file; raises ``InvalidInput`` naming the first bad line: not UTF-8, not
     JSON, not an object, or holding a lone surrogate escape (``"\\ud800"``: no text, a tokenizer refuses it)."""
     n = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InvalidInput(field, f"{path.name} line {lineno} is not UTF-8 text (byte 0x{raw[e.start]:02x} "
-                                   f"at column {e.start + 1}); save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InvalidInput(field, f"{path.name} line {lineno} is not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise InvalidInput(field, f"{path.name} line {lineno} is a {type(row).__name__}, expected an object")
-            bad = first_surrogate(row)
-            if bad:
-                raise InvalidInput(field, f"{path.name} line {lineno} holds a lone surrogate escape ({bad}), which "
-                                   "is not text; remove it or pair it")
-            n += 1
+    for lineno, row in read_objects(path, field=field, name=path.name):
+        bad = first_surrogate(row)
+        if bad:
+            raise InvalidInput(field, f"{path.name} line {lineno} holds a lone surrogate escape ({bad}), which "
+                               "is not text; remove it or pair it")
+        n += 1
     if n == 0:
         raise InvalidInput(field, f"{path.name} has no rows")
     return n

@@ -12,7 +12,6 @@ lines of ``problems.jsonl``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from backend.errors import InvalidInput
+from backend.jsonl import read_objects
 from backend.models import Dataset
 from backend.services.datasets import get_dataset, list_datasets
 
@@ -67,25 +67,8 @@ def problems_file(ds: Dataset) -> Path | None:
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(index, problem dict) of each non-blank line; ``InvalidInput("problems")`` names a bad line."""
-    index = 0
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InvalidInput("problems", f"{path} line {lineno} is not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise InvalidInput("problems", f"{path} line {lineno} is a {type(row).__name__}, "
-                                       "expected a problem object")
-                yield index, row
-                index += 1
-    except UnicodeDecodeError:
-        raise InvalidInput("problems", f"{path} is not UTF-8 text") from None
-    except OSError as e:
-        raise InvalidInput("problems", f"{path} cannot be read ({e.strerror or e})") from None
+    for index, (_, row) in enumerate(read_objects(path, field="problems", what="a problem object")):
+        yield index, row
 
 
 def _text(value: Any) -> str | None:

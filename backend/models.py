@@ -5,7 +5,7 @@ Timestamps are stored as naive UTC and returned timezone-aware (``UTCDateTime``)
 Every text column stores its value through ``backend.text.storable`` (``StorableText``/``StorableString``): text
 from models, programs and users (NUL bytes, control characters, lone surrogates, megabytes) is written the same
 on SQLite and PostgreSQL, escaped visibly and capped, never refused by the database.
-The job status machine (``JOB_TRANSITIONS``) is enforced by ``backend.services.jobs``; a CHECK constraint
+The job status machine (``JOB_TRANSITIONS``) is enforced by ``backend.services.lifecycle``; a CHECK constraint
 keeps the column to the known states.
 """
 

@@ -15,7 +15,7 @@ text into text every database stores and every view shows as is:
 
 The rule is idempotent (``storable(storable(t)) == storable(t)``), so text that went through it once (or was
 escaped the same way before, e.g. by the sandbox) is stored unchanged. The model columns apply it to every
-write (``backend.models.StorableText``); ``backend.services.jobs.record_attempts`` also keeps the raw
+write (``backend.models.StorableText``); ``backend.services.progress.record_attempts`` also keeps the raw
 response of an attempt whose text had to change, in a file under the job's folder.
 """
 
@@ -81,6 +81,17 @@ def first_surrogate(value: Any) -> str | None:
     return None
 
 
+
+def storable_json(value: Any) -> Any:
+    """``value`` (JSON: dicts, lists, scalars) with every string in it made ``storable``, values capped at
+    ``RESPONSE_CHARS`` (an engine's result holds e.g. the solution code, a teacher view the model's tokens)."""
+    if isinstance(value, str):
+        return storable(value, limit=RESPONSE_CHARS)
+    if isinstance(value, dict):
+        return {storable(str(k)): storable_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_json(v) for v in value]
+    return value
 
 def one_line(text: str, *, limit: int = 500) -> str:
     """The first non-empty line of ``text``, storable and at most ``limit`` characters (for error reasons)."""

@@ -229,7 +229,8 @@ def jobs_list(
     from backend.errors import InvalidInput
     from backend.queue import JobQueue
     from backend.schemas import JobSummary
-    from backend.services.jobs import list_jobs, reap_stale
+    from backend.services.jobs import list_jobs
+    from backend.services.lifecycle import reap_stale
 
     settings = _settings()
     sessions = _sessions(settings)
@@ -311,7 +312,8 @@ def jobs_attempts(job_id: int = typer.Argument(...)) -> None:
     job's attempts.jsonl holds), with the raw response file where one was kept."""
     from backend.db import session_scope
     from backend.errors import NotFound
-    from backend.services.jobs import get_job, iter_attempt_lines
+    from backend.services.jobs import get_job
+    from backend.services.progress import iter_attempt_lines
 
     settings = _settings()
     with session_scope(_sessions(settings)) as s:

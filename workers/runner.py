@@ -3,7 +3,7 @@ progress as it happens, honour cancellation, and record how it ended.
 
 Crash safety:
 * a job whose worker stopped heart-beating for ``heartbeat_timeout_s`` is re-enqueued by the reaper
-  (``backend.services.jobs.reap_stale``, run by every worker each heartbeat interval and by ``sdpo jobs list``)
+  (``backend.services.lifecycle.reap_stale``, run by every worker each heartbeat interval and by ``sdpo jobs list``)
   with a fresh message, up to ``max_resumes`` times, then failed with the reason; a cancel requested before the
   worker died ends it ``cancelled``;
 * the worker that takes the message resumes it (``Claim.RESUME``): a train job from its last registered
@@ -21,7 +21,7 @@ Stopping: a cancel is seen within about a second, while the engine generates, sc
 (``DbCallbacks.should_stop``, polled through ``sdpo.callbacks.StopPoll``), and the job ends ``cancelled`` with
 what it had committed. A worker that is shut down (SIGTERM, Ctrl-C, Celery's cold shutdown) stops its running
 job the same way (``WorkerContext.request_stop``): it ends ``cancelled`` if a cancel was requested, else it goes
-back to the queue to be resumed by the next worker (``backend.services.jobs.release_job``; ``failed`` with a
+back to the queue to be resumed by the next worker (``backend.services.lifecycle.release_job``; ``failed`` with a
 one-line reason after ``max_resumes`` resumes). An N-GPU job's ranks stop at step boundaries; the worker
 stops their process group if they have not stopped a few seconds after the request.
 """
@@ -47,6 +47,8 @@ from backend.db import session_factory_from_settings, session_scope
 from backend.errors import JobLost, NotFound, NotRecorded
 from backend.queue import JobQueue
 from backend.services import jobs as J
+from backend.services import lifecycle as L
+from backend.services import progress as P
 from backend.services import teacher as T
 from backend.services.workers import touch_worker
 from backend.settings import Settings
@@ -131,7 +133,7 @@ class JobHeartbeat:
         while not self._stop.wait(self.ctx.settings.heartbeat_interval_s):
             try:
                 with session_scope(self.ctx.sessions) as s:
-                    ours = J.heartbeat(s, job_id=self.job_id, worker_id=self.ctx.worker_id)
+                    ours = L.heartbeat(s, job_id=self.job_id, worker_id=self.ctx.worker_id)
                     touch_worker(s, worker_id=self.ctx.worker_id, current_job_id=self.job_id if ours else None)
                 if not ours:
                     log.warning("job %s is no longer ours (reaped, taken over or deleted); stopping", self.job_id)
@@ -173,7 +175,7 @@ class DbCallbacks:
         rows = [attempt_in(a) for a in attempts]
         jobs_dir = self.ctx.settings.jobs_dir
         try:
-            self._write(J.record_attempts, f"the attempts of round {rows[0].round}" if rows else "attempts",
+            self._write(P.record_attempts, f"the attempts of round {rows[0].round}" if rows else "attempts",
                         attempts=rows, jobs_dir=jobs_dir)
             return
         except NotRecorded:
@@ -181,10 +183,10 @@ class DbCallbacks:
         for row in rows:
             what = f"attempt {row.index} of round {row.round}"
             try:
-                self._write(J.record_attempts, what, attempts=[row], jobs_dir=jobs_dir)
+                self._write(P.record_attempts, what, attempts=[row], jobs_dir=jobs_dir)
             except NotRecorded as e:
                 log.error("job %s: %s is recorded without its texts: %s", self.job_id, what, e.reason)
-                self._write(J.record_unstored_attempt, what, attempt=row, reason=e.reason, jobs_dir=jobs_dir)
+                self._write(P.record_unstored_attempt, what, attempt=row, reason=e.reason, jobs_dir=jobs_dir)
 
     def on_teacher(self, views: list[Any]) -> None:
         """Record what the teacher saw and said about a round's attempts. It is for showing only: a write the
@@ -196,10 +198,10 @@ class DbCallbacks:
             log.error("job %s: %s are not recorded: %s", self.job_id, what, e.reason)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self._write(J.append_metrics, f"the metrics of step {step}", step=step, metrics=metrics)
+        self._write(P.append_metrics, f"the metrics of step {step}", step=step, metrics=metrics)
 
     def on_checkpoint(self, step: int, path: str, kind: str) -> None:
-        self._write(J.register_checkpoint, f"the checkpoint of step {step}", step=step, kind=kind, path=path)
+        self._write(P.register_checkpoint, f"the checkpoint of step {step}", step=step, kind=kind, path=path)
 
     def should_stop(self) -> bool:
         """Stop when the worker is shutting down, the job was cancelled or deleted, or it is no longer running
@@ -210,8 +212,8 @@ class DbCallbacks:
         if self.lost.is_set() or (self.heartbeat is not None and self.heartbeat.lost.is_set()):
             return True
         with session_scope(self.ctx.sessions) as s:
-            self.cancelled = J.cancel_requested(s, job_id=self.job_id)
-            if not J.owns_job(s, job_id=self.job_id, worker_id=self.owner):
+            self.cancelled = L.cancel_requested(s, job_id=self.job_id)
+            if not L.owns_job(s, job_id=self.job_id, worker_id=self.owner):
                 self.lost.set()
         return self.cancelled or self.lost.is_set()
 
@@ -261,12 +263,12 @@ def _result_dict(result: Any) -> dict[str, Any]:
     return {"value": str(result)}
 
 
-def claim(ctx: WorkerContext, job_id: int) -> J.Claim:
+def claim(ctx: WorkerContext, job_id: int) -> L.Claim:
     """Claim the job once: no waiting for a live worker's job (the message is a duplicate; dropped)."""
     with session_scope(ctx.sessions) as s:
-        c = J.claim_job(s, job_id=job_id, worker_id=ctx.worker_id, takeover_after_s=ctx.settings.takeover_after_s,
+        c = L.claim_job(s, job_id=job_id, worker_id=ctx.worker_id, takeover_after_s=ctx.settings.takeover_after_s,
                         max_resumes=ctx.settings.max_resumes)
-    if c is J.Claim.SKIP:
+    if c is L.Claim.SKIP:
         log.info("job %s: message dropped (the job is finished, cancelled, deleted or run by a live worker)", job_id)
     return c
 
@@ -274,7 +276,7 @@ def claim(ctx: WorkerContext, job_id: int) -> J.Claim:
 def reap(ctx: WorkerContext) -> list[tuple[int, str]]:
     """Run the reaper as this worker: re-enqueue (or fail, or end cancelled) jobs whose worker went silent."""
     with session_scope(ctx.sessions) as s:
-        reaped = J.reap_stale(s, timeout_s=ctx.settings.heartbeat_timeout_s, enqueue=ctx.job_queue().enqueue,
+        reaped = L.reap_stale(s, timeout_s=ctx.settings.heartbeat_timeout_s, enqueue=ctx.job_queue().enqueue,
                               max_resumes=ctx.settings.max_resumes)
     for job_id, outcome in reaped:
         log.warning("job %s %s: its worker stopped heart-beating", job_id, outcome)
@@ -312,14 +314,14 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
     "lost"). Never raises for engine errors: they end the job ``failed`` with the error text."""
     # 1. Claim the job (or learn it is finished, cancelled, deleted or held by a live worker).
     c = claim(ctx, job_id)
-    if c is J.Claim.SKIP:
+    if c is L.Claim.SKIP:
         return "skipped"
     # 2. Refuse a job needing more GPUs than this worker has.
     with session_scope(ctx.sessions) as s:
         short = gpu_shortfall(ctx, J.get_job(s, job_id=job_id).gpus)
         if short:
             log.error("job %s refused: %s", job_id, short)
-            J.finish_job(s, job_id=job_id, worker_id=ctx.worker_id, status="failed", error=short)
+            L.finish_job(s, job_id=job_id, worker_id=ctx.worker_id, status="failed", error=short)
             return "failed"
     # 3. Heart-beat while we work.
     heartbeat = JobHeartbeat(ctx, job_id).start()
@@ -330,7 +332,7 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
     log_handler = logging.FileHandler(job_dir / "job.log")  # the UI's log tail (backend.services.jobs.job_log_tail)
     log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(log_handler)
-    log.info("job %s (%s) %s on worker %s", job_id, kind, "resumed" if c is J.Claim.RESUME else "started",
+    log.info("job %s (%s) %s on worker %s", job_id, kind, "resumed" if c is L.Claim.RESUME else "started",
              ctx.worker_id)
     try:
         # 4. Run the engine with callbacks that commit as they go. A train job resumes from its last
@@ -341,13 +343,13 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
                 raise ValueError(f"job {job_id} is a {job.kind} job, not {kind}")
             problem_data = job.problem.data if job.problem is not None else None
             config, model, gpus = dict(job.config), job.model, job.gpus
-            ck = J.latest_checkpoint(s, job_id=job_id)
+            ck = P.latest_checkpoint(s, job_id=job_id)
             resume_from = ck.path if ck is not None else None
             if kind == "train":
-                J.discard_progress_after(s, job_id=job_id, step=ck.step if ck is not None else 0,
+                P.discard_progress_after(s, job_id=job_id, step=ck.step if ck is not None else 0,
                                          worker_id=ctx.worker_id)
-            start_attempt = J.count_attempts(s, job_id=job_id)
-        if c is J.Claim.RESUME:
+            start_attempt = P.count_attempts(s, job_id=job_id)
+        if c is L.Claim.RESUME:
             log.info("resuming after %d committed attempts, from checkpoint %s", start_attempt, resume_from)
         if kind == "solve":
             result = run_solve(ctx, config=config, model=model, problem_data=problem_data, job_dir=job_dir,
@@ -379,17 +381,17 @@ def run_job(ctx: WorkerContext, job_id: int, kind: str) -> str:
     # stopped by a shutdown alone, it goes back to the queue (or fails after max_resumes resumes).
     if status == "stopped":
         with session_scope(ctx.sessions) as s:
-            if J.cancel_requested(s, job_id=job_id) or not ctx.stopping.is_set():
+            if L.cancel_requested(s, job_id=job_id) or not ctx.stopping.is_set():
                 status, error = "cancelled", "cancelled by the user"
             else:
-                outcome = J.release_job(s, job_id=job_id, worker_id=ctx.worker_id,
+                outcome = L.release_job(s, job_id=job_id, worker_id=ctx.worker_id,
                                         reason=ctx.stop_reason or "the worker was shut down",
                                         enqueue=ctx.job_queue().enqueue, max_resumes=ctx.settings.max_resumes)
                 touch_worker(s, worker_id=ctx.worker_id, current_job_id=None)
                 log.info("job %s %s: %s", job_id, outcome, ctx.stop_reason)
                 return outcome
     with session_scope(ctx.sessions) as s:
-        done = J.finish_job(s, job_id=job_id, worker_id=ctx.worker_id, status=status, error=error,
+        done = L.finish_job(s, job_id=job_id, worker_id=ctx.worker_id, status=status, error=error,
                             result=_result_dict(result))
         touch_worker(s, worker_id=ctx.worker_id, current_job_id=None)
     if done:
@@ -413,7 +415,7 @@ def write_attempts_file(ctx: WorkerContext, job_id: int) -> None:
     attempts`` show). A file that cannot be written is logged; the job's outcome stands."""
     try:
         with session_scope(ctx.sessions) as s:
-            J.write_attempts_file(s, job_id=job_id, jobs_dir=ctx.settings.jobs_dir)
+            P.write_attempts_file(s, job_id=job_id, jobs_dir=ctx.settings.jobs_dir)
     except Exception:  # noqa: BLE001 - a copy of what is in the database
         log.exception("job %s: could not write attempts.jsonl", job_id)
 

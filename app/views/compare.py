@@ -12,6 +12,7 @@ import pandas as pd
 from app.context import AppContext
 from app.views.common import line_chart, plot_frame
 from backend.services import jobs as J
+from backend.services import progress as P
 from backend.services import ui as U
 
 TRAIN_COLUMNS = ["step", "value", "run"]
@@ -33,7 +34,7 @@ def training_overlay(ctx: AppContext, job_ids: Sequence[int], metric: str) -> pd
     with ctx.session() as s:
         for jid in job_ids:
             job = J.get_job(s, job_id=int(jid))
-            for p in J.list_metrics(s, job_id=job.id, names=[metric]):
+            for p in P.list_metrics(s, job_id=job.id, names=[metric]):
                 rows.append([p.step, p.value, _label(job)])
     return plot_frame(rows, TRAIN_COLUMNS)
 
@@ -44,7 +45,7 @@ def discovery_overlay(ctx: AppContext, job_ids: Sequence[int]) -> pd.DataFrame:
     with ctx.session() as s:
         for jid in job_ids:
             job = J.get_job(s, job_id=int(jid))
-            for n, pub, _ in U.discovery_curve(J.list_attempts(s, job_id=job.id)):
+            for n, pub, _ in U.discovery_curve(P.list_attempts(s, job_id=job.id)):
                 rows.append([n, pub, _label(job)])
     return plot_frame(rows, SOLVE_COLUMNS)
 

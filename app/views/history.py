@@ -14,6 +14,7 @@ from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFou
 from backend.models import JOB_STATUSES
 from backend.schemas import JobSummary
 from backend.services import jobs as J
+from backend.services import lifecycle as L
 
 COLUMNS = ["id", "kind", "status", "model", "problem / dataset", "created", "duration", "outcome"]
 ALL = "all"
@@ -37,7 +38,7 @@ def rows(ctx: AppContext, *, kind: str = ALL, status: str = ALL, search: str = "
     with ctx.session() as s:
         # a job whose worker died goes back to the queue (resumed by the next free worker) or ends with the
         # reason, as the workers' own reapers do
-        J.reap_stale(s, timeout_s=ctx.settings.heartbeat_timeout_s, enqueue=ctx.queue.enqueue,
+        L.reap_stale(s, timeout_s=ctx.settings.heartbeat_timeout_s, enqueue=ctx.queue.enqueue,
                      max_resumes=ctx.settings.max_resumes)
     with ctx.session() as s:
         jobs = J.list_jobs(s, kind=None if kind == ALL else kind, status=None if status == ALL else status,

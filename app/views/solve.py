@@ -37,9 +37,10 @@ from app.views.common import (
 from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
 from backend.schemas import RawConfig
 from backend.services import jobs as J
-from backend.services import picker as P
+from backend.services import progress as P
 from backend.services import teacher as T
 from backend.services import ui as U
+from backend.services.picker import list_dataset_problems, load_dataset_problem, parse_choice_key
 
 STRATEGIES = [("SDPO test-time training", "sdpo"), ("Best-of-k sampling", "best_of_k"),
               ("Multi-turn retries", "multiturn")]
@@ -95,14 +96,14 @@ def build_problem(ctx: AppContext, *, source: str, title: str, statement: str, t
 def problem_choices(ctx: AppContext) -> list[tuple[str, str]]:
     """(label, key) of the problems in registered datasets with a ``problems.jsonl`` (the picker's list)."""
     with ctx.session() as s:
-        return [(c.label, c.key) for c in P.list_dataset_problems(s)]
+        return [(c.label, c.key) for c in list_dataset_problems(s)]
 
 
 def pick_problem(ctx: AppContext, key: Any) -> dict[str, Any]:
     """The problem dict of a picker entry (``InvalidInput`` / ``NotFound`` name what is wrong)."""
-    dataset_id, index = P.parse_choice_key(key)
+    dataset_id, index = parse_choice_key(key)
     with ctx.session() as s:
-        return P.load_dataset_problem(s, dataset_id=dataset_id, index=index)
+        return load_dataset_problem(s, dataset_id=dataset_id, index=index)
 
 
 def build_solve_config(*, strategy: str, budget: Any, adapter: str, extra_yaml: str,
@@ -178,7 +179,7 @@ def snapshot(ctx: AppContext, job_id: int) -> SolveSnapshot:
     (raises ``NotFound``)."""
     with ctx.session() as s:
         d = J.job_detail(s, job_id=job_id)
-        attempts = J.list_attempts(s, job_id=job_id)
+        attempts = P.list_attempts(s, job_id=job_id)
         rows = U.attempt_rows(attempts)
         curve = U.discovery_curve(attempts)
         sol = U.solution_attempt(s, job_id=job_id)
@@ -261,7 +262,7 @@ def attempt_view(ctx: AppContext, attempt_id: int) -> AttemptView:
         return AttemptView("Attempt not found", "", "", "", "", "", "")
     code = a.code if a.code is not None else "# no code block found in the response (see the raw response)\n"
     header = I.header_md(a)
-    raw = J.raw_response_path(jobs_dir=ctx.settings.jobs_dir, job_id=a.job_id, round=a.round, index=a.index)
+    raw = P.raw_response_path(jobs_dir=ctx.settings.jobs_dir, job_id=a.job_id, round=a.round, index=a.index)
     if raw.exists():  # the stored texts had to be escaped or cut; the response as the model wrote it
         header += f" · raw response: `{raw}`"
     return AttemptView(header=header, response=a.response, code=code, feedback=I.feedback_text(a),

@@ -34,6 +34,7 @@ from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFou
 from backend.schemas import RawConfig
 from backend.services import datasets as D
 from backend.services import jobs as J
+from backend.services import progress as P
 from backend.services import ui as U
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -180,7 +181,7 @@ class TrainSnapshot:
 def snapshot(ctx: AppContext, job_id: int) -> TrainSnapshot:
     with ctx.session() as s:
         d = J.job_detail(s, job_id=job_id)
-        series = J.metric_series(s, job_id=job_id)
+        series = P.metric_series(s, job_id=job_id)
         progress = U.job_progress(s, job_id=job_id, kind="train", config=d.config)
     line = status_line(d)
     steps = d.config.get("max_steps")
@@ -218,7 +219,7 @@ def snapshot(ctx: AppContext, job_id: int) -> TrainSnapshot:
 def checkpoint_zip(ctx: AppContext, job_id: int, checkpoint_id: int) -> str:
     """Zip a checkpoint folder into ``<jobs_dir>/<id>/downloads/`` (once) and return the zip's path."""
     with ctx.session() as s:
-        ck = next((c for c in J.list_checkpoints(s, job_id=job_id) if c.id == checkpoint_id), None)
+        ck = next((c for c in P.list_checkpoints(s, job_id=job_id) if c.id == checkpoint_id), None)
         if ck is None:
             raise InvalidInput("checkpoint", f"checkpoint {checkpoint_id} of job {job_id} not found")
         src, step, kind = Path(ck.path), ck.step, ck.kind

@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 from backend.models import TERMINAL_STATUSES, Attempt, Job, TeacherView, utcnow
 from backend.schemas import RoundSummary, TeacherViewIn
 from backend.services import jobs as J
+from backend.services import progress as P
+from backend.text import storable_json
 
 # Why an attempt has no teacher view (``AttemptInspection.teacher_status``).
 NO_TEACHER_STRATEGY = "no_teacher_strategy"  # best_of_k / multiturn: nothing is distilled
@@ -32,12 +34,12 @@ def record_teacher_views(session: Session, *, job_id: int, views: Iterable[Teach
     Returns how many rows were new. With ``worker_id`` (a worker's writes) nothing is written and ``JobLost``
     is raised unless the job runs under that worker. Texts are stored by the rule of ``backend.text.storable``,
     the per-token view's strings too (a token can be any text a model writes)."""
-    J._writable_job(session, job_id, worker_id)
-    rows = [dict(v.model_dump(), credit=J._storable_json(v.credit), job_id=job_id, created_at=utcnow())
+    P.writable_job(session, job_id, worker_id)
+    rows = [dict(v.model_dump(), credit=storable_json(v.credit), job_id=job_id, created_at=utcnow())
             for v in views]
     if not rows:
         return 0
-    stmt = J._insert(session, TeacherView).values(rows).on_conflict_do_nothing(
+    stmt = P.dialect_insert(session, TeacherView).values(rows).on_conflict_do_nothing(
         index_elements=["job_id", "round", "index"]).returning(TeacherView.id)
     return len(session.execute(stmt).all())
 
@@ -122,7 +124,7 @@ def attempt_inspection(session: Session, *, attempt_id: int) -> AttemptInspectio
     number = 1 + int(session.scalar(select(func.count(Attempt.id)).where(
         Attempt.job_id == a.job_id,
         or_(Attempt.round < a.round, and_(Attempt.round == a.round, Attempt.index < a.index)))) or 0)
-    metrics = {p.name: p.value for p in J.list_metrics(session, job_id=a.job_id) if p.step == a.round}
+    metrics = {p.name: p.value for p in P.list_metrics(session, job_id=a.job_id) if p.step == a.round}
     out = AttemptInspection(
         id=a.id, job_id=a.job_id, number=number, round=a.round, index=a.index, response=a.response, code=a.code,
         feedback=a.feedback, reward=float(a.reward), passed_public=a.passed_public, total_public=a.total_public,

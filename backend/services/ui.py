@@ -21,6 +21,7 @@ from backend.errors import InvalidInput
 from backend.models import Attempt, Job, MetricPoint
 from backend.schemas import ConfigValidator, Enqueue, ProblemValidator
 from backend.services import jobs as J
+from backend.services import progress as P
 from backend.services.problems import create_problem
 from backend.services.workers import gpus_offered
 from backend.settings import Settings
@@ -213,7 +214,7 @@ def discovery_curve(attempts: Sequence[Attempt]) -> list[tuple[int, int, int | N
 
 def solution_attempt(session: Session, *, job_id: int) -> Attempt | None:
     """The first attempt of a job that passes all public and hidden tests (the discovery), if any."""
-    for a in J.list_attempts(session, job_id=job_id):
+    for a in P.list_attempts(session, job_id=job_id):
         if a.total_public > 0 and a.passed_public == a.total_public and (
                 a.total_hidden is None or a.passed_hidden == a.total_hidden) and a.code:
             return a
@@ -250,7 +251,7 @@ def job_progress(session: Session, *, job_id: int, kind: str, config: dict[str, 
     """From the job's round metrics (``perf/*`` seconds of sampling, scoring, the teacher view and updating;
     ``ttt/attempts`` per round; ``perf/step_s`` per training step): None before the first round is measured."""
     if kind == "solve":
-        rows = J.list_metrics(session, job_id=job_id, names=[*SOLVE_TIME_METRICS, "ttt/attempts"])
+        rows = P.list_metrics(session, job_id=job_id, names=[*SOLVE_TIME_METRICS, "ttt/attempts"])
         seconds: dict[int, float] = {}
         attempts: dict[int, float] = {}
         for p in rows:
@@ -263,10 +264,10 @@ def job_progress(session: Session, *, job_id: int, kind: str, config: dict[str, 
         if not done or not isinstance(budget, int):
             return None
         spent, used = sum(seconds[r] for r in done), sum(attempts[r] for r in done)
-        left = max(0, budget - J.count_attempts(session, job_id=job_id))
+        left = max(0, budget - P.count_attempts(session, job_id=job_id))
         return Progress(per_round_s=spent / len(done), rounds=len(done), remaining=left,
                         remaining_s=spent / used * left, unit="attempts")
-    rows = J.list_metrics(session, job_id=job_id, names=["perf/step_s"])
+    rows = P.list_metrics(session, job_id=job_id, names=["perf/step_s"])
     steps = config.get("max_steps")
     if not rows or not isinstance(steps, int):
         return None

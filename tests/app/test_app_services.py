@@ -14,6 +14,8 @@ from backend.errors import InvalidInput
 from backend.models import Dataset, Job, Problem
 from backend.schemas import AttemptIn
 from backend.services import jobs as J
+from backend.services import lifecycle as L
+from backend.services import progress as P
 from backend.services import ui as U
 
 ROWS = [["1 2", "3", False], ["10 -4", "6", False], ["100 200", "300", True], ["", "", False]]
@@ -222,7 +224,7 @@ def _attempt(r, i, passed, total, hp=None, ht=None, code="print(1)"):
 def test_solve_snapshot_table_curve_and_solution(ctx):
     jid = solve.submit(ctx, problem=form_problem(ctx), config=small_config())
     with ctx.session() as s:
-        J.record_attempts(s, job_id=jid, attempts=[_attempt(0, 0, 0, 2), _attempt(0, 1, 1, 2)])
+        P.record_attempts(s, job_id=jid, attempts=[_attempt(0, 0, 0, 2), _attempt(0, 1, 1, 2)])
     snap = solve.snapshot(ctx, jid)
     # attempt numbers are 1-based as in attempts.jsonl and `sdpo jobs show`; best-of-k has no teacher
     assert snap.attempts.values.tolist() == [[1, 0, "0/2", "-", 0.0, 10, "–", ""], [2, 0, "1/2", "-", 0.5, 11, "–", ""]]
@@ -230,7 +232,7 @@ def test_solve_snapshot_table_curve_and_solution(ctx):
     assert "no teacher" in snap.teacher_note and "strategy **best_of_k**" in snap.settings_md
     assert snap.solution is None and not snap.terminal and snap.cancellable
     with ctx.session() as s:  # passes public but not hidden: not a solution; then one that passes both
-        J.record_attempts(s, job_id=jid, attempts=[_attempt(1, 0, 2, 2, 0, 1, code="bad"),
+        P.record_attempts(s, job_id=jid, attempts=[_attempt(1, 0, 2, 2, 0, 1, code="bad"),
                                                    _attempt(1, 1, 2, 2, 1, 1, code="print(sum(map(int, input().split())))")])
     snap = solve.snapshot(ctx, jid)
     assert snap.solution == "print(sum(map(int, input().split())))"
@@ -251,21 +253,21 @@ def test_job_views_show_time_per_round_and_an_estimate_for_the_rest(ctx):
     jid = solve.submit(ctx, problem=form_problem(ctx), config=small_config(budget="10"))  # n = 2
     assert "per round" not in solve.snapshot(ctx, jid).status_md  # nothing measured yet
     with ctx.session() as s:
-        J.claim_job(s, job_id=jid, worker_id="w:1", takeover_after_s=60)
-        J.record_attempts(s, job_id=jid, attempts=[_attempt(0, 0, 0, 2), _attempt(0, 1, 1, 2)])
-        J.append_metrics(s, job_id=jid, step=0, metrics={"ttt/attempts": 2, "perf/sample_s": 50.0,
+        L.claim_job(s, job_id=jid, worker_id="w:1", takeover_after_s=60)
+        P.record_attempts(s, job_id=jid, attempts=[_attempt(0, 0, 0, 2), _attempt(0, 1, 1, 2)])
+        P.append_metrics(s, job_id=jid, step=0, metrics={"ttt/attempts": 2, "perf/sample_s": 50.0,
                                                          "perf/score_s": 6.0, "perf/update_s": 4.0})
     line = solve.snapshot(ctx, jid).status_md
     assert "1 min 00 s per round" in line and "about 4 min 00 s for the remaining 8 attempts" in line, line
     with ctx.session() as s:
-        J.finish_job(s, job_id=jid, worker_id="w:1", status="cancelled")
+        L.finish_job(s, job_id=jid, worker_id="w:1", status="cancelled")
     line = solve.snapshot(ctx, jid).status_md
     assert "1 min 00 s per round" in line and "remaining" not in line  # finished: no estimate
     tid = train.submit(ctx, source="humaneval", config={"loss": "sdpo", "max_steps": 5})
     with ctx.session() as s:
-        J.claim_job(s, job_id=tid, worker_id="w:2", takeover_after_s=60)
+        L.claim_job(s, job_id=tid, worker_id="w:2", takeover_after_s=60)
         for step in (1, 2):
-            J.append_metrics(s, job_id=tid, step=step, metrics={"perf/step_s": 2.0 + step})
+            P.append_metrics(s, job_id=tid, step=step, metrics={"perf/step_s": 2.0 + step})
     line = train.snapshot(ctx, tid).status_md
     assert "4 s per step" in line and "about 10 s for the remaining 3 steps" in line, line
 
@@ -275,14 +277,14 @@ def test_attempt_view_shows_the_stored_texts_and_names_the_raw_response(ctx):
     `sdpo jobs attempts` and attempts.jsonl) and where the raw response is kept."""
     jid = solve.submit(ctx, problem=form_problem(ctx), config=small_config())
     with ctx.session() as s:
-        J.claim_job(s, job_id=jid, worker_id="w:1", takeover_after_s=60)
-        J.record_attempts(s, job_id=jid, worker_id="w:1", jobs_dir=ctx.settings.jobs_dir, attempts=[
+        L.claim_job(s, job_id=jid, worker_id="w:1", takeover_after_s=60)
+        P.record_attempts(s, job_id=jid, worker_id="w:1", jobs_dir=ctx.settings.jobs_dir, attempts=[
             _attempt(0, 0, 0, 2, code="print(1)\x00\ud800").model_copy(
                 update={"response": "x\x00", "feedback": "stderr: \x1b[31mboom\x07"}),
             _attempt(0, 1, 0, 2)])
     snap = solve.snapshot(ctx, jid)
     v = solve.attempt_view(ctx, snap.attempt_ids[0])
-    raw = J.raw_response_path(jobs_dir=ctx.settings.jobs_dir, job_id=jid, round=0, index=0)
+    raw = P.raw_response_path(jobs_dir=ctx.settings.jobs_dir, job_id=jid, round=0, index=0)
     assert v.code == "print(1)\\x00\ufffd" and v.feedback == "stderr: \\x1b[31mboom\\x07"
     assert v.response == "x\\x00"
     assert f"raw response: `{raw}`" in v.header and raw.read_bytes() == b"x\x00"
@@ -296,10 +298,10 @@ def test_train_snapshot_plots_and_checkpoint_zip(ctx, tmp_path):
     (ck / "adapter.safetensors").write_bytes(b"x" * 100)
     with ctx.session() as s:
         for step in (0, 1):
-            J.append_metrics(s, job_id=jid, step=step, metrics={
+            P.append_metrics(s, job_id=jid, step=step, metrics={
                 "reward/mean": 0.1 * step, "loss": 1.0 - step, "val/avg@4": 0.5, "response/length_mean": 30,
                 "sdpo/reprompt_sample_fraction": 0.25, "perf/step_s": 1.0})
-        J.register_checkpoint(s, job_id=jid, step=1, kind="lora", path=str(ck))
+        P.register_checkpoint(s, job_id=jid, step=1, kind="lora", path=str(ck))
     snap = train.snapshot(ctx, jid)
     assert snap.plots["reward"].values.tolist() == [[0, 0.0, "reward/mean"], [1, 0.1, "reward/mean"]]
     assert snap.plots["loss"]["value"].tolist() == [1.0, 0.0]
@@ -335,13 +337,13 @@ def test_compare_overlays(ctx):
     with ctx.session() as s:
         for k, jid in enumerate(jobs):
             for step in range(2):
-                J.append_metrics(s, job_id=jid, step=step, metrics={"reward/mean": step + k})
+                P.append_metrics(s, job_id=jid, step=step, metrics={"reward/mean": step + k})
         assert U.metric_names(s, job_ids=jobs) == ["reward/mean"]
     df = compare.training_overlay(ctx, jobs, "reward/mean")
     assert len(df) == 4 and df["run"].nunique() == 2
     sj = solve.submit(ctx, problem=form_problem(ctx), config=small_config())
     with ctx.session() as s:
-        J.record_attempts(s, job_id=sj, attempts=[_attempt(0, 0, 1, 2), _attempt(0, 1, 0, 2)])
+        P.record_attempts(s, job_id=sj, attempts=[_attempt(0, 0, 1, 2), _attempt(0, 1, 0, 2)])
     assert compare.discovery_overlay(ctx, [sj])["best tests passed"].tolist() == [1, 1]
 
 
@@ -362,7 +364,7 @@ def test_history_requeues_a_job_whose_worker_died(ctx):
     jid = solve.submit(ctx, problem=form_problem(ctx), config=small_config())
     waiting = ctx.queue.length()
     with ctx.session() as s:
-        J.claim_job(s, job_id=jid, worker_id="gone:1", takeover_after_s=ctx.settings.heartbeat_timeout_s)
+        L.claim_job(s, job_id=jid, worker_id="gone:1", takeover_after_s=ctx.settings.heartbeat_timeout_s)
         job = s.get(Job, jid)
         assert job.status == "running"
         job.heartbeat_at = utcnow() - timedelta(seconds=ctx.settings.heartbeat_timeout_s + 5)

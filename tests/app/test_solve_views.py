@@ -14,7 +14,8 @@ from app.views import common, solve
 from app.views.common import integer_ticks, job_id_of, line_chart, plot_frame, status_line
 from backend.models import utcnow
 from backend.schemas import AttemptIn, JobDetail, TeacherViewIn
-from backend.services import jobs as J
+from backend.services import lifecycle as L
+from backend.services import progress as P
 from backend.services import teacher as T
 
 PROBLEM = {"title": "Add", "statement": "Print a+b.", "tests": {"inputs": ["1 2"], "outputs": ["3"],
@@ -28,8 +29,8 @@ CREDIT = {"tokens": ["print", "(", "0", ")"], "student_logprobs": [-0.1, -0.2, -
 def sdpo_job(ctx) -> int:
     jid = solve.submit(ctx, problem=PROBLEM, config={"strategy": "sdpo", "budget": 4, "n": 2, "max_new_tokens": 16})
     with ctx.session() as s:
-        J.claim_job(s, job_id=jid, worker_id="w:1", takeover_after_s=60)
-        J.record_attempts(s, job_id=jid, worker_id="w:1", attempts=[
+        L.claim_job(s, job_id=jid, worker_id="w:1", takeover_after_s=60)
+        P.record_attempts(s, job_id=jid, worker_id="w:1", attempts=[
             AttemptIn(round=0, index=i, response=r, code=c, reward=float(p), passed_public=p, total_public=1,
                       feedback=None if p else "Wrong answer: expected 3, got 0.", tokens=4, seconds=0.5)
             for i, (r, c, p) in enumerate([("I think print(0)", None, 0),
@@ -47,7 +48,7 @@ def test_sdpo_job_view_shows_teacher_contexts_rounds_and_the_per_token_view(ctx)
             TeacherViewIn(round=0, index=0, distilled=True, demonstration=1, feedback=False,
                           context="Print a+b.\nCorrect solution:\n\nprint(3)", credit=CREDIT),
             TeacherViewIn(round=0, index=1, distilled=False, context="")])
-        J.append_metrics(s, job_id=jid, step=0, worker_id="w:1", metrics={
+        P.append_metrics(s, job_id=jid, step=0, worker_id="w:1", metrics={
             "ttt/updated": 1.0, "ttt/discovered": 0.0, "sdpo/reprompt_sample_fraction": 0.5, "sdpo/loss": 0.0123,
             "sdpo/kl_mean": 0.0456})
     again = solve.snapshot(ctx, jid)

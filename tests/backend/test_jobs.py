@@ -14,6 +14,8 @@ from backend.models import Job, utcnow
 from backend.queue import JobQueue
 from backend.schemas import AttemptIn, ParsedProblem
 from backend.services import jobs as J
+from backend.services import lifecycle as L
+from backend.services import progress as P
 from backend.services.problems import create_problem
 
 
@@ -135,30 +137,30 @@ def test_state_machine_claim_takeover_and_finish(db, queue, problem_id):
     with session_scope(db) as s:
         job_id = submit(s, queue, problem_id).id
     with session_scope(db) as s:
-        assert J.claim_job(s, job_id=job_id, worker_id="w1", takeover_after_s=30) is J.Claim.START
+        assert L.claim_job(s, job_id=job_id, worker_id="w1", takeover_after_s=30) is L.Claim.START
     with session_scope(db) as s:
         job = J.get_job(s, job_id=job_id)
         assert (job.status, job.worker_id) == ("running", "w1") and job.started_at is not None
         # a live worker's job is not taken: the (duplicate) message is dropped at once
-        assert J.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30) is J.Claim.SKIP
+        assert L.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30) is L.Claim.SKIP
         with pytest.raises(IllegalTransition, match="queued -> succeeded"):
-            J.transition(s, job=submit(s, queue, problem_id), to="succeeded")
+            L.transition(s, job=submit(s, queue, problem_id), to="succeeded")
     with session_scope(db) as s:  # w1 goes silent
         s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
     with session_scope(db) as s:
-        assert J.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30) is J.Claim.RESUME
+        assert L.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30) is L.Claim.RESUME
         assert J.get_job(s, job_id=job_id).resumes == 1
     with session_scope(db) as s:
-        assert not J.heartbeat(s, job_id=job_id, worker_id="w1")  # w1 lost it
-        assert J.heartbeat(s, job_id=job_id, worker_id="w2")
-        assert not J.finish_job(s, job_id=job_id, worker_id="w1", status="succeeded")
-        assert J.finish_job(s, job_id=job_id, worker_id="w2", status="succeeded", result={"solved": True})
+        assert not L.heartbeat(s, job_id=job_id, worker_id="w1")  # w1 lost it
+        assert L.heartbeat(s, job_id=job_id, worker_id="w2")
+        assert not L.finish_job(s, job_id=job_id, worker_id="w1", status="succeeded")
+        assert L.finish_job(s, job_id=job_id, worker_id="w2", status="succeeded", result={"solved": True})
     with session_scope(db) as s:
         job = J.get_job(s, job_id=job_id)
         assert (job.status, job.result) == ("succeeded", {"solved": True}) and job.finished_at >= job.started_at
-        assert J.claim_job(s, job_id=job_id, worker_id="w3", takeover_after_s=30) is J.Claim.SKIP
+        assert L.claim_job(s, job_id=job_id, worker_id="w3", takeover_after_s=30) is L.Claim.SKIP
         with pytest.raises(IllegalTransition, match="terminal"):
-            J.transition(s, job=job, to="running")
+            L.transition(s, job=job, to="running")
 
 
 def test_cancel_queued_running_and_finished(db, queue, problem_id):
@@ -166,14 +168,14 @@ def test_cancel_queued_running_and_finished(db, queue, problem_id):
         a, b = submit(s, queue, problem_id).id, submit(s, queue, problem_id).id
     with session_scope(db) as s:
         assert J.cancel_job(s, job_id=a).status == "cancelled"
-        J.claim_job(s, job_id=b, worker_id="w", takeover_after_s=30)
+        L.claim_job(s, job_id=b, worker_id="w", takeover_after_s=30)
     with session_scope(db) as s:
-        assert not J.cancel_requested(s, job_id=b)
+        assert not L.cancel_requested(s, job_id=b)
         job = J.cancel_job(s, job_id=b)
         assert job.status == "running" and job.cancel_requested
     with session_scope(db) as s:
-        assert J.cancel_requested(s, job_id=b)
-        assert J.claim_job(s, job_id=a, worker_id="w", takeover_after_s=30) is J.Claim.SKIP
+        assert L.cancel_requested(s, job_id=b)
+        assert L.claim_job(s, job_id=a, worker_id="w", takeover_after_s=30) is L.Claim.SKIP
         with pytest.raises(IllegalTransition):
             J.cancel_job(s, job_id=a)
         with pytest.raises(NotFound):
@@ -190,16 +192,16 @@ def test_attempts_are_idempotent_and_ordered(db, queue, problem_id):
     with session_scope(db) as s:
         job_id = submit(s, queue, problem_id).id
     with session_scope(db) as s:
-        assert J.record_attempts(s, job_id=job_id, attempts=[_attempt(1, 0), _attempt(0, 1), _attempt(0, 0, 2)]) == 3
+        assert P.record_attempts(s, job_id=job_id, attempts=[_attempt(1, 0), _attempt(0, 1), _attempt(0, 0, 2)]) == 3
     with session_scope(db) as s:  # a redelivered job reports round 1 again, plus a new one
-        assert J.record_attempts(s, job_id=job_id, attempts=[_attempt(1, 0), _attempt(1, 1)]) == 1
+        assert P.record_attempts(s, job_id=job_id, attempts=[_attempt(1, 0), _attempt(1, 1)]) == 1
     with session_scope(db) as s:
-        rows = J.list_attempts(s, job_id=job_id)
+        rows = P.list_attempts(s, job_id=job_id)
         assert [(a.round, a.index) for a in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
         assert rows[0].problem_id == problem_id and rows[0].passed_public == 2
-        assert J.count_attempts(s, job_id=job_id) == 4 and J.next_round(s, job_id=job_id) == 2
+        assert P.count_attempts(s, job_id=job_id) == 4 and P.next_round(s, job_id=job_id) == 2
         newest = max(a.id for a in rows)
-        assert J.list_attempts(s, job_id=job_id, after_id=newest) == []
+        assert P.list_attempts(s, job_id=job_id, after_id=newest) == []
         d = J.job_detail(s, job_id=job_id)
         assert (d.n_attempts, d.best_passed_public) == (4, 2)
 
@@ -211,20 +213,20 @@ def test_metrics_checkpoints_and_detail(db, queue, problem_id, tmp_path):
     ck.mkdir(parents=True)
     (ck / "adapter.safetensors").write_bytes(b"x" * 1000)
     with session_scope(db) as s:
-        J.append_metrics(s, job_id=job_id, step=1, metrics={"reward/mean": 0.25, "loss": 1.5})
-        J.append_metrics(s, job_id=job_id, step=2, metrics={"reward/mean": 0.5})
-        J.append_metrics(s, job_id=job_id, step=2, metrics={"reward/mean": 0.75})  # resumed step overwrites
-        J.register_checkpoint(s, job_id=job_id, step=2, kind="lora", path=str(ck))
+        P.append_metrics(s, job_id=job_id, step=1, metrics={"reward/mean": 0.25, "loss": 1.5})
+        P.append_metrics(s, job_id=job_id, step=2, metrics={"reward/mean": 0.5})
+        P.append_metrics(s, job_id=job_id, step=2, metrics={"reward/mean": 0.75})  # resumed step overwrites
+        P.register_checkpoint(s, job_id=job_id, step=2, kind="lora", path=str(ck))
         with pytest.raises(InvalidInput, match="kind"):
-            J.register_checkpoint(s, job_id=job_id, step=3, kind="half", path=str(ck))
+            P.register_checkpoint(s, job_id=job_id, step=3, kind="half", path=str(ck))
         with pytest.raises(InvalidInput, match="does not exist"):
-            J.register_checkpoint(s, job_id=job_id, step=3, kind="lora", path=str(tmp_path / "nope"))
+            P.register_checkpoint(s, job_id=job_id, step=3, kind="lora", path=str(tmp_path / "nope"))
     with session_scope(db) as s:
-        assert J.metric_series(s, job_id=job_id) == {"loss": [(1, 1.5)], "reward/mean": [(1, 0.25), (2, 0.75)]}
+        assert P.metric_series(s, job_id=job_id) == {"loss": [(1, 1.5)], "reward/mean": [(1, 0.25), (2, 0.75)]}
         d = J.job_detail(s, job_id=job_id)
         assert (d.last_step, d.last_metrics) == (2, {"reward/mean": 0.75})
         assert [(c.step, c.kind, c.bytes) for c in d.checkpoints] == [(2, "lora", 1000)]
-        assert J.latest_checkpoint(s, job_id=job_id).path == str(ck)
+        assert P.latest_checkpoint(s, job_id=job_id).path == str(ck)
 
 
 def _silence(s, job_id: int, seconds: float = 100) -> None:
@@ -235,37 +237,37 @@ def test_reaper_requeues_silent_jobs_then_fails_them_after_max_resumes(db, queue
     with session_scope(db) as s:
         stale, fresh = submit(s, queue, problem_id).id, submit(s, queue, problem_id).id
         for j in (stale, fresh):
-            J.claim_job(s, job_id=j, worker_id=f"host:{j}", takeover_after_s=5)
+            L.claim_job(s, job_id=j, worker_id=f"host:{j}", takeover_after_s=5)
     queue.purge()
     with session_scope(db) as s:
         _silence(s, stale)
         old_task = J.get_job(s, job_id=stale).task_id
     with session_scope(db) as s:  # a caller that sends nothing (the UI) leaves it to the workers' reapers
-        assert J.reap_stale(s, timeout_s=60) == []
+        assert L.reap_stale(s, timeout_s=60) == []
         assert J.get_job(s, job_id=stale).status == "running"
     with session_scope(db) as s:
-        assert J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue, max_resumes=2) == [(stale, "requeued")]
+        assert L.reap_stale(s, timeout_s=60, enqueue=queue.enqueue, max_resumes=2) == [(stale, "requeued")]
     with session_scope(db) as s:
         job = J.get_job(s, job_id=stale)
         assert (job.status, job.worker_id, job.resumes, job.error) == ("queued", None, 1, None)
         assert job.task_id != old_task and job.started_at is not None
         assert J.get_job(s, job_id=fresh).status == "running"
-        assert J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue) == []  # nothing twice
+        assert L.reap_stale(s, timeout_s=60, enqueue=queue.enqueue) == []  # nothing twice
     assert queue.length() == 1  # exactly one fresh message
     with session_scope(db) as s:  # the worker taking the new message resumes the job
-        assert J.claim_job(s, job_id=stale, worker_id="host:new", takeover_after_s=60) is J.Claim.RESUME
+        assert L.claim_job(s, job_id=stale, worker_id="host:new", takeover_after_s=60) is L.Claim.RESUME
     with session_scope(db) as s:
-        assert J.owns_job(s, job_id=stale, worker_id="host:new")
-        assert not J.heartbeat(s, job_id=stale, worker_id=f"host:{stale}")  # the old worker lost it
+        assert L.owns_job(s, job_id=stale, worker_id="host:new")
+        assert not L.heartbeat(s, job_id=stale, worker_id=f"host:{stale}")  # the old worker lost it
         _silence(s, stale)
     with session_scope(db) as s:
-        assert J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue, max_resumes=2) == [(stale, "requeued")]
-        J.claim_job(s, job_id=stale, worker_id="host:third", takeover_after_s=60)
+        assert L.reap_stale(s, timeout_s=60, enqueue=queue.enqueue, max_resumes=2) == [(stale, "requeued")]
+        L.claim_job(s, job_id=stale, worker_id="host:third", takeover_after_s=60)
     with session_scope(db) as s:
         assert J.get_job(s, job_id=stale).resumes == 2
         _silence(s, stale)
     with session_scope(db) as s:
-        assert J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue, max_resumes=2) == [(stale, "failed")]
+        assert L.reap_stale(s, timeout_s=60, enqueue=queue.enqueue, max_resumes=2) == [(stale, "failed")]
     with session_scope(db) as s:
         job = J.get_job(s, job_id=stale)
         assert job.status == "failed" and job.finished_at is not None
@@ -277,13 +279,13 @@ def test_reaper_requeues_silent_jobs_then_fails_them_after_max_resumes(db, queue
 def test_reaper_ends_a_cancelled_job_cancelled_when_its_worker_died(db, queue, problem_id):
     with session_scope(db) as s:
         job_id = submit(s, queue, problem_id).id
-        J.claim_job(s, job_id=job_id, worker_id="host:1", takeover_after_s=5)
+        L.claim_job(s, job_id=job_id, worker_id="host:1", takeover_after_s=5)
     with session_scope(db) as s:
         J.cancel_job(s, job_id=job_id)  # the flag is set; the worker dies before its next check
         _silence(s, job_id)
     queue.purge()
     with session_scope(db) as s:
-        assert J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue) == [(job_id, "cancelled")]
+        assert L.reap_stale(s, timeout_s=60, enqueue=queue.enqueue) == [(job_id, "cancelled")]
     with session_scope(db) as s:
         job = J.get_job(s, job_id=job_id)
         assert job.status == "cancelled" and job.finished_at is not None
@@ -294,15 +296,15 @@ def test_reaper_ends_a_cancelled_job_cancelled_when_its_worker_died(db, queue, p
 def test_cancelling_a_job_waiting_to_resume(db, queue, problem_id):
     with session_scope(db) as s:
         job_id = submit(s, queue, problem_id).id
-        J.claim_job(s, job_id=job_id, worker_id="host:1", takeover_after_s=5)
+        L.claim_job(s, job_id=job_id, worker_id="host:1", takeover_after_s=5)
         _silence(s, job_id)
     with session_scope(db) as s:
-        assert J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue) == [(job_id, "requeued")]
+        assert L.reap_stale(s, timeout_s=60, enqueue=queue.enqueue) == [(job_id, "requeued")]
     with session_scope(db) as s:
         job = J.cancel_job(s, job_id=job_id, revoke=queue.revoke)
         assert (job.status, job.error) == ("cancelled", "cancelled while waiting to resume")
     with session_scope(db) as s:  # the re-enqueued message then finds it cancelled
-        assert J.claim_job(s, job_id=job_id, worker_id="host:2", takeover_after_s=60) is J.Claim.SKIP
+        assert L.claim_job(s, job_id=job_id, worker_id="host:2", takeover_after_s=60) is L.Claim.SKIP
 
 
 def test_reaper_fails_a_job_it_cannot_requeue(db, queue, problem_id):
@@ -311,10 +313,10 @@ def test_reaper_fails_a_job_it_cannot_requeue(db, queue, problem_id):
 
     with session_scope(db) as s:
         job_id = submit(s, queue, problem_id).id
-        J.claim_job(s, job_id=job_id, worker_id="host:1", takeover_after_s=5)
+        L.claim_job(s, job_id=job_id, worker_id="host:1", takeover_after_s=5)
         _silence(s, job_id)
     with session_scope(db) as s:
-        assert J.reap_stale(s, timeout_s=60, enqueue=broken) == [(job_id, "failed")]
+        assert L.reap_stale(s, timeout_s=60, enqueue=broken) == [(job_id, "failed")]
     with session_scope(db) as s:
         job = J.get_job(s, job_id=job_id)
         assert job.status == "failed" and "re-enqueueing it failed: broker down" in job.error
@@ -327,20 +329,20 @@ def test_a_worker_shutting_down_hands_its_job_back(db, queue, problem_id):
     reason = "the worker was shut down (SIGTERM, warm shutdown)"
     with session_scope(db) as s:
         job_id = submit(s, queue, problem_id).id
-        J.claim_job(s, job_id=job_id, worker_id="host:1", takeover_after_s=5)
+        L.claim_job(s, job_id=job_id, worker_id="host:1", takeover_after_s=5)
         old_task = J.get_job(s, job_id=job_id).task_id
     queue.purge()
     with session_scope(db) as s:
-        assert J.release_job(s, job_id=job_id, worker_id="host:other", reason=reason, enqueue=queue.enqueue) == "lost"
-        assert J.release_job(s, job_id=job_id, worker_id="host:1", reason=reason, enqueue=queue.enqueue,
+        assert L.release_job(s, job_id=job_id, worker_id="host:other", reason=reason, enqueue=queue.enqueue) == "lost"
+        assert L.release_job(s, job_id=job_id, worker_id="host:1", reason=reason, enqueue=queue.enqueue,
                              max_resumes=1) == "requeued"
     with session_scope(db) as s:
         job = J.get_job(s, job_id=job_id)
         assert (job.status, job.worker_id, job.resumes, job.error) == ("queued", None, 1, None)
         assert job.task_id != old_task and queue.length() == 1
-        assert J.claim_job(s, job_id=job_id, worker_id="host:2", takeover_after_s=60) is J.Claim.RESUME
+        assert L.claim_job(s, job_id=job_id, worker_id="host:2", takeover_after_s=60) is L.Claim.RESUME
     with session_scope(db) as s:  # resumed once already: the next hand-back fails it, in one line
-        assert J.release_job(s, job_id=job_id, worker_id="host:2", reason=reason + "\n", enqueue=queue.enqueue,
+        assert L.release_job(s, job_id=job_id, worker_id="host:2", reason=reason + "\n", enqueue=queue.enqueue,
                              max_resumes=1) == "failed"
     with session_scope(db) as s:
         job = J.get_job(s, job_id=job_id)
@@ -350,7 +352,7 @@ def test_a_worker_shutting_down_hands_its_job_back(db, queue, problem_id):
     with session_scope(db) as s:
         cancelled, unqueued = submit(s, queue, problem_id).id, submit(s, queue, problem_id).id
         for j in (cancelled, unqueued):
-            J.claim_job(s, job_id=j, worker_id="host:3", takeover_after_s=5)
+            L.claim_job(s, job_id=j, worker_id="host:3", takeover_after_s=5)
         J.cancel_job(s, job_id=cancelled)
     queue.purge()
 
@@ -358,8 +360,8 @@ def test_a_worker_shutting_down_hands_its_job_back(db, queue, problem_id):
         raise ConnectionError("broker\ndown")
 
     with session_scope(db) as s:
-        assert J.release_job(s, job_id=cancelled, worker_id="host:3", reason=reason, enqueue=broken) == "cancelled"
-        assert J.release_job(s, job_id=unqueued, worker_id="host:3", reason=reason, enqueue=broken) == "failed"
+        assert L.release_job(s, job_id=cancelled, worker_id="host:3", reason=reason, enqueue=broken) == "cancelled"
+        assert L.release_job(s, job_id=unqueued, worker_id="host:3", reason=reason, enqueue=broken) == "failed"
     with session_scope(db) as s:
         assert (J.get_job(s, job_id=cancelled).status, J.get_job(s, job_id=cancelled).error) == (
             "cancelled", "cancelled by the user")
@@ -374,17 +376,17 @@ def test_redelivered_message_of_a_silent_job(db, queue, problem_id):
     with session_scope(db) as s:
         a, b, c = (submit(s, queue, problem_id).id for _ in range(3))
         for j in (a, b, c):
-            J.claim_job(s, job_id=j, worker_id="old", takeover_after_s=30)
+            L.claim_job(s, job_id=j, worker_id="old", takeover_after_s=30)
     with session_scope(db) as s:
-        assert J.claim_job(s, job_id=a, worker_id="new", takeover_after_s=30) is J.Claim.SKIP
+        assert L.claim_job(s, job_id=a, worker_id="new", takeover_after_s=30) is L.Claim.SKIP
         J.cancel_job(s, job_id=b)
         s.execute(update(Job).where(Job.id == c).values(resumes=1))
         for j in (a, b, c):
             _silence(s, j)
     with session_scope(db) as s:
-        assert J.claim_job(s, job_id=b, worker_id="new", takeover_after_s=30) is J.Claim.SKIP
-        assert J.claim_job(s, job_id=c, worker_id="new", takeover_after_s=30, max_resumes=1) is J.Claim.SKIP
-        assert J.claim_job(s, job_id=a, worker_id="new", takeover_after_s=30, max_resumes=1) is J.Claim.RESUME
+        assert L.claim_job(s, job_id=b, worker_id="new", takeover_after_s=30) is L.Claim.SKIP
+        assert L.claim_job(s, job_id=c, worker_id="new", takeover_after_s=30, max_resumes=1) is L.Claim.SKIP
+        assert L.claim_job(s, job_id=a, worker_id="new", takeover_after_s=30, max_resumes=1) is L.Claim.RESUME
     with session_scope(db) as s:
         assert (J.get_job(s, job_id=a).worker_id, J.get_job(s, job_id=a).resumes) == ("new", 1)
         assert J.get_job(s, job_id=b).status == "cancelled"
@@ -401,65 +403,65 @@ def test_progress_writes_only_by_the_owner(db, queue, problem_id, tmp_path):
         job_id = submit(s, queue, problem_id).id
     with session_scope(db) as s:  # a queued job has no owner yet
         with pytest.raises(JobLost):
-            J.record_attempts(s, job_id=job_id, attempts=[_attempt(0, 0)], worker_id="w1")
+            P.record_attempts(s, job_id=job_id, attempts=[_attempt(0, 0)], worker_id="w1")
     with session_scope(db) as s:
-        J.claim_job(s, job_id=job_id, worker_id="w1", takeover_after_s=30)
+        L.claim_job(s, job_id=job_id, worker_id="w1", takeover_after_s=30)
     with session_scope(db) as s:
-        assert J.record_attempts(s, job_id=job_id, attempts=[_attempt(0, 0)], worker_id="w1") == 1
-        J.append_metrics(s, job_id=job_id, step=1, metrics={"loss": 1.0}, worker_id="w1")
-        J.register_checkpoint(s, job_id=job_id, step=1, kind="lora", path=str(ck), worker_id="w1")
+        assert P.record_attempts(s, job_id=job_id, attempts=[_attempt(0, 0)], worker_id="w1") == 1
+        P.append_metrics(s, job_id=job_id, step=1, metrics={"loss": 1.0}, worker_id="w1")
+        P.register_checkpoint(s, job_id=job_id, step=1, kind="lora", path=str(ck), worker_id="w1")
         _silence(s, job_id)
     with session_scope(db) as s:
-        assert J.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30) is J.Claim.RESUME
+        assert L.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30) is L.Claim.RESUME
     writes = [
-        lambda s: J.record_attempts(s, job_id=job_id, attempts=[_attempt(1, 0)], worker_id="w1"),
-        lambda s: J.append_metrics(s, job_id=job_id, step=1, metrics={"loss": 9.0}, worker_id="w1"),
-        lambda s: J.register_checkpoint(s, job_id=job_id, step=2, kind="lora", path=str(ck), worker_id="w1"),
+        lambda s: P.record_attempts(s, job_id=job_id, attempts=[_attempt(1, 0)], worker_id="w1"),
+        lambda s: P.append_metrics(s, job_id=job_id, step=1, metrics={"loss": 9.0}, worker_id="w1"),
+        lambda s: P.register_checkpoint(s, job_id=job_id, step=2, kind="lora", path=str(ck), worker_id="w1"),
     ]
     for write in writes:
         with pytest.raises(JobLost, match="no longer running under worker w1"):
             with session_scope(db) as s:
                 write(s)
     with session_scope(db) as s:
-        assert [(a.round, a.index) for a in J.list_attempts(s, job_id=job_id)] == [(0, 0)]
-        assert J.metric_series(s, job_id=job_id) == {"loss": [(1, 1.0)]}
-        assert [c.step for c in J.list_checkpoints(s, job_id=job_id)] == [1]
-        assert J.record_attempts(s, job_id=job_id, attempts=[_attempt(1, 0)], worker_id="w2") == 1
+        assert [(a.round, a.index) for a in P.list_attempts(s, job_id=job_id)] == [(0, 0)]
+        assert P.metric_series(s, job_id=job_id) == {"loss": [(1, 1.0)]}
+        assert [c.step for c in P.list_checkpoints(s, job_id=job_id)] == [1]
+        assert P.record_attempts(s, job_id=job_id, attempts=[_attempt(1, 0)], worker_id="w2") == 1
     with session_scope(db) as s:
-        J.finish_job(s, job_id=job_id, worker_id="w2", status="succeeded")
+        L.finish_job(s, job_id=job_id, worker_id="w2", status="succeeded")
     with pytest.raises(JobLost):  # nor after the end
         with session_scope(db) as s:
-            J.append_metrics(s, job_id=job_id, step=3, metrics={"loss": 1.0}, worker_id="w2")
+            P.append_metrics(s, job_id=job_id, step=3, metrics={"loss": 1.0}, worker_id="w2")
 
 
 def test_train_takeover_discards_what_came_after_the_checkpoint(db, queue, tmp_path):
     with session_scope(db) as s:
         job_id = J.submit_job(s, kind="train", config={}, validate=validate, enqueue=queue.enqueue).id
-        J.claim_job(s, job_id=job_id, worker_id="w1", takeover_after_s=30)
+        L.claim_job(s, job_id=job_id, worker_id="w1", takeover_after_s=30)
     for step in (1, 2, 3):
         with session_scope(db) as s:
-            J.record_attempts(s, job_id=job_id, attempts=[_attempt(step, 0), _attempt(step, 1)], worker_id="w1")
-            J.append_metrics(s, job_id=job_id, step=step, metrics={"loss": float(step)}, worker_id="w1")
+            P.record_attempts(s, job_id=job_id, attempts=[_attempt(step, 0), _attempt(step, 1)], worker_id="w1")
+            P.append_metrics(s, job_id=job_id, step=step, metrics={"loss": float(step)}, worker_id="w1")
             if step <= 2:  # killed after step 3's attempts and metrics, before its checkpoint... and the
                 ck = tmp_path / f"step_{step}"  # newest checkpoint's folder (step 2) went missing too
                 ck.mkdir()
-                J.register_checkpoint(s, job_id=job_id, step=step, kind="lora", path=str(ck), worker_id="w1")
+                P.register_checkpoint(s, job_id=job_id, step=step, kind="lora", path=str(ck), worker_id="w1")
     (tmp_path / "step_2").rmdir()
     with session_scope(db) as s:
-        kept = [a.id for a in J.list_attempts(s, job_id=job_id) if a.round == 1]
+        kept = [a.id for a in P.list_attempts(s, job_id=job_id) if a.round == 1]
         _silence(s, job_id)
     with session_scope(db) as s:
-        J.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30)
+        L.claim_job(s, job_id=job_id, worker_id="w2", takeover_after_s=30)
     with session_scope(db) as s:
-        ck = J.latest_checkpoint(s, job_id=job_id)
+        ck = P.latest_checkpoint(s, job_id=job_id)
         assert ck.step == 1
         with pytest.raises(JobLost):
-            J.discard_progress_after(s, job_id=job_id, step=ck.step, worker_id="w1")
-        assert J.discard_progress_after(s, job_id=job_id, step=ck.step, worker_id="w2") == 4 + 2 + 1
+            P.discard_progress_after(s, job_id=job_id, step=ck.step, worker_id="w1")
+        assert P.discard_progress_after(s, job_id=job_id, step=ck.step, worker_id="w2") == 4 + 2 + 1
     with session_scope(db) as s:
-        assert [a.id for a in J.list_attempts(s, job_id=job_id)] == kept
-        assert J.metric_series(s, job_id=job_id) == {"loss": [(1, 1.0)]}
-        assert [c.step for c in J.list_checkpoints(s, job_id=job_id)] == [1]
+        assert [a.id for a in P.list_attempts(s, job_id=job_id)] == kept
+        assert P.metric_series(s, job_id=job_id) == {"loss": [(1, 1.0)]}
+        assert [c.step for c in P.list_checkpoints(s, job_id=job_id)] == [1]
 
 
 def test_jobs_are_routed_by_gpu_count(db, queue, settings):
@@ -471,11 +473,11 @@ def test_jobs_are_routed_by_gpu_count(db, queue, settings):
     assert (queue.length(gpus=1), queue.length(gpus=2), queue.length(gpus=4), queue.length()) == (1, 0, 1, 2)
     with session_scope(db) as s:  # the reaper re-enqueues to the queue of the job's GPU count
         for j in (one, four):
-            J.claim_job(s, job_id=j, worker_id="w", takeover_after_s=30)
+            L.claim_job(s, job_id=j, worker_id="w", takeover_after_s=30)
             _silence(s, j)
     queue.purge()
     with session_scope(db) as s:
-        assert sorted(J.reap_stale(s, timeout_s=60, enqueue=queue.enqueue)) == [(one, "requeued"), (four, "requeued")]
+        assert sorted(L.reap_stale(s, timeout_s=60, enqueue=queue.enqueue)) == [(one, "requeued"), (four, "requeued")]
     assert (queue.length(gpus=1), queue.length(gpus=4)) == (1, 1)
 
 
@@ -499,14 +501,14 @@ def test_list_filter_search_delete_rerun(db, queue, problem_id, settings):
     folder.mkdir(parents=True)
     (folder / "adapter.bin").write_bytes(b"1")
     with session_scope(db) as s:
-        J.record_attempts(s, job_id=ids[0], attempts=[_attempt(0, 0)])
+        P.record_attempts(s, job_id=ids[0], attempts=[_attempt(0, 0)])
         with pytest.raises(InvalidInput, match="cancel it"):
             J.delete_job(s, job_id=ids[1], jobs_dir=settings.jobs_dir)
         J.delete_job(s, job_id=ids[0], jobs_dir=settings.jobs_dir)
     with session_scope(db) as s:
         with pytest.raises(NotFound):
             J.get_job(s, job_id=ids[0])
-        assert J.count_attempts(s, job_id=ids[0]) == 0 and not folder.exists()
+        assert P.count_attempts(s, job_id=ids[0]) == 0 and not folder.exists()
         new = J.rerun_job(s, job_id=ids[2], validate=validate, enqueue=queue.enqueue)
         assert (new.config, new.problem_id, new.model, new.status) == ({"budget": 3, "lr": 1e-5}, problem_id,
                                                                        "tiny", "queued")

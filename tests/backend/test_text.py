@@ -12,6 +12,8 @@ from backend.db import session_scope
 from backend.errors import InvalidInput
 from backend.schemas import AttemptIn
 from backend.services import jobs as J
+from backend.services import lifecycle as L
+from backend.services import progress as P
 from backend.services.datasets import upload_dataset
 from backend.services.problems import create_problem
 from backend.text import ERROR_CHARS, FEEDBACK_CHARS, RESPONSE_CHARS, database_error_reason, storable
@@ -51,19 +53,19 @@ def test_storable_is_idempotent(text):
 def _claimed_job(db, queue, problem_id) -> int:  # noqa: F811
     with session_scope(db) as s:
         job_id = submit(s, queue, problem_id).id
-        J.claim_job(s, job_id=job_id, worker_id="w:1", takeover_after_s=60)
+        L.claim_job(s, job_id=job_id, worker_id="w:1", takeover_after_s=60)
     return job_id
 
 
 def test_a_response_with_a_nul_byte_is_recorded(db, queue, problem_id):  # noqa: F811
     job_id = _claimed_job(db, queue, problem_id)
     with session_scope(db) as s:
-        n = J.record_attempts(s, job_id=job_id, worker_id="w:1", attempts=[AttemptIn(
+        n = P.record_attempts(s, job_id=job_id, worker_id="w:1", attempts=[AttemptIn(
             round=0, index=0, response="print(1)\x00", code="print(1)\x00", reward=0.0, passed_public=0,
             total_public=1, feedback="Runtime Error\x00", tokens=3)])
     assert n == 1
     with session_scope(db) as s:
-        (a,) = J.list_attempts(s, job_id=job_id)
+        (a,) = P.list_attempts(s, job_id=job_id)
         assert (a.response, a.code, a.feedback) == ("print(1)\\x00", "print(1)\\x00", "Runtime Error\\x00")
 
 
@@ -80,9 +82,9 @@ def test_hostile_and_huge_attempt_texts_are_stored_and_the_raw_response_kept(db,
                   total_public=1, feedback=None, tokens=2),
     ]
     with session_scope(db) as s:
-        assert J.record_attempts(s, job_id=job_id, worker_id="w:1", attempts=attempts, jobs_dir=jobs_dir) == 3
+        assert P.record_attempts(s, job_id=job_id, worker_id="w:1", attempts=attempts, jobs_dir=jobs_dir) == 3
     with session_scope(db) as s:
-        a0, a1, a2 = J.list_attempts(s, job_id=job_id)
+        a0, a1, a2 = P.list_attempts(s, job_id=job_id)
         assert (a0.response, a0.code, a0.feedback) == (HOSTILE_STORED, HOSTILE_STORED, "stdout: " + HOSTILE_STORED)
         assert a0.task_id == storable("t\x00" * 150, limit=200) and a0.task_id.endswith("more characters cut]")
         assert len(a1.response) <= RESPONSE_CHARS and len(a1.feedback) <= FEEDBACK_CHARS
@@ -90,9 +92,9 @@ def test_hostile_and_huge_attempt_texts_are_stored_and_the_raw_response_kept(db,
         cut = int(a1.response.rsplit("[... ", 1)[1].split()[0])
         assert cut == (MB10 // 2) * 5 - a1.response.index("\n[... ")  # each "A\x00" is stored as 5 characters
         assert (a2.response, a2.code, a2.feedback) == ("clean response", "print(1)", None)
-        lines = [json.loads(x) for x in J.iter_attempt_lines(s, job_id=job_id, jobs_dir=jobs_dir)]
+        lines = [json.loads(x) for x in P.iter_attempt_lines(s, job_id=job_id, jobs_dir=jobs_dir)]
     # the raw responses of the altered attempts, byte for byte (lone surrogates too); none for the clean one
-    raw = [J.raw_response_path(jobs_dir=jobs_dir, job_id=job_id, round=0, index=i) for i in range(3)]
+    raw = [P.raw_response_path(jobs_dir=jobs_dir, job_id=job_id, round=0, index=i) for i in range(3)]
     assert raw[0].read_bytes() == HOSTILE.encode("utf-8", "surrogatepass")
     assert raw[1].read_bytes() == huge.encode()
     assert not raw[2].exists()
@@ -105,7 +107,7 @@ def test_hostile_and_huge_attempt_texts_are_stored_and_the_raw_response_kept(db,
 def test_a_job_error_and_result_with_hostile_text_are_stored(db, queue, problem_id):  # noqa: F811
     job_id = _claimed_job(db, queue, problem_id)
     with session_scope(db) as s:
-        assert J.finish_job(s, job_id=job_id, worker_id="w:1", status="failed", error="boom " + HOSTILE + "x" * MB10,
+        assert L.finish_job(s, job_id=job_id, worker_id="w:1", status="failed", error="boom " + HOSTILE + "x" * MB10,
                             result={"solution": HOSTILE, "nested": [HOSTILE]})
     with session_scope(db) as s:
         d = J.job_detail(s, job_id=job_id)

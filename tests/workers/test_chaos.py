@@ -24,6 +24,7 @@ from sqlalchemy import select
 from backend.db import session_scope
 from backend.models import Job
 from backend.services import jobs as J
+from backend.services import progress as P
 from backend.services.problems import create_problem
 from backend.text import RESPONSE_CHARS, storable
 from workers.engine import parse_problem, validate_config
@@ -103,8 +104,8 @@ def running_jobs(stack, workers: list[subprocess.Popen]) -> list[Running]:
             p = next((w for w in workers if w.poll() is None and job.worker_id
                       and job.worker_id.endswith(f":{w.pid}")), None)
             if p is not None:
-                progress = (J.count_attempts(s, job_id=job.id) if job.kind == "solve"
-                            else len(J.list_checkpoints(s, job_id=job.id)))
+                progress = (P.count_attempts(s, job_id=job.id) if job.kind == "solve"
+                            else len(P.list_checkpoints(s, job_id=job.id)))
                 out.append(Running(p, job.id, job.kind, job.resumes, progress))
     return out
 
@@ -158,7 +159,7 @@ def test_chaos_every_job_succeeds_complete_through_kills_and_hostile_text(stack)
             with session_scope(stack.sessions) as s:  # the killed run can write nothing more: its last checkpoint
                 if J.get_job(s, job_id=v.job_id).status in TERMINAL:
                     continue  # it ended between the look and the kill
-                ck = J.latest_checkpoint(s, job_id=v.job_id) if v.kind == "train" else None
+                ck = P.latest_checkpoint(s, job_id=v.job_id) if v.kind == "train" else None
             kills.append((v.job_id, v.kind, ck.step if ck is not None else None))
             hit.add(label(v.job_id))
             print(f"[{stack.name}] {time.monotonic() - t0:.0f} s: killed the worker of job {v.job_id} "
@@ -188,7 +189,7 @@ def test_chaos_every_job_succeeds_complete_through_kills_and_hostile_text(stack)
     with session_scope(stack.sessions) as s:
         for job_id, spec in jobs.items():
             d = details[job_id]
-            rows = J.list_attempts(s, job_id=job_id)
+            rows = P.list_attempts(s, job_id=job_id)
             keys = [(a.round, a.index) for a in rows]
             n_attempts += len(rows)
             assert len(keys) == len(set(keys)), f"job {job_id}: an attempt was duplicated"
@@ -212,9 +213,9 @@ def test_chaos_every_job_succeeds_complete_through_kills_and_hostile_text(stack)
                 steps = TRAIN["max_steps"]
                 assert d.result["steps"] == steps
                 assert keys == [(r, i) for r in range(1, steps + 1) for i in range(TRAIN["n"])], keys
-                loss = [p.step for p in J.list_metrics(s, job_id=job_id, names=["loss"])]
+                loss = [p.step for p in P.list_metrics(s, job_id=job_id, names=["loss"])]
                 assert loss == list(range(1, steps + 1)), loss
-                assert [c.step for c in J.list_checkpoints(s, job_id=job_id)] == list(range(1, steps + 1))
+                assert [c.step for c in P.list_checkpoints(s, job_id=job_id)] == list(range(1, steps + 1))
                 log = (stack.settings.job_dir(job_id) / "job.log").read_text(errors="replace")
                 resumed_from = [int(m) if m else 0 for m in
                                 re.findall(r"resuming after \d+ committed attempts, from checkpoint "
@@ -226,10 +227,10 @@ def test_chaos_every_job_succeeds_complete_through_kills_and_hostile_text(stack)
             # response kept raw.
             jsonl = stack.settings.job_dir(job_id) / "attempts.jsonl"
             assert jsonl.read_text(encoding="utf-8").splitlines(keepends=True) == list(
-                J.iter_attempt_lines(s, job_id=job_id, jobs_dir=stack.settings.jobs_dir))
+                P.iter_attempt_lines(s, job_id=job_id, jobs_dir=stack.settings.jobs_dir))
             for a in rows:
                 texts += [a.response, a.code or "", a.feedback or ""]
-                raw = J.raw_response_path(jobs_dir=stack.settings.jobs_dir, job_id=job_id, round=a.round,
+                raw = P.raw_response_path(jobs_dir=stack.settings.jobs_dir, job_id=job_id, round=a.round,
                                           index=a.index)
                 if raw.exists():
                     data = raw.read_bytes()

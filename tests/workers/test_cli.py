@@ -189,7 +189,7 @@ def test_jobs_list_reaps_silent_jobs(env, tmp_path, monkeypatch):
 
     from backend.db import session_factory_from_settings, session_scope
     from backend.models import Job, utcnow
-    from backend.services.jobs import claim_job
+    from backend.services.lifecycle import claim_job
 
     path = tmp_path / "p.json"
     path.write_text(json.dumps(PROBLEM))
@@ -232,7 +232,8 @@ def test_jobs_show_summarises_every_round(env, tmp_path):
     """Every round, numbered as attempts.jsonl and the UI number attempts (1-based, in round order)."""
     from backend.db import session_factory_from_settings, session_scope
     from backend.schemas import AttemptIn
-    from backend.services import jobs as J
+    from backend.services import lifecycle as L
+    from backend.services import progress as P
 
     path = tmp_path / "p.json"
     path.write_text(json.dumps(PROBLEM))
@@ -242,15 +243,15 @@ def test_jobs_show_summarises_every_round(env, tmp_path):
         return AttemptIn(round=rnd, index=index, response="r", reward=reward, passed_public=passed, total_public=2)
 
     with session_scope(session_factory_from_settings(env)) as s:
-        J.claim_job(s, job_id=job_id, worker_id="w:1", takeover_after_s=60)
-        J.record_attempts(s, job_id=job_id, attempts=[attempt(0, 0, 0, 0.0), attempt(0, 1, 1, 0.0)],
+        L.claim_job(s, job_id=job_id, worker_id="w:1", takeover_after_s=60)
+        P.record_attempts(s, job_id=job_id, attempts=[attempt(0, 0, 0, 0.0), attempt(0, 1, 1, 0.0)],
                           worker_id="w:1")
-        J.append_metrics(s, job_id=job_id, step=0, metrics={"reward/mean": 0.0, "loss": 0.25, "ttt/updated": 1.0,
+        P.append_metrics(s, job_id=job_id, step=0, metrics={"reward/mean": 0.0, "loss": 0.25, "ttt/updated": 1.0,
                                                             "sdpo/reprompt_sample_fraction": 0.5, "sdpo/kl_mean": 0.125,
                                                             "perf/sample_s": 2.0, "perf/score_s": 0.5},
                          worker_id="w:1")
-        J.record_attempts(s, job_id=job_id, attempts=[attempt(1, 0, 2, 1.0)], worker_id="w:1")
-        J.append_metrics(s, job_id=job_id, step=1, metrics={"reward/mean": 1.0, "perf/sample_s": 1.0},
+        P.record_attempts(s, job_id=job_id, attempts=[attempt(1, 0, 2, 1.0)], worker_id="w:1")
+        P.append_metrics(s, job_id=job_id, step=1, metrics={"reward/mean": 1.0, "perf/sample_s": 1.0},
                          worker_id="w:1")
     out = run("jobs", "show", str(job_id)).output
     assert ("  round 0: attempts 1-2 · best 1/2 tests, mean reward 0 · reward/mean=0 loss=0.25 "
@@ -265,20 +266,21 @@ def test_jobs_attempts_prints_the_stored_texts(env, tmp_path):
     """`sdpo jobs attempts` prints what the database holds (escaped, replaced), with the raw response file."""
     from backend.db import session_factory_from_settings, session_scope
     from backend.schemas import AttemptIn
-    from backend.services import jobs as J
+    from backend.services import lifecycle as L
+    from backend.services import progress as P
 
     path = tmp_path / "p.json"
     path.write_text(json.dumps(PROBLEM))
     job_id = int(run("submit", "solve", "--problem", str(path), "--budget", "2").output.strip())
     sessions = session_factory_from_settings(env)
     with session_scope(sessions) as s:
-        J.claim_job(s, job_id=job_id, worker_id="w:1", takeover_after_s=60)
-        J.record_attempts(s, job_id=job_id, worker_id="w:1", jobs_dir=env.jobs_dir, attempts=[
+        L.claim_job(s, job_id=job_id, worker_id="w:1", takeover_after_s=60)
+        P.record_attempts(s, job_id=job_id, worker_id="w:1", jobs_dir=env.jobs_dir, attempts=[
             AttemptIn(round=0, index=i, response=r, code=r, reward=0.0, passed_public=0, total_public=2,
                       feedback="out: \x1b[31m\ud800", tokens=1) for i, r in enumerate(["a\x00b", "clean"])])
-        J.finish_job(s, job_id=job_id, worker_id="w:1", status="failed", error="boom\x00")
+        L.finish_job(s, job_id=job_id, worker_id="w:1", status="failed", error="boom\x00")
     lines = [json.loads(x) for x in run("jobs", "attempts", str(job_id)).output.splitlines()]
-    raw = J.raw_response_path(jobs_dir=env.jobs_dir, job_id=job_id, round=0, index=0)
+    raw = P.raw_response_path(jobs_dir=env.jobs_dir, job_id=job_id, round=0, index=0)
     assert [(x["index"], x["response"], x["code"], x["feedback"], x["raw_response"]) for x in lines] == [
         (0, "a\\x00b", "a\\x00b", "out: \\x1b[31m\ufffd", str(raw)), (1, "clean", "clean", "out: \\x1b[31m\ufffd", None)]
     assert raw.read_bytes() == b"a\x00b"

@@ -18,6 +18,7 @@ import pytest
 from backend.db import session_scope
 from backend.errors import InvalidInput
 from backend.services import jobs as J
+from backend.services import progress as P
 from backend.services.problems import create_problem
 from workers.engine import parse_problem, validate_config
 
@@ -54,19 +55,19 @@ def submit_train(stack, **overrides) -> int:
 
 def metric_steps(stack, job_id: int) -> list[int]:
     with session_scope(stack.sessions) as s:
-        return [p.step for p in J.list_metrics(s, job_id=job_id, names=["loss"])]
+        return [p.step for p in P.list_metrics(s, job_id=job_id, names=["loss"])]
 
 
 def attempt_keys(stack, job_id: int) -> list[tuple[int, int, int]]:
     with session_scope(stack.sessions) as s:
-        return [(a.id, a.round, a.index) for a in J.list_attempts(s, job_id=job_id)]
+        return [(a.id, a.round, a.index) for a in P.list_attempts(s, job_id=job_id)]
 
 
 def attempt_rows(stack, job_id: int) -> list[tuple[int, int, int, object]]:
     """(id, round, index, created_at): SQLite reuses the ids of deleted rows, so an id alone does not tell a
     re-run attempt from the one it replaced."""
     with session_scope(stack.sessions) as s:
-        return [(a.id, a.round, a.index, a.created_at) for a in J.list_attempts(s, job_id=job_id)]
+        return [(a.id, a.round, a.index, a.created_at) for a in P.list_attempts(s, job_id=job_id)]
 
 
 def test_solve_job_goes_queued_running_succeeded_with_attempts_in_order(stack, problem_id):
@@ -88,16 +89,16 @@ def test_solve_job_goes_queued_running_succeeded_with_attempts_in_order(stack, p
     assert len(keys) == d.result["attempts_used"] and [k[0] for k in keys] == sorted(k[0] for k in keys)
     assert d.result["strategy"] == "sdpo" and d.result["budget"] == 6
     with session_scope(stack.sessions) as s:
-        (a0, *_) = J.list_attempts(s, job_id=job_id)
+        (a0, *_) = P.list_attempts(s, job_id=job_id)
         assert a0.total_public == 2 and a0.problem_id == problem_id and a0.tokens > 0
-        assert J.metric_series(s, job_id=job_id)  # one metrics point per round
+        assert P.metric_series(s, job_id=job_id)  # one metrics point per round
     assert [c.kind for c in d.checkpoints] == ["lora"]  # the adapted weights
     assert d.started_at <= d.finished_at
     # what the teacher saw and said about every attempt is stored with the job (History shows it)
     from backend.services import teacher as T
 
     with session_scope(stack.sessions) as s:
-        for a in J.list_attempts(s, job_id=job_id):
+        for a in P.list_attempts(s, job_id=job_id):
             seen = T.attempt_inspection(s, attempt_id=a.id)
             if seen.round_metrics.get("ttt/discovered") == 1.0:
                 assert seen.teacher_status == T.SOLVED_ROUND
@@ -299,7 +300,7 @@ def test_100_concurrent_submissions_processed_exactly_once(stack, problem_id):
         jobs = [J.get_job(s, job_id=i) for i in ids]
         assert [j.status for j in jobs] == ["succeeded"] * 100, {j.id: j.error for j in jobs if j.error}
         assert all(j.resumes == 0 for j in jobs)
-        assert sorted(J.count_attempts(s, job_id=i) for i in ids) == [1] * 100
+        assert sorted(P.count_attempts(s, job_id=i) for i in ids) == [1] * 100
         workers = {j.worker_id for j in jobs}
         run_s = sorted((j.finished_at - j.started_at).total_seconds() for j in jobs)
     assert stack.queue.length() == 0

@@ -22,6 +22,7 @@ import pytest
 
 from backend.db import session_scope
 from backend.services import jobs as J
+from backend.services import progress as P
 from backend.services.problems import create_problem
 from workers.engine import parse_problem, validate_config
 from workers.lifeline import pid_alive
@@ -55,7 +56,7 @@ def submit(stack, kind: str, gpus: int = 1, problem_id: int | None = None, **ove
 
 def attempt_keys(stack, job_id: int) -> list[tuple[int, int, int]]:
     with session_scope(stack.sessions) as s:
-        return [(a.id, a.round, a.index) for a in J.list_attempts(s, job_id=job_id)]
+        return [(a.id, a.round, a.index) for a in P.list_attempts(s, job_id=job_id)]
 
 
 def fresh_workers(stack, n: int, **env: str) -> list:

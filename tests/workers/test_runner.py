@@ -16,6 +16,8 @@ from backend.db import make_engine, make_session_factory, session_scope
 from backend.migrate import upgrade
 from backend.models import Job, utcnow
 from backend.services import jobs as J
+from backend.services import lifecycle as L
+from backend.services import progress as P
 from backend.settings import Settings
 from tests.backend.pgutil import create_pg_database, drop_pg_database
 from workers.lifeline import pid_alive
@@ -80,20 +82,20 @@ def test_rank_callbacks_stop_and_write_nothing_once_the_job_is_taken_over(settin
     ctx = _ctx(settings, "rank-process:1")
     job_id = _job(ctx)
     with session_scope(ctx.sessions) as s:
-        J.claim_job(s, job_id=job_id, worker_id="worker:1", takeover_after_s=6)
+        L.claim_job(s, job_id=job_id, worker_id="worker:1", takeover_after_s=6)
     cb = DbCallbacks(ctx, job_id, None, owner="worker:1")
     assert not cb.should_stop()
     cb.on_metrics(1, {"loss": 1.0})
     with session_scope(ctx.sessions) as s:  # worker:1 went silent; another worker takes the job over
         s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow().replace(year=2000)))
     with session_scope(ctx.sessions) as s:
-        assert J.claim_job(s, job_id=job_id, worker_id="worker:2", takeover_after_s=6) is J.Claim.RESUME
+        assert L.claim_job(s, job_id=job_id, worker_id="worker:2", takeover_after_s=6) is L.Claim.RESUME
     late = DbCallbacks(ctx, job_id, None, owner="worker:1")
     late.on_metrics(2, {"loss": 2.0})  # refused, not raised: the rank goes on to its stop check
     assert late.lost.is_set() and late.should_stop() and not late.cancelled
     assert cb.should_stop() and cb.lost.is_set()
     with session_scope(ctx.sessions) as s:
-        assert J.metric_series(s, job_id=job_id) == {"loss": [(1, 1.0)]}
+        assert P.metric_series(s, job_id=job_id) == {"loss": [(1, 1.0)]}
     # the new owner's ranks run on; a cancel stops them
     new = DbCallbacks(ctx, job_id, None, owner="worker:2")
     assert not new.should_stop()
@@ -139,7 +141,7 @@ def test_an_attempt_the_database_refuses_is_recorded_as_a_stand_in_and_the_job_g
     ctx = _ctx(settings, "worker:1")
     job_id = _job(ctx, gpus=1)
     with session_scope(ctx.sessions) as s:
-        J.claim_job(s, job_id=job_id, worker_id="worker:1", takeover_after_s=6)
+        L.claim_job(s, job_id=job_id, worker_id="worker:1", takeover_after_s=6)
     _refuse_attempts(settings, "NEW.response LIKE '%REFUSE ME%'", "NEW.response LIKE '%REFUSE ME%'")
     cb = DbCallbacks(ctx, job_id, None)
     responses = ["fine\x00", "REFUSE ME\x00", "fine too"]
@@ -147,12 +149,12 @@ def test_an_attempt_the_database_refuses_is_recorded_as_a_stand_in_and_the_job_g
                             feedback="wrong", tokens=4, seconds=0.5) for i, r in enumerate(responses)])
     assert not cb.lost.is_set() and not cb.should_stop()
     with session_scope(ctx.sessions) as s:
-        rows = J.list_attempts(s, job_id=job_id)
+        rows = P.list_attempts(s, job_id=job_id)
         assert J.get_job(s, job_id=job_id).status == "running"
     assert [(a.round, a.index, a.reward, a.passed_public, a.tokens) for a in rows] == [
         (0, i, 0.5, 1, 4) for i in range(3)]
     assert [rows[0].response, rows[2].response] == ["fine\\x00", "fine too"]
-    raw = J.raw_response_path(jobs_dir=settings.jobs_dir, job_id=job_id, round=0, index=1)
+    raw = P.raw_response_path(jobs_dir=settings.jobs_dir, job_id=job_id, round=0, index=1)
     stand_in = rows[1]
     assert stand_in.response == stand_in.feedback and stand_in.code is None
     assert stand_in.response.startswith("[this attempt could not be stored in the database: ")
@@ -180,7 +182,7 @@ def test_a_job_whose_writes_the_database_refuses_fails_with_a_one_line_reason(se
     assert run_job(ctx, job_id, "solve") == "failed"
     with session_scope(ctx.sessions) as s:
         job = J.get_job(s, job_id=job_id)
-        rounds = [(a.round, a.index) for a in J.list_attempts(s, job_id=job_id)]
+        rounds = [(a.round, a.index) for a in P.list_attempts(s, job_id=job_id)]
     assert job.status == "failed" and rounds == [(0, 0), (0, 1)]
     assert job.error.startswith("could not record attempt 0 of round 1 in the database ("), job.error
     assert REFUSAL in job.error and job.error.endswith("; what was recorded before is kept")
@@ -213,7 +215,7 @@ def test_a_two_rank_job_whose_metrics_the_database_refuses_fails_with_a_one_line
     assert run_job(ctx, job_id, "train") == "failed"
     with session_scope(ctx.sessions) as s:
         job = J.get_job(s, job_id=job_id)
-        steps = sorted({p.step for p in J.list_metrics(s, job_id=job_id)})
+        steps = sorted({p.step for p in P.list_metrics(s, job_id=job_id)})
     assert job.error.startswith("could not record the metrics of step 2 in the database ("), job.error
     assert REFUSAL in job.error and "\n" not in job.error and "Traceback" not in job.error
     assert steps == [1]

@@ -24,6 +24,7 @@ import pytest
 
 from backend.db import session_scope
 from backend.services import jobs as J
+from backend.services import progress as P
 from backend.services.problems import create_problem
 from tests.app.conftest import free_port
 from tests.workers.conftest import ROOT
@@ -66,7 +67,7 @@ def cancel(stack, job_id: int) -> None:
 
 def n_attempts(stack, job_id: int) -> int:
     with session_scope(stack.sessions) as s:
-        return J.count_attempts(s, job_id=job_id)
+        return P.count_attempts(s, job_id=job_id)
 
 
 def one_worker(stack):

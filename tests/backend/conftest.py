@@ -8,10 +8,13 @@ import os
 import pytest
 from sqlalchemy import text
 
-from backend.db import make_engine, make_session_factory
+from backend.db import make_engine, make_session_factory, session_scope
 from backend.migrate import upgrade
 from backend.models import Base
+from backend.queue import JobQueue
+from backend.services.problems import create_problem
 from backend.settings import Settings
+from tests.backend.jobutil import PROBLEM, parse
 from tests.backend.pgutil import create_pg_database, drop_pg_database
 
 
@@ -49,3 +52,15 @@ def db(request, tmp_path):
             conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     yield make_session_factory(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def queue(settings):
+    q = JobQueue(settings)
+    yield q
+
+
+@pytest.fixture
+def problem_id(db, settings):
+    with session_scope(db) as s:
+        return create_problem(s, data=PROBLEM, validate=parse, settings=settings).id

@@ -17,7 +17,7 @@ from backend.services import progress as P
 from backend.services.datasets import upload_dataset
 from backend.services.problems import create_problem
 from backend.text import ERROR_CHARS, FEEDBACK_CHARS, RESPONSE_CHARS, database_error_reason, storable
-from tests.backend.test_jobs import parse, problem_id, queue, submit  # noqa: F401 - fixtures
+from tests.backend.jobutil import parse, submit
 
 MB10 = 10 * 1024 * 1024
 # what a byte-level model or a program can produce: NUL, a terminal escape, BEL, DEL, a C1 control, invalid

@@ -85,8 +85,8 @@ def build_app(settings: Settings, hooks: EngineHooks, *, ctx: AppContext | None 
             return gr.skip(), gr.skip(), gr.skip()
 
         opened = h.open_btn.click(on_open, h.selected, [tabs, s.job_id, t.job_id], api_visibility="private")
-        opened.then(s.open_fn, [s.job_id], s.open_outputs, api_visibility="private")
-        opened.then(t.open_fn, [t.job_id], t.open_outputs, api_visibility="private")
+        opened.then(s.open, [s.job_id], s.outputs, api_visibility="private")
+        opened.then(t.open, [t.job_id], t.outputs, api_visibility="private")
 
         gr.api(_typed_job_status_fn(ctx), api_name="job_status",
                api_description="Status and details of a job by id.")

@@ -26,15 +26,14 @@ from app.views.common import (
     get_path,
     has_path,
     is_terminal,
-    job_id_of,
     line_chart,
     ok_md,
     plot_frame,
     progress_text,
-    settings_summary,
     status_line,
 )
-from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
+from app.views.jobview import JobSnapshot, JobView, Refresh, job_fields, job_view
+from backend.errors import EnqueueError, InvalidInput, NotFound
 from backend.schemas import RawConfig
 from backend.services import jobs as J
 from backend.services import progress as P
@@ -149,15 +148,9 @@ def submit(ctx: AppContext, *, problem: dict[str, Any], config: dict[str, Any] |
 
 
 @dataclass
-class SolveSnapshot:
+class SolveSnapshot(JobSnapshot):
     """Everything the job view shows at one moment."""
 
-    status_md: str
-    status: str
-    terminal: bool
-    cancellable: bool
-    settings_md: str
-    config: dict[str, Any]
     attempts: pd.DataFrame
     attempt_ids: list[int]
     curve: pd.DataFrame
@@ -167,7 +160,6 @@ class SolveSnapshot:
     teacher_note: str
     solution: str | None
     error: str | None
-    signature: tuple
 
 
 def _num(x: float | None, fmt: str = ".3g") -> str:
@@ -222,10 +214,7 @@ def snapshot(ctx: AppContext, job_id: int) -> SolveSnapshot:
     if not note and d.config.get("loss") == "grpo":
         note = "The GRPO loss has no teacher: each update uses the rewards only."
     return SolveSnapshot(
-        status_md=line, status=d.status, terminal=is_terminal(d.status),
-        cancellable=d.status in ("queued", "running") and not d.cancel_requested,
-        settings_md=settings_summary(d.config, d.model, ctx.settings.model, SOLVE_SUMMARY), config=d.config,
-        attempts=df, attempt_ids=[r.id for r in rows],
+        **job_fields(ctx, d, SOLVE_SUMMARY), status_md=line, attempts=df, attempt_ids=[r.id for r in rows],
         curve=plot_frame(points, CURVE_COLUMNS), curve_max=max(1, n_public or 0, n_hidden or 0),
         budget=int(budget) if isinstance(budget, int) else max(1, len(rows)), rounds=rounds_df, teacher_note=note,
         solution=solution, error=d.error,
@@ -269,6 +258,9 @@ def attempt_view(ctx: AppContext, attempt_id: int) -> AttemptView:
                        teacher=I.teacher_md(a), context=I.context_text(a), tokens=I.credit_html(a))
 
 
+CLEARED_DETAIL = AttemptView("Click an attempt in the table.", "", "", "", "", "", "")
+
+
 def solution_file(ctx: AppContext, job_id: int, code: str) -> str:
     """Write the solution to ``<jobs_dir>/<id>/solution.py`` and return the path (for download)."""
     folder = ctx.settings.job_dir(job_id)
@@ -279,20 +271,11 @@ def solution_file(ctx: AppContext, job_id: int, code: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ page
-@dataclass
-class SolveHandles:
-    """Components other pages drive (History opens a job here)."""
-
-    job_id: gr.Textbox
-    open_fn: Any
-    open_outputs: list
-
-
 def _slot(elem: str) -> gr.HTML:
     return gr.HTML("", visible=False, elem_id=f"solve-{elem}-message", padding=False)
 
 
-def build(ctx: AppContext) -> SolveHandles:
+def build(ctx: AppContext) -> JobView:
     defaults, defaults_error = ctx.defaults("solve")
     adv = advanced_fields(defaults)
 
@@ -400,17 +383,8 @@ def build(ctx: AppContext) -> SolveHandles:
             for event in (model.submit, model.blur):
                 event(on_model, model, [defaults_msg, budget, *adv_boxes], api_visibility="private")
 
-    gr.Markdown("---\n### Job")
-    with gr.Row():
-        job_id = gr.Textbox(label="Job id", value="", placeholder="job number", elem_id="solve-job-id", scale=1,
-                            max_lines=1)
-        open_btn = gr.Button("Open", elem_id="solve-open", scale=0)
-        cancel_btn = gr.Button("Cancel job", variant="stop", visible=False, elem_id="solve-cancel", scale=0)
-    job_msg = gr.HTML("", elem_id="solve-job-message", padding=False)
-    status = gr.Markdown("No job yet: submit a problem, or open one from History.", elem_id="solve-status")
-    settings_md = gr.Markdown("", elem_id="solve-settings")
-    with gr.Accordion("Every setting of this job", open=False, elem_id="solve-settings-all"):
-        settings_json = gr.JSON(value=None, label="Settings (as stored with the job)", elem_id="solve-settings-json")
+    view = job_view(prefix="solve", title="Job", noun="job", empty="No job yet: submit a problem, or open one from "
+                    "History.", interval=1.0)
     error_box = gr.Textbox(label="Error", visible=False, lines=4, elem_id="solve-error")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -424,90 +398,61 @@ def build(ctx: AppContext) -> SolveHandles:
                           label="Rounds: what each SDPO update did (KL: on the distilled tokens)",
                           elem_id="solve-rounds")
     gr.Markdown("### Selected attempt")
-    attempt_header = gr.Markdown("Click an attempt in the table.", elem_id="solve-attempt-header")
+    # the selected attempt's panels, by AttemptView field
+    detail = {"header": gr.Markdown(CLEARED_DETAIL.header, elem_id="solve-attempt-header")}
     with gr.Row(equal_height=False):
-        attempt_response = gr.Textbox(label="Raw response (as the model wrote it)", lines=10, max_lines=18,
-                                      interactive=False, elem_id="solve-attempt-response")
-        attempt_code = gr.Code(language="python", label="Extracted code", lines=10, interactive=False,
-                               elem_id="solve-attempt-code")
+        detail["response"] = gr.Textbox(label="Raw response (as the model wrote it)", lines=10, max_lines=18,
+                                        interactive=False, elem_id="solve-attempt-response")
+        detail["code"] = gr.Code(language="python", label="Extracted code", lines=10, interactive=False,
+                                 elem_id="solve-attempt-code")
     with gr.Row(equal_height=False):
-        attempt_feedback = gr.Textbox(label="Verdict feedback (from the tests)", lines=8, max_lines=14,
-                                      interactive=False, elem_id="solve-attempt-feedback")
+        detail["feedback"] = gr.Textbox(label="Verdict feedback (from the tests)", lines=8, max_lines=14,
+                                        interactive=False, elem_id="solve-attempt-feedback")
         with gr.Column():
-            attempt_teacher = gr.Markdown("", elem_id="solve-attempt-teacher")
-            attempt_context = gr.Textbox(label="The teacher's prompt (question + demonstration / feedback)",
-                                         lines=6, max_lines=12, interactive=False, elem_id="solve-attempt-context")
+            detail["teacher"] = gr.Markdown("", elem_id="solve-attempt-teacher")
+            detail["context"] = gr.Textbox(label="The teacher's prompt (question + demonstration / feedback)",
+                                           lines=6, max_lines=12, interactive=False, elem_id="solve-attempt-context")
     gr.Markdown("#### Per-token view: teacher − student log-probability of each token")
-    attempt_tokens = gr.HTML("", elem_id="solve-attempt-tokens")
+    detail["tokens"] = gr.HTML("", elem_id="solve-attempt-tokens")
     with gr.Group(visible=False) as solution_group:
         gr.Markdown("### ✅ Solution")
         solution_code = gr.Code(language="python", label="Solution (copy button at the top right)",
                                 interactive=False, elem_id="solve-solution")
         solution_dl = gr.DownloadButton("Download solution.py", elem_id="solve-download")
-    timer = gr.Timer(1.0, active=False)
     attempt_ids = gr.State([])
-    signature = gr.State(None)
     selected = gr.State(None)  # the attempt id shown in the detail panels
-    msg_about = gr.State(None)  # [job id, status] the message under Solve describes; cleared once it changes
 
-    detail = [attempt_header, attempt_response, attempt_code, attempt_feedback, attempt_teacher, attempt_context,
-              attempt_tokens]
-    view_outputs = [status, cancel_btn, job_msg, settings_md, settings_json, error_box, attempts, curve,
-                    teacher_note, rounds, solution_group, solution_code, solution_dl, timer, attempt_ids, signature,
-                    message, msg_about, selected, *detail]
-    cleared_detail = ("Click an attempt in the table.", "", "", "", "", "", "")
+    def detail_values(v: AttemptView) -> dict:
+        return {box: getattr(v, name) for name, box in detail.items()}
 
-    def detail_values(attempt_id: int) -> tuple:
-        v = attempt_view(ctx, attempt_id)
-        return v.header, v.response, v.code, v.feedback, v.teacher, v.context, v.tokens
-
-    def render(jid: Any, last_sig: Any = None, sel: Any = None, about: Any = None) -> tuple:
-        jid = job_id_of(jid)
-        if jid is None:
-            return (gr.skip(),) * len(view_outputs)
-        skip = gr.skip()
-        try:
-            snap = snapshot(ctx, jid)
-        except NotFound:
-            return (error_md(f"job {jid} not found"), gr.Button(visible=False), "", "", None,
-                    gr.Textbox(visible=False), pd.DataFrame(columns=ATTEMPT_COLUMNS), None, "",
-                    pd.DataFrame(columns=ROUND_COLUMNS), gr.Group(visible=False), None, None, gr.Timer(active=False),
-                    [], None, skip, skip, None, *cleared_detail)
-        same = last_sig is not None and tuple(last_sig) == snap.signature
-        other_job = last_sig is None or last_sig[0] != jid  # a (re)opened job: clear the selected attempt
-        if other_job or sel not in snap.attempt_ids:
-            sel_out, detail_out = None, cleared_detail
-        elif not same:  # its teacher view or its round's numbers may have arrived
-            sel_out, detail_out = sel, detail_values(sel)
+    def panels(snap: SolveSnapshot | None, r: Refresh) -> dict:
+        """The attempts, curve, rounds, solution and selected attempt of ``snap`` (None: the job is gone)."""
+        if snap is None:
+            return {error_box: gr.Textbox(visible=False), attempts: pd.DataFrame(columns=ATTEMPT_COLUMNS),
+                    curve: None, teacher_note: "", rounds: pd.DataFrame(columns=ROUND_COLUMNS),
+                    solution_group: gr.Group(visible=False), solution_code: None, solution_dl: None, attempt_ids: [],
+                    selected: None, **detail_values(CLEARED_DETAIL)}
+        out = {error_box: gr.Textbox(value=snap.error or "",
+                                     visible=bool(snap.error) and snap.error != "cancelled by the user"),
+               solution_group: gr.Group(visible=snap.solution is not None), attempt_ids: snap.attempt_ids}
+        if not r.same:
+            out |= {attempts: snap.attempts, curve: curve_chart(snap), teacher_note: snap.teacher_note,
+                    rounds: snap.rounds, solution_code: snap.solution}
+            if snap.solution:
+                out[solution_dl] = gr.DownloadButton(value=solution_file(ctx, r.job_id, snap.solution))
+        sel = r.inputs[selected]
+        if r.other_job or sel not in snap.attempt_ids:  # a (re)opened job, or the attempt is gone: clear it
+            out |= {selected: None, **detail_values(CLEARED_DETAIL)}
+        elif not r.same:  # its teacher view or its round's numbers may have arrived
+            out |= {selected: sel, **detail_values(attempt_view(ctx, sel))}
         else:
-            sel_out, detail_out = sel, (skip,) * len(detail)
-        # the message under Solve ("Job 5 queued.") and its job: cleared once that job moved on
-        stale = about is not None and about[0] == jid and about[1] != snap.status
-        sol_path = solution_file(ctx, jid, snap.solution) if (snap.solution and not same) else None
-        return (
-            snap.status_md,
-            gr.Button(visible=snap.cancellable),
-            "" if other_job else skip,
-            skip if same else snap.settings_md,
-            skip if same else snap.config,
-            gr.Textbox(value=snap.error or "", visible=bool(snap.error) and snap.error != "cancelled by the user"),
-            skip if same else snap.attempts,
-            skip if same else curve_chart(snap),
-            skip if same else snap.teacher_note,
-            skip if same else snap.rounds,
-            gr.Group(visible=snap.solution is not None),
-            skip if same else snap.solution,
-            skip if same or not sol_path else gr.DownloadButton(value=sol_path),
-            gr.Timer(active=not snap.terminal),
-            snap.attempt_ids,
-            list(snap.signature),
-            "" if stale else skip,
-            None if stale else skip,
-            sel_out,
-            *detail_out,
-        )
+            out[selected] = sel
+        return out
 
-    render_inputs = [job_id, signature, selected, msg_about]
+    view.bind(ctx, snapshot=lambda jid: snapshot(ctx, jid), panels=panels, form_message=message, noun="job",
+              panel_outputs=[error_box, attempts, curve, teacher_note, rounds, solution_group, solution_code,
+                             solution_dl, attempt_ids, selected, *detail.values()], panel_inputs=[selected])
+
     slots = {"statement": statement_msg, "tests": tests_msg, "json": json_msg, "budget": budget_msg,
              "model": defaults_msg, "advanced": advanced_msg, "extra": extra_msg}
 
@@ -547,35 +492,16 @@ def build(ctx: AppContext) -> SolveHandles:
         on_submit,
         [title, statement, source, testtype, fn_name, tests, json_text, starter, strategy, budget, model, adapter,
          extra, *adv_boxes],
-        [message, api_job_id, submit_error, msg_about], api_name="submit_solve",
-    ).then(show_submitted, [api_job_id, submit_error], [message, job_id, *slots.values(), advanced],
+        [message, api_job_id, submit_error, view.about], api_name="submit_solve",
+    ).then(show_submitted, [api_job_id, submit_error], [message, view.job_id, *slots.values(), advanced],
            api_visibility="private", show_progress="hidden")
-    submitted.then(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
-    open_btn.click(lambda j: render(j, None, None, None), [job_id], view_outputs, api_visibility="private")
-    job_id.submit(lambda j: render(j, None, None, None), [job_id], view_outputs, api_visibility="private")
-    timer.tick(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
-
-    def on_cancel(jid):
-        """Ask the job to stop; the status line says "cancelling…" until it has, then "cancelled"."""
-        jid = job_id_of(jid)
-        if jid is None:
-            return error_md("no job to cancel: open one first")
-        try:
-            with ctx.session() as s:
-                J.cancel_job(s, job_id=jid, revoke=ctx.queue.revoke)
-            return ""
-        except (NotFound, IllegalTransition) as e:
-            return error_md(str(e))
-
-    cancel_btn.click(on_cancel, [job_id], [job_msg], api_visibility="private").then(
-        render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
+    view.refresh_after(submitted)
 
     def on_select(ids, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
         if row is None or row >= len(ids):
-            return (gr.skip(),) * (len(detail) + 1)
-        return (ids[row], *detail_values(ids[row]))
+            return gr.skip()
+        return {selected: ids[row], **detail_values(attempt_view(ctx, ids[row]))}
 
-    attempts.select(on_select, [attempt_ids], [selected, *detail], api_visibility="private")
-
-    return SolveHandles(job_id=job_id, open_fn=lambda j: render(j, None, None, None), open_outputs=view_outputs)
+    attempts.select(on_select, [attempt_ids], [selected, *detail.values()], api_visibility="private")
+    return view

@@ -21,16 +21,15 @@ from app.context import AppContext
 from app.views.common import (
     TRAIN_SUMMARY,
     error_md,
-    is_terminal,
     job_id_of,
     line_chart,
     ok_md,
     plot_frame,
     progress_text,
-    settings_summary,
     status_line,
 )
-from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
+from app.views.jobview import JobSnapshot, JobView, Refresh, job_fields, job_view
+from backend.errors import EnqueueError, InvalidInput, NotFound
 from backend.schemas import RawConfig
 from backend.services import datasets as D
 from backend.services import jobs as J
@@ -66,6 +65,7 @@ PLOTS = (
     ("sdpo", "SDPO fractions", lambda n: n.startswith("sdpo/") and n.endswith("fraction")),
 )
 PLOT_COLUMNS = ["step", "value", "metric"]
+CHECKPOINT_COLUMNS = ["step", "kind", "size", "path"]
 
 
 def load_preset(label: str) -> dict[str, Any]:
@@ -164,18 +164,13 @@ def submit(ctx: AppContext, *, source: str, config: dict[str, Any] | RawConfig, 
 
 
 @dataclass
-class TrainSnapshot:
-    status_md: str
-    status: str
-    settings_md: str
-    config: dict[str, Any]
-    terminal: bool
-    cancellable: bool
+class TrainSnapshot(JobSnapshot):
+    """Everything the run view shows at one moment."""
+
     plots: dict[str, pd.DataFrame]
     log: str
     checkpoints: pd.DataFrame
     checkpoint_choices: list[tuple[str, int]]
-    signature: tuple
 
 
 def snapshot(ctx: AppContext, job_id: int) -> TrainSnapshot:
@@ -205,11 +200,9 @@ def snapshot(ctx: AppContext, job_id: int) -> TrainSnapshot:
     if d.error:
         log_lines.append(f"[{d.status}] {d.error}")
     ck = pd.DataFrame([[c.step, c.kind, f"{c.bytes / 1e6:.1f} MB", c.path] for c in d.checkpoints],
-                      columns=["step", "kind", "size", "path"])
+                      columns=CHECKPOINT_COLUMNS)
     return TrainSnapshot(
-        status_md=line, status=d.status, settings_md=settings_summary(d.config, d.model, ctx.settings.model, TRAIN_SUMMARY),
-        config=d.config, terminal=is_terminal(d.status),
-        cancellable=d.status in ("queued", "running") and not d.cancel_requested, plots=plots,
+        **job_fields(ctx, d, TRAIN_SUMMARY), status_md=line, plots=plots,
         log="\n".join(log_lines) or "(no output yet)", checkpoints=ck,
         checkpoint_choices=[(f"step {c.step} ({c.kind})", c.id) for c in d.checkpoints],
         signature=(d.id, d.status, d.cancel_requested, d.last_step, len(d.checkpoints), d.error),
@@ -239,20 +232,12 @@ def checkpoint_zip(ctx: AppContext, job_id: int, checkpoint_id: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ page
-@dataclass
-class TrainHandles:
-    job_id: gr.Textbox
-    open_fn: Any
-    open_outputs: list
-    registered: gr.Dropdown
-
-
 def _dataset_choices(ctx: AppContext) -> list[str]:
     with ctx.session() as s:
         return [d.name for d in D.list_datasets(s)]
 
 
-def build(ctx: AppContext) -> TrainHandles:
+def build(ctx: AppContext) -> JobView:
     first = next(iter(PRESETS))
     loss0, adapter0, values0, extra0 = preset_form(load_preset(first))
     with gr.Row(equal_height=False):
@@ -316,17 +301,8 @@ def build(ctx: AppContext) -> TrainHandles:
     for event in (model.submit, model.blur):
         event(on_model, model, [defaults_msg, *boxes], api_visibility="private")
 
-    gr.Markdown("---\n### Run")
-    with gr.Row():
-        job_id = gr.Textbox(label="Job id", value="", placeholder="job number", elem_id="train-job-id", scale=1,
-                            max_lines=1)
-        open_btn = gr.Button("Open", elem_id="train-open", scale=0)
-        cancel_btn = gr.Button("Cancel run", variant="stop", visible=False, elem_id="train-cancel", scale=0)
-    job_msg = gr.HTML("", elem_id="train-job-message", padding=False)
-    status = gr.Markdown("No run yet: start one, or open one from History.", elem_id="train-status")
-    settings_md = gr.Markdown("", elem_id="train-settings")
-    with gr.Accordion("Every setting of this run", open=False, elem_id="train-settings-all"):
-        settings_json = gr.JSON(value=None, label="Settings (as stored with the job)", elem_id="train-settings-json")
+    view = job_view(prefix="train", title="Run", noun="run", empty="No run yet: start one, or open one from History.",
+                    interval=2.0)
     plots = {}
     with gr.Row():
         for key, _, _ in PLOTS[:3]:
@@ -339,42 +315,25 @@ def build(ctx: AppContext) -> TrainHandles:
         log = gr.Textbox(label="Log (last steps)", lines=10, max_lines=10, interactive=False, autoscroll=True,
                          elem_id="train-log")
         with gr.Column():
-            checkpoints = gr.Dataframe(value=pd.DataFrame(columns=["step", "kind", "size", "path"]),
-                                       interactive=False, label="Checkpoints", elem_id="train-checkpoints")
+            checkpoints = gr.Dataframe(value=pd.DataFrame(columns=CHECKPOINT_COLUMNS), interactive=False,
+                                       label="Checkpoints", elem_id="train-checkpoints")
             with gr.Row():
                 ck_pick = gr.Dropdown([], label="Checkpoint", elem_id="train-ck-pick")
                 ck_btn = gr.Button("Prepare download", elem_id="train-ck-zip")
             ck_file = gr.File(label="Download", interactive=False, elem_id="train-ck-file")
-    timer = gr.Timer(2.0, active=False)
-    signature = gr.State(None)
-    msg_about = gr.State(None)  # [job id, status] the message under the Start button describes
-    view_outputs = [status, cancel_btn, job_msg, settings_md, settings_json, *plots.values(), log, checkpoints,
-                    ck_pick, timer, signature, message, msg_about]
 
-    def render(jid: Any, last_sig: Any = None, about: Any = None) -> tuple:
-        jid = job_id_of(jid)
-        if jid is None:
-            return (gr.skip(),) * len(view_outputs)
-        skip = gr.skip()
-        try:
-            snap = snapshot(ctx, jid)
-        except NotFound:
-            return (error_md(f"job {jid} not found"), gr.Button(visible=False), "", "", None, *([None] * len(plots)),
-                    "", pd.DataFrame(columns=["step", "kind", "size", "path"]), gr.Dropdown(choices=[]),
-                    gr.Timer(active=False), None, skip, skip)
-        same = last_sig is not None and tuple(last_sig) == snap.signature
-        other_job = last_sig is None or last_sig[0] != jid
-        stale = about is not None and about[0] == jid and about[1] != snap.status
-        return (
-            snap.status_md, gr.Button(visible=snap.cancellable), "" if other_job else skip,
-            skip if same else snap.settings_md, skip if same else snap.config,
-            *[(skip if same else line_chart(snap.plots[k], title=titles[k])) for k in plots],
-            skip if same else snap.log,
-            skip if same else snap.checkpoints,
-            skip if same else gr.Dropdown(choices=snap.checkpoint_choices),
-            gr.Timer(active=not snap.terminal), list(snap.signature),
-            "" if stale else skip, None if stale else skip,
-        )
+    def panels(snap: TrainSnapshot | None, r: Refresh) -> dict:
+        """The plots, log and checkpoints of ``snap`` (None: the job is gone)."""
+        if snap is None:
+            return {**dict.fromkeys(plots.values()), log: "", checkpoints: pd.DataFrame(columns=CHECKPOINT_COLUMNS),
+                    ck_pick: gr.Dropdown(choices=[])}
+        if r.same:
+            return {}
+        return {**{plots[k]: line_chart(snap.plots[k], title=titles[k]) for k in plots}, log: snap.log,
+                checkpoints: snap.checkpoints, ck_pick: gr.Dropdown(choices=snap.checkpoint_choices)}
+
+    view.bind(ctx, snapshot=lambda jid: snapshot(ctx, jid), panels=panels, form_message=message, noun="run",
+              panel_outputs=[*plots.values(), log, checkpoints, ck_pick])
 
     # The public endpoint /submit_train answers (message, job id, dataset list); the page then moves an error
     # about the dataset or the model next to it (``show_submitted``) and opens the new run.
@@ -404,31 +363,12 @@ def build(ctx: AppContext) -> TrainHandles:
         pointer = error_md(f"Not started: see the message at {'Dataset' if where == 'dataset' else 'Model'}.")
         return (pointer, gr.skip(), shown if where == "dataset" else hidden, shown if where == "model" else gr.skip())
 
-    render_inputs = [job_id, signature, msg_about]
-    submit_btn.click(on_submit, [source, upload, dataset_name, server_path, registered, loss, adapter, model, extra,
-                                 *boxes], [message, api_job_id, registered, submit_error, msg_about],
-                     api_name="submit_train",
-                     ).then(show_submitted, [api_job_id, submit_error], [message, job_id, dataset_msg, defaults_msg],
-                            api_visibility="private", show_progress="hidden",
-                     ).then(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
-    open_btn.click(lambda j: render(j), [job_id], view_outputs, api_visibility="private")
-    job_id.submit(lambda j: render(j), [job_id], view_outputs, api_visibility="private")
-    timer.tick(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
-
-    def on_cancel(jid):
-        """Ask the run to stop; the status line says "cancelling…" until it has, then "cancelled"."""
-        jid = job_id_of(jid)
-        if jid is None:
-            return error_md("no run to cancel: open one first")
-        try:
-            with ctx.session() as s:
-                J.cancel_job(s, job_id=jid, revoke=ctx.queue.revoke)
-            return ""
-        except (NotFound, IllegalTransition) as e:
-            return error_md(str(e))
-
-    cancel_btn.click(on_cancel, [job_id], [job_msg], api_visibility="private").then(
-        render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
+    submitted = submit_btn.click(
+        on_submit, [source, upload, dataset_name, server_path, registered, loss, adapter, model, extra, *boxes],
+        [message, api_job_id, registered, submit_error, view.about], api_name="submit_train",
+    ).then(show_submitted, [api_job_id, submit_error], [message, view.job_id, dataset_msg, defaults_msg],
+           api_visibility="private", show_progress="hidden")
+    view.refresh_after(submitted)
 
     def on_zip(jid, ck_id):
         jid = job_id_of(jid)
@@ -439,5 +379,5 @@ def build(ctx: AppContext) -> TrainHandles:
         except InvalidInput as e:
             return None, error_md(str(e))
 
-    ck_btn.click(on_zip, [job_id, ck_pick], [ck_file, job_msg], api_visibility="private")
-    return TrainHandles(job_id=job_id, open_fn=lambda j: render(j), open_outputs=view_outputs, registered=registered)
+    ck_btn.click(on_zip, [view.job_id, ck_pick], [ck_file, view.message], api_visibility="private")
+    return view

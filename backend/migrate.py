@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,4 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def current_heads() -> tuple[str, ...]:
     """Revision ids of the migration heads (exactly one in a healthy tree)."""
-    from alembic.script import ScriptDirectory
-
     return tuple(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.models import utcnow
+
 
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -121,8 +123,6 @@ class JobSummary(_Out):
         """Seconds from start to finish (or to now while running); None before it starts."""
         if self.started_at is None:
             return None
-        from backend.models import utcnow
-
         return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
 
 

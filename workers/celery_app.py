@@ -8,6 +8,8 @@ jobs: it consumes the queue(s) of ``Settings.consumed_queues``).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from functools import cache
 
@@ -69,9 +71,6 @@ _presence: Presence | None = None
 @signals.worker_ready.connect
 def _on_ready(**_kwargs) -> None:
     global _presence
-    import os
-    import socket
-
     ctx = context()
     with session_scope(ctx.sessions) as s:
         register_worker(s, worker_id=ctx.worker_id, hostname=socket.gethostname(), pid=os.getpid(),

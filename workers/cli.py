@@ -19,12 +19,22 @@ Invalid input exits with code 2 and a message naming the field; nothing is queue
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 
+from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
 from sdpo.cli import app, fail
+from sdpo.config import ConfigError, apply_overrides, read_config_file
+from sdpo.data.examples import NAME, example_problems, write_examples
+from sdpo.data.lcb import decode_test_cases, row_to_task
+from sdpo.data.problem import Problem
 
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic).")
 submit_app = typer.Typer(no_args_is_help=True, help="Submit solve/train jobs to the queue; prints the job id.")
@@ -38,8 +48,6 @@ def _default_model_env():
     """Unless SDPO_MODEL is set, set it to the engine's default model (``sdpo.models.default_model_path``: a toy
     model built under the data dir, else the committed demo model), so that the app, ``sdpo serve`` and a
     standalone ``sdpo worker`` agree on it. Returns the path it set, or None when SDPO_MODEL was given."""
-    import os
-
     if os.environ.get("SDPO_MODEL"):
         return None
     from sdpo.models import default_model_path
@@ -50,8 +58,6 @@ def _default_model_env():
 
 
 def _settings():
-    from pydantic import ValidationError
-
     from backend.settings import get_settings
 
     try:
@@ -89,8 +95,6 @@ def worker_cmd(
 ) -> None:
     """Start a job worker: one job at a time from the queue of its GPU count (SDPO_QUEUE for one GPU,
     SDPO_QUEUE + N for N, or SDPO_WORKER_QUEUES); run one per GPU (CUDA_VISIBLE_DEVICES=i)."""
-    import os
-
     from workers.runner import visible_gpus
 
     _default_model_env()
@@ -114,7 +118,6 @@ def worker_cmd(
 def _submit(kind: str, config: dict[str, Any], *, problem_data: Any = None, model: str = "", gpus: int = 1,
             dataset: str | None = None) -> None:
     from backend.db import session_scope
-    from backend.errors import EnqueueError, InvalidInput, NotFound
     from backend.queue import JobQueue
     from backend.services.datasets import dataset_config, get_dataset_by_name
     from backend.services.jobs import submit_job
@@ -174,8 +177,6 @@ def submit_solve(
 
 def _read_config(path: Path) -> dict[str, Any]:
     """A config file read with the one settings parser (``sdpo.config``: ``lr: 1e-5`` is a number)."""
-    from sdpo.config import ConfigError, read_config_file
-
     try:
         return read_config_file(path)
     except ConfigError as e:
@@ -184,8 +185,6 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _with_overrides(cfg: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` applied to ``cfg`` (``sdpo.config.apply_overrides``; dotted keys nest)."""
-    from sdpo.config import ConfigError, apply_overrides
-
     try:
         return apply_overrides(cfg, pairs)
     except ConfigError as e:
@@ -226,7 +225,6 @@ def jobs_list(
     """Jobs, newest first (jobs whose worker stopped heart-beating are first re-enqueued to resume, or failed
     after SDPO_MAX_RESUMES resumes)."""
     from backend.db import session_scope
-    from backend.errors import InvalidInput
     from backend.queue import JobQueue
     from backend.schemas import JobSummary
     from backend.services.jobs import list_jobs
@@ -282,7 +280,6 @@ def round_line(kind: str, r) -> str:
 def jobs_show(job_id: int = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
     """Status, error, every round (attempts, rewards, metrics, time), checkpoints and result of one job."""
     from backend.db import session_scope
-    from backend.errors import NotFound
     from backend.services.jobs import job_detail, round_summaries
 
     settings = _settings()
@@ -311,7 +308,6 @@ def jobs_attempts(job_id: int = typer.Argument(...)) -> None:
     """A job's attempts as JSON lines, in (round, index) order: the texts as stored (what the UI shows and the
     job's attempts.jsonl holds), with the raw response file where one was kept."""
     from backend.db import session_scope
-    from backend.errors import NotFound
     from backend.services.jobs import get_job
     from backend.services.progress import iter_attempt_lines
 
@@ -329,7 +325,6 @@ def jobs_attempts(job_id: int = typer.Argument(...)) -> None:
 def jobs_cancel(job_id: int = typer.Argument(...)) -> None:
     """Cancel a job (queued: at once; running: within seconds, keeping what it had committed)."""
     from backend.db import session_scope
-    from backend.errors import IllegalTransition, NotFound
     from backend.queue import JobQueue
     from backend.services.jobs import cancel_job
 
@@ -345,9 +340,6 @@ def jobs_cancel(job_id: int = typer.Argument(...)) -> None:
 # ---------------------------------------------------------------------------------------------- serve
 def lcb_problem(row: dict[str, Any]) -> dict[str, Any]:
     """A pasted LiveCodeBench row -> problem dict: public test cases as ``tests``, all cases as hidden tests."""
-    from sdpo.data.lcb import decode_test_cases, row_to_task
-    from sdpo.data.problem import Problem
-
     task = row_to_task(row, where="pasted row")
     n_public = len(decode_test_cases(row.get("public_test_cases") or "[]"))
     if n_public == 0:
@@ -363,7 +355,6 @@ def install_examples(settings) -> str:
     ``examples`` dataset (the Solve page's picker lists its problems); a one-line report."""
     from backend.db import session_scope
     from backend.services.datasets import sync_builtin_dataset
-    from sdpo.data.examples import NAME, example_problems, write_examples
 
     folder = write_examples(settings.data_dir / NAME)
     with session_scope(_sessions(settings)) as s:
@@ -387,11 +378,6 @@ def serve_cmd(
     worker: bool = typer.Option(True, "--worker/--no-worker", help="Also start one job worker."),
 ) -> None:
     """Run SDPO Studio: default model, migrations, one worker, then the web app on SDPO_HOST:SDPO_PORT."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     from backend.migrate import upgrade
 
     def _interrupt(signum, frame):  # SIGTERM stops the app like Ctrl-C, so the worker is stopped too

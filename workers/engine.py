@@ -20,6 +20,9 @@ from typing import Any
 
 from backend.errors import InvalidInput
 from backend.schemas import AttemptIn, ParsedProblem, RawConfig, TeacherViewIn
+from backend.settings import get_settings
+from sdpo.config import compose_config
+from sdpo.data.problem import Problem
 
 # Keys of a train config that the worker sets per job (the job's folder, its resume point); a submitted
 # config may not choose them.
@@ -62,8 +65,6 @@ def compose(config: dict[str, Any] | RawConfig) -> dict[str, Any]:
     (``sdpo.config.compose_config``); a mapping is returned as it is."""
     if not isinstance(config, RawConfig):
         return dict(config)
-    from sdpo.config import compose_config
-
     return compose_config(config.values, config.fields, config.text, text_field=config.text_field,
                           fixed=config.fixed)
 
@@ -73,8 +74,6 @@ def model_for(kind: str, config: dict[str, Any], model: str = "") -> tuple[str, 
     ``model_path``, else the server's default (``Settings.model``; field "model"). InvalidInput when there is no
     checkpoint there, unless it is the default tiny model, which the worker builds on first use (the path is
     then None: not built yet)."""
-    from backend.settings import get_settings
-
     settings = get_settings()
     field, path = "model", (model or "").strip()
     if not path and kind == "train" and config.get("model_path"):
@@ -122,8 +121,6 @@ def validate_config(kind: str, config: dict[str, Any] | RawConfig, *, model: str
 
 def parse_problem(data: dict[str, Any]) -> ParsedProblem:
     """Parse a problem with the engine's format; returns what the problem service stores and checks."""
-    from sdpo.data.problem import Problem
-
     try:
         problem = Problem.parse(data)
     except (ValueError, TypeError) as e:

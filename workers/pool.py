@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from celery.concurrency.solo import TaskPool
 
+from workers.celery_app import context
+
 
 class StoppableSoloPool(TaskPool):
     """Solo pool whose ``terminate_job`` stops the running job gracefully (no process to kill: the job runs in
     this process)."""
 
     def terminate_job(self, pid, signal=None):
-        from workers.celery_app import context
-
         context().request_stop(f"the worker is shutting down (Celery cancelled the running job, signal {signal})")

@@ -17,7 +17,11 @@ import os
 import sys
 from pathlib import Path
 
+from backend.errors import NotRecorded
+from backend.settings import get_settings
+from workers.engine import build_train_config
 from workers.lifeline import set_parent_death_signal, watch_pid
+from workers.runner import DbCallbacks, WorkerContext, _result_dict
 
 
 def main(argv: list[str]) -> int:
@@ -29,11 +33,7 @@ def main(argv: list[str]) -> int:
         print("workers.rank: SDPO_JOB_OWNER (the id of the worker that owns the job) is not set", file=sys.stderr)
         return 2
     job_id, config_path = int(argv[0]), Path(argv[1])
-    from backend.errors import NotRecorded
-    from backend.settings import get_settings
-    from sdpo.trainer import train
-    from workers.engine import build_train_config
-    from workers.runner import DbCallbacks, WorkerContext, _result_dict
+    from sdpo.trainer import train  # after the death signals: importing the trainer (torch) takes seconds
 
     ctx = WorkerContext.from_settings(get_settings(), detect_gpus=False)
     cfg = build_train_config(json.loads(config_path.read_text()))

@@ -29,10 +29,15 @@ stops their process group if they have not stopped a few seconds after the reque
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -53,6 +58,8 @@ from backend.services import teacher as T
 from backend.services.workers import touch_worker
 from backend.settings import Settings
 from backend.text import database_error_reason
+from sdpo.callbacks import Callbacks
+from sdpo.data.problem import Problem
 from workers.engine import attempt_in, build_solve_config, build_train_config, teacher_view_in
 
 log = logging.getLogger("sdpo.worker")
@@ -218,8 +225,6 @@ class DbCallbacks:
         return self.cancelled or self.lost.is_set()
 
     def as_callbacks(self):
-        from sdpo.callbacks import Callbacks
-
         return Callbacks(on_attempts=self.on_attempts, on_metrics=self.on_metrics,
                          on_checkpoint=self.on_checkpoint, should_stop=self.should_stop, on_teacher=self.on_teacher)
 
@@ -229,8 +234,6 @@ def ensure_model(path: str, settings: Settings) -> Path:
     p = Path(path)
     if (p / "config.json").exists() or p.resolve() != settings.default_model_path.resolve():
         return p
-    import fcntl
-
     from sdpo.tiny import make_tiny_model
 
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -441,7 +444,6 @@ def run_solve(ctx: WorkerContext, *, config: dict[str, Any], model: str, problem
     """Test-time solve of one problem (``sdpo.ttt.solve_from_config``: device, dtype and sampler from the
     config), continuing after the ``start_attempt`` attempts already committed (always a round boundary:
     a round's attempts are committed together)."""
-    from sdpo.data.problem import Problem
     from sdpo.ttt import solve_from_config
 
     if problem_data is None:
@@ -475,11 +477,6 @@ def run_train_ranks(ctx: WorkerContext, *, cfg: Any, gpus: int, job_id: int | No
                     callbacks: DbCallbacks) -> dict[str, Any]:
     """Run ``gpus`` ranks of the training job with ``torchrun --standalone`` (``workers.rank``), wait for them
     while this process keeps the heartbeat, and stop the whole process group if the job is lost."""
-    import json
-    import signal
-    import subprocess
-    import sys
-
     config_path = job_dir / "rank_config.json"
     config_path.write_text(json.dumps(cfg.to_dict()))
     (job_dir / "result.json").unlink(missing_ok=True)

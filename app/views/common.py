@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
+from gradio.components.plot import AltairPlotData
 
-from backend.models import TERMINAL_STATUSES
+from backend.models import TERMINAL_STATUSES, utcnow
 from backend.schemas import JobDetail
 from backend.services.ui import Progress
 
@@ -57,8 +58,6 @@ def line_chart(frame: pd.DataFrame, *, title: str, x_domain: tuple[int, int] | N
     ``y_integer``), one colour per series with a legend, points and tooltips. ``step``: draw as a step line
     (a best-so-far curve). Gradio's LinePlot cannot keep an axis to whole numbers, so the chart is a Vega-Lite
     spec Gradio's Plot renders as it is (as an Altair chart)."""
-    from gradio.components.plot import AltairPlotData
-
     x, y, color = list(frame.columns[:3])
     if x_domain is None:
         xs = frame[x].tolist()
@@ -177,8 +176,6 @@ def status_line(d: JobDetail) -> str:
     """'Job 3 · running · 12 s elapsed · ...' for the job views. What it says about waiting ("queued 5 s ago")
     and stopping ("cancelling…") holds only in that state: a job cancelled before it started "never started"."""
     if d.started_at is None:
-        from backend.models import utcnow
-
         timing = ("never started" if d.status in TERMINAL_STATUSES
                   else f"queued {fmt_duration((utcnow() - d.created_at).total_seconds())} ago")
     else:

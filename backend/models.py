@@ -83,7 +83,7 @@ class StorableText(TypeDecorator[str]):
     """A text column whose every written value goes through ``backend.text.storable`` (capped at ``limit``
     characters; None: no cap). Comparisons bind through it too, so a filter matches what was stored."""
 
-    impl = Text
+    impl: type[String] = Text
     cache_ok = True
 
     def __init__(self, limit: int | None = None):
@@ -93,8 +93,8 @@ class StorableText(TypeDecorator[str]):
     def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
         return None if value is None else storable(value, limit=self.limit)
 
-    def process_literal_param(self, value: str | None, dialect: Any) -> str | None:
-        return self.process_bind_param(value, dialect)
+    def process_literal_param(self, value: str | None, dialect: Any) -> str:
+        return storable(value or "", limit=self.limit)  # SQLAlchemy renders a None as NULL before it gets here
 
 
 class StorableString(StorableText):

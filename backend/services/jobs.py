@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from backend.db import changed_rows
 from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
 from backend.models import (
     JOB_KINDS,
@@ -136,14 +137,15 @@ def submit_job(
     if not label and problem_id is not None:
         problem = session.get(Problem, problem_id)
         label = problem.title if problem else ""
+    task_id = str(uuid.uuid4())
     job = Job(
         kind=kind, status="queued", config=normalized, problem_id=problem_id, dataset_id=dataset_id,
-        model=model, gpus=gpus, label=label[:MAX_LABEL], task_id=str(uuid.uuid4()),
+        model=model, gpus=gpus, label=label[:MAX_LABEL], task_id=task_id,
     )
     session.add(job)
     session.commit()
     try:
-        enqueue(kind, job.id, job.task_id, gpus)
+        enqueue(kind, job.id, task_id, gpus)
     except Exception as e:
         job.status, job.error, job.finished_at = "failed", f"could not enqueue the job: {e}", utcnow()
         session.commit()
@@ -171,10 +173,8 @@ def cancel_job(session: Session, *, job_id: int, revoke: Callable[[str], None] |
     job.cancel_requested = True
     if job.status == "queued":
         reason = "cancelled before it started" if job.started_at is None else "cancelled while waiting to resume"
-        moved = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued")
-            .values(status="cancelled", finished_at=utcnow(), error=reason)
-        ).rowcount
+        moved = changed_rows(session, update(Job).where(Job.id == job_id, Job.status == "queued")
+                             .values(status="cancelled", finished_at=utcnow(), error=reason))
         if moved and revoke and job.task_id:
             revoke(job.task_id)
     session.flush()
@@ -278,7 +278,8 @@ def round_summaries(session: Session, *, job_id: int) -> list[RoundSummary]:
         number += 1
         r = rounds.setdefault(a.round, RoundSummary(round=a.round, first_attempt=number, reward_mean=0.0))
         r.attempts += 1
-        r.reward_mean += (float(a.reward) - r.reward_mean) / r.attempts
+        mean = r.reward_mean or 0.0
+        r.reward_mean = mean + (float(a.reward) - mean) / r.attempts
         if r.best_passed is None or a.passed_public > r.best_passed:
             r.best_passed = a.passed_public
         r.tests = a.total_public

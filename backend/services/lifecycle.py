@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from backend.db import changed_rows
 from backend.errors import IllegalTransition, InvalidInput
 from backend.models import JOB_TRANSITIONS, TERMINAL_STATUSES, Job, utcnow
 from backend.schemas import Enqueue
@@ -76,10 +77,8 @@ def claim_job(session: Session, *, job_id: int, worker_id: str, takeover_after_s
             transition(session, job=job, to="cancelled", error="cancelled before it started")
             return Claim.SKIP
         resumed = job.resumes > 0
-        won = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued")
-            .values(status="running", worker_id=worker_id, started_at=job.started_at or now, heartbeat_at=now)
-        ).rowcount
+        won = changed_rows(session, update(Job).where(Job.id == job_id, Job.status == "queued").values(
+            status="running", worker_id=worker_id, started_at=job.started_at or now, heartbeat_at=now))
         session.expire(job)
         if won:
             return Claim.RESUME if resumed else Claim.START
@@ -99,9 +98,8 @@ def claim_job(session: Session, *, job_id: int, worker_id: str, takeover_after_s
         return Claim.SKIP
     if max_resumes is not None and job.resumes >= max_resumes:
         return Claim.SKIP
-    won = session.execute(
-        update(Job).where(*silent).values(worker_id=worker_id, heartbeat_at=now, resumes=Job.resumes + 1)
-    ).rowcount
+    won = changed_rows(session, update(Job).where(*silent).values(worker_id=worker_id, heartbeat_at=now,
+                                                                   resumes=Job.resumes + 1))
     session.expire(job)
     return Claim.RESUME if won else Claim.SKIP
 
@@ -109,10 +107,8 @@ def claim_job(session: Session, *, job_id: int, worker_id: str, takeover_after_s
 def heartbeat(session: Session, *, job_id: int, worker_id: str) -> bool:
     """Refresh the job's heartbeat; False when the job is no longer running under this worker (it was
     reaped, taken over or deleted), in which case the worker must stop working on it."""
-    return bool(session.execute(
-        update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
-        .values(heartbeat_at=utcnow())
-    ).rowcount)
+    return bool(changed_rows(session, update(Job).where(
+        Job.id == job_id, Job.worker_id == worker_id, Job.status == "running").values(heartbeat_at=utcnow())))
 
 
 def cancel_requested(session: Session, *, job_id: int) -> bool:
@@ -167,15 +163,15 @@ def release_job(session: Session, *, job_id: int, worker_id: str, reason: str, e
             f"SDPO_MAX_RESUMES={max_resumes}), so it is not queued again. Re-run the job to start it again.")), \
             "failed"
     else:
+        task_id = str(uuid.uuid4())  # of the message that queues it again
         values, outcome = dict(status="queued", worker_id=None, heartbeat_at=None, resumes=Job.resumes + 1,
-                               task_id=str(uuid.uuid4())), "requeued"
-    if not session.execute(ours.values(**values)).rowcount:
+                               task_id=task_id), "requeued"
+    if not changed_rows(session, ours.values(**values)):
         return "lost"
     session.expire(job)
     if outcome != "requeued":
         return outcome
     session.commit()
-    task_id = session.scalar(select(Job.task_id).where(Job.id == job_id))
     try:
         enqueue(job.kind, job_id, task_id, job.gpus)
     except Exception as e:  # noqa: BLE001 - recorded on the job
@@ -235,16 +231,16 @@ def reap_stale(session: Session, *, timeout_s: float, enqueue: Enqueue | None = 
                 f"{lost}. It was resumed {resumes} time(s) already (limit SDPO_MAX_RESUMES={max_resumes}), so it "
                 "is not resumed again. Re-run the job to start it again.")), "failed"
         elif enqueue is not None:
+            task_id = str(uuid.uuid4())  # of the message that queues it again
             values, outcome = dict(status="queued", worker_id=None, heartbeat_at=None, resumes=Job.resumes + 1,
-                                   task_id=str(uuid.uuid4())), "requeued"
+                                   task_id=task_id), "requeued"
         else:
             continue
-        if not session.execute(still.values(**values)).rowcount:
+        if not changed_rows(session, still.values(**values)):
             continue
         reaped.append((job_id, outcome))
-        if outcome == "requeued":
+        if outcome == "requeued" and enqueue is not None:
             session.commit()
-            task_id = session.scalar(select(Job.task_id).where(Job.id == job_id))
             try:
                 enqueue(kind, job_id, task_id, gpus)
             except Exception as e:  # noqa: BLE001 - recorded on the job

@@ -93,7 +93,9 @@ def list_dataset_problems(session: Session, *, dataset_id: int | None = None, li
         for index, row in _rows(path):
             if len(out) >= limit:
                 return out
-            meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+            meta = row.get("meta")
+            if not isinstance(meta, dict):
+                meta = {}
             title = _text(row.get("title")) or f"problem {index}"
             out.append(ProblemChoice(dataset_id=ds.id, dataset=ds.name, index=index, title=title,
                                      difficulty=_text(meta.get("difficulty", row.get("difficulty"))),

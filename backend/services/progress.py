@@ -17,6 +17,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from backend.db import changed_rows
 from backend.errors import InvalidInput, JobLost, NotFound
 from backend.models import Attempt, Checkpoint, Job, MetricPoint, utcnow
 from backend.schemas import AttemptIn
@@ -236,7 +237,7 @@ def discard_progress_after(session: Session, *, job_id: int, step: int, worker_i
     writable_job(session, job_id, worker_id)
     n = 0
     for model, column in ((Attempt, Attempt.round), (MetricPoint, MetricPoint.step), (Checkpoint, Checkpoint.step)):
-        n += session.execute(delete(model).where(model.job_id == job_id, column > step)).rowcount or 0
+        n += changed_rows(session, delete(model).where(model.job_id == job_id, column > step))
     return n
 
 

@@ -200,16 +200,15 @@ def round_rows(session: Session, *, job_id: int) -> list[RoundRow]:
     finished = job.status in TERMINAL_STATUSES
     out = []
     for r in J.round_summaries(session, job_id=job_id):
-        if not r.attempts:
+        if not r.attempts or r.first_attempt is None:  # a step with metrics only
             continue
-        last = isinstance(budget, int) and r.first_attempt + r.attempts - 1 >= budget
-        out.append(_round_row(r, strategy, last, finished))
+        last_n = r.first_attempt + r.attempts - 1
+        out.append(_round_row(r, last_n, strategy, isinstance(budget, int) and last_n >= budget, finished))
     return out
 
 
-def _round_row(r: RoundSummary, strategy: str, last: bool, finished: bool) -> RoundRow:
+def _round_row(r: RoundSummary, last_n: int, strategy: str, last: bool, finished: bool) -> RoundRow:
     m = r.metrics
-    last_n = r.first_attempt + r.attempts - 1
     return RoundRow(
         round=r.round, attempts=f"{r.first_attempt}" if r.attempts == 1 else f"{r.first_attempt}-{last_n}",
         best="" if r.tests is None else f"{r.best_passed}/{r.tests}",

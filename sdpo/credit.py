@@ -193,7 +193,7 @@ def token_credit(model, teacher, tokenizer, rollouts: Sequence[Rollout], context
             top = torch.topk(lt_pos, min(alternatives, lt_pos.shape[-1]))
             disagreements.append(Disagreement(
                 position=pos, token=pieces[pos] or tokenizer.decode([ids[pos]], skip_special_tokens=False),
-                student_logprob=_round(ls[pos]), teacher_logprob=_round(lt[pos]),
+                student_logprob=_round(float(ls[pos])), teacher_logprob=_round(float(lt[pos])),
                 teacher_top=[Alternative(tokenizer.decode([int(t)], skip_special_tokens=False), _round(math.exp(v)))
                              for v, t in zip(top.values.tolist(), top.indices.tolist(), strict=True)]))
         del t_logits

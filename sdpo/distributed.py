@@ -26,11 +26,15 @@ import datetime
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import torch
 
 from sdpo.config import ConfigError
+from sdpo.forward import unwrap
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 T = TypeVar("T")
 STRATEGIES = ("none", "ddp", "fsdp")
@@ -84,17 +88,16 @@ class DistContext:
         if self.enabled:
             torch.distributed.barrier()
 
-    def all_reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
+    def all_reduce_grads(self, params: Sequence[torch.Tensor]) -> None:
         """Sum ``.grad`` over ranks in one flat buffer per dtype (a missing grad counts as zeros).
 
         Not used under FSDP, whose backward already reduce-scatters (sums) the gradients."""
         if not self.enabled or self.strategy == "fsdp":
             return
+        by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-        for p in params:
             by_dtype.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
         for grads in by_dtype.values():
             flat = torch.cat([g.reshape(-1) for g in grads])
@@ -183,16 +186,10 @@ def shard(items: Sequence[T], ctx: DistContext) -> list[T]:
     return list(items[start:end])
 
 
-def _is_dtensor(t: Any) -> bool:
+def _is_dtensor(t: Any) -> TypeGuard[DTensor]:
     from torch.distributed.tensor import DTensor  # FSDP/DTensor modules: only FSDP runs import them
 
     return isinstance(t, DTensor)
-
-
-def _generating_root(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a peft wrapper (the module whose ``__call__`` both the training forward
-    and ``generate`` go through), else ``model``."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def apply_fsdp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
@@ -211,7 +208,7 @@ def apply_fsdp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
 
     if ctx.strategy != "fsdp":
         return model
-    root = _generating_root(model)
+    root = unwrap(model)  # the module whose __call__ both the training forward and generate go through
     layers = None
     for mod in root.modules():
         if hasattr(mod, "layers") and isinstance(mod.layers, torch.nn.ModuleList):
@@ -229,7 +226,7 @@ def apply_fsdp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     # transformers' generate then keeps the ranks in step (synced_gpus). fully_shard marks the modules it
     # manages itself; this also covers the wrapper above the root (peft) and any module left outside.
     for mod in model.modules():
-        mod._is_fsdp_managed_module = True
+        mod._is_fsdp_managed_module = True  # type: ignore[assignment]  # a flag, not a tensor or module
     return model
 
 
@@ -239,11 +236,11 @@ def gather_full(obj: T) -> T:
     A collective per DTensor: every rank must call it on the same structure (a state dict of the same sharded
     module / optimizer), in the same order. Plain tensors and other values are returned as they are."""
     if _is_dtensor(obj):
-        return obj.full_tensor().cpu()  # type: ignore[union-attr]
+        return obj.full_tensor().cpu()  # type: ignore[return-value]  # T is the DTensor's full tensor
     if isinstance(obj, dict):
-        return type(obj)((k, gather_full(v)) for k, v in obj.items())  # type: ignore[return-value]
+        return type(obj)((k, gather_full(v)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
-        return type(obj)(gather_full(v) for v in obj)  # type: ignore[return-value]
+        return type(obj)(gather_full(v) for v in obj)
     return obj
 
 

@@ -18,11 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from sdpo.config import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -93,9 +97,10 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> PreTrainedModel:
     """The transformers model under a peft wrapper (LoRA layers stay injected, so adapters still apply)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = getattr(model, "get_base_model", None)
+    return cast("PreTrainedModel", base() if base is not None else model)
 
 
 def response_logits(model: nn.Module, batch: ResponseBatch) -> torch.Tensor:

@@ -68,7 +68,7 @@ class UpdatePlan:
         """Every step's denominators in one flat list (step by step, terms in key order): what the ranks sum."""
         return [s.denominators[k] for s in self.steps for k in sorted(s.denominators)]
 
-    def globalised(self, totals: Sequence[float], loss_agg_mode: str) -> UpdatePlan:
+    def globalised(self, totals: Sequence[float] | Tensor, loss_agg_mode: str) -> UpdatePlan:
         """This plan with every scale under the global mini-batch's aggregation weights; ``totals``: the sum over
         ranks of ``local_denominators()``. seq-mean-token-sum-norm divides by a constant and needs no rescale."""
         if loss_agg_mode == "seq-mean-token-sum-norm":

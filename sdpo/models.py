@@ -74,7 +74,7 @@ def load_model_and_tokenizer(path: str | Path, *, dtype: str | torch.dtype | Non
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=resolve_dtype(dtype, device), local_files_only=True
     )
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers types .to() wrongly
     model.eval()
     tokenizer = load_tokenizer(path)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:

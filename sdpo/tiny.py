@@ -73,7 +73,8 @@ def make_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 19
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 8 // 3,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=16384, tie_word_embeddings=True, rope_theta=10000.0,
+        max_position_embeddings=16384, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)

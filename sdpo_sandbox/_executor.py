@@ -258,7 +258,7 @@ def setup_namespaces(cfg: dict) -> list[str]:
     except OSError as e:
         enforced.append(f"host /proc visible ({e.strerror})")
     keep = [os.path.realpath(p) for p in cfg["keep"] if os.path.isdir(p)]
-    hidden = []
+    hidden: list[str] = []
     # Everything at the top level that is not the operating system is covered (the data of this machine:
     # /work, /opt, /srv, /var, /home, /root, /run, ...); the Python installation is bound back read-only.
     top = [f"/{n}" for n in sorted(os.listdir("/")) if n not in VISIBLE_TOP_LEVEL]
@@ -608,11 +608,13 @@ def _std_streams() -> None:
     """Fresh sys.stdin/stdout/stderr on fds 0-2 (kept in _STREAMS too, so they are flushed even when the
     solution rebinds sys.stdout)."""
     # As CPython on POSIX: stdin splits lines at "\n" only (no newline translation), stdout writes "\n".
-    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="surrogateescape", newline="\n", closefd=False)
-    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="surrogateescape", newline="\n",
-                                       closefd=False)
-    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False,
-                                       buffering=1)
+    # (typeshed marks sys.__stdin__ & co. final; a fresh interpreter of the sandbox rebinds them on purpose)
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="surrogateescape", newline="\n",  # type: ignore[misc]
+                                     closefd=False)
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="surrogateescape",  # type: ignore[misc]
+                                       newline="\n", closefd=False)
+    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace",  # type: ignore[misc]
+                                       closefd=False, buffering=1)
     _STREAMS[:] = [sys.stdout, sys.stderr]
 
 
@@ -881,7 +883,7 @@ def _test_process(job: dict, code, err: BaseException | None, chan) -> int:
     os.chdir(req["scratch"])
     os.environ["HOME"] = os.environ["TMPDIR"] = req["scratch"]
     _std_streams()
-    if code is None:
+    if err is not None:  # the solution did not compile (``code`` is None)
         _report_error(3, err)
         return 1
     args_text = ""
@@ -946,8 +948,8 @@ def codec_source() -> str:
     """The few helpers the fresh solution interpreter of an ``assert`` test needs, as source text."""
     import inspect
 
-    parts = [encode_value, Opaque, _float, decode_value, write_line, _describe, error_info, _std_streams,
-             _thread_stack]
+    parts: list = [encode_value, Opaque, _float, decode_value, write_line, _describe, error_info, _std_streams,
+                   _thread_stack]
     head = "import builtins, json, os, sys, traceback\n\n_STREAMS = []\n\n"
     return head + "\n\n".join(inspect.getsource(f) for f in parts)
 
@@ -1000,7 +1002,7 @@ def run_checker(job: dict, down: int, up: int, report: int) -> int:
             state["last"]["result"] = repr(value)[:500]
             return value
 
-    g = {"__name__": "check", "__builtins__": builtins}
+    g: dict = {"__name__": "check", "__builtins__": builtins}
     try:
         tree = ast.parse(job["assert_code"])
         exec(compile(tree, "<check>", "exec"), g)
@@ -1297,7 +1299,7 @@ class Executor:
         slot's uids left in /tmp and /dev/shm, so the next test starts from empty writable areas."""
         rmtree(scratch)
         if self.strong:
-            clean_shared_dirs([self.uid, self.checker_uid])
+            clean_shared_dirs([u for u in (self.uid, self.checker_uid) if u is not None])
 
     @staticmethod
     def _pipes() -> tuple[dict[str, int], list[int]]:
@@ -1435,7 +1437,7 @@ class Executor:
             if not job.get("warm"):  # one test on its own: a zygote of its own, retired right after
                 self.retire()
                 job = {**job, "last": True}
-            return self.run_warm(job)  # type: ignore[return-value]  (None only with a stop_fd)
+            return self.run_warm(job)  # type: ignore[return-value]  # None only with a stop_fd
         self.retire()
         scratch = self._scratch()
         try:

@@ -42,8 +42,9 @@ _DECODER = json.JSONDecoder()
 _FEEDBACK_VALUE_CHARS = 200
 
 
-def parse_ground_truth(answer: str | list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """Ground truth as (action, input dict) pairs; ``answer`` is the row's JSON string or its parsed list.
+def parse_ground_truth(answer: object) -> list[tuple[str, dict[str, Any]]]:
+    """Ground truth as (action, input dict) pairs; ``answer`` is the row's JSON string or its parsed list (any
+    other value is refused).
 
     Raises ValueError naming the problem if the answer is not a list of {"Action", "Action_Input"} objects.
     An ``Action_Input`` that is not a JSON object decodes to ``{}`` (as in the reference).

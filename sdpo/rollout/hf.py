@@ -39,7 +39,7 @@ class _RecordSampledLogprob(LogitsProcessor):
     """Last processor in the chain: keeps log_softmax of the final scores of step t and, at step t+1,
     gathers the log-prob of the token that was drawn at step t (now the last column of input_ids)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.prev: torch.Tensor | None = None
         self.steps: list[torch.Tensor] = []
 
@@ -67,7 +67,7 @@ class _StopWhenAsked(StoppingCriteria):
         self.should_stop = should_stop
         self.fired = False
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.Tensor:
         if not self.fired and self.should_stop():
             self.fired = True
         return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
@@ -200,7 +200,7 @@ class HFSampler:
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention[row, width - len(ids):] = 1
         greedy = params.temperature == 0.0
-        processors = []
+        processors: list[LogitsProcessor] = []
         if not greedy:
             if params.temperature != 1.0:
                 processors.append(TemperatureLogitsWarper(params.temperature))

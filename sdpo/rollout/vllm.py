@@ -255,8 +255,8 @@ class VLLMSampler:
         # and from __del__).
         self._closed = False
         self.should_stop = should_stop
-        self.llm = None
-        self._transfer = None  # trainer-side weight-transfer engine (full mode), created on first push
+        self.llm: Any = None  # vLLM's LLM (None before it is built and after close)
+        self._transfer: Any = None  # trainer-side weight-transfer engine (full mode), created on first push
         self.work_dir: Path | None = None
         self._own_work_dir = False
         self._model = None  # full mode: the trainer's model, re-pushed after a level-2 sleep (a reference)
@@ -353,6 +353,7 @@ class VLLMSampler:
             raise ConfigError("model_path", "the base model was not loaded from a local directory; pass "
                               "model_path= the base checkpoint vLLM should serve")
         # Full mode: export the current weights once; later updates go through the weight-transfer API.
+        assert self.work_dir is not None  # set in __init__ before the engine is built
         out = self.work_dir / "checkpoint"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
@@ -507,7 +508,8 @@ class VLLMSampler:
         drops unfinished requests (parallel-sampling children with their parent)."""
         from vllm.sampling_params import RequestOutputKind
 
-        engine = self.llm.llm_engine
+        engine, should_stop = self.llm.llm_engine, self.should_stop
+        assert should_stop is not None  # generate runs this loop only with a should_stop
         tag = uuid.uuid4().hex[:12]
         ids = [f"sdpo-{tag}-{k}" for k in range(len(requests))]
         for rid, prompt, sp in zip(ids, requests, sampling, strict=True):
@@ -516,7 +518,7 @@ class VLLMSampler:
         done: dict[str, Any] = {}
         try:
             while engine.has_unfinished_requests():
-                if self.should_stop():
+                if should_stop():
                     raise StopRequested
                 for out in engine.step():
                     if getattr(out, "finished", False):
@@ -583,6 +585,7 @@ class VLLMSampler:
         # must be unique per adapter, so every update gets a new one.
         from vllm.lora.request import LoRARequest
 
+        assert self.work_dir is not None  # set in __init__ before the engine is built
         path = self.work_dir / f"lora-{self.version}"
         # PEFT writes adapter_config.json + adapter_model.safetensors; only the policy's adapter ("default",
         # see sdpo.adapters) goes to vLLM, not e.g. a teacher adapter living in the same PeftModel.

@@ -212,7 +212,7 @@ def build_corpus(n: int, *, seed: int = 0, mix: Sequence[float] = DEFAULT_MIX, d
 
 def tokenizer_texts(examples: Sequence[CorpusExample]) -> list[str]:
     """Plain texts to train the BPE tokenizer on (message contents and responses)."""
-    texts = []
+    texts: list[str] = []
     for ex in examples:
         texts.extend(m["role"] + "\n" + m["content"] for m in ex.messages)
         texts.append("assistant\n" + ex.response)

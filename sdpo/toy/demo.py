@@ -74,7 +74,7 @@ def export_demo_model(src: str | Path, out: str | Path = DEMO_DIR, *, recipe: st
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, local_files_only=True)
-    model.to(torch.float16).save_pretrained(out)
+    model.to(torch.float16).save_pretrained(out)  # type: ignore[arg-type]  # transformers types .to() wrongly
     for name in COPIED:
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)

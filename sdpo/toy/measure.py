@@ -101,8 +101,8 @@ def context_gaps(model, tokenizer, problems: Sequence[ToyProblem], *, seed: int 
         wrong = near_miss(p, rng)
         if wrong is not None:
             rows.append((p, wrong))
-    sol = {"student": [], "demo": [], "feedback": []}
-    bad = {"student": [], "demo": [], "feedback": []}
+    sol: dict[str, list[float]] = {"student": [], "demo": [], "feedback": []}
+    bad: dict[str, list[float]] = {"student": [], "demo": [], "feedback": []}
     for target, store in (("solution", sol), ("wrong", bad)):
         exs: dict[str, list[CorpusExample]] = {k: [] for k in store}
         for p, wrong in rows:

@@ -88,7 +88,7 @@ class ToyModelConfig:
                                              f"({self.num_heads})")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError("num_kv_heads", f"got {self.num_kv_heads}; must divide num_heads ({self.num_heads})")
-        self.mix = tuple(self.mix)  # type: ignore[assignment]
+        self.mix = tuple(self.mix)
         if len(self.mix) != len(KINDS) or any(not isinstance(w, (int, float)) or w < 0 for w in self.mix) or not sum(
                 self.mix):
             raise ConfigError("mix", f"got {self.mix!r}; expected {len(KINDS)} non-negative weights {KINDS} with a "
@@ -188,7 +188,8 @@ def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
                 vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
                 intermediate_size=cfg.hidden_size * 8 // 3, num_hidden_layers=cfg.num_layers,
                 num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-                max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=10000.0, bos_token_id=None,
+                max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=None,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             ))
         model.train()
@@ -198,6 +199,7 @@ def make_toy_model(out_dir: str | Path, cfg: ToyModelConfig | None = None,
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
         total = cfg.steps
+        assert total is not None  # ToyModelConfig fills in the default
         log(f"model: {stats.n_params / 1e6:.2f}M parameters"
             + (f" (continuing {cfg.init_from} after {prev_steps} steps)" if prev_steps else "") + f"; {total} steps"
             + (f", capped at {cfg.minutes:g} minutes" if cfg.minutes is not None else ""))

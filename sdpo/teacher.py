@@ -17,9 +17,9 @@ Teacher forwards run with every module in eval mode (no dropout); the previous t
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -27,12 +27,20 @@ from torch import nn
 from sdpo.config import SelfDistillationConfig
 from sdpo.forward import ResponseBatch, eval_mode, plain_head_weight, response_hidden, response_logits
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 TEACHER_ADAPTER = "teacher"
 
 
 def is_peft_model(model: nn.Module) -> bool:
     """A peft model (LoRA adapters injected into a transformers model)."""
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter") and hasattr(model, "set_adapter")
+
+
+def _peft(model: nn.Module) -> PeftModel:
+    """``model`` as the peft model ``is_peft_model`` found it to be (for peft's own methods)."""
+    return cast("PeftModel", model)
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
@@ -74,14 +82,15 @@ class EmaTeacher:
     def __init__(self, model: nn.Module, update_rate: float, *, fp32_master: bool | None = None):
         self.update_rate = float(update_rate)
         self.is_peft = is_peft_model(model)
+        self.model: nn.Module
         if self.is_peft:
-            self.model = model
-            self.student_adapter = model.active_adapter
-            if TEACHER_ADAPTER in model.peft_config:
+            self.model = peft = _peft(model)
+            self.student_adapter: str = peft.active_adapter
+            if TEACHER_ADAPTER in peft.peft_config:
                 raise ValueError(f"the model already has an adapter named {TEACHER_ADAPTER!r}")
             grads = {n: p.requires_grad for n, p in model.named_parameters()}
-            model.add_adapter(TEACHER_ADAPTER, copy.deepcopy(model.peft_config[self.student_adapter]))
-            model.set_adapter(self.student_adapter)
+            peft.add_adapter(TEACHER_ADAPTER, copy.deepcopy(peft.peft_config[self.student_adapter]))
+            peft.set_adapter(self.student_adapter)
             for n, p in model.named_parameters():
                 p.requires_grad_(grads.get(n, False))  # teacher adapter frozen; student flags as before
             teacher, student = _adapter_params(model, TEACHER_ADAPTER), _adapter_params(model, self.student_adapter)
@@ -110,12 +119,12 @@ class EmaTeacher:
             yield
             return
         grads = [(p, p.requires_grad) for p in self.model.parameters()]
-        self.model.set_adapter(TEACHER_ADAPTER)
+        _peft(self.model).set_adapter(TEACHER_ADAPTER)
         try:
             with eval_mode(self.model):
                 yield
         finally:
-            self.model.set_adapter(self.student_adapter)
+            _peft(self.model).set_adapter(self.student_adapter)
             for p, flag in grads:
                 p.requires_grad_(flag)
 
@@ -146,7 +155,7 @@ class EmaTeacher:
                 raise ValueError("EmaTeacher(LoRA): update() must get the same peft model the teacher lives in")
             if weights is not None:
                 raise ValueError("EmaTeacher(LoRA): weights are for full models (the adapters are the weights)")
-            student_params = _adapter_params(self.model, self.student_adapter)
+            student_params: Mapping[str, torch.Tensor] = _adapter_params(self.model, self.student_adapter)
         else:
             student_params = weights if weights is not None else dict(student.named_parameters())
         if teacher.keys() != student_params.keys():
@@ -196,8 +205,8 @@ class TrustRegionTeacher:
         self.ref = None if self.is_peft else _frozen_copy(model)
 
     def _ref_logits(self, batch: ResponseBatch) -> torch.Tensor:
-        if self.is_peft:
-            with self.student.disable_adapter(), eval_mode(self.student):
+        if self.ref is None:  # peft: the base with the adapter disabled
+            with _peft(self.student).disable_adapter(), eval_mode(self.student):
                 return response_logits(self.student, batch)
         return response_logits(self.ref, batch)
 
@@ -217,7 +226,7 @@ class TrustRegionTeacher:
             raise NotImplementedError("TrustRegionTeacher.hidden: the full-model ref has its own LM head, so the "
                                       "teacher logits are not hidden @ one head; use logits() (fused_lm_head=false)")
         weight = plain_head_weight(self.student).detach()
-        with self.student.disable_adapter(), eval_mode(self.student):
+        with _peft(self.student).disable_adapter(), eval_mode(self.student):
             ref = response_hidden(self.student, batch)
         with eval_mode(self.student):
             student = response_hidden(self.student, batch)

@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -171,6 +171,7 @@ def load_data(cfg: TrainConfig) -> tuple[list[Task], list[Task]]:
     """Train and validation tasks for ``cfg`` (errors name file, line and field)."""
     if cfg.dataset == "humaneval":
         return lasgroup.split_tasks(humaneval.load_tasks(), cfg.val_fraction, cfg.seed)
+    assert cfg.train_file is not None  # TrainConfig: without a dataset there is a train_file
     train = lasgroup.load_jsonl(cfg.train_file)
     if not train:
         raise ConfigError("train_file", f"{cfg.train_file} holds no rows")
@@ -279,7 +280,8 @@ def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext) -> dict
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # (FSDP only)
 
-    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    weights = cast(dict[str, torch.Tensor],  # full_state_dict: plain tensors, no DTensors
+                   get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
     if ctx.is_main:  # tied weights (embeddings / LM head) are one tensor again, as in model.state_dict()
         first: dict[int, str] = {}
         for name, p in model.named_parameters(remove_duplicate=False):
@@ -617,16 +619,16 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
             if val_tasks and ((cfg.val_every and step % cfg.val_every == 0) or last):
                 metrics.update(validate(sampler, val_tasks, cfg, step, ctx))
             result.steps, result.last_metrics = step, metrics
-            if ctx.is_main:
+            if sinks is not None:  # the main rank's (it alone logs and calls back)
                 sinks.log(step, metrics)
                 callbacks.metrics(step, metrics)
             if (cfg.save_every and step % cfg.save_every == 0) or last:
                 rng_ranks = ctx.all_gather_object(_rng_state()) if ctx.enabled else None
-                gathered = gather_checkpoint_state(model, optimizer, teacher, ctx)  # fsdp: every rank gathers
+                full_state = gather_checkpoint_state(model, optimizer, teacher, ctx)  # fsdp: every rank gathers
                 path = out_dir / "checkpoints" / f"step_{step}"
                 if ctx.is_main:
                     path, kind = save_checkpoint(out_dir, step, model, tokenizer, optimizer, scheduler, teacher,
-                                                 stream, cfg, rng_ranks, gathered)
+                                                 stream, cfg, rng_ranks, full_state)
                     callbacks.checkpoint(step, str(path), kind)
                 result.checkpoints.append(str(path))
                 ctx.barrier()  # no rank moves on (or exits) before the checkpoint is on disk

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -309,7 +310,7 @@ def micro_batch_loss(model, teacher, data: UpdateTensors, micro: MicroBatch, cfg
     advantages has the GRPO term alone, on the per-token advantage λ·A_GRPO + (1 − λ)·A_SDPO with λ = 1 − w.
     """
     device = model_device(model)
-    rows = torch.tensor([0]) if micro.dummy else micro.rows
+    rows = torch.tensor([0]) if micro.rows is None else micro.rows  # a dummy pass runs row 0
     mb = data.student.rows(rows).trimmed().to(device)
     ids, rmask = data.response_ids[rows].to(device), data.response_mask[rows].to(device)
     rcw = data.rollout_weights[rows].to(device) if data.rollout_weights is not None else None
@@ -321,9 +322,11 @@ def micro_batch_loss(model, teacher, data: UpdateTensors, micro: MicroBatch, cfg
     total = torch.zeros((), device=device)
     metrics: dict[str, float] = {}
     if cfg.loss in ("sdpo", "hybrid") and not mix_advantages:
-        kw = dict(old_logprobs=data.old_logprobs_sd[rows].to(device) if sd.is_clip is not None else None,
-                  sample_mask=data.sample_mask[rows].to(device), rollout_is_weights=rcw)
-        if fused:
+        old_sd = data.old_logprobs_sd if sd.is_clip is not None else None
+        assert sd.is_clip is None or old_sd is not None  # with_old_logprobs fills it for the IS clip
+        kw: dict[str, Any] = dict(old_logprobs=None if old_sd is None else old_sd[rows].to(device),
+                                  sample_mask=data.sample_mask[rows].to(device), rollout_is_weights=rcw)
+        if head_w is not None:  # fused
             # the teacher's own head: an EMA teacher of a full model has its own (EMA'd) weights
             t_hidden, t_head_w = teacher.hidden(tb)
             l_sd, m_sd = sdpo_loss_from_hidden(student, t_hidden, head_w, ids, rmask, sd,
@@ -334,7 +337,7 @@ def micro_batch_loss(model, teacher, data: UpdateTensors, micro: MicroBatch, cfg
         total = total + w * micro.scales["sdpo"] * l_sd
         metrics.update(m_sd)
     if cfg.loss in ("grpo", "hybrid"):
-        if fused:
+        if head_w is not None:  # fused
             lp = token_logprobs_from_hidden(student, head_w, ids, cfg.temperature)
         else:
             lp = token_logprobs(student, ids, cfg.temperature)
@@ -346,6 +349,7 @@ def micro_batch_loss(model, teacher, data: UpdateTensors, micro: MicroBatch, cfg
             lam = 1.0 - cfg.hybrid_weight
             adv, w = lam * adv[:, None] + (1.0 - lam) * a_sd, 1.0
             metrics["hybrid/sdpo_advantage_mean"] = float((a_sd * rmask).sum() / rmask.sum().clamp(min=1))
+        assert data.old_logprobs is not None  # with_old_logprobs fills it for the GRPO ratio
         l_pg, m_pg = grpo_loss(lp, data.old_logprobs[rows].to(device), adv, rmask,
                                clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
                                clip_ratio_c=cfg.clip_ratio_c, loss_agg_mode=sd.loss_agg_mode,
@@ -420,7 +424,7 @@ def _old_logprobs(model, batch: ResponseBatch, ids: Tensor, passes: list[Tensor 
     with eval_mode(model):
         for rows in passes:
             dummy = rows is None
-            rows = torch.tensor([0]) if dummy else rows
+            rows = torch.tensor([0]) if rows is None else rows
             mb = batch.rows(rows).trimmed().to(device)
             if fused:
                 lp = token_logprobs_from_hidden(response_hidden(model, mb), plain_head_weight(model),

@@ -197,6 +197,7 @@ def _sdpo_chunk(
             div = per_token.detach()
         stats[_DIV] = div
         if plan.is_clip is not None:
+            assert old is not None  # _prepare keeps old_logprobs whenever is_clip is set
             ratio = torch.exp((lp_y.detach() - old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
             stats[_CLIPPED] = (ratio > plan.is_clip).to(cd)
             ratio = ratio.clamp(max=plan.is_clip)
@@ -254,10 +255,11 @@ class _SdpoFromLogits(torch.autograd.Function):
             if grad is not None:
                 buf = grad[b, t0:t1] if grad.dtype == cd else torch.empty((t1 - t0, V), dtype=cd,
                                                                           device=student.device)
-            part, st = _sdpo_chunk(student[b, t0:t1], lambda b=b, t0=t0, t1=t1: teacher[b, t0:t1],
+            # (the type: ignore: mypy cannot type a lambda with default arguments)
+            part, st = _sdpo_chunk(student[b, t0:t1], lambda b=b, t0=t0, t1=t1: teacher[b, t0:t1],  # type: ignore[misc]
                                    ids[b, t0:t1], weight[b, t0:t1], _opt_rows(old, b, t0, t1),
                                    _opt_rows(rollout_w, b, t0, t1), plan, buf)
-            if grad is not None and buf.data_ptr() != grad[b, t0:t1].data_ptr():
+            if grad is not None and buf is not None and buf.data_ptr() != grad[b, t0:t1].data_ptr():
                 grad[b, t0:t1].copy_(buf)
             total += part
             stats[:, b, t0:t1] = st
@@ -319,8 +321,8 @@ def _check_inputs(
     # token ids must index the vocabulary wherever they count (masked positions may hold padding ids)
     bad = (mask != 0) & ((response_ids < 0) | (response_ids >= V))
     if bool(bad.any()):
-        b, t = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"response_ids[{b}, {t}] = {int(response_ids[b, t])} is outside the vocabulary "
+        row, pos = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"response_ids[{row}, {pos}] = {int(response_ids[row, pos])} is outside the vocabulary "
                          f"[0, {V}) at an active position ({int(bad.sum())} such positions); mask such "
                          "positions out (response_mask = 0) or fix the token ids / vocabulary size")
     return mask
@@ -334,7 +336,7 @@ def _prepare(
     with a padding id)."""
     ids = torch.where(mask != 0, response_ids, torch.zeros_like(response_ids)).long()
     agg_w = aggregation_weights(mask, cfg.loss_agg_mode, cd, cfg.loss_scale_factor)
-    old = old_logprobs.detach().to(cd) if (cfg.is_clip is not None) else None
+    old = old_logprobs.detach().to(cd) if (cfg.is_clip is not None and old_logprobs is not None) else None
     rw = rollout_is_weights.detach().to(cd) if rollout_is_weights is not None else None
     plan = _Plan(mode=cfg.mode, topk=cfg.distillation_topk if cfg.mode == "logit" else None,
                  add_tail=cfg.distillation_add_tail, alpha=float(cfg.alpha),

@@ -71,11 +71,13 @@ class _SdpoFromHidden(torch.autograd.Function):
             c = pb.numel()
             h = s_hidden[pb, pt]                 # [c, H] (a gather: a copy)
             ht = t_hidden[pb, pt].to(ldt)        # [c, H_t]
+            assert logits_buf is not None  # allocated whenever there are positions (n > 0)
             lb = logits_buf[:c]
             buf = None if grad_buf is None else grad_buf[:c]
             torch.matmul(h.to(ldt), w_s.T, out=lb)
             # the teacher logits overwrite the student's once the kernel no longer needs them
-            part, st = _sdpo_chunk(lb, lambda ht=ht, lb=lb: torch.matmul(ht, w_t.T, out=lb),
+            # (the type: ignore: mypy cannot type a lambda with default arguments)
+            part, st = _sdpo_chunk(lb, lambda ht=ht, lb=lb: torch.matmul(ht, w_t.T, out=lb),  # type: ignore[misc]
                                    ids[pb, pt], agg_w[pb, pt], None if old is None else old[pb, pt],
                                    None if rollout_w is None else rollout_w[pb, pt], plan, buf, owned=True)
             total += part

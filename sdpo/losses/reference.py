@@ -86,6 +86,7 @@ def sdpo_loss_reference(student_logits: Tensor, teacher_logits: Tensor, response
                 ls, lt = ls - torch.logsumexp(ls, -1, keepdim=True), lt - torch.logsumexp(lt, -1, keepdim=True)
         per_token = generalised_jsd(ls, lt, cfg.alpha)
     if cfg.is_clip is not None:
+        assert old_logprobs is not None, "cfg.is_clip needs old_logprobs"
         log_ratio = (lp_y.detach() - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         per_token = per_token * log_ratio.exp().clamp(max=cfg.is_clip)
     if rollout_is_weights is not None:

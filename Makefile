@@ -1,4 +1,5 @@
 # Two commands: `make run` and `make test`. Everything they need is installed from this repo.
+# `make lint` (ruff) and `make typecheck` (mypy) run in CI before the tests.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 LOCK := requirements.lock
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast lint install lock clean-venv
+.PHONY: run test test-fast lint typecheck install lock clean-venv
 
 # Every version comes from requirements.lock (pip constraints), so a fresh clone installs what the suite
 # passed with; `make lock` regenerates it from pyproject.toml's ranges.
@@ -33,6 +34,10 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sdpo sdpo_sandbox backend workers app tests bench
+
+# mypy on sdpo/, sdpo_sandbox/ and backend/ ([tool.mypy] in pyproject.toml)
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 lock:
 	PYTHON=$(PYTHON) .ci/lock

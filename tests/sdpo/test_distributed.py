@@ -54,6 +54,12 @@ CASES = {
     "hybrid-token-sum-norm": dict(loss="hybrid", micro_batch_size=3, agg="seq-mean-token-sum-norm"),
     "hybrid-token-sum-clip": dict(loss="hybrid", micro_batch_size=2, agg="seq-mean-token-sum", is_clip=2.0,
                                   rollout_correction_threshold=2.0),
+    # the family: SRPO's entropy weights and SC-SDPO's pass-rate weights are normalised over both ranks' samples
+    "srpo-token-mean": dict(loss="srpo", micro_batch_size=2, agg="token-mean", is_clip=2.0),
+    "sc_sdpo-seq-mean-token-mean": dict(loss="sc_sdpo", micro_batch_size=2, agg="seq-mean-token-mean"),
+    "sdpg-mini": dict(loss="sdpg", micro_batch_size=1, mini_batch_size=4, ppo_epochs=2, agg="token-mean",
+                      sdpg_beta=0.5, kl_coef=0.1),
+    "sdpo-base-kl": dict(loss="sdpo", micro_batch_size=2, agg="token-mean", teacher="base", kl_coef=0.2),
 }
 
 
@@ -124,7 +130,7 @@ def _run_case(model, tok, name: str, dist: DistContext) -> dict:
     """One policy_update (+ teacher update) with SGD(lr=1) on a float64 copy: the step is minus the gradient.
     With ``dist`` enabled the batch is this rank's block of the case's groups, else all of them."""
     from sdpo.distributed import shard
-    from sdpo.teacher import make_teacher
+    from sdpo.teacher import make_reference, make_teacher
     from sdpo.update import UpdateConfig, policy_update
 
     case = dict(CASES[name])
@@ -137,8 +143,9 @@ def _run_case(model, tok, name: str, dist: DistContext) -> dict:
     m = copy.deepcopy(model)
     before = [p.detach().clone() for p in m.parameters()]
     teacher = make_teacher(sd, m) if cfg.loss != "grpo" else None
+    reference = make_reference(m, teacher) if cfg.kl_coef else None
     opt = torch.optim.SGD(m.parameters(), lr=1.0)
-    metrics = policy_update(m, opt, teacher, tok, _batch(tok, groups), cfg, seed=5, dist=dist)
+    metrics = policy_update(m, opt, teacher, tok, _batch(tok, groups), cfg, seed=5, dist=dist, reference=reference)
     if teacher is not None:
         teacher.update(m)
     delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), before, strict=True)])

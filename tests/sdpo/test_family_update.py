@@ -230,3 +230,62 @@ def test_solve_refuses_losses_that_cannot_learn_from_failed_rounds():
             SolveConfig(loss=loss)
     assert SolveConfig(loss="srpo").loss == "srpo"
     assert SolveConfig(loss="sdpg", strategy="best_of_k").loss == "sdpg"  # never updates: nothing to refuse
+
+
+# ------------------------------------------------------------------------------------- training runs
+
+RUNS = {
+    "srpo": (dict(loss="srpo"), ("srpo/route_sdpo_fraction", "srpo/entropy_weight_mean", "srpo/teacher_entropy_mean",
+                                 "srpo/entropy_normaliser", "grpo/loss", "sdpo/loss")),
+    "sc_sdpo": (dict(loss="sc_sdpo"), ("sc_sdpo/weight_mean", "sc_sdpo/normaliser", "sc_sdpo/pass_rate_mean",
+                                       "sdpo/loss")),
+    "sdpg": (dict(loss="sdpg", sdpg_warmup_steps=0, sdpg_decay_steps=0, sdpg_beta=0.5),
+             ("sdpg/beta", "sdpg/gate_fraction", "sdpg/opd_kl_mean", "sdpg/ref_kl", "ref_kl/estimate", "grpo/loss")),
+    "base-teacher-kl": (dict(loss="sdpo", kl_coef=0.01, teacher="base"), ("ref_kl/estimate", "sdpo/loss")),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_short_training_run_logs_the_method_s_metrics_and_moves_the_weights(tiny_model_path, tmp_path,
+                                                                             monkeypatch, name):
+    """Two steps of ``train()`` per method on the tiny model (full fine-tuning, so that the weights can be
+    compared with the model's file). The environment is replaced by a fixed one (the first rollout of each
+    group of 4 succeeds, the others fail with feedback), so that every method has its signal: p̂ = 1/4, failures
+    with a teacher context, a positive advantage."""
+    import json
+
+    from safetensors.torch import load_file
+
+    import sdpo.trainer
+    from sdpo.envs.base import Score
+    from sdpo.trainer import TrainConfig, train
+
+    def scores(tasks, rollouts, n, *, sparse, code_feedback="all_tests"):
+        return [Score(reward=1.0 if i % 4 == 0 else 0.0, feedback=None if i % 4 == 0 else "Wrong answer",
+                      passed=int(i % 4 == 0), total=1) for i in range(len(rollouts))]
+
+    monkeypatch.setattr(sdpo.trainer, "score_rollouts", scores)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "kind": "mcq", "answer": "A"}) + "\n"
+                            for p in ("Which letter comes first?\nA: a\nB: b", "Pick A.\nA: x\nB: y")))
+    kw, keys = RUNS[name]
+    kw = dict(kw)
+    sd = {"distillation_topk": 10, "teacher_regularization": kw.pop("teacher", "ema"), "teacher_update_rate": 0.2}
+    cfg = TrainConfig(model_path=str(tiny_model_path), train_file=str(data), out_dir=str(tmp_path / "run"),
+                      adapter="full", train_batch_size=2, n=4, max_new_tokens=8, micro_batch_size=4, lr=1e-3,
+                      max_steps=2, progress=False, seed=1, self_distillation=sd, **kw)
+    result = train(cfg)
+    assert result.steps == 2
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for key in keys:
+        assert all(key in r and r[key] == r[key] for r in rows), (name, key)
+    before = load_file(str(tiny_model_path / "model.safetensors"))
+    after = load_file(str(tmp_path / "run/checkpoints/step_2/model/model.safetensors"))
+    moved = sum(float((after[k].float() - before[k].float()).abs().max()) > 0 for k in before if k in after)
+    assert moved > len(before) // 2, (name, moved, len(before))
+    state = torch.load(tmp_path / "run/checkpoints/step_2/trainer_state.pt", weights_only=False)
+    if cfg.kl_coef and cfg.self_distillation.teacher_regularization != "base":
+        assert state["reference"] is not None  # the frozen initial copy, so that a resume keeps it
+    if name == "base-teacher-kl":
+        assert state["teacher"]["kind"] == "base" and state["reference"] is None  # one copy serves both

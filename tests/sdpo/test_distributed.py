@@ -2,8 +2,8 @@
 
 - policy_update on a global batch split across 2 ranks (whole groups per rank, unequal sizes, one rank fully
   masked for SDPO) takes the same optimizer step and reports the same loss as one process holding the whole
-  batch, in every loss / aggregation mode, with mini-batches and PPO epochs; the EMA and trust-region teachers
-  stay identical across ranks and equal to the one-process teacher.
+  batch, in every loss (the family's included) / aggregation mode, with mini-batches and PPO epochs; the EMA and
+  trust-region teachers stay identical across ranks and equal to the one-process teacher.
 - train() under torchrun completes, rank 0 alone writes metrics.jsonl, and a 2-rank checkpoint resumes on
   2 ranks reproducing the uninterrupted run.
 
@@ -57,6 +57,9 @@ CASES = {
     # the family: SRPO's entropy weights and SC-SDPO's pass-rate weights are normalised over both ranks' samples
     "srpo-token-mean": dict(loss="srpo", micro_batch_size=2, agg="token-mean", is_clip=2.0),
     "sc_sdpo-seq-mean-token-mean": dict(loss="sc_sdpo", micro_batch_size=2, agg="seq-mean-token-mean"),
+    "srpo-mini": dict(loss="srpo", micro_batch_size=1, mini_batch_size=3, ppo_epochs=2, agg="seq-mean-token-mean-all"),
+    "sc_sdpo-mini": dict(loss="sc_sdpo", micro_batch_size=1, mini_batch_size=3, ppo_epochs=2, agg="token-mean",
+                         is_clip=2.0),
     "sdpg-mini": dict(loss="sdpg", micro_batch_size=1, mini_batch_size=4, ppo_epochs=2, agg="token-mean",
                       sdpg_beta=0.5, kl_coef=0.1),
     "sdpo-base-kl": dict(loss="sdpo", micro_batch_size=2, agg="token-mean", teacher="base", kl_coef=0.2),

@@ -289,3 +289,48 @@ def test_a_short_training_run_logs_the_method_s_metrics_and_moves_the_weights(ti
         assert state["reference"] is not None  # the frozen initial copy, so that a resume keeps it
     if name == "base-teacher-kl":
         assert state["teacher"]["kind"] == "base" and state["reference"] is None  # one copy serves both
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss,teacher_kind", [("sdpg", "ema"), ("srpo", "base")])
+def test_resume_keeps_the_initial_policy_and_reproduces_the_run(tiny_model_path, tmp_path, monkeypatch, loss,
+                                                                 teacher_kind):
+    """4 steps with checkpoints every 2; resumed from step 2 in a new directory, steps 3 and 4 are the
+    uninterrupted run's: the frozen initial policy (the KL's own copy, or the base teacher) comes from the
+    checkpoint, not from the resumed weights."""
+    import json
+
+    import sdpo.trainer
+    from sdpo.envs.base import Score
+    from sdpo.trainer import TrainConfig, train
+
+    def scores(tasks, rollouts, n, *, sparse, code_feedback="all_tests"):
+        return [Score(reward=1.0 if i % 4 in (0, 1) else 0.0, feedback=None if i % 4 in (0, 1) else "Wrong",
+                      passed=0, total=1) for i in range(len(rollouts))]
+
+    monkeypatch.setattr(sdpo.trainer, "score_rollouts", scores)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "kind": "mcq", "answer": "A"}) + "\n"
+                            for p in ("Which letter comes first?\nA: a\nB: b", "Pick A.\nA: x\nB: y")))
+
+    def run(out, **kw):
+        sd = {"distillation_topk": 10, "teacher_regularization": teacher_kind, "teacher_update_rate": 0.2}
+        return train(TrainConfig(model_path=str(tiny_model_path), train_file=str(data), out_dir=str(out),
+                                 adapter="full", train_batch_size=2, n=4, max_new_tokens=8, micro_batch_size=4,
+                                 lr=1e-3, max_steps=4, save_every=2, progress=False, seed=2, loss=loss,
+                                 kl_coef=0.05, sdpg_beta=0.5, sdpg_warmup_steps=0, sdpg_decay_steps=0,
+                                 self_distillation=sd, **kw))
+
+    run(tmp_path / "a")
+    run(tmp_path / "b", resume_from=str(tmp_path / "a/checkpoints/step_2"))
+
+    def rows(path):
+        return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")}
+                for r in map(json.loads, (path / "metrics.jsonl").read_text().splitlines())}
+
+    a, b = rows(tmp_path / "a"), rows(tmp_path / "b")
+    assert sorted(b) == [3, 4]
+    for step in (3, 4):
+        assert a[step]["ref_kl/estimate"] > 0  # the policy has left the initial one
+        for k in a[step]:
+            assert a[step][k] == pytest.approx(b[step][k], rel=1e-5, abs=1e-7), (step, k)

@@ -17,7 +17,7 @@ import gradio as gr
 
 from app.auth import make_auth
 from app.context import AppContext, EngineHooks
-from app.views import compare, history, solve, system, train
+from app.views import compare, history, inspect, solve, system, train
 from app.views.common import job_id_of
 from backend.errors import NotFound
 from backend.services import jobs as J
@@ -78,15 +78,15 @@ def build_app(settings: Settings, hooks: EngineHooks, *, ctx: AppContext | None 
                 return gr.skip(), gr.skip(), gr.skip()
             kind = history.job_kind(ctx, int(jid))
             if kind == "solve":
-                return gr.Tabs(selected="solve"), int(jid), gr.skip()
+                return gr.Tabs(selected="solve"), str(jid), gr.skip()
             if kind == "train":
-                return gr.Tabs(selected="train"), gr.skip(), int(jid)
+                return gr.Tabs(selected="train"), gr.skip(), str(jid)
             gr.Warning(f"job {int(jid)} not found")
             return gr.skip(), gr.skip(), gr.skip()
 
         opened = h.open_btn.click(on_open, h.selected, [tabs, s.job_id, t.job_id], api_visibility="private")
-        s.refresh(opened.then(s.open_fn, [s.job_id], s.open_outputs, api_visibility="private"))
-        t.refresh(opened.then(t.open_fn, [t.job_id], t.open_outputs, api_visibility="private"))
+        opened.then(s.open_fn, [s.job_id], s.open_outputs, api_visibility="private")
+        opened.then(t.open_fn, [t.job_id], t.open_outputs, api_visibility="private")
 
         gr.api(_typed_job_status_fn(ctx), api_name="job_status",
                api_description="Status and details of a job by id.")
@@ -108,6 +108,7 @@ def launch(settings: Settings, hooks: EngineHooks, *, prevent_thread_lock: bool 
     return demo.launch(
         server_name=settings.host, server_port=settings.port, auth=make_auth(settings),
         auth_message="SDPO Studio: sign in (users from SDPO_AUTH)", allowed_paths=[str(settings.jobs_dir)],
-        prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=True, css=CSS, footer_links=["api"],
+        prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=True, css=CSS + inspect.CSS,
+        footer_links=["api"],
         ssr_mode=False,
     )

@@ -1,5 +1,5 @@
-"""SQLAlchemy 2.0 typed models: problems, jobs and what jobs produce (attempts, metrics, checkpoints),
-datasets, and the workers that run jobs.
+"""SQLAlchemy 2.0 typed models: problems, jobs and what jobs produce (attempts, what the self-teacher said about
+them, metrics, checkpoints), datasets, and the workers that run jobs.
 
 Timestamps are stored as naive UTC and returned timezone-aware (``UTCDateTime``) on every backend.
 Every text column stores its value through ``backend.text.storable`` (``StorableText``/``StorableString``): text
@@ -201,6 +201,27 @@ class Attempt(Base):
     feedback: Mapped[str | None] = mapped_column(StorableText(FEEDBACK_CHARS))
     tokens: Mapped[int] = mapped_column(Integer)
     seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TeacherView(Base):
+    """What the self-teacher saw and said about one attempt of an SDPO round, keyed like the attempt
+    (job, round, index): whether it was distilled, the sibling shown as the demonstration (its index in the
+    round), whether its own feedback was shown, the teacher's re-prompt message, and the per-token view
+    (``credit``: the engine's ``TokenCredit`` as JSON; None when not distilled or the view was off)."""
+
+    __tablename__ = "teacher_views"
+    __table_args__ = (UniqueConstraint("job_id", "round", "index", name="uq_teacher_views_job_round_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    index: Mapped[int] = mapped_column(Integer)
+    distilled: Mapped[bool] = mapped_column(Boolean)
+    demonstration: Mapped[int | None] = mapped_column(Integer)
+    feedback: Mapped[bool] = mapped_column(Boolean)
+    context: Mapped[str] = mapped_column(StorableText(RESPONSE_CHARS))
+    credit: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

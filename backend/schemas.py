@@ -76,6 +76,19 @@ class AttemptIn(BaseModel):
     task_id: str | None = None
 
 
+class TeacherViewIn(BaseModel):
+    """What the self-teacher saw and said about one attempt of an SDPO round, as reported by the engine
+    (``round``/``index`` as the attempt's; ``demonstration``: index in the round of the sibling shown)."""
+
+    round: int = Field(ge=0)
+    index: int = Field(ge=0)
+    distilled: bool
+    demonstration: int | None = Field(None, ge=0)
+    feedback: bool = False
+    context: str = ""
+    credit: dict[str, Any] | None = None
+
+
 class ProblemOut(_Out):
     id: int
     title: str

@@ -10,6 +10,10 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sdpo.credit import TokenCredit
 
 
 @dataclass
@@ -32,15 +36,41 @@ class Attempt:
 
 
 @dataclass
+class TeacherView:
+    """What the self-teacher saw and said about one attempt of an SDPO round (``round``, ``index`` as in its
+    ``Attempt``), for showing.
+
+    distilled: the teacher context holds a demonstration or feedback (without either the attempt carries no
+        teacher signal and is not distilled). demonstration: index in the round of the sibling whose response
+        is the demonstration, or None. feedback: the attempt's own feedback is shown to the teacher.
+    context: the teacher's re-prompt message (bounded; "" when not distilled).
+    credit: the per-token view (``sdpo.credit.TokenCredit``), or None (not distilled, or the view is off).
+    """
+
+    round: int
+    index: int
+    distilled: bool
+    demonstration: int | None
+    feedback: bool
+    context: str
+    credit: TokenCredit | None = None
+
+
+@dataclass
 class Callbacks:
     on_attempts: Callable[[list[Attempt]], None] | None = None
     on_metrics: Callable[[int, dict[str, float]], None] | None = None
     on_checkpoint: Callable[[int, str, str], None] | None = None  # (step, path, kind "lora"|"full")
     should_stop: Callable[[], bool] | None = None
+    on_teacher: Callable[[list[TeacherView]], None] | None = None
 
     def attempts(self, attempts: list[Attempt]) -> None:
         if self.on_attempts and attempts:
             self.on_attempts(attempts)
+
+    def teacher(self, views: list[TeacherView]) -> None:
+        if self.on_teacher and views:
+            self.on_teacher(views)
 
     def metrics(self, step: int, metrics: dict[str, float]) -> None:
         if self.on_metrics:

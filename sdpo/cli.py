@@ -48,7 +48,9 @@ def make_tiny_model_cmd(
 
 @data_app.command("import-lcb")
 def import_lcb_cmd(
-    files: list[str] = typer.Argument(..., help="LiveCodeBench code_generation_lite JSONL file(s)."),
+    files: list[str] = typer.Argument(..., help="LiveCodeBench code_generation_lite JSONL file(s): the release "
+                                      "files test.jsonl .. test6.jsonl of the Hugging Face dataset "
+                                      "livecodebench/code_generation_lite (downloaded by you)."),
     out: str = typer.Option(..., "--out", help="Directory for train.jsonl, test.jsonl and problems.jsonl."),
     since: str | None = typer.Option(None, "--since", help="Keep contests on/after this ISO date."),
     until: str | None = typer.Option(None, "--until", help="Keep contests before this ISO date."),
@@ -95,16 +97,24 @@ def make_toy_model_cmd(
                                  "it)."),
     examples: int = typer.Option(40_000, "--examples", help="Size of the pretraining corpus."),
     init_from: str | None = typer.Option(None, "--init-from", help="Continue training this toy checkpoint."),
+    mix: str | None = typer.Option(None, "--mix", help="Weights of the direct,solution,feedback,copy examples, "
+                                   "e.g. 25,15,15,45 (the default)."),
     eval_problems: int = typer.Option(32, "--eval-problems", help="Held-out easy and hard problems to report "
                                       "on after training (0 = skip)."),
     samples: int = typer.Option(4, "--samples", help="Samples per problem for the sampled solve rate."),
 ) -> None:
-    """Train the toy-world model from scratch on CPU (issue 10) and report what it learned."""
+    """Train the toy-world model from scratch on CPU and report what it learned."""
     from sdpo.toy.pretrain import ToyModelConfig, make_toy_model
 
+    extra: dict = {}
+    if mix is not None:
+        try:
+            extra["mix"] = tuple(float(w) for w in mix.split(","))
+        except ValueError:
+            fail(f"--mix: got {mix!r}; expected comma-separated numbers such as 25,15,15,45")
     try:
         cfg = ToyModelConfig(seed=seed, minutes=minutes, steps=steps, threads=threads, n_examples=examples,
-                              init_from=init_from)
+                              init_from=init_from, **extra)
     except ConfigError as e:
         fail(str(e))
     if eval_problems < 0 or samples < 1:
@@ -215,7 +225,8 @@ def solve_cmd(
                                "CPU, 64 on a GPU)."),
     model: str = typer.Option(None, "--model", help="Local HF checkpoint (default: SDPO_MODEL / toy / tiny)."),
     set_: list[str] = typer.Option([], "--set", help="SolveConfig override: key=value (dotted keys nest)."),
-    out: str = typer.Option("runs/solve", "--out", help="Directory for result.json, attempts.jsonl, weights."),
+    out: str = typer.Option("runs/solve", "--out", help="Directory for result.json, attempts.jsonl, teacher.jsonl "
+                            "(sdpo: what the self-teacher said about each attempt), weights."),
 ) -> None:
     """Test-time solve of one problem: SDPO on the problem, or the best-of-k / multi-turn baselines. Settings
     left unset fit the model (CPU-sized for the demo models or a CPU, the paper's on a GPU)."""
@@ -260,13 +271,16 @@ def solve_cmd(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     attempts_file = (out_dir / "attempts.jsonl").open("w", encoding="utf-8")
+    teacher_file = (out_dir / "teacher.jsonl").open("w", encoding="utf-8")
     bar = tqdm(total=cfg.budget, desc=f"solve ({cfg.strategy})", unit="attempt", dynamic_ncols=True)
 
     numbered = [0]  # attempts arrive in order: "attempt" is the 1-based number "solved at attempt N" uses
+    numbers: dict[tuple[int, int], int] = {}  # (round, index) -> attempt number
 
     def on_attempts(attempts) -> None:
         for a in attempts:
             numbered[0] += 1
+            numbers[(a.round, a.index)] = numbered[0]
             attempts_file.write(json.dumps({
                 "attempt": numbered[0], "round": a.round, "index": a.index, "reward": a.reward, "passed": a.passed,
                 "total": a.total, "hidden_passed": a.hidden_passed, "hidden_total": a.hidden_total,
@@ -275,13 +289,25 @@ def solve_cmd(
         bar.update(len(attempts))
         bar.set_postfix(best=f"{max(a.reward for a in attempts):.2f}")
 
+    def on_teacher(views) -> None:
+        for v in views:
+            teacher_file.write(json.dumps({
+                "attempt": numbers.get((v.round, v.index)), "round": v.round, "index": v.index,
+                "distilled": v.distilled,
+                "demonstration": None if v.demonstration is None else numbers.get((v.round, v.demonstration)),
+                "feedback": v.feedback, "context": v.context,
+                "credit": v.credit.to_dict() if v.credit is not None else None}) + "\n")
+        teacher_file.flush()
+
     try:
-        result = solve_from_config(prob, cfg, Callbacks(on_attempts=on_attempts), model_path=model, out_dir=out_dir)
+        result = solve_from_config(prob, cfg, Callbacks(on_attempts=on_attempts, on_teacher=on_teacher),
+                                   model_path=model, out_dir=out_dir)
     except ValueError as e:  # ConfigError found once the model is loaded (context_budget), a named bad value
         fail(str(e))
     finally:
         bar.close()
         attempts_file.close()
+        teacher_file.close()
 
     # 3. result.json and the solution.
     (out_dir / "result.json").write_text(json.dumps({

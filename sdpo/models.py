@@ -97,15 +97,24 @@ def data_dir() -> Path:
     return Path(os.environ.get("SDPO_DATA_DIR") or "var")
 
 
+def demo_model_path() -> Path:
+    """The demo model committed with the repository (``sdpo/toy/demo_model``, see ``sdpo.toy.demo``)."""
+    return Path(__file__).resolve().parent / "toy" / "demo_model"
+
+
 def default_model_path() -> Path:
-    """The model used when none is configured: ``SDPO_MODEL`` if set; else the toy model
-    (``sdpo make-toy-model``) under the data dir when it has been built; else the tiny model, built on first
-    use (seconds, no download)."""
+    """The model used when none is configured: ``SDPO_MODEL`` if set; else a toy model the user built with
+    ``sdpo make-toy-model --out <data dir>/models/toy``; else the committed demo model (``demo_model_path``,
+    no build); else (a copy of the code without it) the tiny model, built on first use (seconds, no
+    download)."""
     if os.environ.get("SDPO_MODEL"):
         return Path(os.environ["SDPO_MODEL"])
     toy = data_dir() / "models" / "toy"
     if (toy / "config.json").exists():
         return toy
+    demo = demo_model_path()
+    if (demo / "config.json").exists():
+        return demo
     tiny = data_dir() / "models" / "tiny"
     if not (tiny / "config.json").exists():
         make_tiny_model(tiny, seed=0)

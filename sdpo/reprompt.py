@@ -34,11 +34,13 @@ class TeacherContext:
     messages: chat messages (``role``/``content`` dicts) the teacher is conditioned on.
     uses_solution: a successful sibling's response is shown as a demonstration.
     uses_feedback: the environment's feedback on this attempt is shown.
+    demonstration: the batch index of the sibling whose response is shown (None without a demonstration).
     """
 
     messages: list[Message]
     uses_solution: bool
     uses_feedback: bool
+    demonstration: int | None = None
 
     @property
     def distill_mask(self) -> bool:
@@ -63,16 +65,16 @@ def _successes(rewards: Sequence[float], cfg: SelfDistillationConfig) -> list[bo
 
 
 def _demonstration(i: int, group_ids: Sequence[Hashable], success: list[bool], responses: Sequence[str],
-                   cfg: SelfDistillationConfig) -> str | None:
-    """Response of the first successful sample of i's group in batch order (skipping i itself when
-    ``dont_reprompt_on_self_success``), or None."""
+                   cfg: SelfDistillationConfig) -> tuple[int, str] | None:
+    """(batch index, response) of the first successful sample of i's group in batch order (skipping i itself
+    when ``dont_reprompt_on_self_success``), or None."""
     for j, gid in enumerate(group_ids):
         if gid != group_ids[i] or not success[j]:
             continue
         if j == i and cfg.dont_reprompt_on_self_success:
             continue
         demo = responses[j]
-        return strip_thinking(demo) if cfg.remove_thinking_from_demonstration else demo
+        return j, (strip_thinking(demo) if cfg.remove_thinking_from_demonstration else demo)
     return None
 
 
@@ -114,7 +116,8 @@ def build_teacher_messages(
     for i in range(n):
         if not prompts[i]:
             raise ValueError(f"build_teacher_messages: prompt {i} has no messages")
-        demo = _demonstration(i, group_ids, success, responses, cfg)
+        found = _demonstration(i, group_ids, success, responses, cfg)
+        demo = found[1] if found is not None else None
         use_feedback = (
             cfg.include_environment_feedback
             and _usable_feedback(feedback[i])
@@ -127,7 +130,8 @@ def build_teacher_messages(
         fb = cfg.feedback_template.format(feedback_raw=feedback[i]) if use_feedback else ""
         text = cfg.reprompt_template.format(prompt=prompts[i][-1]["content"], solution=solution, feedback=fb)
         messages = [dict(m) for m in prompts[i][:-1]] + [{"role": "user", "content": text}]
-        contexts.append(TeacherContext(messages, demo is not None, use_feedback))
+        contexts.append(TeacherContext(messages, demo is not None, use_feedback,
+                                       found[0] if found is not None else None))
     return contexts
 
 

@@ -93,3 +93,15 @@ def fit_config(kind: str, config: dict[str, Any], *, model_path: str | Path | No
             base = out.get("context_budget", SolveConfig.context_budget)
             out["context_budget"] = max(base, tokens + PROMPT_ROOM)
     return out
+
+
+def cpu_threads(model_path: str | Path | None, device: str = "auto") -> int | None:
+    """Torch threads for a job of the model at ``model_path`` on ``device``: 1 for a small model (under
+    ``SMALL_MODEL_PARAMS``) that will run on the CPU, else None (keep torch's default). A small model's matrix
+    products are too short to gain from more threads, and on shared, loaded cores extra threads wait for each
+    other: the demo model's first attempt took 0.3 s with one thread and 2.9 s (up to 17.6 s) with two at load
+    average 5-15 (bench/first_click.py)."""
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return None
+    params = model_parameters(model_path) if model_path is not None else None
+    return 1 if params is not None and params < SMALL_MODEL_PARAMS else None

@@ -33,6 +33,13 @@ Sampling seeds derive from ``cfg.seed`` and the number of the round's first atte
 ``start_attempt`` at a round boundary samples what the uninterrupted run would have (exactly so for
 ``best_of_k``; for ``sdpo`` the LoRA adapter saved after each updated round in ``out_dir`` is reloaded, the
 optimizer moments restart; a resumed ``multiturn`` conversation restarts empty).
+
+What the teacher says (``sdpo`` with the SDPO loss): every round without a discovery reports, through
+``callbacks.teacher``, one ``TeacherView`` per attempt before the update: the teacher context the update uses
+(which sibling is the demonstration, whether the attempt's feedback is shown, or no teacher signal) and, with
+``token_view``, the per-token view of ``sdpo.credit.token_credit`` (teacher minus student log-probabilities of
+each token, and the teacher's preferred tokens where it disagrees most). The round that spends the budget is
+reported too (its weights are not updated: ``ttt/updated`` is 0). The baselines have no teacher.
 """
 
 from __future__ import annotations
@@ -44,13 +51,14 @@ from typing import Any
 
 from sdpo import envs
 from sdpo.adapters import apply_adapter, is_lora, load_adapter_weights, save_weights
-from sdpo.callbacks import Attempt, Callbacks, StopRequested, stop_poll
+from sdpo.callbacks import Attempt, Callbacks, StopRequested, TeacherView, stop_poll
 from sdpo.config import ConfigError, SelfDistillationConfig, _choice, _number, build_dataclass
+from sdpo.credit import context_text, token_credit
 from sdpo.data.tasks import Task
 from sdpo.envs.code import extract_code
 from sdpo.models import chat_ids, default_model_path, load_model_and_tokenizer, resolve_device
 from sdpo.precision import master_weights
-from sdpo.reprompt import strip_thinking
+from sdpo.reprompt import build_teacher_messages, strip_thinking
 from sdpo.rollout.base import Rollout, SamplingParams
 from sdpo.rollout.select import make_sampler
 from sdpo.teacher import make_reference, make_teacher
@@ -96,6 +104,8 @@ class SolveConfig(UpdateConfig):
     max_new_tokens: as PolicyConfig's, with the paper's test-time default.
     multiturn_template: "feedback_only" | "attempt_and_feedback". context_budget: tokens of prompt + response
         the multi-turn conversation may use (the oldest history is dropped to fit).
+    token_view: compute the per-token view of each distilled attempt (``sdpo.credit``; sdpo strategy with the
+        SDPO loss): one more student and teacher forward per attempt and round; off, it costs nothing.
     sampler, sampler_batch_size, gpu_memory_utilization, device, dtype (inherited): used by ``solve_from_config``.
 
     Test-time defaults differ from training's where one question changes the trade-off:
@@ -113,6 +123,7 @@ class SolveConfig(UpdateConfig):
     max_new_tokens: int = 4096
     multiturn_template: str = "feedback_only"
     context_budget: int = 16384
+    token_view: bool = True
     self_distillation: SelfDistillationConfig = field(default_factory=_ttt_self_distillation)
 
     def __post_init__(self) -> None:
@@ -123,6 +134,8 @@ class SolveConfig(UpdateConfig):
         for name in ("budget", "context_budget"):
             _number(name, getattr(self, name), lo=1, integer=True)
         _choice("multiturn_template", self.multiturn_template, MULTITURN_TEMPLATES)
+        if not isinstance(self.token_view, bool):
+            raise ConfigError("token_view", f"got {self.token_view!r}; expected true or false")
         if self.strategy == "sdpo" and self.loss in ("sc_sdpo", "sdpg"):
             raise ConfigError("loss", f"got {self.loss!r}; a solve updates on rounds that all fail (a success ends "
                               "it), where SC-SDPO's weight sqrt(p(1 - p)) and SDPG's positive-advantage gate are 0 "
@@ -235,6 +248,25 @@ def _attempt_record(a: _Scored, rnd: int, index: int, seconds: float, task_id: s
                    seconds=seconds, hidden_passed=a.hidden_passed, hidden_total=a.hidden_total, task_id=task_id)
 
 
+def teacher_contexts(batch: ScoredBatch, cfg: UpdateConfig) -> list:
+    """The teacher contexts of ``batch``'s samples, as the policy update builds them
+    (``sdpo.reprompt.build_teacher_messages``)."""
+    return build_teacher_messages(batch.prompts, [r.text for r in batch.rollouts], batch.rewards, batch.group_ids,
+                                  batch.feedback, cfg.self_distillation)
+
+
+def teacher_views(model, teacher, tokenizer, rollouts: list[Rollout], contexts: list, cfg: SolveConfig, rnd: int,
+                  first_index: int, should_stop=None) -> list[TeacherView]:
+    """One ``TeacherView`` per attempt of round ``rnd`` (the round's attempts are numbered from
+    ``first_index``): its teacher context and, with ``cfg.token_view``, its per-token view."""
+    credits = (token_credit(model, teacher, tokenizer, rollouts, contexts, cfg.self_distillation,
+                            should_stop=should_stop) if cfg.token_view else [None] * len(rollouts))
+    return [TeacherView(round=rnd, index=first_index + i, distilled=c.distill_mask,
+                        demonstration=None if c.demonstration is None else first_index + c.demonstration,
+                        feedback=c.uses_feedback, context=context_text(c), credit=credit)
+            for i, (c, credit) in enumerate(zip(contexts, credits, strict=True))]
+
+
 def prepare_policy(model, cfg: SolveConfig):
     """The trainable policy for ``strategy="sdpo"``: ``model`` itself when it already carries a LoRA adapter,
     else ``model`` with ``cfg.adapter`` applied (LoRA injects into the model's modules in place)."""
@@ -277,7 +309,8 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
 
     model / tokenizer: the policy (``sdpo`` applies ``cfg.adapter`` unless the model already has a LoRA
     adapter; the sampler is pointed at the trainable model). sampler: a ``Sampler`` over that model.
-    callbacks: ``attempts`` after every round, ``metrics(round, ...)``, ``checkpoint`` for the saved weights,
+    callbacks: ``attempts`` after every round, ``teacher`` (sdpo: what the teacher says about them, before the
+    update), ``metrics(round, ...)``, ``checkpoint`` for the saved weights,
     ``stop_requested()`` checked before every round, between sandbox runs and before every micro-batch of an
     update (the sampler asks it while generating when it was built with ``should_stop``, as
     ``solve_from_config`` does). A round interrupted by a stop reports nothing more, and weights interrupted
@@ -345,8 +378,16 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
             elif learn:
                 batch = ScoredBatch(prompts=[task.messages] * k, rollouts=rollouts, rewards=[a.reward for a in scored],
                                     feedback=[a.feedback for a in scored], group_ids=[0] * k)
-                updated = attempt + counted < cfg.budget and has_learning_signal(batch, cfg)
+                contexts = teacher_contexts(batch, cfg)
+                updated = attempt + counted < cfg.budget and has_learning_signal(batch, cfg, contexts)
                 extra["ttt/updated"] = float(updated)
+                # 7a. What the teacher sees and says about each attempt, with the weights that sampled them.
+                if teacher is not None:
+                    extra["sdpo/reprompt_sample_fraction"] = sum(c.distill_mask for c in contexts) / k
+                    callbacks.teacher(teacher_views(model, teacher, tokenizer, rollouts, contexts, cfg, rnd,
+                                                    attempt - rnd * cfg.n, poll))
+                    extra["perf/token_view_s"] = time.perf_counter() - t2
+                t3 = time.perf_counter()
                 if updated:
                     updating = True
                     extra.update(policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
@@ -358,7 +399,7 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
                     if out is not None and getattr(model, "peft_config", None) is not None:
                         save_weights(model, tokenizer, out)  # small; lets a resumed job continue from here
                     updating = False
-                extra["perf/update_s"] = time.perf_counter() - t2
+                extra["perf/update_s"] = time.perf_counter() - t3
 
             # 8. Round metrics.
             attempt += counted

@@ -249,14 +249,16 @@ def uses_teacher(loss: str) -> bool:
     return loss in TEACHER_LOSSES
 
 
-def has_learning_signal(batch: ScoredBatch, cfg: UpdateConfig) -> bool:
+def has_learning_signal(batch: ScoredBatch, cfg: UpdateConfig, contexts: list | None = None) -> bool:
     """Whether an update on ``batch`` can move the weights: for a self-distillation term, some sample has a
     teacher context (a demonstration or feedback), for a policy-gradient term the rewards differ (else every
     advantage is 0), for a KL penalty always (the policy may have left the initial one). SRPO's SDPO branch
     takes the failed samples with a context; SC-SDPO needs such a sample in a question that is neither always
-    nor never solved; SDPG needs differing rewards (its distillation is gated by a positive advantage)."""
-    contexts = build_teacher_messages(batch.prompts, [r.text for r in batch.rollouts], batch.rewards,
-                                      batch.group_ids, batch.feedback, cfg.self_distillation)
+    nor never solved; SDPG needs differing rewards (its distillation is gated by a positive advantage).
+    contexts: the batch's teacher contexts (``sdpo.reprompt.build_teacher_messages``) when built already."""
+    if contexts is None:
+        contexts = build_teacher_messages(batch.prompts, [r.text for r in batch.rollouts], batch.rewards,
+                                          batch.group_ids, batch.feedback, cfg.self_distillation)
     thr = cfg.self_distillation.success_reward_threshold
     sdpo_signal = any(c.distill_mask for c in contexts)
     grpo_signal = len(set(batch.rewards)) > 1

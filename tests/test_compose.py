@@ -88,7 +88,7 @@ def test_settings_accept_the_compose_environment(monkeypatch, name):
     for k, v in env.items():
         if k.startswith("SDPO_"):
             monkeypatch.setenv(k, str(v).replace("${POSTGRES_PASSWORD:-sdpo}", "sdpo").replace(
-                "${SDPO_MODEL:-/data/models/tiny}", "/data/models/tiny"))
+                "${SDPO_MODEL:-/app/sdpo/toy/demo_model}", "/app/sdpo/toy/demo_model"))
     s = Settings()
     assert s.broker_url == "redis://redis:6379/0" and s.visibility_timeout_s >= s.heartbeat_timeout_s
     assert s.host == ("0.0.0.0" if name == "app" else "127.0.0.1")

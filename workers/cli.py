@@ -34,6 +34,21 @@ app.add_typer(submit_app, name="submit")
 app.add_typer(jobs_app, name="jobs")
 
 
+def _default_model_env():
+    """Unless SDPO_MODEL is set, set it to the engine's default model (``sdpo.models.default_model_path``: a toy
+    model built under the data dir, else the committed demo model), so that the app, ``sdpo serve`` and a
+    standalone ``sdpo worker`` agree on it. Returns the path it set, or None when SDPO_MODEL was given."""
+    import os
+
+    if os.environ.get("SDPO_MODEL"):
+        return None
+    from sdpo.models import default_model_path
+
+    path = default_model_path()
+    os.environ["SDPO_MODEL"] = str(path)
+    return path
+
+
 def _settings():
     from pydantic import ValidationError
 
@@ -78,6 +93,7 @@ def worker_cmd(
 
     from workers.runner import visible_gpus
 
+    _default_model_env()
     settings = _settings()
     if settings.database_url.startswith("sqlite"):
         from backend.migrate import upgrade
@@ -235,7 +251,7 @@ def jobs_list(
 
 
 # Metrics the text summary shows per round when logged (--json has them all).
-ROUND_METRICS = ("reward/mean", "loss", "grad_norm", "sdpo/reprompt_fraction", "ttt/updated",
+ROUND_METRICS = ("reward/mean", "loss", "grad_norm", "sdpo/reprompt_sample_fraction", "sdpo/kl_mean", "ttt/updated",
                  "response/length_mean", "response/truncated_fraction")
 
 
@@ -340,6 +356,22 @@ def lcb_problem(row: dict[str, Any]) -> dict[str, Any]:
     return {**problem.to_dict(), "tests": public, "hidden_tests": spec}
 
 
+def install_examples(settings) -> str:
+    """Write the built-in example problems to ``<data dir>/examples`` and register that folder as the
+    ``examples`` dataset (the Solve page's picker lists its problems); a one-line report."""
+    from backend.db import session_scope
+    from backend.services.datasets import sync_builtin_dataset
+    from sdpo.data.examples import NAME, example_problems, write_examples
+
+    folder = write_examples(settings.data_dir / NAME)
+    with session_scope(_sessions(settings)) as s:
+        ds = sync_builtin_dataset(s, name=NAME, path=folder)
+    if ds is None:
+        return (f"Example problems: not registered, a dataset named {NAME!r} already exists elsewhere; register "
+                f"{folder} under another name to pick them.")
+    return f"Example problems: {len(example_problems())} in the Solve page's picker (dataset {NAME!r})."
+
+
 def engine_hooks():
     """The engine callables the web app validates with (``app`` imports only ``backend``)."""
     from app.context import EngineHooks
@@ -365,13 +397,15 @@ def serve_cmd(
 
     signal.signal(signal.SIGTERM, _interrupt)
 
-    # 1. A model: SDPO_MODEL, else the default (the tiny model is built on first use, no download).
-    if not os.environ.get("SDPO_MODEL"):
-        from sdpo.models import default_model_path
+    # 1. A model: SDPO_MODEL, else the default (the committed demo model; no download, no build).
+    model_path = _default_model_env()
+    if model_path is not None:
+        from sdpo.models import demo_model_path
 
-        model_path = default_model_path()
-        os.environ["SDPO_MODEL"] = str(model_path)
-        if model_path.name == "tiny":
+        if model_path == demo_model_path():
+            typer.echo(f"Demo model: the toy-world model committed at {model_path} (3 M parameters; it writes short "
+                       "programs for the toy world's problems, e.g. the Solve page's example problems).")
+        elif model_path.name == "tiny":
             typer.echo(f"Demo model: the tiny random model at {model_path} (it exercises everything but solves "
                        f"nothing). For one that writes small programs, build the toy model once: "
                        f"`sdpo make-toy-model --out {model_path.parent / 'toy'}` (~20 min on CPU); "
@@ -379,12 +413,17 @@ def serve_cmd(
     settings = _settings()
     # 2. The database schema.
     upgrade(settings.database_url)
-    # 3. One worker process (stopped when the app exits).
+    # 3. The built-in example problems (rewritten at every start; the app works without them).
+    try:
+        typer.echo(install_examples(settings))
+    except (OSError, ValueError) as e:
+        typer.echo(f"Example problems: not installed ({e})", err=True)
+    # 4. One worker process (stopped when the app exits).
     proc = None
     if worker:
         proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker"], env=os.environ.copy())
     try:
-        # 4. The web app (blocks until Ctrl-C).
+        # 5. The web app (blocks until Ctrl-C).
         from app.main import launch
 
         typer.echo(f"SDPO Studio on http://{settings.host}:{settings.port} (model {settings.model})")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import InvalidInput
-from backend.schemas import AttemptIn, ParsedProblem, RawConfig
+from backend.schemas import AttemptIn, ParsedProblem, RawConfig, TeacherViewIn
 
 # Keys of a train config that the worker sets per job (the job's folder, its resume point); a submitted
 # config may not choose them.
@@ -141,3 +141,10 @@ def attempt_in(a: Any) -> AttemptIn:
         total_hidden=a.hidden_total, feedback=a.feedback, tokens=a.tokens, seconds=float(a.seconds),
         task_id=a.task_id,
     )
+
+
+def teacher_view_in(v: Any) -> TeacherViewIn:
+    """``sdpo.callbacks.TeacherView`` -> the service's ``TeacherViewIn`` (the per-token view as plain JSON)."""
+    return TeacherViewIn(round=v.round, index=v.index, distilled=v.distilled, demonstration=v.demonstration,
+                         feedback=v.feedback, context=v.context,
+                         credit=v.credit.to_dict() if v.credit is not None else None)

@@ -1,7 +1,7 @@
 """Running one job inside a worker: claim it, heart-beat, run the engine with callbacks that commit
 progress as it happens, honour cancellation, and record how it ended.
 
-Crash safety (issue 6):
+Crash safety:
 * a job whose worker stopped heart-beating for ``heartbeat_timeout_s`` is re-enqueued by the reaper
   (``backend.services.jobs.reap_stale``, run by every worker each heartbeat interval and by ``sdpo jobs list``)
   with a fresh message, up to ``max_resumes`` times, then failed with the reason; a cancel requested before the
@@ -47,10 +47,11 @@ from backend.db import session_factory_from_settings, session_scope
 from backend.errors import JobLost, NotFound, NotRecorded
 from backend.queue import JobQueue
 from backend.services import jobs as J
+from backend.services import teacher as T
 from backend.services.workers import touch_worker
 from backend.settings import Settings
 from backend.text import database_error_reason
-from workers.engine import attempt_in, build_solve_config, build_train_config
+from workers.engine import attempt_in, build_solve_config, build_train_config, teacher_view_in
 
 log = logging.getLogger("sdpo.worker")
 # Seconds the ranks of an N-GPU job get to stop by themselves (at a step boundary) after a cancel or shutdown.
@@ -185,6 +186,15 @@ class DbCallbacks:
                 log.error("job %s: %s is recorded without its texts: %s", self.job_id, what, e.reason)
                 self._write(J.record_unstored_attempt, what, attempt=row, reason=e.reason, jobs_dir=jobs_dir)
 
+    def on_teacher(self, views: list[Any]) -> None:
+        """Record what the teacher saw and said about a round's attempts. It is for showing only: a write the
+        database refuses is logged and the job goes on."""
+        what = f"the teacher views of round {views[0].round}" if views else "teacher views"
+        try:
+            self._write(T.record_teacher_views, what, views=[teacher_view_in(v) for v in views])
+        except NotRecorded as e:
+            log.error("job %s: %s are not recorded: %s", self.job_id, what, e.reason)
+
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self._write(J.append_metrics, f"the metrics of step {step}", step=step, metrics=metrics)
 
@@ -209,7 +219,7 @@ class DbCallbacks:
         from sdpo.callbacks import Callbacks
 
         return Callbacks(on_attempts=self.on_attempts, on_metrics=self.on_metrics,
-                         on_checkpoint=self.on_checkpoint, should_stop=self.should_stop)
+                         on_checkpoint=self.on_checkpoint, should_stop=self.should_stop, on_teacher=self.on_teacher)
 
 
 def ensure_model(path: str, settings: Settings) -> Path:
@@ -408,6 +418,22 @@ def write_attempts_file(ctx: WorkerContext, job_id: int) -> None:
         log.exception("job %s: could not write attempts.jsonl", job_id)
 
 
+def small_model_threads(model_path: str | Path, device: str) -> None:
+    """One torch thread for a small model on the CPU (``sdpo.sizing.cpu_threads``), else the process's
+    default thread count (restored for the next job)."""
+    import torch
+
+    from sdpo.sizing import cpu_threads
+
+    global _DEFAULT_THREADS
+    if _DEFAULT_THREADS is None:
+        _DEFAULT_THREADS = torch.get_num_threads()
+    torch.set_num_threads(cpu_threads(model_path, device) or _DEFAULT_THREADS)
+
+
+_DEFAULT_THREADS: int | None = None
+
+
 def run_solve(ctx: WorkerContext, *, config: dict[str, Any], model: str, problem_data: dict[str, Any] | None,
               job_dir: Path, callbacks: DbCallbacks, start_attempt: int) -> Any:
     """Test-time solve of one problem (``sdpo.ttt.solve_from_config``: device, dtype and sampler from the
@@ -421,6 +447,7 @@ def run_solve(ctx: WorkerContext, *, config: dict[str, Any], model: str, problem
     problem = Problem.parse(problem_data)
     cfg = build_solve_config(config)
     path = ensure_model(model or ctx.settings.model, ctx.settings)
+    small_model_threads(path, cfg.device)
     return solve_from_config(problem, cfg, callbacks.as_callbacks(), model_path=path, out_dir=job_dir,
                              start_attempt=start_attempt)
 
@@ -434,6 +461,7 @@ def run_train(ctx: WorkerContext, *, config: dict[str, Any], model: str, job_dir
         config["model_path"] = model
     config["model_path"] = str(ensure_model(config.get("model_path") or ctx.settings.model, ctx.settings))
     cfg = build_train_config(config, out_dir=str(job_dir), resume_from=resume_from)
+    small_model_threads(cfg.model_path, cfg.device)
     if gpus > 1:
         return run_train_ranks(ctx, cfg=cfg, gpus=gpus, job_id=job_id, job_dir=job_dir, callbacks=callbacks)
     from sdpo.trainer import train

@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from app.context import AppContext
-from app.views.common import legend_updates, plot_frame, series_of
+from app.views.common import line_chart, plot_frame
 from backend.services import jobs as J
 from backend.services import ui as U
 
@@ -63,36 +63,31 @@ def build(ctx: AppContext) -> CompareHandles:
         metric = gr.Dropdown(["reward/mean"], value="reward/mean", allow_custom_value=True, label="Metric",
                              elem_id="compare-metric", scale=2)
         refresh_btn = gr.Button("Refresh lists", elem_id="compare-refresh", scale=0)
-    train_plot = gr.LinePlot(value=plot_frame([], TRAIN_COLUMNS), x="step", y="value", color="run",
-                             height=300, elem_id="compare-train-plot")
+    train_plot = gr.Plot(value=None, show_label=False, elem_id="compare-train-plot")
     gr.Markdown("### Solve jobs")
     solves = gr.Dropdown(job_choices(ctx, "solve"), multiselect=True, label="Solve jobs", elem_id="compare-solves")
-    solve_plot = gr.LinePlot(value=plot_frame([], SOLVE_COLUMNS), x="attempt", y="best tests passed",
-                             color="job", height=300, elem_id="compare-solve-plot")
+    solve_plot = gr.Plot(value=None, show_label=False, elem_id="compare-solve-plot")
 
     def on_runs(ids, m):
         with ctx.session() as s:
             names = U.metric_names(s, job_ids=[int(i) for i in ids or []])
         m = m if m in names or not names else ("reward/mean" if "reward/mean" in names else names[0])
         df = training_overlay(ctx, ids or [], m)
-        return gr.Dropdown(choices=names or ["reward/mean"], value=m), df, [series_of(df)]
+        return gr.Dropdown(choices=names or ["reward/mean"], value=m), line_chart(df, title=m, height=280)
 
     def on_metric(ids, m):
-        df = training_overlay(ctx, ids or [], m)
-        return df, [series_of(df)]
+        return line_chart(training_overlay(ctx, ids or [], m), title=m, height=280)
 
     def on_solves(ids):
         df = discovery_overlay(ctx, ids or [])
-        return df, [series_of(df)]
+        return line_chart(df, title="Discovery curves: best public tests passed so far", height=280, y_integer=True,
+                          x_domain=(1, max(df["attempt"].tolist(), default=1)),
+                          y_domain=(0, max(1.0, max(df["best tests passed"].tolist(), default=1.0))), step=True)
 
-    train_legend, solve_legend = gr.State(None), gr.State(None)
-    runs.change(on_runs, [runs, metric], [metric, train_plot, train_legend], api_visibility="private").then(
-        lambda lg: legend_updates(lg, 1), train_legend, train_plot, api_visibility="private", show_progress="hidden")
-    metric.input(on_metric, [runs, metric], [train_plot, train_legend], api_visibility="private").then(
-        lambda lg: legend_updates(lg, 1), train_legend, train_plot, api_visibility="private", show_progress="hidden")
-    solves.change(on_solves, solves, [solve_plot, solve_legend], api_visibility="private").then(
-        lambda lg: legend_updates(lg, 1), solve_legend, solve_plot, api_visibility="private",
-        show_progress="hidden")
+    runs.change(on_runs, [runs, metric], [metric, train_plot], api_visibility="private")
+    metric.input(on_metric, [runs, metric], train_plot, api_visibility="private")
+    solves.change(on_solves, solves, solve_plot, api_visibility="private")
+
     def refresh_lists():
         return gr.Dropdown(choices=job_choices(ctx, "train")), gr.Dropdown(choices=job_choices(ctx, "solve"))
 

@@ -55,7 +55,7 @@ def rows(ctx: AppContext, *, kind: str = ALL, status: str = ALL, search: str = "
 @dataclass
 class HistoryHandles:
     table: gr.Dataframe
-    selected: gr.Number
+    selected: gr.Textbox
     open_btn: gr.Button
     refresh: object
     filters: list
@@ -70,8 +70,8 @@ def build(ctx: AppContext) -> HistoryHandles:
     table = gr.Dataframe(value=pd.DataFrame(columns=COLUMNS), interactive=False, max_height=420,
                          label="Jobs (click a row to select it)", elem_id="history-table")
     with gr.Row():
-        selected = gr.Number(label="Selected job", precision=0, value=None, placeholder="click a row", minimum=0,
-                             elem_id="history-selected", scale=1)
+        selected = gr.Textbox(label="Selected job", value="", placeholder="click a row", max_lines=1,
+                              elem_id="history-selected", scale=1)
         open_btn = gr.Button("Open", variant="primary", elem_id="history-open", scale=0)
         rerun_btn = gr.Button("Re-run with same config", elem_id="history-rerun", scale=0)
         delete_btn = gr.Button("Delete…", variant="stop", elem_id="history-delete", scale=0)
@@ -96,7 +96,7 @@ def build(ctx: AppContext) -> HistoryHandles:
     def on_select(df, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
         try:
-            return int(df.iloc[row]["id"]) if isinstance(df, pd.DataFrame) else int(df[row][0])
+            return str(int(df.iloc[row]["id"]) if isinstance(df, pd.DataFrame) else int(df[row][0]))
         except (IndexError, KeyError, ValueError, TypeError):
             return gr.skip()
 
@@ -133,7 +133,7 @@ def build(ctx: AppContext) -> HistoryHandles:
         try:
             with ctx.session() as s:
                 J.delete_job(s, job_id=int(jid), jobs_dir=ctx.settings.jobs_dir)
-            return gr.Row(visible=False), ok_md(f"Job {int(jid)} deleted."), None
+            return gr.Row(visible=False), ok_md(f"Job {int(jid)} deleted."), ""
         except (InvalidInput, NotFound, IllegalTransition, TypeError) as e:
             return gr.Row(visible=False), error_md(str(e)), gr.skip()
 

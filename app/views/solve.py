@@ -1,6 +1,9 @@
-"""Solve page: write a problem (statement + tests), pick a strategy and budget, submit; then the live job
-view: status and elapsed time, attempts table, the selected attempt's code and feedback, the discovery curve,
-Cancel, and the solution with copy/download once it is found.
+"""Solve page: write or pick a problem (statement + tests), pick a strategy and budget, submit (an invalid
+value is named next to the box it came from); then the live job view: status, the settings it runs with, the
+attempts table (with each attempt's teacher context), the discovery curve, the rounds table (each SDPO update:
+loss, teacher-student KL, fraction distilled, whether the weights changed), Cancel, and the solution with
+copy/download once it is found. A selected attempt shows its raw response, extracted code, verdict and
+feedback, what the self-teacher saw, and the per-token view of what it says (``app.views.inspect``).
 
 Handlers are plain functions of the page's values (testable without a browser); ``build`` lays out the page.
 """
@@ -8,6 +11,7 @@ Handlers are plain functions of the page's values (testable without a browser); 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,23 +19,26 @@ import gradio as gr
 import pandas as pd
 
 from app.context import AppContext
+from app.views import inspect as I
 from app.views.common import (
+    SOLVE_SUMMARY,
     error_md,
     get_path,
     has_path,
     is_terminal,
     job_id_of,
-    legend_updates,
+    line_chart,
     ok_md,
     plot_frame,
     progress_text,
-    series_of,
+    settings_summary,
     status_line,
 )
 from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
 from backend.schemas import RawConfig
 from backend.services import jobs as J
 from backend.services import picker as P
+from backend.services import teacher as T
 from backend.services import ui as U
 
 STRATEGIES = [("SDPO test-time training", "sdpo"), ("Best-of-k sampling", "best_of_k"),
@@ -47,8 +54,16 @@ ADVANCED = (
     ("temperature", "sampling temperature"),
     ("max_new_tokens", "max tokens per attempt"),
 )
-ATTEMPT_COLUMNS = ["round", "#", "public", "hidden", "reward", "tokens", "solved"]
+# "attempt" is the 1-based number of attempts.jsonl, `sdpo jobs show` and the attempt header; rounds count from 0
+ATTEMPT_COLUMNS = ["attempt", "round", "public", "hidden", "reward", "tokens", "teacher context", "solved"]
+ROUND_COLUMNS = ["round", "attempts", "best public", "distilled", "loss", "teacher–student KL", "weights updated"]
 CURVE_COLUMNS = ["attempt", "tests passed", "tests"]
+# Where a form error is shown: next to the box it names (``error_slot``).
+SLOTS = ("statement", "tests", "json", "budget", "model", "advanced", "extra", "main")
+SLOT_NAMES = {"statement": "the statement", "tests": "the tests", "json": "the problem JSON", "budget": "Attempt "
+              "budget", "model": "Model", "advanced": "Advanced", "extra": "Other settings"}
+PROBLEM_FIELDS = ("title", "statement", "tests", "hidden_tests", "starter_code", "fn_name", "testtype", "json",
+                  "problem", "time_limit")
 EXAMPLE_STATEMENT = """# Sum of two numbers
 
 Read two integers `a` and `b` from one line of standard input and print `a + b`.
@@ -103,6 +118,26 @@ def build_solve_config(*, strategy: str, budget: Any, adapter: str, extra_yaml: 
     return RawConfig(values=values, fields=fields, text=extra_yaml or "", text_field="extra settings")
 
 
+def error_slot(field: str, *, source: str, advanced: Sequence[str]) -> str:
+    """The message box (one of ``SLOTS``) next to the control an error about ``field`` concerns: the problem's
+    fields go to the statement, the tests editor or the pasted JSON (whichever is in use), ``budget`` and
+    ``model`` to their boxes, the Advanced settings to the Advanced box, any other setting to Other settings
+    (where it would be typed), the strategy and weights choices to the message under Solve."""
+    head = field.split(" ")[0]
+    top = head.split(".")[0]
+    if field in ("budget", "model"):
+        return field
+    if head in advanced:
+        return "advanced"
+    if top in PROBLEM_FIELDS:
+        if source == "json":
+            return "json"
+        return "statement" if top in ("title", "statement", "problem", "starter_code") else "tests"
+    if field in ("strategy", "adapter"):
+        return "main"
+    return "extra"
+
+
 def submit(ctx: AppContext, *, problem: dict[str, Any], config: dict[str, Any] | RawConfig, model: str = "") -> int:
     """Create the problem and queue the job; ``InvalidInput`` leaves nothing stored or queued."""
     with ctx.session() as s:
@@ -117,19 +152,30 @@ class SolveSnapshot:
     """Everything the job view shows at one moment."""
 
     status_md: str
+    status: str
     terminal: bool
     cancellable: bool
+    settings_md: str
+    config: dict[str, Any]
     attempts: pd.DataFrame
     attempt_ids: list[int]
     curve: pd.DataFrame
     curve_max: int
+    budget: int
+    rounds: pd.DataFrame
+    teacher_note: str
     solution: str | None
     error: str | None
     signature: tuple
 
 
+def _num(x: float | None, fmt: str = ".3g") -> str:
+    return "" if x is None else format(x, fmt)
+
+
 def snapshot(ctx: AppContext, job_id: int) -> SolveSnapshot:
-    """Read the job, its attempts and its discovery curve (raises ``NotFound``)."""
+    """Read the job, its attempts (with their teacher contexts in brief), its rounds and its discovery curve
+    (raises ``NotFound``)."""
     with ctx.session() as s:
         d = J.job_detail(s, job_id=job_id)
         attempts = J.list_attempts(s, job_id=job_id)
@@ -141,6 +187,9 @@ def snapshot(ctx: AppContext, job_id: int) -> SolveSnapshot:
         n_public = problem.n_public_tests if problem else (attempts[0].total_public if attempts else 0)
         n_hidden = problem.n_hidden_tests if problem else 0
         progress = U.job_progress(s, job_id=job_id, kind="solve", config=d.config)
+        briefs = T.teacher_briefs(s, job_id=job_id)
+        rounds = T.round_rows(s, job_id=job_id)
+    strategy = d.config.get("strategy", "")
     line = status_line(d)
     if rows:
         best = max(r.reward for r in rows)
@@ -152,38 +201,71 @@ def snapshot(ctx: AppContext, job_id: int) -> SolveSnapshot:
         line += progress_text(progress, running=d.status == "running" and solution is None)
     if solution is not None:
         line += " · **solved** 🎉"
-    df = pd.DataFrame([[r.round, r.number, r.public, r.hidden, r.reward, r.tokens, "✓" if r.solved else ""]
-                       for r in rows], columns=ATTEMPT_COLUMNS)
+
+    def teacher_cell(r) -> str:
+        if strategy in I.NO_TEACHER or d.config.get("loss") == "grpo":
+            return "–"
+        b = briefs.get((r.round, r.index))
+        return b.label if b is not None else ("–" if is_terminal(d.status) else "…")
+
+    df = pd.DataFrame([[r.number, r.round, r.public, r.hidden, r.reward, r.tokens, teacher_cell(r),
+                        "✓" if r.solved else ""] for r in rows], columns=ATTEMPT_COLUMNS)
     points = []
     for n, pub, hid in curve:
-        points.append([n, pub, f"public (of {n_public})"])
+        points.append([n, pub, f"public tests (of {n_public})"])
         if hid is not None:
-            points.append([n, hid, f"hidden (of {n_hidden})"])
+            points.append([n, hid, f"hidden tests (of {n_hidden})"])
+    rounds_df = pd.DataFrame([[r.round, r.attempts, r.best, "" if r.distilled is None else f"{r.distilled:.0%}",
+                               _num(r.loss), _num(r.kl), r.updated] for r in rounds], columns=ROUND_COLUMNS)
+    note = I.NO_TEACHER.get(strategy, "")
+    if not note and d.config.get("loss") == "grpo":
+        note = "The GRPO loss has no teacher: each update uses the rewards only."
     return SolveSnapshot(
-        status_md=line, terminal=is_terminal(d.status), cancellable=d.status in ("queued", "running")
-        and not d.cancel_requested, attempts=df, attempt_ids=[r.id for r in rows],
+        status_md=line, status=d.status, terminal=is_terminal(d.status),
+        cancellable=d.status in ("queued", "running") and not d.cancel_requested,
+        settings_md=settings_summary(d.config, d.model, ctx.settings.model, SOLVE_SUMMARY), config=d.config,
+        attempts=df, attempt_ids=[r.id for r in rows],
         curve=plot_frame(points, CURVE_COLUMNS), curve_max=max(1, n_public or 0, n_hidden or 0),
+        budget=int(budget) if isinstance(budget, int) else max(1, len(rows)), rounds=rounds_df, teacher_note=note,
         solution=solution, error=d.error,
-        signature=(d.id, d.status, d.cancel_requested, len(rows), solution is not None, d.error),
+        signature=(d.id, d.status, d.cancel_requested, len(rows), len(briefs),
+                   tuple(r.updated for r in rounds), solution is not None, d.error),
     )
 
 
-def attempt_view(ctx: AppContext, attempt_id: int) -> tuple[str, str, str]:
-    """(header, code, feedback) of one attempt."""
+def curve_chart(snap: SolveSnapshot):
+    """The discovery curve: best tests passed so far against the attempt number, over the whole budget."""
+    return line_chart(snap.curve, title="Discovery curve: best tests passed so far", x_domain=(1, snap.budget),
+                      y_domain=(0, snap.curve_max), y_integer=True, height=220, step=True)
+
+
+@dataclass
+class AttemptView:
+    """The selected attempt's panels."""
+
+    header: str
+    response: str
+    code: str
+    feedback: str
+    teacher: str
+    context: str
+    tokens: str
+
+
+def attempt_view(ctx: AppContext, attempt_id: int) -> AttemptView:
+    """Header, raw response, extracted code, feedback, teacher context (with the round's numbers) and the
+    per-token view of one attempt."""
     with ctx.session() as s:
-        a = U.get_attempt(s, attempt_id=attempt_id)
-        if a is None:
-            return "Attempt not found", "", ""
-        hidden = "" if a.total_hidden is None else f", hidden {a.passed_hidden}/{a.total_hidden}"
-        header = (f"**Round {a.round}, attempt {a.index}** · public {a.passed_public}/{a.total_public}{hidden} · "
-                  f"reward {a.reward:g} · {a.tokens} tokens · {a.seconds:.1f} s")
-        raw = J.raw_response_path(jobs_dir=ctx.settings.jobs_dir, job_id=a.job_id, round=a.round, index=a.index)
-        if raw.exists():  # the stored texts had to be escaped or cut; the response as the model wrote it
-            header += f" · raw response: `{raw}`"
-        code = a.code if a.code is not None else "# no code block found in the response\n"
-        feedback = a.feedback or ("All public tests passed." if a.passed_public == a.total_public
-                                  else "(no feedback)")
-        return header, code, feedback
+        a = T.attempt_inspection(s, attempt_id=attempt_id)
+    if a is None:
+        return AttemptView("Attempt not found", "", "", "", "", "", "")
+    code = a.code if a.code is not None else "# no code block found in the response (see the raw response)\n"
+    header = I.header_md(a)
+    raw = J.raw_response_path(jobs_dir=ctx.settings.jobs_dir, job_id=a.job_id, round=a.round, index=a.index)
+    if raw.exists():  # the stored texts had to be escaped or cut; the response as the model wrote it
+        header += f" · raw response: `{raw}`"
+    return AttemptView(header=header, response=a.response, code=code, feedback=I.feedback_text(a),
+                       teacher=I.teacher_md(a), context=I.context_text(a), tokens=I.credit_html(a))
 
 
 def solution_file(ctx: AppContext, job_id: int, code: str) -> str:
@@ -200,10 +282,13 @@ def solution_file(ctx: AppContext, job_id: int, code: str) -> str:
 class SolveHandles:
     """Components other pages drive (History opens a job here)."""
 
-    job_id: gr.Number
+    job_id: gr.Textbox
     open_fn: Any
     open_outputs: list
-    refresh: Any  # chains the second phase of the plot refresh after an event that ran ``open_fn``
+
+
+def _slot(elem: str) -> gr.HTML:
+    return gr.HTML("", visible=False, elem_id=f"solve-{elem}-message", padding=False)
 
 
 def build(ctx: AppContext) -> SolveHandles:
@@ -218,9 +303,9 @@ def build(ctx: AppContext) -> SolveHandles:
             except InvalidInput as e:
                 choices, picker_note = [], error_md(str(e))
             with gr.Row(equal_height=True):
-                picker = gr.Dropdown(choices, value=None, label="Pick an imported problem (datasets with "
-                                     "problems.jsonl, e.g. from 'sdpo data import-lcb')", elem_id="solve-picker",
-                                     scale=4)
+                picker = gr.Dropdown(choices, value=None, label="Pick an example problem (dataset 'examples') or an "
+                                     "imported one (datasets with problems.jsonl, e.g. from 'sdpo data import-lcb')",
+                                     elem_id="solve-picker", scale=4)
                 picker_refresh = gr.Button("Refresh list", elem_id="solve-picker-refresh", scale=0)
             picker_msg = gr.HTML(picker_note, elem_id="solve-picker-message")
             title = gr.Textbox(label="Title", placeholder="(first line of the statement)", elem_id="solve-title")
@@ -230,6 +315,7 @@ def build(ctx: AppContext) -> SolveHandles:
                                            max_lines=30, elem_id="solve-statement")
                 with gr.Tab("Preview"):
                     preview = gr.Markdown(EXAMPLE_STATEMENT, elem_id="solve-preview")
+            statement_msg = _slot("statement")
             statement.change(lambda t: t, statement, preview, api_visibility="private", queue=False)
             source = gr.Radio([("Tests editor", "editor"), ("Paste JSON (problem or LiveCodeBench row)", "json")],
                               value="editor", label="Tests", elem_id="solve-source")
@@ -244,9 +330,11 @@ def build(ctx: AppContext) -> SolveHandles:
                     column_count=(3, "fixed"), label="Tests: input → expected (hidden rows decide discovery only)",
                     elem_id="solve-tests",
                 )
+            tests_msg = _slot("tests")
             with gr.Group(visible=False) as json_group:
                 json_text = gr.Code(language="json", label="Problem JSON or LiveCodeBench row", lines=10,
                                     elem_id="solve-json")
+            json_msg = _slot("json")
             with gr.Accordion("Starter code (optional)", open=False):
                 starter = gr.Code(language="python", label="Starter code", lines=5, elem_id="solve-starter")
             source.change(lambda v: (gr.Group(visible=v == "editor"), gr.Group(visible=v == "json")), source,
@@ -281,6 +369,7 @@ def build(ctx: AppContext) -> SolveHandles:
             strategy = gr.Radio(STRATEGIES, value="sdpo", label="Strategy", elem_id="solve-strategy")
             budget = gr.Textbox(label="Attempt budget", value=str(defaults.get("budget", 16)),
                                 elem_id="solve-budget")
+            budget_msg = _slot("budget")
             model = gr.Textbox(label="Model", placeholder=f"default: {ctx.settings.model}", elem_id="solve-model",
                                info="The budget and the Advanced values below are the defaults for this model: "
                                "CPU-sized for the demo models or without a GPU, the paper's on a GPU.")
@@ -289,11 +378,13 @@ def build(ctx: AppContext) -> SolveHandles:
             adapter = gr.Radio([("LoRA adapter", "lora"), ("Full fine-tune", "full")],
                                value=defaults.get("adapter", "lora") if defaults.get("adapter") in ("lora", "full")
                                else "lora", label="Weights updated", elem_id="solve-adapter")
-            with gr.Accordion("Advanced (SDPO settings)", open=False, elem_id="solve-advanced"):
+            with gr.Accordion("Advanced (SDPO settings)", open=False, elem_id="solve-advanced") as advanced:
                 adv_boxes = [gr.Textbox(label=label, value=_fmt_default(v), elem_id=f"solve-adv-{p.replace('.', '-')}")
                              for p, label, v in adv]
+                advanced_msg = _slot("advanced")
                 extra = gr.Code(language="yaml", label="Other settings (YAML, e.g. ppo_epochs: 2)", lines=3,
                                 elem_id="solve-extra")
+                extra_msg = _slot("extra")
             submit_btn = gr.Button("Solve", variant="primary", elem_id="solve-submit")
             message = gr.HTML(elem_id="solve-message")
 
@@ -310,27 +401,43 @@ def build(ctx: AppContext) -> SolveHandles:
 
     gr.Markdown("---\n### Job")
     with gr.Row():
-        job_id = gr.Number(label="Job id", precision=0, value=None, placeholder="job number", elem_id="solve-job-id",
-                           scale=1)
+        job_id = gr.Textbox(label="Job id", value="", placeholder="job number", elem_id="solve-job-id", scale=1,
+                            max_lines=1)
         open_btn = gr.Button("Open", elem_id="solve-open", scale=0)
         cancel_btn = gr.Button("Cancel job", variant="stop", visible=False, elem_id="solve-cancel", scale=0)
+    job_msg = gr.HTML("", elem_id="solve-job-message", padding=False)
     status = gr.Markdown("No job yet: submit a problem, or open one from History.", elem_id="solve-status")
+    settings_md = gr.Markdown("", elem_id="solve-settings")
+    with gr.Accordion("Every setting of this job", open=False, elem_id="solve-settings-all"):
+        settings_json = gr.JSON(value=None, label="Settings (as stored with the job)", elem_id="solve-settings-json")
     error_box = gr.Textbox(label="Error", visible=False, lines=4, elem_id="solve-error")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             attempts = gr.Dataframe(value=pd.DataFrame(columns=ATTEMPT_COLUMNS), interactive=False,
-                                    label="Attempts (click a row for its code and feedback)", max_height=340,
-                                    elem_id="solve-attempts")
+                                    label="Attempts (click a row for its response, feedback and what the teacher "
+                                    "says)", max_height=300, elem_id="solve-attempts")
         with gr.Column(scale=2):
-            curve = gr.LinePlot(value=plot_frame([], CURVE_COLUMNS), x="attempt", y="tests passed",
-                                color="tests", title="Discovery curve: best tests passed so far", height=300,
-                                elem_id="solve-curve")
-    attempt_header = gr.Markdown("", elem_id="solve-attempt-header")
+            curve = gr.Plot(value=None, show_label=False, elem_id="solve-curve")
+    teacher_note = gr.Markdown("", elem_id="solve-teacher-note")
+    rounds = gr.Dataframe(value=pd.DataFrame(columns=ROUND_COLUMNS), interactive=False, max_height=220,
+                          label="Rounds: what each SDPO update did (KL: on the distilled tokens)",
+                          elem_id="solve-rounds")
+    gr.Markdown("### Selected attempt")
+    attempt_header = gr.Markdown("Click an attempt in the table.", elem_id="solve-attempt-header")
     with gr.Row(equal_height=False):
-        attempt_code = gr.Code(language="python", label="Selected attempt: code", lines=12, interactive=False,
+        attempt_response = gr.Textbox(label="Raw response (as the model wrote it)", lines=10, max_lines=18,
+                                      interactive=False, elem_id="solve-attempt-response")
+        attempt_code = gr.Code(language="python", label="Extracted code", lines=10, interactive=False,
                                elem_id="solve-attempt-code")
-        attempt_feedback = gr.Textbox(label="Selected attempt: feedback", lines=12, interactive=False,
-                                      elem_id="solve-attempt-feedback")
+    with gr.Row(equal_height=False):
+        attempt_feedback = gr.Textbox(label="Verdict feedback (from the tests)", lines=8, max_lines=14,
+                                      interactive=False, elem_id="solve-attempt-feedback")
+        with gr.Column():
+            attempt_teacher = gr.Markdown("", elem_id="solve-attempt-teacher")
+            attempt_context = gr.Textbox(label="The teacher's prompt (question + demonstration / feedback)",
+                                         lines=6, max_lines=12, interactive=False, elem_id="solve-attempt-context")
+    gr.Markdown("#### Per-token view: teacher − student log-probability of each token")
+    attempt_tokens = gr.HTML("", elem_id="solve-attempt-tokens")
     with gr.Group(visible=False) as solution_group:
         gr.Markdown("### ✅ Solution")
         solution_code = gr.Code(language="python", label="Solution (copy button at the top right)",
@@ -339,45 +446,74 @@ def build(ctx: AppContext) -> SolveHandles:
     timer = gr.Timer(1.0, active=False)
     attempt_ids = gr.State([])
     signature = gr.State(None)
-    legends = gr.State(None)
+    selected = gr.State(None)  # the attempt id shown in the detail panels
+    msg_about = gr.State(None)  # [job id, status] the message under Solve describes; cleared once it changes
 
-    view_outputs = [status, cancel_btn, error_box, attempts, curve, solution_group, solution_code, solution_dl,
-                    timer, attempt_ids, signature, attempt_header, attempt_code, attempt_feedback, legends]
+    detail = [attempt_header, attempt_response, attempt_code, attempt_feedback, attempt_teacher, attempt_context,
+              attempt_tokens]
+    view_outputs = [status, cancel_btn, job_msg, settings_md, settings_json, error_box, attempts, curve,
+                    teacher_note, rounds, solution_group, solution_code, solution_dl, timer, attempt_ids, signature,
+                    message, msg_about, selected, *detail]
+    cleared_detail = ("Click an attempt in the table.", "", "", "", "", "", "")
 
-    def render(jid: Any, last_sig: Any = None) -> tuple:
+    def detail_values(attempt_id: int) -> tuple:
+        v = attempt_view(ctx, attempt_id)
+        return v.header, v.response, v.code, v.feedback, v.teacher, v.context, v.tokens
+
+    def render(jid: Any, last_sig: Any = None, sel: Any = None, about: Any = None) -> tuple:
         jid = job_id_of(jid)
         if jid is None:
             return (gr.skip(),) * len(view_outputs)
+        skip = gr.skip()
         try:
-            snap = snapshot(ctx, int(jid))
+            snap = snapshot(ctx, jid)
         except NotFound:
-            return (error_md(f"job {int(jid)} not found"), gr.Button(visible=False), gr.Textbox(visible=False),
-                    pd.DataFrame(columns=ATTEMPT_COLUMNS), plot_frame([], CURVE_COLUMNS),
-                    gr.Group(visible=False), None, None, gr.Timer(active=False), [], None, "", None, "", [[]])
+            return (error_md(f"job {jid} not found"), gr.Button(visible=False), "", "", None,
+                    gr.Textbox(visible=False), pd.DataFrame(columns=ATTEMPT_COLUMNS), None, "",
+                    pd.DataFrame(columns=ROUND_COLUMNS), gr.Group(visible=False), None, None, gr.Timer(active=False),
+                    [], None, skip, skip, None, *cleared_detail)
         same = last_sig is not None and tuple(last_sig) == snap.signature
         other_job = last_sig is None or last_sig[0] != jid  # a (re)opened job: clear the selected attempt
-        clear = ("", None, "") if other_job else (gr.skip(),) * 3
-        sol_path = solution_file(ctx, int(jid), snap.solution) if (snap.solution and not same) else None
+        if other_job or sel not in snap.attempt_ids:
+            sel_out, detail_out = None, cleared_detail
+        elif not same:  # its teacher view or its round's numbers may have arrived
+            sel_out, detail_out = sel, detail_values(sel)
+        else:
+            sel_out, detail_out = sel, (skip,) * len(detail)
+        # the message under Solve ("Job 5 queued.") and its job: cleared once that job moved on
+        stale = about is not None and about[0] == jid and about[1] != snap.status
+        sol_path = solution_file(ctx, jid, snap.solution) if (snap.solution and not same) else None
         return (
             snap.status_md,
             gr.Button(visible=snap.cancellable),
+            "" if other_job else skip,
+            skip if same else snap.settings_md,
+            skip if same else snap.config,
             gr.Textbox(value=snap.error or "", visible=bool(snap.error) and snap.error != "cancelled by the user"),
-            gr.skip() if same else snap.attempts,
-            gr.skip() if same else gr.LinePlot(value=snap.curve, y_lim=[0, snap.curve_max]),
+            skip if same else snap.attempts,
+            skip if same else curve_chart(snap),
+            skip if same else snap.teacher_note,
+            skip if same else snap.rounds,
             gr.Group(visible=snap.solution is not None),
-            gr.skip() if same else snap.solution,
-            gr.skip() if same or not sol_path else gr.DownloadButton(value=sol_path),
+            skip if same else snap.solution,
+            skip if same or not sol_path else gr.DownloadButton(value=sol_path),
             gr.Timer(active=not snap.terminal),
             snap.attempt_ids,
             list(snap.signature),
-            *clear,
-            None if same else [series_of(snap.curve)],
+            "" if stale else skip,
+            None if stale else skip,
+            sel_out,
+            *detail_out,
         )
 
-    def refresh(dep):
-        """Chain phase two of the plot refresh (``legend_updates``) after a ``render``."""
-        return dep.then(lambda lg: legend_updates(lg, 1), legends, curve, api_visibility="private",
-                        show_progress="hidden")
+    render_inputs = [job_id, signature, selected, msg_about]
+    slots = {"statement": statement_msg, "tests": tests_msg, "json": json_msg, "budget": budget_msg,
+             "model": defaults_msg, "advanced": advanced_msg, "extra": extra_msg}
+
+    # The public endpoint /submit_solve answers (message, job id); the page then moves an error next to the box
+    # it names (``show_submitted``) and opens the new job.
+    api_job_id = gr.Number(value=None, precision=0, visible=False)
+    submit_error = gr.State(None)  # (slot, message) of the last submission's error, None when it was queued
 
     def on_submit(title_v, statement_v, source_v, testtype_v, fn_v, rows_v, json_v, starter_v, strategy_v,
                   budget_v, model_v, adapter_v, extra_v, *adv_v):
@@ -388,44 +524,57 @@ def build(ctx: AppContext) -> SolveHandles:
                                      advanced={p: v for (p, _, _), v in zip(adv, adv_v, strict=True)})
             jid = submit(ctx, problem=problem, config=cfg, model=model_v)
         except InvalidInput as e:
-            return error_md(str(e)), gr.skip()
+            where = error_slot(e.field, source=source_v, advanced=[p for p, _, _ in adv])
+            return error_md(str(e)), gr.skip(), (where, str(e)), gr.skip()
         except EnqueueError as e:
-            return error_md(str(e)), gr.skip()
-        return ok_md(f"Job {jid} queued."), jid
+            return error_md(str(e)), gr.skip(), ("main", str(e)), gr.skip()
+        return ok_md(f"Job {jid} queued."), jid, None, [jid, "queued"]
+
+    def show_submitted(jid, error):
+        """An error next to the box it names (the message under Solve points there), or the queued job opened."""
+        cleared = {k: gr.HTML("", visible=False) for k in slots}
+        if error is None:
+            return (gr.skip(), str(int(jid)), *cleared.values(), gr.skip())
+        where, text = error
+        if where == "main":
+            return (gr.skip(), gr.skip(), *cleared.values(), gr.skip())
+        cleared[where] = gr.HTML(error_md(text), visible=True)
+        return (error_md(f"Not submitted: see the message at {SLOT_NAMES[where]}."), gr.skip(), *cleared.values(),
+                gr.Accordion(open=True) if where in ("advanced", "extra") else gr.skip())
 
     submitted = submit_btn.click(
         on_submit,
         [title, statement, source, testtype, fn_name, tests, json_text, starter, strategy, budget, model, adapter,
          extra, *adv_boxes],
-        [message, job_id], api_name="submit_solve",
-    ).success(render, [job_id], view_outputs, api_visibility="private", show_progress="hidden")
-    refresh(submitted)
-    refresh(open_btn.click(render, [job_id], view_outputs, api_visibility="private"))
-    refresh(job_id.submit(render, [job_id], view_outputs, api_visibility="private"))
-    refresh(timer.tick(render, [job_id, signature], view_outputs, api_visibility="private",
-                       show_progress="hidden"))
+        [message, api_job_id, submit_error, msg_about], api_name="submit_solve",
+    ).then(show_submitted, [api_job_id, submit_error], [message, job_id, *slots.values(), advanced],
+           api_visibility="private", show_progress="hidden")
+    submitted.then(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
+    open_btn.click(lambda j: render(j, None, None, None), [job_id], view_outputs, api_visibility="private")
+    job_id.submit(lambda j: render(j, None, None, None), [job_id], view_outputs, api_visibility="private")
+    timer.tick(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
 
     def on_cancel(jid):
+        """Ask the job to stop; the status line says "cancelling…" until it has, then "cancelled"."""
         jid = job_id_of(jid)
         if jid is None:
-            return error_md("no job to cancel")
+            return error_md("no job to cancel: open one first")
         try:
             with ctx.session() as s:
-                job = J.cancel_job(s, job_id=int(jid), revoke=ctx.queue.revoke)
-                return ok_md(f"Job {job.id} {'cancelled' if job.status == 'cancelled' else 'cancelling…'}")
+                J.cancel_job(s, job_id=jid, revoke=ctx.queue.revoke)
+            return ""
         except (NotFound, IllegalTransition) as e:
             return error_md(str(e))
 
-    refresh(cancel_btn.click(on_cancel, [job_id], [message], api_visibility="private").then(
-        render, [job_id], view_outputs, api_visibility="private", show_progress="hidden"))
+    cancel_btn.click(on_cancel, [job_id], [job_msg], api_visibility="private").then(
+        render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
 
     def on_select(ids, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
         if row is None or row >= len(ids):
-            return gr.skip(), gr.skip(), gr.skip()
-        return attempt_view(ctx, ids[row])
+            return (gr.skip(),) * (len(detail) + 1)
+        return (ids[row], *detail_values(ids[row]))
 
-    attempts.select(on_select, [attempt_ids], [attempt_header, attempt_code, attempt_feedback],
-                    api_visibility="private")
+    attempts.select(on_select, [attempt_ids], [selected, *detail], api_visibility="private")
 
-    return SolveHandles(job_id=job_id, open_fn=render, open_outputs=view_outputs, refresh=refresh)
+    return SolveHandles(job_id=job_id, open_fn=lambda j: render(j, None, None, None), open_outputs=view_outputs)

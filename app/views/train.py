@@ -19,14 +19,15 @@ import yaml
 
 from app.context import AppContext
 from app.views.common import (
+    TRAIN_SUMMARY,
     error_md,
     is_terminal,
     job_id_of,
-    legend_updates,
+    line_chart,
     ok_md,
     plot_frame,
     progress_text,
-    series_of,
+    settings_summary,
     status_line,
 )
 from backend.errors import EnqueueError, IllegalTransition, InvalidInput, NotFound
@@ -36,7 +37,7 @@ from backend.services import jobs as J
 from backend.services import ui as U
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
-# label -> config file in configs/ (written with the trainer, issue 4)
+# label -> config file in configs/
 PRESETS = {
     "tiny CPU (plumbing check, < 2 min)": "tiny_cpu.yaml",
     "rich feedback (LiveCodeBench setting)": "sdpo_rich_feedback.yaml",
@@ -95,6 +96,18 @@ def preset_form(preset: dict[str, Any]) -> tuple[str, str, list[str], str]:
     adapter = rest.pop("adapter", "lora")
     values = ["" if rest.get(k) is None else str(rest.pop(k)) for k, _ in FIELDS]
     return loss, adapter, values, yaml.safe_dump(rest, sort_keys=False) if rest else ""
+
+
+# Errors about these fields are shown under the dataset choice, about the model next to the Model box; the rest
+# (hyperparameters, other settings) under the Start button beside them.
+DATASET_FIELDS = ("file", "path", "dataset", "dataset_id", "name", "train_file", "test_file")
+MODEL_FIELDS = ("model", "model_path")
+
+
+def error_place(field: str) -> str:
+    """"dataset", "model" or "form": where the Train page shows an error about ``field``."""
+    top = field.split(".")[0].split(" ")[0]
+    return "dataset" if top in DATASET_FIELDS else "model" if top in MODEL_FIELDS else "form"
 
 
 def default_hint(defaults: dict[str, Any], key: str) -> str:
@@ -165,6 +178,9 @@ def submit(ctx: AppContext, *, source: str, config: dict[str, Any] | RawConfig, 
 @dataclass
 class TrainSnapshot:
     status_md: str
+    status: str
+    settings_md: str
+    config: dict[str, Any]
     terminal: bool
     cancellable: bool
     plots: dict[str, pd.DataFrame]
@@ -203,7 +219,8 @@ def snapshot(ctx: AppContext, job_id: int) -> TrainSnapshot:
     ck = pd.DataFrame([[c.step, c.kind, f"{c.bytes / 1e6:.1f} MB", c.path] for c in d.checkpoints],
                       columns=["step", "kind", "size", "path"])
     return TrainSnapshot(
-        status_md=line, terminal=is_terminal(d.status),
+        status_md=line, status=d.status, settings_md=settings_summary(d.config, d.model, ctx.settings.model, TRAIN_SUMMARY),
+        config=d.config, terminal=is_terminal(d.status),
         cancellable=d.status in ("queued", "running") and not d.cancel_requested, plots=plots,
         log="\n".join(log_lines) or "(no output yet)", checkpoints=ck,
         checkpoint_choices=[(f"step {c.step} ({c.kind})", c.id) for c in d.checkpoints],
@@ -236,11 +253,10 @@ def checkpoint_zip(ctx: AppContext, job_id: int, checkpoint_id: int) -> str:
 # ------------------------------------------------------------------------------------------------ page
 @dataclass
 class TrainHandles:
-    job_id: gr.Number
+    job_id: gr.Textbox
     open_fn: Any
     open_outputs: list
     registered: gr.Dropdown
-    refresh: Any  # chains the second phase of the plot refresh after an event that ran ``open_fn``
 
 
 def _dataset_choices(ctx: AppContext) -> list[str]:
@@ -271,6 +287,7 @@ def build(ctx: AppContext) -> TrainHandles:
                 return (gr.Group(visible=v == "upload"), gr.Group(visible=v == "path"),
                         gr.Group(visible=v in ("upload", "path")), gr.Group(visible=v == "registered"))
 
+            dataset_msg = gr.HTML("", visible=False, elem_id="train-dataset-message", padding=False)
             source.change(on_source, source, [upload_group, path_group, name_group, registered_group],
                           api_visibility="private", queue=False)
             gr.Markdown("### Algorithm")
@@ -313,20 +330,23 @@ def build(ctx: AppContext) -> TrainHandles:
 
     gr.Markdown("---\n### Run")
     with gr.Row():
-        job_id = gr.Number(label="Job id", precision=0, value=None, placeholder="job number", elem_id="train-job-id",
-                           scale=1)
+        job_id = gr.Textbox(label="Job id", value="", placeholder="job number", elem_id="train-job-id", scale=1,
+                            max_lines=1)
         open_btn = gr.Button("Open", elem_id="train-open", scale=0)
         cancel_btn = gr.Button("Cancel run", variant="stop", visible=False, elem_id="train-cancel", scale=0)
+    job_msg = gr.HTML("", elem_id="train-job-message", padding=False)
     status = gr.Markdown("No run yet: start one, or open one from History.", elem_id="train-status")
+    settings_md = gr.Markdown("", elem_id="train-settings")
+    with gr.Accordion("Every setting of this run", open=False, elem_id="train-settings-all"):
+        settings_json = gr.JSON(value=None, label="Settings (as stored with the job)", elem_id="train-settings-json")
     plots = {}
     with gr.Row():
-        for key, title, _ in PLOTS[:3]:
-            plots[key] = gr.LinePlot(value=plot_frame([], PLOT_COLUMNS), x="step", y="value", color="metric",
-                                     title=title, height=240, elem_id=f"train-plot-{key}")
+        for key, _, _ in PLOTS[:3]:
+            plots[key] = gr.Plot(value=None, show_label=False, elem_id=f"train-plot-{key}")
     with gr.Row():
-        for key, title, _ in PLOTS[3:]:
-            plots[key] = gr.LinePlot(value=plot_frame([], PLOT_COLUMNS), x="step", y="value", color="metric",
-                                     title=title, height=240, elem_id=f"train-plot-{key}")
+        for key, _, _ in PLOTS[3:]:
+            plots[key] = gr.Plot(value=None, show_label=False, elem_id=f"train-plot-{key}")
+    titles = {key: title for key, title, _ in PLOTS}
     with gr.Row(equal_height=False):
         log = gr.Textbox(label="Log (last steps)", lines=10, max_lines=10, interactive=False, autoscroll=True,
                          elem_id="train-log")
@@ -339,36 +359,39 @@ def build(ctx: AppContext) -> TrainHandles:
             ck_file = gr.File(label="Download", interactive=False, elem_id="train-ck-file")
     timer = gr.Timer(2.0, active=False)
     signature = gr.State(None)
-    legends = gr.State(None)
-    view_outputs = [status, cancel_btn, *plots.values(), log, checkpoints, ck_pick, timer, signature, legends]
+    msg_about = gr.State(None)  # [job id, status] the message under the Start button describes
+    view_outputs = [status, cancel_btn, job_msg, settings_md, settings_json, *plots.values(), log, checkpoints,
+                    ck_pick, timer, signature, message, msg_about]
 
-    def render(jid: Any, last_sig: Any = None) -> tuple:
+    def render(jid: Any, last_sig: Any = None, about: Any = None) -> tuple:
         jid = job_id_of(jid)
         if jid is None:
             return (gr.skip(),) * len(view_outputs)
-        try:
-            snap = snapshot(ctx, int(jid))
-        except NotFound:
-            empty = plot_frame([], PLOT_COLUMNS)
-            return (error_md(f"job {int(jid)} not found"), gr.Button(visible=False), *([empty] * len(plots)), "",
-                    pd.DataFrame(columns=["step", "kind", "size", "path"]), gr.Dropdown(choices=[]),
-                    gr.Timer(active=False), None, [[]] * len(plots))
-        same = last_sig is not None and tuple(last_sig) == snap.signature
         skip = gr.skip()
+        try:
+            snap = snapshot(ctx, jid)
+        except NotFound:
+            return (error_md(f"job {jid} not found"), gr.Button(visible=False), "", "", None, *([None] * len(plots)),
+                    "", pd.DataFrame(columns=["step", "kind", "size", "path"]), gr.Dropdown(choices=[]),
+                    gr.Timer(active=False), None, skip, skip)
+        same = last_sig is not None and tuple(last_sig) == snap.signature
+        other_job = last_sig is None or last_sig[0] != jid
+        stale = about is not None and about[0] == jid and about[1] != snap.status
         return (
-            snap.status_md, gr.Button(visible=snap.cancellable),
-            *[(skip if same else snap.plots[k]) for k in plots],
+            snap.status_md, gr.Button(visible=snap.cancellable), "" if other_job else skip,
+            skip if same else snap.settings_md, skip if same else snap.config,
+            *[(skip if same else line_chart(snap.plots[k], title=titles[k])) for k in plots],
             skip if same else snap.log,
             skip if same else snap.checkpoints,
             skip if same else gr.Dropdown(choices=snap.checkpoint_choices),
             gr.Timer(active=not snap.terminal), list(snap.signature),
-            None if same else [series_of(snap.plots[k]) for k in plots],
+            "" if stale else skip, None if stale else skip,
         )
 
-    def refresh(dep):
-        """Chain phase two of the plot refresh (``legend_updates``) after a ``render``."""
-        return dep.then(lambda lg: legend_updates(lg, len(plots)), legends, list(plots.values()),
-                        api_visibility="private", show_progress="hidden")
+    # The public endpoint /submit_train answers (message, job id, dataset list); the page then moves an error
+    # about the dataset or the model next to it (``show_submitted``) and opens the new run.
+    api_job_id = gr.Number(value=None, precision=0, visible=False)
+    submit_error = gr.State(None)  # (place, message) of the last submission's error, None when it was queued
 
     def on_submit(source_v, upload_v, name_v, path_v, registered_v, loss_v, adapter_v, model_v, extra_v, *field_v):
         try:
@@ -376,32 +399,48 @@ def build(ctx: AppContext) -> TrainHandles:
                                      fields={k: v for (k, _), v in zip(FIELDS, field_v, strict=True)})
             jid = submit(ctx, source=source_v, config=cfg, upload_path=upload_v, dataset_name=name_v,
                          server_path=path_v, registered=registered_v, model=model_v)
-        except (InvalidInput, EnqueueError) as e:
-            return error_md(str(e)), gr.skip(), gr.skip()
-        return ok_md(f"Job {jid} queued."), jid, gr.Dropdown(choices=_dataset_choices(ctx))
+        except InvalidInput as e:
+            return error_md(str(e)), gr.skip(), gr.skip(), (error_place(e.field), str(e)), gr.skip()
+        except EnqueueError as e:
+            return error_md(str(e)), gr.skip(), gr.skip(), ("form", str(e)), gr.skip()
+        return ok_md(f"Job {jid} queued."), jid, gr.Dropdown(choices=_dataset_choices(ctx)), None, [jid, "queued"]
 
-    submitted = submit_btn.click(on_submit, [source, upload, dataset_name, server_path, registered, loss, adapter, model, extra,
-                                 *boxes], [message, job_id, registered], api_name="submit_train",
-                     ).success(render, [job_id], view_outputs, api_visibility="private", show_progress="hidden")
-    refresh(submitted)
-    refresh(open_btn.click(render, [job_id], view_outputs, api_visibility="private"))
-    refresh(job_id.submit(render, [job_id], view_outputs, api_visibility="private"))
-    refresh(timer.tick(render, [job_id, signature], view_outputs, api_visibility="private",
-                       show_progress="hidden"))
+    def show_submitted(jid, error):
+        hidden = gr.HTML("", visible=False)
+        if error is None:
+            return gr.skip(), str(int(jid)), hidden, hidden
+        where, text = error
+        if where == "form":
+            return gr.skip(), gr.skip(), hidden, gr.skip()
+        shown = gr.HTML(error_md(text), visible=True)
+        pointer = error_md(f"Not started: see the message at {'Dataset' if where == 'dataset' else 'Model'}.")
+        return (pointer, gr.skip(), shown if where == "dataset" else hidden, shown if where == "model" else gr.skip())
+
+    render_inputs = [job_id, signature, msg_about]
+    submit_btn.click(on_submit, [source, upload, dataset_name, server_path, registered, loss, adapter, model, extra,
+                                 *boxes], [message, api_job_id, registered, submit_error, msg_about],
+                     api_name="submit_train",
+                     ).then(show_submitted, [api_job_id, submit_error], [message, job_id, dataset_msg, defaults_msg],
+                            api_visibility="private", show_progress="hidden",
+                     ).then(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
+    open_btn.click(lambda j: render(j), [job_id], view_outputs, api_visibility="private")
+    job_id.submit(lambda j: render(j), [job_id], view_outputs, api_visibility="private")
+    timer.tick(render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
 
     def on_cancel(jid):
+        """Ask the run to stop; the status line says "cancelling…" until it has, then "cancelled"."""
         jid = job_id_of(jid)
         if jid is None:
-            return error_md("no run to cancel")
+            return error_md("no run to cancel: open one first")
         try:
             with ctx.session() as s:
-                job = J.cancel_job(s, job_id=int(jid), revoke=ctx.queue.revoke)
-                return ok_md(f"Job {job.id} {'cancelled' if job.status == 'cancelled' else 'cancelling…'}")
-        except (NotFound, IllegalTransition, TypeError) as e:
+                J.cancel_job(s, job_id=jid, revoke=ctx.queue.revoke)
+            return ""
+        except (NotFound, IllegalTransition) as e:
             return error_md(str(e))
 
-    refresh(cancel_btn.click(on_cancel, [job_id], [message], api_visibility="private").then(
-        render, [job_id], view_outputs, api_visibility="private", show_progress="hidden"))
+    cancel_btn.click(on_cancel, [job_id], [job_msg], api_visibility="private").then(
+        render, render_inputs, view_outputs, api_visibility="private", show_progress="hidden")
 
     def on_zip(jid, ck_id):
         jid = job_id_of(jid)
@@ -412,6 +451,5 @@ def build(ctx: AppContext) -> TrainHandles:
         except InvalidInput as e:
             return None, error_md(str(e))
 
-    ck_btn.click(on_zip, [job_id, ck_pick], [ck_file, message], api_visibility="private")
-    return TrainHandles(job_id=job_id, open_fn=render, open_outputs=view_outputs, registered=registered,
-                        refresh=refresh)
+    ck_btn.click(on_zip, [job_id, ck_pick], [ck_file, job_msg], api_visibility="private")
+    return TrainHandles(job_id=job_id, open_fn=lambda j: render(j), open_outputs=view_outputs, registered=registered)

@@ -122,6 +122,24 @@ def register_dataset(session: Session, *, name: str, path: str) -> Dataset:
     return ds
 
 
+def sync_builtin_dataset(session: Session, *, name: str, path: str | Path) -> Dataset | None:
+    """Register the file or folder at ``path`` as ``name``, or refresh the row counts and size of the dataset
+    registered as ``name`` at that path (the server rewrites its built-in datasets at every start). A dataset
+    named ``name`` at another path is the user's: it is left alone and None is returned."""
+    p = Path(path).expanduser().resolve()
+    ds = session.scalar(select(Dataset).where(Dataset.name == name))
+    if ds is None:
+        return register_dataset(session, name=name, path=str(p))
+    if Path(ds.path).resolve() != p:
+        return None
+    train, test = _files(p)
+    ds.train_rows = count_jsonl_rows(train, field="path")
+    ds.test_rows = count_jsonl_rows(test, field="path") if test else 0
+    ds.bytes = train.stat().st_size + (test.stat().st_size if test else 0)
+    session.flush()
+    return ds
+
+
 def get_dataset(session: Session, *, dataset_id: int) -> Dataset:
     ds = session.get(Dataset, dataset_id)
     if ds is None:

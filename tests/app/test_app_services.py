@@ -244,8 +244,10 @@ def test_solve_snapshot_table_curve_and_solution(ctx):
     with ctx.session() as s:
         J.record_attempts(s, job_id=jid, attempts=[_attempt(0, 0, 0, 2), _attempt(0, 1, 1, 2)])
     snap = solve.snapshot(ctx, jid)
-    assert snap.attempts.values.tolist() == [[0, 1, "0/2", "-", 0.0, 10, ""], [0, 2, "1/2", "-", 0.5, 11, ""]]
-    assert snap.curve.values.tolist() == [[1, 0, "public (of 2)"], [2, 1, "public (of 2)"]]
+    # attempt numbers are 1-based as in attempts.jsonl and `sdpo jobs show`; best-of-k has no teacher
+    assert snap.attempts.values.tolist() == [[1, 0, "0/2", "-", 0.0, 10, "–", ""], [2, 0, "1/2", "-", 0.5, 11, "–", ""]]
+    assert snap.curve.values.tolist() == [[1, 0, "public tests (of 2)"], [2, 1, "public tests (of 2)"]]
+    assert "no teacher" in snap.teacher_note and "strategy **best_of_k**" in snap.settings_md
     assert snap.solution is None and not snap.terminal and snap.cancellable
     with ctx.session() as s:  # passes public but not hidden: not a solution; then one that passes both
         J.record_attempts(s, job_id=jid, attempts=[_attempt(1, 0, 2, 2, 0, 1, code="bad"),
@@ -253,10 +255,12 @@ def test_solve_snapshot_table_curve_and_solution(ctx):
     snap = solve.snapshot(ctx, jid)
     assert snap.solution == "print(sum(map(int, input().split())))"
     assert snap.attempts["solved"].tolist() == ["", "", "", "✓"]
-    assert snap.curve[snap.curve["tests"] == "hidden (of 1)"].values.tolist() == [[3, 0, "hidden (of 1)"],
-                                                                               [4, 1, "hidden (of 1)"]]
-    header, code, feedback = solve.attempt_view(ctx, snap.attempt_ids[1])
-    assert "attempt 1" in header and "public 1/2" in header and code == "print(1)" and feedback == "feedback 0.1"
+    assert snap.curve[snap.curve["tests"] == "hidden tests (of 1)"].values.tolist() == [
+        [3, 0, "hidden tests (of 1)"], [4, 1, "hidden tests (of 1)"]]
+    v = solve.attempt_view(ctx, snap.attempt_ids[1])
+    assert v.header.startswith("**Attempt 2** (round 0)") and "public 1/2" in v.header
+    assert v.code == "print(1)" and v.feedback == "feedback 0.1" and v.response == "```python\nprint(1)\n```"
+    assert "Best-of-k sampling has no teacher" in v.teacher and "Best-of-k sampling has no teacher" in v.tokens
     path = solve.solution_file(ctx, jid, snap.solution)
     assert open(path).read() == snap.solution
 
@@ -297,12 +301,12 @@ def test_attempt_view_shows_the_stored_texts_and_names_the_raw_response(ctx):
                 update={"response": "x\x00", "feedback": "stderr: \x1b[31mboom\x07"}),
             _attempt(0, 1, 0, 2)])
     snap = solve.snapshot(ctx, jid)
-    header, code, feedback = solve.attempt_view(ctx, snap.attempt_ids[0])
+    v = solve.attempt_view(ctx, snap.attempt_ids[0])
     raw = J.raw_response_path(jobs_dir=ctx.settings.jobs_dir, job_id=jid, round=0, index=0)
-    assert code == "print(1)\\x00\ufffd" and feedback == "stderr: \\x1b[31mboom\\x07"
-    assert f"raw response: `{raw}`" in header and raw.read_bytes() == b"x\x00"
-    header, _, _ = solve.attempt_view(ctx, snap.attempt_ids[1])
-    assert "raw response" not in header
+    assert v.code == "print(1)\\x00\ufffd" and v.feedback == "stderr: \\x1b[31mboom\\x07"
+    assert v.response == "x\\x00"
+    assert f"raw response: `{raw}`" in v.header and raw.read_bytes() == b"x\x00"
+    assert "raw response" not in solve.attempt_view(ctx, snap.attempt_ids[1]).header
 
 
 def test_train_snapshot_plots_and_checkpoint_zip(ctx, tmp_path):

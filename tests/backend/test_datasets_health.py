@@ -38,6 +38,31 @@ def test_upload_and_register(db, settings, tmp_path):
     assert (folder / "train.jsonl").exists()  # registered server files are never deleted
 
 
+def test_sync_builtin_dataset_registers_refreshes_and_leaves_a_users_dataset_alone(db, tmp_path):
+    folder = tmp_path / "builtin"
+    folder.mkdir()
+    (folder / "train.jsonl").write_bytes(ROWS)
+    with session_scope(db) as s:
+        ds = D.sync_builtin_dataset(s, name="examples", path=folder)
+        assert (ds.train_rows, ds.test_rows, ds.uploaded) == (3, 0, False)
+        first = ds.id
+    (folder / "train.jsonl").write_bytes(ROWS[: ROWS.index(b"\n") + 1])  # the server rewrote its files
+    (folder / "test.jsonl").write_bytes(ROWS)
+    with session_scope(db) as s:
+        ds = D.sync_builtin_dataset(s, name="examples", path=str(folder))
+        assert (ds.id, ds.train_rows, ds.test_rows) == (first, 1, 3)
+        assert ds.bytes == len(ROWS) + ROWS.index(b"\n") + 1
+        D.delete_dataset(s, dataset_id=first)
+        other = tmp_path / "users"
+        other.mkdir()
+        (other / "train.jsonl").write_bytes(ROWS)
+        D.register_dataset(s, name="examples", path=str(other))
+    with session_scope(db) as s:
+        assert D.sync_builtin_dataset(s, name="examples", path=folder) is None
+        assert [(d.name, d.path, d.train_rows) for d in D.list_datasets(s)] == [
+            ("examples", str(other.resolve()), 3)]
+
+
 @pytest.mark.parametrize("kwargs, field, text", [
     (dict(name="bad name", content=ROWS), "name", "letters, digits"),
     (dict(name="humaneval", content=ROWS), "name", "built-in"),

@@ -12,7 +12,8 @@ from backend.migrate import current_heads, upgrade
 from backend.models import Base
 from tests.backend.pgutil import create_pg_database, drop_pg_database
 
-TABLES = {"problems", "datasets", "jobs", "attempts", "metric_points", "checkpoints", "workers", "alembic_version"}
+TABLES = {"problems", "datasets", "jobs", "attempts", "teacher_views", "metric_points", "checkpoints", "workers",
+          "alembic_version"}
 
 
 def _check_upgraded(url: str) -> None:

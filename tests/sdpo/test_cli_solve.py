@@ -1,4 +1,4 @@
-"""``sdpo solve`` (issue 5): the files it writes, and exit code 2 naming the field for bad input."""
+"""``sdpo solve``: the files it writes, and exit code 2 naming the field for bad input."""
 
 from __future__ import annotations
 
@@ -69,6 +69,12 @@ def test_solve_sdpo_saves_the_adapter(tiny_model_path, tmp_path):
     assert r.exit_code == 0, r.output
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((out / "result.json").read_text())["strategy"] == "sdpo"
+    # teacher.jsonl: what the self-teacher said about each attempt, numbered as in attempts.jsonl
+    views = [json.loads(x) for x in (out / "teacher.jsonl").read_text().splitlines()]
+    assert [(v["attempt"], v["round"], v["index"]) for v in views] == [(1, 0, 0), (2, 0, 1)]
+    for v in views:  # the tiny model fails: its own feedback is each attempt's teacher context
+        assert v["distilled"] and v["feedback"] and v["demonstration"] is None and v["context"]
+        assert len(v["credit"]["tokens"]) == len(v["credit"]["teacher_logprobs"]) > 0
 
 
 @pytest.mark.parametrize("args, field", [

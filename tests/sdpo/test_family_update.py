@@ -187,16 +187,17 @@ def test_kl_penalty_pulls_towards_the_initial_policy(model64):
     model, tok = model64
     m = copy.deepcopy(model)
     ref = FrozenBase(m)
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    cfg = UpdateConfig(loss="grpo", kl_coef=1.0, max_grad_norm=1e9, rollout_correction_threshold=None)
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
+    cfg = UpdateConfig(loss="grpo", kl_coef=1.0, max_grad_norm=1.0, rollout_correction_threshold=None)
     flat = _batch(tok, rewards=[0.0] * 6)
-    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
     first = policy_update(m, opt, None, tok, flat, cfg, reference=ref)["ref_kl/estimate"]
     for _ in range(3):
         last = policy_update(m, opt, None, tok, flat, cfg, reference=ref)["ref_kl/estimate"]
-    assert first > 0 and last < 0.8 * first
+    assert first > 0 and last < 0.5 * first, (first, last)  # measured: last ~ 0.16 first
 
 
 # ------------------------------------------------------------------------------------------ config

@@ -35,3 +35,15 @@ def test_profile_follows_model_and_device(tiny_model_path, tmp_path):
     assert (out["n"], out["budget"], out["max_new_tokens"], out["context_budget"]) == (2, 16, 3000, 5048)
     out = fit_config("solve", {"max_new_tokens": 3000, "context_budget": 3500}, model_path=tiny_model_path)
     assert out["context_budget"] == 3500
+
+
+def test_a_small_model_on_the_cpu_runs_on_one_thread(tiny_model_path, tmp_path):
+    from sdpo.sizing import cpu_threads
+
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "config.json").write_text(json.dumps(dict(hidden_size=3584, num_hidden_layers=28, vocab_size=152064)))
+    assert cpu_threads(tiny_model_path, "cpu") == 1
+    assert cpu_threads(tiny_model_path, "cuda") is None  # a GPU job: threads do not matter
+    assert cpu_threads(big, "cpu") is None  # a real checkpoint keeps torch's default
+    assert cpu_threads(tmp_path / "missing", "cpu") is None

@@ -321,7 +321,8 @@ def test_sdpo_updates_after_a_demonstration_without_feedback(finetuned_path, mon
     c = cfg(budget=20, n=4, max_new_tokens=24, self_distillation={"include_environment_feedback": False})
     policy = prepare_policy(model, c)
     snaps = [_lora_state(policy)]
-    rec = Recorder(on_metrics=lambda r, m: snaps.append(_lora_state(policy)))
+    views = []
+    rec = Recorder(on_metrics=lambda r, m: snaps.append(_lora_state(policy)), on_teacher=views.extend)
     spy = UpdateSpy(monkeypatch)
     res = solve(short_task(hidden_output="15\n"), policy, tok, sampler, c, rec)
     assert res.discovered_at is None and res.attempts_used == 20
@@ -340,6 +341,19 @@ def test_sdpo_updates_after_a_demonstration_without_feedback(finetuned_path, mon
         assert any(ctx.uses_solution for ctx in contexts)
         assert not any(ctx.uses_feedback for ctx in contexts)
         assert all(HIDDEN_FAIL_FEEDBACK not in ctx.messages[-1]["content"] for ctx in contexts)
+    # what the UI shows: each attempt's teacher context names the sibling shown as the demonstration (the
+    # first public pass of its round, another one for a public pass itself), or none
+    attempts = {(a.round, a.index): a for a in rec.got}
+    assert [(v.round, v.index) for v in views] == [(a.round, a.index) for a in rec.got]
+    for v in views:
+        passes = [i for i in range(4) if attempts[(v.round, i)].passed == 1]
+        others = [i for i in passes if i != v.index]
+        assert v.demonstration == (others[0] if others else None)
+        assert v.distilled == (v.demonstration is not None) and not v.feedback
+        if v.distilled:
+            assert attempts[(v.round, v.demonstration)].code in v.context and v.credit is not None
+        else:
+            assert v.context == "" and v.credit is None
 
 
 class RecordingSampler(HFSampler):
@@ -489,7 +503,9 @@ def test_stop_inside_an_update_saves_no_weights_and_reports_nothing_more(tiny_mo
     rec.on_metrics = lambda step, m: metrics.append(step)
     rec.on_checkpoint = lambda step, path, kind: ckpts.append(path)
     rec.should_stop = lambda: len(rec.got) >= 2
-    res = solve(Problem.parse(PROBLEM), model, tok, sampler, cfg(budget=6, n=2), rec, out_dir=tmp_path)
+    # without the per-token view (asked to stop too, before the update) the first question is in the update
+    res = solve(Problem.parse(PROBLEM), model, tok, sampler, cfg(budget=6, n=2, token_view=False), rec,
+                out_dir=tmp_path)
     assert res.stopped and len(rec.got) == 2 and res.attempts_used == 2
     assert metrics == [] and ckpts == [] and res.adapter_path is None
     assert not (tmp_path / "adapter").exists()

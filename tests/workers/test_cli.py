@@ -246,13 +246,15 @@ def test_jobs_show_summarises_every_round(env, tmp_path):
         J.record_attempts(s, job_id=job_id, attempts=[attempt(0, 0, 0, 0.0), attempt(0, 1, 1, 0.0)],
                           worker_id="w:1")
         J.append_metrics(s, job_id=job_id, step=0, metrics={"reward/mean": 0.0, "loss": 0.25, "ttt/updated": 1.0,
+                                                            "sdpo/reprompt_sample_fraction": 0.5, "sdpo/kl_mean": 0.125,
                                                             "perf/sample_s": 2.0, "perf/score_s": 0.5},
                          worker_id="w:1")
         J.record_attempts(s, job_id=job_id, attempts=[attempt(1, 0, 2, 1.0)], worker_id="w:1")
         J.append_metrics(s, job_id=job_id, step=1, metrics={"reward/mean": 1.0, "perf/sample_s": 1.0},
                          worker_id="w:1")
     out = run("jobs", "show", str(job_id)).output
-    assert "  round 0: attempts 1-2 · best 1/2 tests, mean reward 0 · reward/mean=0 loss=0.25 ttt/updated=1 2.5 s" in out
+    assert ("  round 0: attempts 1-2 · best 1/2 tests, mean reward 0 · reward/mean=0 loss=0.25 "
+            "sdpo/reprompt_sample_fraction=0.5 sdpo/kl_mean=0.125 ttt/updated=1 2.5 s") in out
     assert "  round 1: attempt 3 · best 2/2 tests, mean reward 1, 1 solved · reward/mean=1 1.0 s" in out
     rounds = json.loads(run("jobs", "show", str(job_id), "--json").output)["rounds"]
     assert [(r["round"], r["first_attempt"], r["attempts"], r["solved"]) for r in rounds] == [(0, 1, 2, 0), (1, 3, 1, 1)]
@@ -283,3 +285,30 @@ def test_jobs_attempts_prints_the_stored_texts(env, tmp_path):
     assert "error: boom\\x00" in run("jobs", "show", str(job_id)).output
     r = runner.invoke(app, ["jobs", "attempts", "41"])
     assert r.exit_code == 2 and "job 41 not found" in r.output
+
+
+def test_install_examples_puts_the_example_problems_in_the_solve_pickers_list(env):
+    """What ``sdpo serve`` does on a fresh data dir: the examples dataset is registered, the picker lists every
+    example, a picked one is accepted by the real submission path, and a restart does not duplicate it."""
+    from backend.db import session_factory_from_settings, session_scope
+    from backend.services import datasets as D
+    from backend.services import picker as P
+    from backend.services.problems import create_problem
+    from sdpo.data.examples import N_EASY, NAME, example_problems
+    from workers.cli import install_examples
+    from workers.engine import parse_problem
+
+    examples = example_problems()
+    assert "in the Solve page's picker" in install_examples(env)
+    install_examples(env)  # a second start
+    sessions = session_factory_from_settings(env)
+    with session_scope(sessions) as s:
+        assert [d.name for d in D.list_datasets(s)] == [NAME]
+        choices = P.list_dataset_problems(s)
+        assert [c.title for c in choices] == [p["title"] for p in examples]
+        assert "(toy world, easy)" in choices[0].label and "(classic, easy)" in choices[N_EASY].label
+        picked = P.load_dataset_problem(s, dataset_id=choices[0].dataset_id, index=0)
+        assert picked == examples[0]
+        stored = create_problem(s, data=picked, validate=parse_problem, settings=env)
+        assert stored.n_public_tests >= 3 and stored.n_hidden_tests >= 5
+        assert stored.data["system"] == examples[0]["system"]

@@ -1,6 +1,6 @@
 """Evidence on real services (see conftest), run on (a) SQLite + filesystem broker and (b) PostgreSQL + Redis
 with real ``sdpo worker`` processes and the tiny model: solve and train jobs go queued -> running ->
-succeeded with their attempts/metrics/checkpoints in order; cancelling a running job ends it within one
+succeeded with their attempts/metrics/checkpoints (and a solve's teacher views) in order; cancelling a running job ends it within one
 round; SIGKILL of the workers mid-job then a new worker: the jobs are re-enqueued and resume, no committed
 attempt lost or duplicated; 100 concurrent submissions are
 processed exactly once; malformed input is refused with nothing queued.
@@ -93,6 +93,18 @@ def test_solve_job_goes_queued_running_succeeded_with_attempts_in_order(stack, p
         assert J.metric_series(s, job_id=job_id)  # one metrics point per round
     assert [c.kind for c in d.checkpoints] == ["lora"]  # the adapted weights
     assert d.started_at <= d.finished_at
+    # what the teacher saw and said about every attempt is stored with the job (History shows it)
+    from backend.services import teacher as T
+
+    with session_scope(stack.sessions) as s:
+        for a in J.list_attempts(s, job_id=job_id):
+            seen = T.attempt_inspection(s, attempt_id=a.id)
+            if seen.round_metrics.get("ttt/discovered") == 1.0:
+                assert seen.teacher_status == T.SOLVED_ROUND
+                continue
+            assert seen.teacher_status == T.HAS_VIEW and seen.distilled == bool(seen.context)
+            if seen.distilled:
+                assert len(seen.credit["tokens"]) == a.tokens
 
 
 def test_train_job_goes_queued_running_succeeded(stack):

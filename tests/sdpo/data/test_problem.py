@@ -51,6 +51,7 @@ def test_parse_round_trip_and_json_string(tmp_path):
     (_obj(tests=[1]), "tests"),
     (_obj(hidden_tests=dict(TESTS, outputs=[])), "hidden_tests.outputs"),
     (_obj(starter_code=5), "starter_code"),
+    (_obj(system=["You are"]), "system"),
     (_obj(solution="print(1)"), "solution"),
 ])
 def test_invalid_problems_name_the_field(obj, field):
@@ -103,3 +104,20 @@ def test_from_lasgroup_row():
     assert p.tests == TestSpec.parse(TESTS)
     with pytest.raises(ValueError, match="^kind"):
         Problem.from_task(row_to_task({"prompt": "q", "kind": "mcq", "answer": "A"}))
+
+
+def test_own_system_message_is_the_prompt_and_survives_every_conversion():
+    """A problem with its own system message (the toy-world examples) is prompted with it, keeps it through
+    JSON, Task and lasgroup-row conversions; the default one is not stored."""
+    own = "You are a Python programmer. Answer with one ```python code block."
+    p = Problem.parse(_obj(system=own, id="q2"))
+    assert p.to_task().messages == [{"role": "system", "content": own},
+                                    {"role": "user", "content": p.statement}]
+    assert Problem.parse(json.dumps(p.to_dict())) == p and Problem.from_task(p.to_task()) == p
+    row = {"idx": 1, "dataset": "toy", "kind": "code", "prompt": "Print it.", "system": own,
+           "tests": json.dumps(TESTS)}
+    assert Problem.from_row(row).to_task().messages[0]["content"] == own
+    for default in (None, "  ", CODE_SYSTEM_PROMPT):
+        q = Problem.parse(_obj(system=default))
+        assert q.system is None and "system" not in q.to_dict()
+        assert q.to_task().messages[0]["content"] == CODE_SYSTEM_PROMPT

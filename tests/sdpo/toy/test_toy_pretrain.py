@@ -70,8 +70,9 @@ def test_cli_make_toy_model_saves_a_loadable_checkpoint(tmp_path):
 
     out = tmp_path / "toy"
     res = CliRunner().invoke(app, ["make-toy-model", "--out", str(out), "--steps", "20", "--examples", "300",
-                                   "--eval-problems", "1", "--samples", "1"])
+                                   "--eval-problems", "1", "--samples", "1", "--mix", "0.5,0.15,0.1,0.25"])
     assert res.exit_code == 0, res.output
+    assert json.loads((out / "toy_training.json").read_text())["config"]["mix"] == [0.5, 0.15, 0.1, 0.25]
     assert "gap/solution/demo" in res.output
     model, tok = load_model_and_tokenizer(out)
     assert json.loads((out / "sdpo_model.json").read_text())["kind"] == "toy"
@@ -83,6 +84,17 @@ def test_cli_make_toy_model_saves_a_loadable_checkpoint(tmp_path):
         assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
     bad = CliRunner().invoke(app, ["make-toy-model", "--out", str(out), "--steps", "0"])
     assert bad.exit_code == 2 and "steps" in bad.output
+
+
+@pytest.mark.parametrize("mix", ["1,2", "a,b,c,d", "1,1,-1,1", "0,0,0,0"])
+def test_cli_rejects_a_bad_mix_before_building_anything(tmp_path, mix):
+    from typer.testing import CliRunner
+
+    from sdpo.cli import app
+
+    res = CliRunner().invoke(app, ["make-toy-model", "--out", str(tmp_path / "toy"), "--mix", mix])
+    assert res.exit_code == 2 and "mix" in res.output
+    assert not (tmp_path / "toy").exists()
 
 
 def test_continue_training_from_a_toy_checkpoint(tmp_path):

@@ -314,7 +314,8 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     batch_keys: set[str] = set()  # batch-level metrics (reprompt, rollout-correction fractions)
 
     # 1. The batch as tensors: teacher contexts (a successful sibling and/or feedback; samples with neither are
-    #    not distilled) and GRPO advantages (per group of one question's rollouts; groups never straddle ranks).
+    #    not distilled), GRPO advantages (per group of one question's rollouts; groups never straddle ranks) and
+    #    the family's sample masks and weights (SRPO's routes, SDPG's gate, SC-SDPO's weights over all ranks).
     data, batch_metrics = batch_tensors(batch, tokenizer, cfg, sd, ctx)
     _record(metrics, batch_metrics, batch_keys)
 
@@ -370,7 +371,10 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
 def batch_tensors(batch: ScoredBatch, tokenizer, cfg: UpdateConfig, sd: SelfDistillationConfig,
                   ctx: DistContext = SINGLE) -> tuple[UpdateTensors, dict[str, float]]:
     """``batch`` as ``UpdateTensors`` (without old log-probs) and the re-prompting metrics. Responses are padded to
-    the width of the longest response on any rank (a collective under data parallelism)."""
+    the width of the longest response on any rank (a collective under data parallelism). ``sample_mask`` is the
+    samples the distillation term takes: those with a teacher context, for SRPO only the failed ones
+    (``srpo_routes``), for SDPG only those with a positive advantage (``sdpg_positive_gate``); SC-SDPO's
+    ``sample_weights`` are normalised over every rank's questions (a collective)."""
     rollouts = batch.rollouts
     width = None
     if ctx.enabled:

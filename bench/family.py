@@ -3,7 +3,7 @@ problems at equal generations.
 
 Usage:
     python bench/family.py [--model var/models/toy] [--methods sdpo,grpo,hybrid,srpo,sc_sdpo,sdpg]
-        [--seeds 0,1,2] [--steps 4] [--batch 8] [--group 4] [--train-problems 128] [--test-problems 24]
+        [--seeds 0,1,2] [--steps 6] [--batch 8] [--group 4] [--train-problems 128] [--test-problems 24]
         [--out docs/family.png] [--json FILE] [--quick] [--set KEY=VALUE ...]
 
 Every method runs ``sdpo.trainer.train`` with the training part of ``bench/toyworld.py`` (its data split, its
@@ -175,10 +175,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--train-problems", type=int, default=128)
     ap.add_argument("--test-problems", type=int, default=24)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--batch", type=int, default=8, help="questions per step")
     ap.add_argument("--group", type=int, default=4, help="rollouts per question")
-    ap.add_argument("--val-every", type=int, default=2)
+    ap.add_argument("--val-every", type=int, default=3)
     ap.add_argument("--val-k", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--set", dest="train_set", action="append", default=[], help="TrainConfig override key=value")

@@ -138,9 +138,9 @@ def train_cmd(
     set_: list[str] = typer.Option([], "--set", help="Override: key=value (dotted keys for nesting)."),
     out: str = typer.Option(None, "--out", help="Run directory (default: the config's out_dir)."),
 ) -> None:
-    """Train with SDPO / GRPO / hybrid. The whole config is validated before any model is loaded; the data
-    (malformed rows, prompts over max_prompt_len) before any step. Settings left unset fit the model
-    (CPU-sized for the demo models or a CPU, the paper's on a GPU)."""
+    """Train with SDPO / GRPO / hybrid / SRPO / SC-SDPO / SDPG (``loss``; docs/family.md). The whole config is
+    validated before any model is loaded; the data (malformed rows, prompts over max_prompt_len) before any step.
+    Settings left unset fit the model (CPU-sized for the demo models or a CPU, the paper's on a GPU)."""
     from sdpo.models import default_model_path
     from sdpo.sizing import fit_config
     from sdpo.trainer import TrainConfig, train

@@ -26,7 +26,7 @@ MODES = ("logit", "token")
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm",
                   "seq-mean-token-mean-all")
 TRUNCATIONS = ("right", "left", "error")
-TEACHER_REGULARIZATIONS = ("ema", "trust-region", "live")
+TEACHER_REGULARIZATIONS = ("ema", "trust-region", "live", "base")
 
 
 class ConfigError(ValueError):

@@ -8,6 +8,10 @@ The teacher is the student's own model evaluated on the re-prompted input (:mod:
 - ``"trust-region"`` (:class:`TrustRegionTeacher`): logits = lerp(ref_logits, student_logits, τ) with ref the
   frozen initial model (for LoRA: the base with the adapter disabled) and the student under no_grad.
 - ``"live"`` (:class:`LiveTeacher`): the current student under no_grad.
+- ``"base"`` (:class:`BaseTeacher`): the frozen initial policy (TRL's ``teacher_model_kind: base``, the paper's
+  "frozen initial teacher"): for a peft model the base with the adapters disabled (no copy, no EMA step), for a
+  full model a frozen copy taken at construction (:class:`FrozenBase`, which also serves as the reference policy
+  of a KL penalty).
 
 Every teacher returns response-aligned logits [B, T, V] without grad (:func:`sdpo.forward.response_logits`)
 and has ``state_dict()`` / ``load_state_dict()`` so a resumed run continues with the same teacher.
@@ -274,7 +278,68 @@ class LiveTeacher:
         _check_state(state, self.kind, peft=None)
 
 
-Teacher = EmaTeacher | TrustRegionTeacher | LiveTeacher
+class FrozenBase:
+    """The initial policy, frozen: the reference of a KL penalty (``UpdateConfig.kl_coef``) and the base teacher.
+
+    peft model: the model itself with every adapter disabled (no copy: the base weights never change).
+    Full model: a frozen deep copy taken at construction. It costs one more model's weights in the model's dtype
+    (2 bytes per weight in bfloat16: 16 GB for an 8B model), and nothing per step: no optimizer state, no EMA
+    update, no float32 master (an EMA teacher of a bfloat16 model costs the same copy plus a 4-byte float32
+    master per weight and one EMA step per training step). The copy is part of the checkpoint
+    (:meth:`state_dict`), so a resumed run keeps the run's initial policy, not the resumed one.
+    Forwards run in eval mode (no dropout); flags are restored.
+    """
+
+    kind = "reference"
+
+    def __init__(self, model: nn.Module):
+        self.student = model
+        self.is_peft = is_peft_model(model)
+        self.ref = None if self.is_peft else _frozen_copy(model)
+
+    @contextmanager
+    def _active(self) -> Iterator[nn.Module]:
+        if self.is_peft:
+            with self.student.disable_adapter(), eval_mode(self.student):
+                yield self.student
+        else:
+            with eval_mode(self.ref):
+                yield self.ref
+
+    @torch.no_grad()
+    def logits(self, batch: ResponseBatch) -> torch.Tensor:
+        """[B, T, V] at the response positions, no grad."""
+        with self._active() as m:
+            return response_logits(m, batch)
+
+    @torch.no_grad()
+    def hidden(self, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden [B, T, H], LM-head weight [V, H]): a full copy has its own head; a peft base shares the
+        student's (not adapted: ``fused_lm_head`` refuses an adapted head)."""
+        with self._active() as m:
+            return response_hidden(m, batch), plain_head_weight(m).detach()
+
+    def update(self, student: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """No-op: the initial policy never moves."""
+
+    def state_dict(self) -> dict[str, Any]:
+        ref = None if self.ref is None else {k: v.detach().clone() for k, v in self.ref.state_dict().items()}
+        return {"kind": self.kind, "peft": self.is_peft, "weights": ref}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_state(state, self.kind, peft=self.is_peft)
+        if self.ref is not None:
+            self.ref.load_state_dict(state["weights"])
+
+
+class BaseTeacher(FrozenBase):
+    """The frozen initial policy as the teacher (``teacher_regularization: base``): its logits on the teacher
+    input. Costs as :class:`FrozenBase` (nothing for LoRA, one frozen copy for full fine-tuning)."""
+
+    kind = "base"
+
+
+Teacher = EmaTeacher | TrustRegionTeacher | LiveTeacher | BaseTeacher
 
 
 def _check_state(state: dict[str, Any], kind: str, *, peft: bool | None) -> None:
@@ -295,5 +360,16 @@ def make_teacher(cfg: SelfDistillationConfig, model: nn.Module) -> Teacher:
         return TrustRegionTeacher(model, cfg.teacher_update_rate)
     elif cfg.teacher_regularization == "live":
         return LiveTeacher(model)
+    elif cfg.teacher_regularization == "base":
+        return BaseTeacher(model)
     raise ValueError(f"teacher_regularization: got {cfg.teacher_regularization!r}; "
-                     "allowed values are 'ema', 'trust-region', 'live'")
+                     "allowed values are 'ema', 'trust-region', 'live', 'base'")
+
+
+def make_reference(model: nn.Module, teacher: Teacher | None = None) -> FrozenBase:
+    """The reference (initial) policy of a KL penalty for the student ``model``: the teacher itself when it is
+    the frozen base (one copy serves both), else a :class:`FrozenBase` (for peft no copy). Build it before the
+    first optimizer step."""
+    if isinstance(teacher, FrozenBase):
+        return teacher
+    return FrozenBase(model)

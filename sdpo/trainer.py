@@ -46,8 +46,8 @@ from sdpo.models import chat_ids, default_model_path, load_model_and_tokenizer, 
 from sdpo.precision import MasterWeightAdamW, checkpoint_weights, master_weights
 from sdpo.rollout.base import SamplingParams
 from sdpo.rollout.select import make_sampler
-from sdpo.teacher import make_teacher
-from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update
+from sdpo.teacher import make_reference, make_teacher
+from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update, uses_teacher
 
 SCHEDULES = ("constant", "cosine")
 DATASETS = ("humaneval",)
@@ -269,7 +269,7 @@ def _rng_state() -> dict[str, Any]:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
-def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext) -> dict[str, Any] | None:
+def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext, reference=None) -> dict[str, Any] | None:
     """Under FSDP, the full (unsharded) model weights, optimizer state and teacher state, on rank 0 (CPU);
     None otherwise (the replicas are whole already). Every rank must call it: each gather is a collective.
 
@@ -295,7 +295,9 @@ def gather_checkpoint_state(model, optimizer, teacher, ctx: DistContext) -> dict
             weights = checkpoint_weights(model, masters, weights)
     opt = gather_full(optimizer.state_dict())
     teacher_state = gather_full(teacher.state_dict()) if teacher is not None else None
-    return {"model": weights, "optimizer": opt, "teacher": teacher_state} if ctx.is_main else None
+    reference_state = gather_full(reference.state_dict()) if reference is not None else None
+    return {"model": weights, "optimizer": opt, "teacher": teacher_state,
+            "reference": reference_state} if ctx.is_main else None
 
 
 def _save_gathered_weights(model, tokenizer, out_dir: Path, weights: dict[str, torch.Tensor]) -> tuple[Path, str]:
@@ -312,7 +314,7 @@ def _save_gathered_weights(model, tokenizer, out_dir: Path, weights: dict[str, t
 
 def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, scheduler, teacher,
                     stream: TaskStream, cfg: TrainConfig, rng_ranks: list[dict[str, Any]] | None = None,
-                    gathered: dict[str, Any] | None = None) -> tuple[Path, str]:
+                    gathered: dict[str, Any] | None = None, reference=None) -> tuple[Path, str]:
     """``out_dir/checkpoints/step_N/``: weights (adapter/ or model/), trainer_state.pt (optimizer, scheduler,
     teacher state, RNG states, step, data position), config.yaml. Written to a temp dir, then renamed.
 
@@ -322,7 +324,8 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
 
     rng_ranks: every data-parallel rank's RNG state (rank order), written by rank 0 alone (weights, optimizer
     and teacher are identical replicas on every rank). gathered: under FSDP, :func:`gather_checkpoint_state`'s
-    full states, written instead of the (sharded) live ones; the layout is the same either way."""
+    full states, written instead of the (sharded) live ones; the layout is the same either way. reference: the
+    KL penalty's frozen initial policy when it is a copy of its own (not the base teacher, not a LoRA base)."""
     final = out_dir / "checkpoints" / f"step_{step}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -330,15 +333,17 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
     if gathered is not None:
         _, kind = _save_gathered_weights(model, tokenizer, tmp, gathered["model"])
         opt_state, teacher_state = gathered["optimizer"], gathered["teacher"]
+        reference_state = gathered.get("reference")
     else:
         masters = master_weights(optimizer)
         _, kind = save_weights(model, tokenizer, tmp,
                                state_dict=None if masters is None else checkpoint_weights(model, masters))
         opt_state = optimizer.state_dict()
         teacher_state = teacher.state_dict() if teacher is not None else None
+        reference_state = reference.state_dict() if reference is not None else None
     torch.save({
         "step": step, "position": stream.position, "optimizer": opt_state,
-        "scheduler": scheduler.state_dict(), "teacher": teacher_state,
+        "scheduler": scheduler.state_dict(), "teacher": teacher_state, "reference": reference_state,
         "rng": _rng_state(), "rng_ranks": rng_ranks,
         "adapter": kind,
     }, tmp / "trainer_state.pt")
@@ -404,7 +409,7 @@ def shard_teacher(teacher, ctx: DistContext) -> None:
     nothing."""
     if teacher is None or ctx.strategy != "fsdp" or not ctx.enabled:
         return
-    own = getattr(teacher, "ref", None) if teacher.kind == "trust-region" else None
+    own = getattr(teacher, "ref", None) if teacher.kind in ("trust-region", "base", "reference") else None
     if teacher.kind == "ema" and not teacher.is_peft:
         own = teacher.model
     if own is not None:
@@ -524,11 +529,19 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     state = load_model_state(Path(cfg.resume_from), model) if cfg.resume_from else None
     if ctx.enabled:
         _set_seed(cfg.seed + ctx.rank)
-    teacher = make_teacher(cfg.self_distillation, model) if cfg.loss in ("sdpo", "hybrid") else None
+    teacher = make_teacher(cfg.self_distillation, model) if uses_teacher(cfg.loss) else None
     if state is not None and teacher is not None and state["teacher"] is not None:
         teacher.load_state_dict(state["teacher"])
+    #    The initial policy of a KL penalty: the base teacher itself, the LoRA base, or a frozen copy (restored
+    #    from the checkpoint on resume, so that it stays the run's initial policy).
+    reference = make_reference(model, teacher) if cfg.kl_coef else None
+    own_reference = reference is not None and reference is not teacher
+    if state is not None and own_reference and state.get("reference") is not None:
+        reference.load_state_dict(state["reference"])
     model = apply_fsdp(model, ctx)
     shard_teacher(teacher, ctx)
+    if own_reference:
+        shard_teacher(reference, ctx)
     optimizer, scheduler = make_optimizer(model, cfg, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
                                           schedule=cfg.lr_schedule)
     stream = TaskStream(train_tasks, cfg.seed)
@@ -585,7 +598,8 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                                 group_ids=[r.prompt_index for r in rollouts])
             lr = optimizer.param_groups[0]["lr"]  # the rate of this step's updates (logged below)
             update_metrics = policy_update(model, optimizer, teacher, tokenizer, batch, cfg, seed=cfg.seed + step,
-                                           dist=ctx, should_stop=poll)
+                                           dist=ctx, should_stop=poll, reference=reference,
+                                           progress=(step, cfg.max_steps))
             scheduler.step()
 
             # 7. Teacher update, once per step and only after a real optimizer step (EMA; no-op for live /
@@ -624,11 +638,13 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
                 callbacks.metrics(step, metrics)
             if (cfg.save_every and step % cfg.save_every == 0) or last:
                 rng_ranks = ctx.all_gather_object(_rng_state()) if ctx.enabled else None
-                full_state = gather_checkpoint_state(model, optimizer, teacher, ctx)  # fsdp: every rank gathers
+                full_state = gather_checkpoint_state(model, optimizer, teacher, ctx,
+                                                     reference if own_reference else None)  # fsdp: every rank
                 path = out_dir / "checkpoints" / f"step_{step}"
                 if ctx.is_main:
                     path, kind = save_checkpoint(out_dir, step, model, tokenizer, optimizer, scheduler, teacher,
-                                                 stream, cfg, rng_ranks, full_state)
+                                                 stream, cfg, rng_ranks, full_state,
+                                                 reference=reference if own_reference else None)
                     callbacks.checkpoint(step, str(path), kind)
                 result.checkpoints.append(str(path))
                 ctx.barrier()  # no rank moves on (or exits) before the checkpoint is on disk

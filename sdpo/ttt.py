@@ -61,8 +61,15 @@ from sdpo.precision import master_weights
 from sdpo.reprompt import build_teacher_messages, strip_thinking
 from sdpo.rollout.base import Rollout, SamplingParams
 from sdpo.rollout.select import make_sampler
-from sdpo.teacher import make_teacher
-from sdpo.update import ScoredBatch, UpdateConfig, make_optimizer, policy_update
+from sdpo.teacher import make_reference, make_teacher
+from sdpo.update import (
+    ScoredBatch,
+    UpdateConfig,
+    has_learning_signal,
+    make_optimizer,
+    policy_update,
+    uses_teacher,
+)
 
 STRATEGIES = ("sdpo", "best_of_k", "multiturn")
 MULTITURN_TEMPLATES = ("feedback_only", "attempt_and_feedback")
@@ -129,6 +136,10 @@ class SolveConfig(UpdateConfig):
         _choice("multiturn_template", self.multiturn_template, MULTITURN_TEMPLATES)
         if not isinstance(self.token_view, bool):
             raise ConfigError("token_view", f"got {self.token_view!r}; expected true or false")
+        if self.strategy == "sdpo" and self.loss in ("sc_sdpo", "sdpg"):
+            raise ConfigError("loss", f"got {self.loss!r}; a solve updates on rounds that all fail (a success ends "
+                              "it), where SC-SDPO's weight sqrt(p(1 - p)) and SDPG's positive-advantage gate are 0 "
+                              "and nothing is learned; use 'sdpo', 'srpo', 'hybrid' or 'grpo'")
         if self.context_budget <= self.max_new_tokens:
             raise ConfigError("context_budget", f"got {self.context_budget}; must exceed max_new_tokens="
                               f"{self.max_new_tokens} (it holds the prompt and the response)")
@@ -244,16 +255,6 @@ def teacher_contexts(batch: ScoredBatch, cfg: UpdateConfig) -> list:
                                   batch.feedback, cfg.self_distillation)
 
 
-def has_learning_signal(batch: ScoredBatch, cfg: UpdateConfig, contexts: list | None = None) -> bool:
-    """Whether an update on ``batch`` can move the weights: for the SDPO loss, some sample has a teacher
-    context (a demonstration or feedback; ``contexts``: ``teacher_contexts(batch, cfg)`` when computed already);
-    for GRPO, the rewards differ (else every advantage is 0)."""
-    contexts = teacher_contexts(batch, cfg) if contexts is None else contexts
-    sdpo_signal = any(c.distill_mask for c in contexts)
-    grpo_signal = len(set(batch.rewards)) > 1
-    return {"sdpo": sdpo_signal, "grpo": grpo_signal, "hybrid": sdpo_signal or grpo_signal}[cfg.loss]
-
-
 def teacher_views(model, teacher, tokenizer, rollouts: list[Rollout], contexts: list, cfg: SolveConfig, rnd: int,
                   first_index: int, should_stop=None) -> list[TeacherView]:
     """One ``TeacherView`` per attempt of round ``rnd`` (the round's attempts are numbered from
@@ -327,13 +328,14 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
 
     # 0. Policy, teacher, optimizer (sdpo only; the baselines never touch the weights).
     learn = cfg.strategy == "sdpo"
-    teacher = optimizer = None
+    teacher = optimizer = reference = None
     if learn:
         model = prepare_policy(model, cfg)
         if start_attempt and out is not None and is_lora(model) and (out / "adapter").is_dir():
             load_adapter_weights(model, out / "adapter")
         sampler.update_weights(model)
-        teacher = make_teacher(cfg.self_distillation, model) if cfg.loss in ("sdpo", "hybrid") else None
+        teacher = make_teacher(cfg.self_distillation, model) if uses_teacher(cfg.loss) else None
+        reference = make_reference(model, teacher) if cfg.kl_coef else None
         optimizer, _ = make_optimizer(model, cfg)
 
     attempt = start_attempt
@@ -389,7 +391,8 @@ def solve(problem, model, tokenizer, sampler, cfg: SolveConfig, callbacks: Callb
                 if updated:
                     updating = True
                     extra.update(policy_update(model, optimizer, teacher, tokenizer, batch, cfg,
-                                               seed=round_seed(cfg, attempt), should_stop=poll))
+                                               seed=round_seed(cfg, attempt), should_stop=poll,
+                                               reference=reference))
                     if teacher is not None and extra["update/optimizer_steps"] > 0:  # not after skipped steps only
                         teacher.update(model, master_weights(optimizer))
                     sampler.update_weights(model)

@@ -5,7 +5,11 @@ Paper Sec. 3: SDPO re-scores each rollout under a teacher context (a successful 
 environment's feedback) and distils the teacher's next-token distribution into the student. GRPO (the
 baseline) uses group-normalised scalar rewards; ``hybrid`` mixes the two, either their losses
 (``hybrid_mix="loss"``, TRL's ``distillation_weight``) or their advantages (``hybrid_mix="advantage"``, the
-paper's Sec. 4 combination A = λ·A_GRPO + (1 − λ)·A_SDPO).
+paper's Sec. 4 combination A = λ·A_GRPO + (1 − λ)·A_SDPO). The family (``sdpo.losses.family``): ``srpo`` routes
+failed samples with a teacher context to entropy-weighted SDPO and the rest to GRPO (arXiv 2604.02288), ``sc_sdpo``
+weights each question's SDPO loss by its pass rate's sqrt(p̂(1 − p̂)) (arXiv 2605.27765), ``sdpg`` is GRPO plus
+gated full-vocabulary on-policy distillation plus a KL to the initial policy (arXiv 2606.04036); ``kl_coef`` adds
+that KL penalty (TRL's ``beta``) to any loss.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,20 +34,33 @@ from sdpo.forward import (
     student_inputs,
 )
 from sdpo.losses import (
+    KL_ESTIMATORS,
     group_advantages,
     grpo_loss,
+    reference_kl_loss,
+    sc_sdpo_loss,
+    sdpg_beta,
+    sdpg_loss,
     sdpo_loss,
     sdpo_loss_from_hidden,
+    srpo_entropy_weights,
+    srpo_loss,
+    srpo_routes,
+    token_entropy,
+    token_entropy_from_hidden,
     token_logprobs,
     token_logprobs_from_hidden,
 )
+from sdpo.losses.family import pass_rates, sc_sdpo_normaliser_parts, sc_sdpo_scales
 from sdpo.minibatches import MicroBatch, UpdatePlan, plan_update
 from sdpo.precision import make_adamw, step_tensors
 from sdpo.reprompt import build_teacher_messages, reprompt_metrics, tokenize_teacher_inputs
 from sdpo.rollout.base import Rollout
 from sdpo.rollout.correction import rollout_is_weights
 
-LOSSES = ("sdpo", "grpo", "hybrid")
+LOSSES = ("sdpo", "grpo", "hybrid", "srpo", "sc_sdpo", "sdpg")
+#: The losses with a self-distillation term (they build teacher contexts and need a teacher).
+TEACHER_LOSSES = ("sdpo", "hybrid", "srpo", "sc_sdpo", "sdpg")
 HYBRID_MIXES = ("loss", "advantage")
 CODE_FEEDBACK = ("all_tests", "first_failure")
 
@@ -54,7 +70,7 @@ class UpdateConfig(PolicyConfig):
     """Settings of the policy update; the policy and sampling settings (adapter, LoRA, n, max_new_tokens,
     temperature, ...) are ``PolicyConfig``'s. ``TrainConfig`` and ``SolveConfig`` extend it.
 
-    loss: "sdpo" | "grpo" | "hybrid". hybrid_weight w is the SDPO share of a hybrid, mixed by ``hybrid_mix``:
+    loss: "sdpo" | "grpo" | "hybrid" | "srpo" | "sc_sdpo" | "sdpg" (docs/family.md). hybrid_weight w is the SDPO share of a hybrid, mixed by ``hybrid_mix``:
         "loss": (1 - w) * L_GRPO + w * L_SDPO (TRL's ``distillation_weight`` = w);
         "advantage": one PPO-clipped policy-gradient loss on the per-token advantage
         λ * A_GRPO + (1 - λ) * A_SDPO with λ = 1 - w (the paper's Sec. 4 λ weighs GRPO), where A_SDPO on a
@@ -63,6 +79,21 @@ class UpdateConfig(PolicyConfig):
         self_distillation.mode "token"; the PPO clip of the mixed surrogate replaces self_distillation.is_clip.
         On the first, on-policy step with seq-mean-token-mean-all the two mixes take the same gradient; they
         differ once ratios leave 1 (later mini-batches / epochs) and the clip engages on the mixed advantage.
+    srpo_entropy_beta: SRPO's β of the entropy-aware weights exp(−β H_teacher) on its SDPO branch (arXiv
+        2604.02288, Sec. 3.2; the paper's default 1). SRPO routes a failed sample with a teacher context to SDPO
+        (self_distillation's divergence, top-k, alpha), every other sample to GRPO.
+    sc_sdpo: no setting of its own; p̂ counts rewards >= self_distillation.success_reward_threshold.
+    sdpg_beta, sdpg_warmup_steps, sdpg_decay_steps: SDPG's distillation coefficient β(k) = sdpg_beta ·
+        min(1, k / warmup) · min(1, (max_steps − k) / decay) at training step k (arXiv 2606.04036, Sec. 3.5.2; the
+        paper's 1e-3, 50, 350 of 400 steps; 0 = no warm-up / no decay; at test time β = sdpg_beta).
+        sdpg_positive_gate: distil only samples with a positive advantage (Eq. 3.5). SDPG always distils the
+        full vocabulary with the reverse KL (Eq. 3.2): self_distillation.mode, alpha and distillation_topk do not
+        apply to it.
+    kl_coef: weight of a KL penalty to the initial policy on the sampled tokens (TRL's ``beta``; SDPG's α);
+        None = 1e-3 for sdpg (the paper's α), 0 (off) otherwise. kl_estimator: "k3" (TRL / GRPO's) | "urkl" |
+        "ufkl" (SDPG's, Sec. 3.4); None = "urkl" for sdpg, "k3" otherwise. The initial policy is the base with
+        the adapters disabled for LoRA and a frozen copy for full fine-tuning (``sdpo.teacher.FrozenBase``; one
+        copy with teacher_regularization "base").
     micro_batch_size: samples per forward/backward. mini_batch_size: samples per optimizer step
         (None = the whole batch, i.e. one on-policy step). ppo_epochs: passes over the batch (at test time,
         over each round's attempts). docs/fidelity.md maps these names to the reference's.
@@ -79,6 +110,13 @@ class UpdateConfig(PolicyConfig):
     loss: str = "sdpo"
     hybrid_weight: float = 0.5
     hybrid_mix: str = "loss"
+    srpo_entropy_beta: float = 1.0
+    sdpg_beta: float = 1e-3
+    sdpg_warmup_steps: int = 50
+    sdpg_decay_steps: int = 350
+    sdpg_positive_gate: bool = True
+    kl_coef: float | None = None
+    kl_estimator: str | None = None
     self_distillation: SelfDistillationConfig = field(default_factory=SelfDistillationConfig)
     lr: float = 1e-5
     weight_decay: float = 0.0
@@ -108,6 +146,18 @@ class UpdateConfig(PolicyConfig):
             raise ConfigError("hybrid_mix", f"hybrid_mix='advantage' mixes the sampled token's SDPO advantage "
                               f"into GRPO's; it needs self_distillation.mode='token' (and alpha 1.0), got mode="
                               f"{self.self_distillation.mode!r}; set it, or use hybrid_mix='loss'")
+        _number("srpo_entropy_beta", self.srpo_entropy_beta, lo=0.0, lo_open=True)
+        _number("sdpg_beta", self.sdpg_beta, lo=0.0)
+        for name in ("sdpg_warmup_steps", "sdpg_decay_steps"):
+            _number(name, getattr(self, name), lo=0, integer=True)
+        if not isinstance(self.sdpg_positive_gate, bool):
+            raise ConfigError("sdpg_positive_gate", f"got {self.sdpg_positive_gate!r}; expected true or false")
+        if self.kl_coef is None:  # the loss's own default: SDPG's alpha, else no penalty
+            self.kl_coef = 1e-3 if self.loss == "sdpg" else 0.0
+        _number("kl_coef", self.kl_coef, lo=0.0)
+        if self.kl_estimator is None:
+            self.kl_estimator = "urkl" if self.loss == "sdpg" else "k3"
+        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _number("lr", self.lr, lo=0.0, lo_open=True)
         _number("weight_decay", self.weight_decay, lo=0.0)
         _number("max_grad_norm", self.max_grad_norm, lo=0.0, lo_open=True)
@@ -135,7 +185,7 @@ def _check_fused_lm_head(cfg: UpdateConfig) -> None:
     """Reject ``fused_lm_head`` combinations the fused path cannot run (checked again at run time by
     ``plain_head_weight`` on the actual model)."""
     sd = cfg.self_distillation
-    if cfg.loss != "grpo" and sd.teacher_regularization == "trust-region" and cfg.adapter == "full":
+    if cfg.loss in TEACHER_LOSSES and sd.teacher_regularization == "trust-region" and cfg.adapter == "full":
         raise ConfigError(
             "fused_lm_head", "fused_lm_head=true with self_distillation.teacher_regularization='trust-region' "
             "and adapter='full' is not supported (the frozen reference model has its own LM head, so the teacher "
@@ -174,6 +224,9 @@ class UpdateTensors:
     context (SDPO distils it). advantages: [N], GRPO's outcome advantages. old_logprobs: [N, T] under the policy
     before the update at the sampling temperature, old_logprobs_sd at the self-distillation temperature (None
     where nothing needs them). rollout_weights: [N, T] rollout-correction weights (None = off).
+    sample_weights: [N] SC-SDPO's per-question weights. token_weights: [N, T] SRPO's entropy weights.
+    ref_logprobs: [N, T] the initial policy's log-probs at the sampling temperature (KL penalty). All three are
+    computed over the whole batch (every rank) before it is split, and None where the loss has none.
     """
 
     student: ResponseBatch
@@ -186,10 +239,57 @@ class UpdateTensors:
     old_logprobs: Tensor | None = None
     old_logprobs_sd: Tensor | None = None
     rollout_weights: Tensor | None = None
+    sample_weights: Tensor | None = None
+    token_weights: Tensor | None = None
+    ref_logprobs: Tensor | None = None
+
+
+def uses_teacher(loss: str) -> bool:
+    """Whether ``loss`` has a self-distillation term (needs teacher contexts and a teacher)."""
+    return loss in TEACHER_LOSSES
+
+
+def has_learning_signal(batch: ScoredBatch, cfg: UpdateConfig, contexts: list | None = None) -> bool:
+    """Whether an update on ``batch`` can move the weights: for a self-distillation term, some sample has a
+    teacher context (a demonstration or feedback), for a policy-gradient term the rewards differ (else every
+    advantage is 0), for a KL penalty always (the policy may have left the initial one). SRPO's SDPO branch
+    takes the failed samples with a context; SC-SDPO needs such a sample in a question that is neither always
+    nor never solved; SDPG needs differing rewards (its distillation is gated by a positive advantage).
+    contexts: the batch's teacher contexts (``sdpo.reprompt.build_teacher_messages``) when built already."""
+    if contexts is None:
+        contexts = build_teacher_messages(batch.prompts, [r.text for r in batch.rollouts], batch.rewards,
+                                          batch.group_ids, batch.feedback, cfg.self_distillation)
+    thr = cfg.self_distillation.success_reward_threshold
+    sdpo_signal = any(c.distill_mask for c in contexts)
+    grpo_signal = len(set(batch.rewards)) > 1
+    srpo_signal = any(c.distill_mask and r < thr for c, r in zip(contexts, batch.rewards, strict=True))
+    p = pass_rates(torch.tensor(batch.rewards, dtype=torch.float64), batch.group_ids, thr)
+    sc_signal = any(c.distill_mask and 0.0 < float(q) < 1.0 for c, q in zip(contexts, p, strict=True))
+    signal = {"sdpo": sdpo_signal, "grpo": grpo_signal, "hybrid": sdpo_signal or grpo_signal,
+              "srpo": srpo_signal or grpo_signal, "sc_sdpo": sc_signal, "sdpg": grpo_signal}[cfg.loss]
+    return signal or bool(cfg.kl_coef)
+
+
+def plan_masks(data: UpdateTensors, cfg: UpdateConfig) -> dict[str, Tensor]:
+    """The aggregation mask of each loss term (the keys of the plan's scales): SDPO's response_mask ·
+    sample_mask, GRPO's response_mask; SRPO and SDPG normalise all their terms by the whole response mask
+    (``sdpo.losses.family``); the KL penalty by the response mask."""
+    resp = data.response_mask.float()
+    masks = {}
+    if cfg.loss in ("sdpo", "hybrid", "sc_sdpo"):
+        masks["sdpo"] = resp * data.sample_mask[:, None]
+    if cfg.loss in ("grpo", "hybrid"):
+        masks["grpo"] = resp
+    if cfg.loss in ("srpo", "sdpg"):
+        masks[cfg.loss] = resp
+    if cfg.kl_coef and cfg.loss != "sdpg":
+        masks["kl"] = resp
+    return masks
 
 
 def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg: UpdateConfig, *,
-                  seed: int = 0, dist: DistContext | None = None, should_stop=None) -> dict[str, float]:
+                  seed: int = 0, dist: DistContext | None = None, should_stop=None, reference=None,
+                  progress: tuple[int, int] | None = None) -> dict[str, float]:
     """Run ``cfg.ppo_epochs`` passes of mini-batch optimizer steps on ``batch``; return mean metrics.
 
     The teacher is *not* updated here (the caller does it once per training step, after all mini-batches).
@@ -201,6 +301,8 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     backward passes and collectives (zero-weight dummy micro-batches pad the ranks with fewer rows).
     should_stop: single process only; asked before every micro-batch, raising ``sdpo.callbacks.StopRequested``
         when it says stop (the optimizer steps already taken stay taken).
+    reference: the initial policy (``sdpo.teacher.make_reference``), needed when ``cfg.kl_coef`` > 0.
+    progress: (step, total steps) of a training run, for SDPG's β(k) schedule (None: β = sdpg_beta).
     """
     ctx = dist or SINGLE
     if len(batch) == 0:
@@ -212,22 +314,34 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     batch_keys: set[str] = set()  # batch-level metrics (reprompt, rollout-correction fractions)
 
     # 1. The batch as tensors: teacher contexts (a successful sibling and/or feedback; samples with neither are
-    #    not distilled) and GRPO advantages (per group of one question's rollouts; groups never straddle ranks).
+    #    not distilled), GRPO advantages (per group of one question's rollouts; groups never straddle ranks) and
+    #    the family's sample masks and weights (SRPO's routes, SDPG's gate, SC-SDPO's weights over all ranks).
     data, batch_metrics = batch_tensors(batch, tokenizer, cfg, sd, ctx)
     _record(metrics, batch_metrics, batch_keys)
 
     # 2. The plan: mini-batches over the global sample order, their micro-batches and exact accumulation scales
     #    under the global mini-batch's aggregation weights (the ranks' denominators summed).
     sizes = [int(x) for x in ctx.all_gather_object(len(batch))]
-    masks = {"sdpo": data.response_mask.float() * data.sample_mask[:, None], "grpo": data.response_mask.float()}
+    masks = plan_masks(data, cfg)
     plan = plan_update(sizes, ctx.rank, masks, sd.loss_agg_mode, micro_batch_size=cfg.micro_batch_size,
                        mini_batch_size=cfg.mini_batch_size, ppo_epochs=cfg.ppo_epochs, seed=seed)
     if ctx.enabled:
         plan = plan.globalised(ctx.all_reduce(plan.local_denominators(), "sum"), sd.loss_agg_mode)
 
-    # 3. Old log-probs under the policy before the first step (IS weights, PPO ratios, rollout correction).
+    # 3. Old log-probs under the policy before the first step (IS weights, PPO ratios, rollout correction), the
+    #    initial policy's (KL penalty) and SRPO's entropy weights, over the whole batch (normalised over ranks).
     data, rc_metrics = with_old_logprobs(model, data, plan, cfg, sd)
     _record(metrics, rc_metrics, batch_keys)
+    if cfg.kl_coef:
+        if reference is None:
+            raise ValueError(f"policy_update: kl_coef={cfg.kl_coef} needs the reference policy "
+                             "(sdpo.teacher.make_reference)")
+        data = replace(data, ref_logprobs=_logprobs(reference, data.student, data.response_ids,
+                                                    plan.old_logprob_micro, cfg.temperature, cfg.fused_lm_head))
+    if cfg.loss == "srpo":
+        data, srpo_metrics = with_entropy_weights(model, teacher, data, plan, cfg, sd, ctx)
+        _record(metrics, srpo_metrics, batch_keys)
+    beta = sdpg_beta(cfg.sdpg_beta, *(progress or (None, None)), cfg.sdpg_warmup_steps, cfg.sdpg_decay_steps)
 
     # 4. Optimizer steps: micro-batch forward/backward, the gradients summed over ranks and clipped; a step whose
     #    gradient is not finite is skipped.
@@ -239,7 +353,7 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
         for micro in step.micro:
             if should_stop is not None and should_stop():
                 raise StopRequested
-            loss, micro_metrics = micro_batch_loss(model, teacher, data, micro, cfg, sd)
+            loss, micro_metrics = micro_batch_loss(model, teacher, data, micro, cfg, sd, beta=beta)
             loss.backward()
             _record(metrics, {**micro_metrics, "loss": float(loss.detach())})
         n_steps += optimizer_step(optimizer, params, cfg.max_grad_norm, ctx, metrics)
@@ -257,7 +371,10 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
 def batch_tensors(batch: ScoredBatch, tokenizer, cfg: UpdateConfig, sd: SelfDistillationConfig,
                   ctx: DistContext = SINGLE) -> tuple[UpdateTensors, dict[str, float]]:
     """``batch`` as ``UpdateTensors`` (without old log-probs) and the re-prompting metrics. Responses are padded to
-    the width of the longest response on any rank (a collective under data parallelism)."""
+    the width of the longest response on any rank (a collective under data parallelism). ``sample_mask`` is the
+    samples the distillation term takes: those with a teacher context, for SRPO only the failed ones
+    (``srpo_routes``), for SDPG only those with a positive advantage (``sdpg_positive_gate``); SC-SDPO's
+    ``sample_weights`` are normalised over every rank's questions (a collective)."""
     rollouts = batch.rollouts
     width = None
     if ctx.enabled:
@@ -271,26 +388,47 @@ def batch_tensors(batch: ScoredBatch, tokenizer, cfg: UpdateConfig, sd: SelfDist
         sample_mask=torch.ones(len(batch)),
         advantages=group_advantages(torch.tensor(batch.rewards, dtype=torch.float32), batch.group_ids,
                                     norm_by_std=cfg.norm_adv_by_std))
-    if cfg.loss not in ("sdpo", "hybrid"):
+    if not uses_teacher(cfg.loss):
         return data, {}
     contexts = build_teacher_messages(batch.prompts, [r.text for r in rollouts], batch.rewards, batch.group_ids,
                                       batch.feedback, sd)
     data.teacher = tokenize_teacher_inputs(tokenizer, contexts, response_ids, response_mask, sd.max_reprompt_len,
                                            sd.reprompt_truncation)
-    data.sample_mask = torch.tensor([float(c.distill_mask) for c in contexts])
-    return data, reprompt_metrics(contexts, batch.rewards, batch.group_ids, batch.feedback, sd)
+    distill = torch.tensor([float(c.distill_mask) for c in contexts])
+    metrics = reprompt_metrics(contexts, batch.rewards, batch.group_ids, batch.feedback, sd)
+    rewards = torch.tensor(batch.rewards, dtype=torch.float64)
+    data.sample_mask = distill
+    if cfg.loss == "srpo":  # the SDPO branch: failed samples with a teacher context (Sec. 3.1)
+        data.sample_mask = srpo_routes(rewards, distill, sd.success_reward_threshold).float()
+        metrics["srpo/route_sdpo_fraction"] = float(data.sample_mask.mean())
+        metrics["srpo/route_grpo_fraction"] = 1.0 - metrics["srpo/route_sdpo_fraction"]
+    elif cfg.loss == "sdpg":  # the gated OPD term: a teacher context and a positive advantage (Eq. 3.5)
+        if cfg.sdpg_positive_gate:
+            data.sample_mask = distill * (data.advantages > 0).float()
+        metrics["sdpg/gate_fraction"] = float(data.sample_mask.mean())
+    elif cfg.loss == "sc_sdpo":  # each question's weight, normalised over the whole batch (every rank)
+        scales = sc_sdpo_scales(pass_rates(rewards, batch.group_ids, sd.success_reward_threshold))
+        total, count = (float(x) for x in ctx.all_reduce(
+            list(sc_sdpo_normaliser_parts(scales, batch.group_ids, distill)), "sum"))
+        norm = total / count if count else 0.0
+        data.sample_weights = (scales / norm if norm > 0 else torch.zeros_like(scales)).float()
+        metrics["sc_sdpo/normaliser"] = norm
+        metrics["sc_sdpo/pass_rate_mean"] = float(pass_rates(rewards, batch.group_ids,
+                                                             sd.success_reward_threshold).mean())
+    return data, metrics
 
 
 def with_old_logprobs(model, data: UpdateTensors, plan: UpdatePlan, cfg: UpdateConfig,
                       sd: SelfDistillationConfig) -> tuple[UpdateTensors, dict[str, float]]:
     """``data`` with the log-probs of the policy before the update where something needs them (GRPO's ratio,
     SDPO's IS clip, rollout correction), in the plan's forwards, and the rollout-correction weights and metrics."""
-    if cfg.loss == "sdpo" and sd.is_clip is None and cfg.rollout_correction_threshold is None:
+    if cfg.loss in ("sdpo", "sc_sdpo") and sd.is_clip is None and cfg.rollout_correction_threshold is None \
+            and not cfg.kl_coef:
         return data, {}
     passes, fused = plan.old_logprob_micro, cfg.fused_lm_head
     old = _old_logprobs(model, data.student, data.response_ids, passes, cfg.temperature, fused)
     old_sd = old
-    if cfg.loss != "grpo" and sd.is_clip is not None and sd.temperature != cfg.temperature:
+    if uses_teacher(cfg.loss) and sd.is_clip is not None and sd.temperature != cfg.temperature:
         old_sd = _old_logprobs(model, data.student, data.response_ids, passes, sd.temperature, fused)
     data = replace(data, old_logprobs=old, old_logprobs_sd=old_sd)
     if cfg.rollout_correction_threshold is None:
@@ -300,14 +438,48 @@ def with_old_logprobs(model, data: UpdateTensors, plan: UpdatePlan, cfg: UpdateC
     return replace(data, rollout_weights=weights), metrics
 
 
+def with_entropy_weights(model, teacher, data: UpdateTensors, plan: UpdatePlan, cfg: UpdateConfig,
+                         sd: SelfDistillationConfig, ctx: DistContext = SINGLE,
+                         ) -> tuple[UpdateTensors, dict[str, float]]:
+    """``data`` with SRPO's entropy weights w = exp(−β H) / mean_Ω exp(−β H) (arXiv 2604.02288, Sec. 3.2) of the
+    tokens routed to SDPO, H the teacher's entropy at ``self_distillation.temperature``, the mean over those
+    tokens of the whole batch on every rank: one no-grad teacher forward per pass of the plan's old-log-prob
+    passes (as many on every rank) before the update, so that the weights do not depend on the split."""
+    sel = data.response_mask.double() * data.sample_mask.double()[:, None]
+    entropy = torch.zeros(sel.shape, dtype=torch.float64)
+    device = model_device(model)
+    for rows in plan.old_logprob_micro:
+        dummy = rows is None
+        rows = torch.tensor([0]) if dummy else rows
+        tb = data.teacher.rows(rows).trimmed().to(device)
+        mask = sel[rows].to(device)
+        if cfg.fused_lm_head:
+            hidden, head = teacher.hidden(tb)
+            ent = token_entropy_from_hidden(hidden, head, mask, sd.temperature)
+        else:
+            ent = token_entropy(teacher.logits(tb), mask, sd.temperature)
+        if not dummy:
+            entropy[rows] = ent.double().cpu()
+    raw = torch.where(sel != 0, torch.exp(-cfg.srpo_entropy_beta * entropy), torch.zeros_like(entropy))
+    total, count, h_sum = (float(x) for x in ctx.all_reduce([float(raw.sum()), float(sel.sum()),
+                                                             float((entropy * sel).sum())], "sum"))
+    norm = total / count if count else 0.0
+    weights, _ = srpo_entropy_weights(entropy, sel, cfg.srpo_entropy_beta, normaliser=norm)
+    return replace(data, token_weights=weights), {"srpo/entropy_normaliser": norm,
+                                                  "srpo/teacher_entropy_mean": h_sum / count if count else 0.0}
+
+
 def micro_batch_loss(model, teacher, data: UpdateTensors, micro: MicroBatch, cfg: UpdateConfig,
-                     sd: SelfDistillationConfig) -> tuple[Tensor, dict[str, float]]:
+                     sd: SelfDistillationConfig, *, beta: float = 0.0) -> tuple[Tensor, dict[str, float]]:
     """One micro-batch's loss, scaled so that its gradient is its exact share of the mini-batch's, and its
     metrics (none for a dummy pass, whose scales are 0).
 
     L = w_SDPO · s_SDPO · L_SDPO + w_GRPO · s_GRPO · L_GRPO with the plan's scales s and (w_SDPO, w_GRPO) = (1, 0)
     for "sdpo", (0, 1) for "grpo", (w, 1 − w) for a hybrid mixing losses (w = hybrid_weight); a hybrid mixing
     advantages has the GRPO term alone, on the per-token advantage λ·A_GRPO + (1 − λ)·A_SDPO with λ = 1 − w.
+    "sc_sdpo" is the SDPO term with each question's weight; "srpo" and "sdpg" are one term each
+    (``srpo_loss``, ``sdpg_loss`` with SDPG's β(k) = ``beta``); plus kl_coef · s_KL · L_KL when kl_coef > 0
+    (inside ``sdpg_loss`` for "sdpg").
     """
     device = model_device(model)
     rows = torch.tensor([0]) if micro.rows is None else micro.rows  # a dummy pass runs row 0
@@ -321,26 +493,29 @@ def micro_batch_loss(model, teacher, data: UpdateTensors, micro: MicroBatch, cfg
     mix_advantages = cfg.loss == "hybrid" and cfg.hybrid_mix == "advantage"
     total = torch.zeros((), device=device)
     metrics: dict[str, float] = {}
-    if cfg.loss in ("sdpo", "hybrid") and not mix_advantages:
-        old_sd = data.old_logprobs_sd if sd.is_clip is not None else None
-        assert sd.is_clip is None or old_sd is not None  # with_old_logprobs fills it for the IS clip
-        kw: dict[str, Any] = dict(old_logprobs=None if old_sd is None else old_sd[rows].to(device),
-                                  sample_mask=data.sample_mask[rows].to(device), rollout_is_weights=rcw)
-        if head_w is not None:  # fused
+    lp = None  # the student's log-probs of the response at the sampling temperature, when a term needs them
+
+    def rows_of(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x[rows].to(device)
+
+    old_sd = rows_of(data.old_logprobs_sd) if sd.is_clip is not None else None
+    if cfg.loss in ("sdpo", "hybrid", "sc_sdpo") and not mix_advantages:
+        t_out, t_head_w = _teacher_output(teacher, tb, fused)
+        kw = dict(old_logprobs=old_sd, sample_mask=data.sample_mask[rows].to(device), rollout_is_weights=rcw)
+        if cfg.loss == "sc_sdpo":
+            l_sd, m_sd = sc_sdpo_loss(student, t_out, ids, rmask, sd, rows_of(data.sample_weights),
+                                      head_weight=head_w, teacher_head_weight=t_head_w, **kw)
+        elif fused:
             # the teacher's own head: an EMA teacher of a full model has its own (EMA'd) weights
-            t_hidden, t_head_w = teacher.hidden(tb)
-            l_sd, m_sd = sdpo_loss_from_hidden(student, t_hidden, head_w, ids, rmask, sd,
+            l_sd, m_sd = sdpo_loss_from_hidden(student, t_out, head_w, ids, rmask, sd,
                                                teacher_lm_head_weight=t_head_w, **kw)
         else:
-            l_sd, m_sd = sdpo_loss(student, teacher.logits(tb), ids, rmask, sd, **kw)
+            l_sd, m_sd = sdpo_loss(student, t_out, ids, rmask, sd, **kw)
         w = cfg.hybrid_weight if cfg.loss == "hybrid" else 1.0
         total = total + w * micro.scales["sdpo"] * l_sd
         metrics.update(m_sd)
     if cfg.loss in ("grpo", "hybrid"):
-        if head_w is not None:  # fused
-            lp = token_logprobs_from_hidden(student, head_w, ids, cfg.temperature)
-        else:
-            lp = token_logprobs(student, ids, cfg.temperature)
+        lp = _token_logprobs(student, head_w, ids, cfg.temperature)
         adv = data.advantages[rows].to(device)
         w = (1.0 - cfg.hybrid_weight) if cfg.loss == "hybrid" else 1.0
         if mix_advantages:
@@ -356,7 +531,48 @@ def micro_batch_loss(model, teacher, data: UpdateTensors, micro: MicroBatch, cfg
                                loss_scale_factor=sd.loss_scale_factor, rollout_is_weights=rcw)
         total = total + w * micro.scales["grpo"] * l_pg
         metrics.update(m_pg)
+    clips = dict(clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
+                 clip_ratio_c=cfg.clip_ratio_c)
+    if cfg.loss == "srpo":
+        t_out, t_head_w = _teacher_output(teacher, tb, fused)
+        l_sr, m_sr = srpo_loss(student, t_out, ids, rmask, data.sample_mask[rows].to(device),
+                               data.advantages[rows].to(device), data.old_logprobs[rows].to(device), sd,
+                               entropy_weights=rows_of(data.token_weights), temperature=cfg.temperature,
+                               head_weight=head_w, teacher_head_weight=t_head_w, old_logprobs_sd=old_sd,
+                               rollout_is_weights=rcw, **clips)
+        total = total + micro.scales["srpo"] * l_sr
+        metrics.update({k: v for k, v in m_sr.items() if not k.startswith("srpo/route_")})  # batch-level ones
+    if cfg.loss == "sdpg":
+        t_out, t_head_w = _teacher_output(teacher, tb, fused)
+        l_pg, m_pg = sdpg_loss(student, t_out, ids, rmask, data.advantages[rows].to(device),
+                               data.old_logprobs[rows].to(device), sd, opd_mask=data.sample_mask[rows].to(device),
+                               beta=beta, ref_logprobs=rows_of(data.ref_logprobs), kl_coef=cfg.kl_coef,
+                               kl_estimator=cfg.kl_estimator, temperature=cfg.temperature, head_weight=head_w,
+                               teacher_head_weight=t_head_w, old_logprobs_sd=old_sd, rollout_is_weights=rcw,
+                               **clips)
+        total = total + micro.scales["sdpg"] * l_pg
+        metrics.update({k: v for k, v in m_pg.items() if k != "sdpg/gate_fraction"})  # batch-level
+    if cfg.kl_coef and cfg.loss != "sdpg":
+        lp = lp if lp is not None else _token_logprobs(student, head_w, ids, cfg.temperature)
+        l_kl, m_kl = reference_kl_loss(lp, data.ref_logprobs[rows].to(device), rmask, estimator=cfg.kl_estimator,
+                                       old_logprobs=data.old_logprobs[rows].to(device),
+                                       loss_agg_mode=sd.loss_agg_mode, loss_scale_factor=sd.loss_scale_factor)
+        total = total + cfg.kl_coef * micro.scales["kl"] * l_kl
+        metrics.update(m_kl)
     return total, ({} if micro.dummy else metrics)
+
+
+def _teacher_output(teacher, t_batch, fused: bool) -> tuple[Tensor, Tensor | None]:
+    """The teacher's logits [B, T, V] and None, or (fused) its hidden states and its own LM-head weight."""
+    if fused:
+        return teacher.hidden(t_batch)
+    return teacher.logits(t_batch), None
+
+
+def _token_logprobs(student: Tensor, head_w: Tensor | None, ids: Tensor, temperature: float) -> Tensor:
+    if head_w is not None:
+        return token_logprobs_from_hidden(student, head_w, ids, temperature)
+    return token_logprobs(student, ids, temperature)
 
 
 def optimizer_step(optimizer, params: list[Tensor], max_grad_norm: float, ctx: DistContext,
@@ -433,6 +649,27 @@ def _old_logprobs(model, batch: ResponseBatch, ids: Tensor, passes: list[Tensor 
                 lp = token_logprobs(response_logits(model, mb), ids[rows].to(device), temperature)
             if not dummy:
                 out[rows] = lp.float().cpu()
+    return out
+
+
+@torch.no_grad()
+def _logprobs(source, batch: ResponseBatch, ids: Tensor, passes: list[Tensor | None], temperature: float,
+              fused: bool) -> Tensor:
+    """``_old_logprobs`` of a no-grad policy with ``logits(batch)`` / ``hidden(batch)`` (the initial policy,
+    ``sdpo.teacher.FrozenBase``): one forward per pass, dummies included, on the student inputs."""
+    out = torch.zeros(ids.shape, dtype=torch.float32)
+    device = model_device(source.student)
+    for rows in passes:
+        dummy = rows is None
+        rows = torch.tensor([0]) if dummy else rows
+        mb = batch.rows(rows).trimmed().to(device)
+        if fused:
+            hidden, head = source.hidden(mb)
+            lp = token_logprobs_from_hidden(hidden, head, ids[rows].to(device), temperature)
+        else:
+            lp = token_logprobs(source.logits(mb), ids[rows].to(device), temperature)
+        if not dummy:
+            out[rows] = lp.float().cpu()
     return out
 
 

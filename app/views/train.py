@@ -1,7 +1,7 @@
 """Train page: dataset (built-in HumanEval, an uploaded JSONL with a size limit, a server path, or a
-registered dataset), algorithm, adapter, hyperparameters with presets; then the live run view: line plots of
-reward, validation avg@k, loss, response length and the SDPO fractions, a log tail, checkpoints with download
-links, and Cancel.
+registered dataset), algorithm (SDPO, GRPO, hybrid, SRPO, SC-SDPO, SDPG), adapter, hyperparameters with presets;
+then the live run view: line plots of reward, validation avg@k, loss, response length, the SDPO fractions and the
+SRPO / SC-SDPO / SDPG weights, a log tail, checkpoints with download links, and Cancel.
 """
 
 from __future__ import annotations
@@ -43,7 +43,18 @@ PRESETS = {
     "rich feedback (LiveCodeBench setting)": "sdpo_rich_feedback.yaml",
     "no feedback (demonstrations only)": "sdpo_no_feedback.yaml",
     "GRPO baseline": "grpo.yaml",
+    "SRPO (GRPO on successes, entropy-weighted SDPO on failures)": "srpo.yaml",
+    "SC-SDPO (SDPO weighted by pass rate)": "sc_sdpo.yaml",
+    "SDPG (GRPO + full-vocabulary distillation + KL to the start)": "sdpg.yaml",
 }
+# The losses of the trainer (sdpo.update.LOSSES; docs/family.md describes each), as (label, value).
+LOSS_CHOICES = [("SDPO", "sdpo"), ("GRPO", "grpo"), ("hybrid", "hybrid"), ("SRPO", "srpo"), ("SC-SDPO", "sc_sdpo"),
+                ("SDPG", "sdpg")]
+LOSS_INFO = ("SRPO: successes get GRPO, failures with a teacher context get SDPO weighted down where the teacher "
+             "is unsure. SC-SDPO: SDPO with each question weighted by sqrt(p(1 - p)) of its pass rate. SDPG: GRPO "
+             "+ full-vocabulary distillation on successes + a KL to the initial model. A KL penalty for any of "
+             "them: kl_coef in Other settings; a frozen initial teacher: self_distillation.teacher_regularization: "
+             "base.")
 # Keys the page sets itself (dataset selector, worker-owned folders); a preset's values for them are dropped.
 NOT_FROM_PRESET = ("dataset", "train_file", "test_file", "out_dir", "run_dir", "resume_from", "model_path")
 FIELDS = (
@@ -63,6 +74,8 @@ PLOTS = (
     ("loss", "Loss", lambda n: n == "loss" or n.startswith("loss/")),
     ("length", "Response length", lambda n: n.startswith("response/length")),
     ("sdpo", "SDPO fractions", lambda n: n.startswith("sdpo/") and n.endswith("fraction")),
+    ("family", "SRPO / SC-SDPO / SDPG weights and KL",
+     lambda n: n.startswith(("srpo/", "sc_sdpo/", "sdpg/", "ref_kl/"))),
 )
 PLOT_COLUMNS = ["step", "value", "metric"]
 CHECKPOINT_COLUMNS = ["step", "kind", "size", "path"]
@@ -265,7 +278,7 @@ def build(ctx: AppContext) -> JobView:
                           api_visibility="private", queue=False)
             gr.Markdown("### Algorithm")
             with gr.Row():
-                loss = gr.Radio(["sdpo", "grpo", "hybrid"], value=loss0, label="Algorithm", elem_id="train-loss")
+                loss = gr.Radio(LOSS_CHOICES, value=loss0, label="Algorithm", info=LOSS_INFO, elem_id="train-loss")
                 adapter = gr.Radio([("LoRA", "lora"), ("Full", "full")], value=adapter0, label="Adapter",
                                    elem_id="train-adapter")
             model = gr.Textbox(label="Model", placeholder=f"default: {ctx.settings.model}", elem_id="train-model",

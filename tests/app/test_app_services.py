@@ -189,6 +189,26 @@ def test_train_presets_come_from_configs_and_submit(ctx):
     assert ctx.queue.length() == 1
 
 
+def test_family_presets_carry_their_loss_and_settings(ctx):
+    """The Train page offers every loss of the trainer, and the SRPO, SC-SDPO and SDPG presets come from configs/
+    with their own settings."""
+    assert [v for _, v in train.LOSS_CHOICES] == ["sdpo", "grpo", "hybrid", "srpo", "sc_sdpo", "sdpg"]
+    expected = {"srpo.yaml": ("srpo", "srpo_entropy_beta"), "sc_sdpo.yaml": ("sc_sdpo", None),
+                "sdpg.yaml": ("sdpg", "sdpg_beta")}
+    for label, name in train.PRESETS.items():
+        if name not in expected:
+            continue
+        loss, adapter, values, rest = train.preset_form(train.load_preset(label))
+        want, key = expected[name]
+        assert loss == want, label
+        cfg = train.build_train_config(loss=loss, adapter=adapter, extra_yaml=rest,
+                                       fields={k: v for (k, _), v in zip(train.FIELDS, values, strict=True)})
+        jid = train.submit(ctx, source="humaneval", config=cfg)
+        with ctx.session() as s:
+            job = J.get_job(s, job_id=jid)
+            assert job.config["loss"] == want and (key is None or key in job.config), label
+
+
 def test_train_upload_over_the_limit_stores_nothing(ctx, tmp_path):
     big = tmp_path / "big.jsonl"
     big.write_text("\n".join(json.dumps({"prompt": "x" * 100, "kind": "mcq", "answer": "A"}) for _ in range(60)))
@@ -300,13 +320,15 @@ def test_train_snapshot_plots_and_checkpoint_zip(ctx, tmp_path):
         for step in (0, 1):
             P.append_metrics(s, job_id=jid, step=step, metrics={
                 "reward/mean": 0.1 * step, "loss": 1.0 - step, "val/avg@4": 0.5, "response/length_mean": 30,
-                "sdpo/reprompt_sample_fraction": 0.25, "perf/step_s": 1.0})
+                "sdpo/reprompt_sample_fraction": 0.25, "perf/step_s": 1.0, "srpo/entropy_weight_mean": 1.0,
+                "ref_kl/estimate": 0.01 * step})
         P.register_checkpoint(s, job_id=jid, step=1, kind="lora", path=str(ck))
     snap = train.snapshot(ctx, jid)
     assert snap.plots["reward"].values.tolist() == [[0, 0.0, "reward/mean"], [1, 0.1, "reward/mean"]]
     assert snap.plots["loss"]["value"].tolist() == [1.0, 0.0]
     assert snap.plots["val"]["metric"].unique().tolist() == ["val/avg@4"]
     assert snap.plots["sdpo"]["metric"].unique().tolist() == ["sdpo/reprompt_sample_fraction"]
+    assert snap.plots["family"]["metric"].unique().tolist() == ["ref_kl/estimate", "srpo/entropy_weight_mean"]
     assert "step 1:" in snap.log and "reward/mean=0.1" in snap.log and "checkpoint step 1" in snap.log
     (label, ck_id), = snap.checkpoint_choices
     z = train.checkpoint_zip(ctx, jid, ck_id)

@@ -2,8 +2,8 @@
 
 - policy_update on a global batch split across 2 ranks (whole groups per rank, unequal sizes, one rank fully
   masked for SDPO) takes the same optimizer step and reports the same loss as one process holding the whole
-  batch, in every loss / aggregation mode, with mini-batches and PPO epochs; the EMA and trust-region teachers
-  stay identical across ranks and equal to the one-process teacher.
+  batch, in every loss (the family's included) / aggregation mode, with mini-batches and PPO epochs; the EMA and
+  trust-region teachers stay identical across ranks and equal to the one-process teacher.
 - train() under torchrun completes, rank 0 alone writes metrics.jsonl, and a 2-rank checkpoint resumes on
   2 ranks reproducing the uninterrupted run.
 
@@ -54,6 +54,15 @@ CASES = {
     "hybrid-token-sum-norm": dict(loss="hybrid", micro_batch_size=3, agg="seq-mean-token-sum-norm"),
     "hybrid-token-sum-clip": dict(loss="hybrid", micro_batch_size=2, agg="seq-mean-token-sum", is_clip=2.0,
                                   rollout_correction_threshold=2.0),
+    # the family: SRPO's entropy weights and SC-SDPO's pass-rate weights are normalised over both ranks' samples
+    "srpo-token-mean": dict(loss="srpo", micro_batch_size=2, agg="token-mean", is_clip=2.0),
+    "sc_sdpo-seq-mean-token-mean": dict(loss="sc_sdpo", micro_batch_size=2, agg="seq-mean-token-mean"),
+    "srpo-mini": dict(loss="srpo", micro_batch_size=1, mini_batch_size=3, ppo_epochs=2, agg="seq-mean-token-mean-all"),
+    "sc_sdpo-mini": dict(loss="sc_sdpo", micro_batch_size=1, mini_batch_size=3, ppo_epochs=2, agg="token-mean",
+                         is_clip=2.0),
+    "sdpg-mini": dict(loss="sdpg", micro_batch_size=1, mini_batch_size=4, ppo_epochs=2, agg="token-mean",
+                      sdpg_beta=0.5, kl_coef=0.1),
+    "sdpo-base-kl": dict(loss="sdpo", micro_batch_size=2, agg="token-mean", teacher="base", kl_coef=0.2),
 }
 
 
@@ -124,7 +133,7 @@ def _run_case(model, tok, name: str, dist: DistContext) -> dict:
     """One policy_update (+ teacher update) with SGD(lr=1) on a float64 copy: the step is minus the gradient.
     With ``dist`` enabled the batch is this rank's block of the case's groups, else all of them."""
     from sdpo.distributed import shard
-    from sdpo.teacher import make_teacher
+    from sdpo.teacher import make_reference, make_teacher
     from sdpo.update import UpdateConfig, policy_update
 
     case = dict(CASES[name])
@@ -137,8 +146,9 @@ def _run_case(model, tok, name: str, dist: DistContext) -> dict:
     m = copy.deepcopy(model)
     before = [p.detach().clone() for p in m.parameters()]
     teacher = make_teacher(sd, m) if cfg.loss != "grpo" else None
+    reference = make_reference(m, teacher) if cfg.kl_coef else None
     opt = torch.optim.SGD(m.parameters(), lr=1.0)
-    metrics = policy_update(m, opt, teacher, tok, _batch(tok, groups), cfg, seed=5, dist=dist)
+    metrics = policy_update(m, opt, teacher, tok, _batch(tok, groups), cfg, seed=5, dist=dist, reference=reference)
     if teacher is not None:
         teacher.update(m)
     delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), before, strict=True)])

@@ -1,4 +1,4 @@
-"""Peak memory of the SDPO loss (module docstring of sdpo.losses.chunked): forward + backward allocate no more
+"""Peak memory of the SDPO loss and the family's (module docstring of sdpo.losses.chunked): forward + backward allocate no more
 than one [B, T, V] float tensor beyond the inputs (the gradient of the student logits), where the formula as
 written (``sdpo.losses.reference``: full log-softmax of both sides, then top-k / gather) holds several; the
 from-hidden variant's peak does not grow with T at all.
@@ -29,10 +29,12 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[1])
 from sdpo.config import SelfDistillationConfig
-from sdpo.losses import sdpo_loss, sdpo_loss_from_hidden, sdpo_loss_reference
+from sdpo.losses import sdpg_loss, sdpo_loss, sdpo_loss_from_hidden, sdpo_loss_reference, srpo_loss
+from sdpo.losses.reference import sdpg_loss_reference, srpo_loss_reference
 
 impl, T, V, H, chunk = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 cfg = SelfDistillationConfig(alpha=0.5, distillation_topk=100, distillation_add_tail=True, is_clip=2.0)
+one, zero = torch.ones(1), torch.zeros(1)
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -65,6 +67,16 @@ def run(T):
         loss, _ = sdpo_loss(x[0], x[1], ids, mask, cfg, old_logprobs=old)
     elif impl == "hidden":
         loss, _ = sdpo_loss_from_hidden(x[0], x[1], x[2], ids, mask, cfg, old_logprobs=old, chunk_size=chunk)
+    elif impl == "srpo":  # one failed sample with a teacher: the SDPO branch, the entropy weights, GRPO's terms
+        loss, _ = srpo_loss(x[0], x[1], ids, mask, one, zero, old, cfg)
+    elif impl == "sdpg":  # the exact full-vocabulary OPD, the policy gradient and the KL to the reference
+        loss, _ = sdpg_loss(x[0], x[1], ids, mask, one, old, cfg, opd_mask=one, beta=1.0, ref_logprobs=old,
+                            kl_coef=0.1)
+    elif impl == "srpo_reference":
+        loss = srpo_loss_reference(x[0], x[1], ids, mask, zero, one, zero, old, cfg)
+    elif impl == "sdpg_reference":
+        loss = sdpg_loss_reference(x[0], x[1], ids, mask, one, [0], one, old, old, cfg, beta=1.0, kl_coef=0.1,
+                                   kl_estimator="urkl")
     else:
         loss = sdpo_loss_reference(x[0], x[1], ids, mask, cfg, old_logprobs=old)
     loss.backward()   # the gradients stay alive until the peak is read
@@ -115,3 +127,19 @@ def test_sdpo_loss_from_hidden_peak_memory_does_not_grow_with_tokens():
     assert large - small < 0.25 * grown_logits, ((large - small) / MiB, grown_logits / MiB)
     # two [chunk, V] workspaces (32 MiB) + the [V, H] weight gradient (4 MiB) + slack
     assert large < 2 * chunk * V * 4 + V * H * 4 + 32 * MiB, large / MiB
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("loss", ["srpo", "sdpg"])
+def test_family_losses_hold_no_full_vocabulary_log_softmax(loss):
+    """SRPO (top-k SDPO branch, the teacher's entropy, GRPO's log-probs) and SDPG (the exact full-vocabulary OPD
+    through the chunked kernel, the policy gradient and the KL) keep their logits-sized tensors to the gradients
+    (measured 2.3 / 2.5 [T, V]: the kernel's, the log-probs' and autograd's sum of the two), where their
+    formulas written with full log-softmax tensors hold 5-6 (measured 647 / 768 MiB)."""
+    T, V = 1024, 32768
+    tv = T * V * 4
+    bound = 3 * tv + 32 * MiB
+    ours = peak_extra(loss, T, V)
+    ref = peak_extra(f"{loss}_reference", T, V)
+    assert ours < bound, (ours / MiB, bound / MiB)
+    assert ref > bound, (ref / MiB, bound / MiB)

@@ -11,7 +11,7 @@ from sdpo.config import ConfigError, SelfDistillationConfig
 from sdpo.forward import output_head
 from sdpo.models import chat_ids, load_model_and_tokenizer
 from sdpo.rollout.base import Rollout
-from sdpo.teacher import make_teacher
+from sdpo.teacher import make_reference, make_teacher
 from sdpo.trainer import TrainConfig
 from sdpo.ttt import SolveConfig
 from sdpo.update import ScoredBatch, UpdateConfig, policy_update
@@ -75,6 +75,37 @@ def test_fused_update_equals_unfused_with_a_full_model_ema_teacher(tiny_model_pa
     scale = float(d_u.abs().max())
     assert scale > 0
     torch.testing.assert_close(d_f, d_u, rtol=1e-7, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("loss,teacher_kind", [("srpo", "ema"), ("sc_sdpo", "ema"), ("sdpg", "ema"),
+                                               ("sdpo", "base")])
+def test_fused_family_update_equals_unfused(tiny_model_path, loss, teacher_kind):
+    """SRPO (its teacher-entropy pre-pass from hidden states), SC-SDPO, SDPG (its exact full-vocabulary OPD
+    through the fused kernel, with a KL to the initial policy) and the base teacher with a KL penalty take the
+    same update fused as from logits, with a full-model teacher whose LM head is its own."""
+    model, tok = load_model_and_tokenizer(tiny_model_path)
+    model = model.double()
+    sd = SelfDistillationConfig(alpha=0.5, distillation_topk=20, is_clip=2.0, teacher_regularization=teacher_kind,
+                                teacher_update_rate=0.5)
+    teacher = make_teacher(sd, model)
+    reference = make_reference(model, teacher)
+    _perturb(model, seed=1)
+    teacher.update(model)
+    batch = _batch(tok)
+    deltas, metrics = {}, {}
+    for fused in (False, True):
+        m, t = copy.deepcopy(model), copy.deepcopy(teacher)
+        r = t if teacher_kind == "base" else copy.deepcopy(reference)
+        cfg = UpdateConfig(loss=loss, self_distillation=sd, fused_lm_head=fused, micro_batch_size=2,
+                           max_grad_norm=1e9, rollout_correction_threshold=None, sdpg_beta=0.5, kl_coef=0.1)
+        before = [p.detach().clone() for p in m.parameters()]
+        metrics[fused] = policy_update(m, torch.optim.SGD(m.parameters(), lr=1.0), t, tok, batch, cfg, reference=r)
+        deltas[fused] = torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), before, strict=True)])
+    assert metrics[True]["loss"] == pytest.approx(metrics[False]["loss"], rel=1e-9)
+    assert metrics[True]["ref_kl/estimate"] == pytest.approx(metrics[False]["ref_kl/estimate"], rel=1e-9, abs=1e-12)
+    scale = float(deltas[False].abs().max())
+    assert scale > 0
+    torch.testing.assert_close(deltas[True], deltas[False], rtol=1e-7, atol=1e-9 * scale)
 
 
 @pytest.mark.parametrize("sd_temperature", [1.0, 0.7])

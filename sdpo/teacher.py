@@ -299,8 +299,8 @@ class FrozenBase:
 
     @contextmanager
     def _active(self) -> Iterator[nn.Module]:
-        if self.is_peft:
-            with self.student.disable_adapter(), eval_mode(self.student):
+        if self.ref is None:  # peft: the base with the adapter disabled
+            with _peft(self.student).disable_adapter(), eval_mode(self.student):
                 yield self.student
         else:
             with eval_mode(self.ref):

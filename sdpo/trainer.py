@@ -536,7 +536,7 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     #    from the checkpoint on resume, so that it stays the run's initial policy).
     reference = make_reference(model, teacher) if cfg.kl_coef else None
     own_reference = reference is not None and reference is not teacher
-    if state is not None and own_reference and state.get("reference") is not None:
+    if state is not None and reference is not None and own_reference and state.get("reference") is not None:
         reference.load_state_dict(state["reference"])
     model = apply_fsdp(model, ctx)
     shard_teacher(teacher, ctx)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -341,7 +342,8 @@ def policy_update(model, optimizer, teacher, tokenizer, batch: ScoredBatch, cfg:
     if cfg.loss == "srpo":
         data, srpo_metrics = with_entropy_weights(model, teacher, data, plan, cfg, sd, ctx)
         _record(metrics, srpo_metrics, batch_keys)
-    beta = sdpg_beta(cfg.sdpg_beta, *(progress or (None, None)), cfg.sdpg_warmup_steps, cfg.sdpg_decay_steps)
+    run_step, run_steps = progress if progress is not None else (None, None)
+    beta = sdpg_beta(cfg.sdpg_beta, run_step, run_steps, cfg.sdpg_warmup_steps, cfg.sdpg_decay_steps)
 
     # 4. Optimizer steps: micro-batch forward/backward, the gradients summed over ranks and clipped; a step whose
     #    gradient is not finite is skipped.
@@ -448,9 +450,10 @@ def with_entropy_weights(model, teacher, data: UpdateTensors, plan: UpdatePlan, 
     sel = data.response_mask.double() * data.sample_mask.double()[:, None]
     entropy = torch.zeros(sel.shape, dtype=torch.float64)
     device = model_device(model)
+    assert data.teacher is not None  # batch_tensors builds the teacher inputs for SRPO
     for rows in plan.old_logprob_micro:
         dummy = rows is None
-        rows = torch.tensor([0]) if dummy else rows
+        rows = torch.tensor([0]) if rows is None else rows
         tb = data.teacher.rows(rows).trimmed().to(device)
         mask = sel[rows].to(device)
         if cfg.fused_lm_head:
@@ -498,14 +501,21 @@ def micro_batch_loss(model, teacher, data: UpdateTensors, micro: MicroBatch, cfg
     def rows_of(x: Tensor | None) -> Tensor | None:
         return None if x is None else x[rows].to(device)
 
+    def rows_needed(x: Tensor | None) -> Tensor:
+        assert x is not None  # filled before the update for the terms that use it (with_old_logprobs, ...)
+        return x[rows].to(device)
+
     old_sd = rows_of(data.old_logprobs_sd) if sd.is_clip is not None else None
+    kl_coef, kl_estimator = cfg.kl_coef, cfg.kl_estimator
+    assert kl_coef is not None and kl_estimator is not None  # UpdateConfig fills in the loss's defaults
     if cfg.loss in ("sdpo", "hybrid", "sc_sdpo") and not mix_advantages:
         t_out, t_head_w = _teacher_output(teacher, tb, fused)
-        kw = dict(old_logprobs=old_sd, sample_mask=data.sample_mask[rows].to(device), rollout_is_weights=rcw)
+        kw: dict[str, Any] = dict(old_logprobs=old_sd, sample_mask=data.sample_mask[rows].to(device),
+                                  rollout_is_weights=rcw)
         if cfg.loss == "sc_sdpo":
-            l_sd, m_sd = sc_sdpo_loss(student, t_out, ids, rmask, sd, rows_of(data.sample_weights),
+            l_sd, m_sd = sc_sdpo_loss(student, t_out, ids, rmask, sd, rows_needed(data.sample_weights),
                                       head_weight=head_w, teacher_head_weight=t_head_w, **kw)
-        elif fused:
+        elif head_w is not None:  # fused
             # the teacher's own head: an EMA teacher of a full model has its own (EMA'd) weights
             l_sd, m_sd = sdpo_loss_from_hidden(student, t_out, head_w, ids, rmask, sd,
                                                teacher_lm_head_weight=t_head_w, **kw)
@@ -524,8 +534,7 @@ def micro_batch_loss(model, teacher, data: UpdateTensors, micro: MicroBatch, cfg
             lam = 1.0 - cfg.hybrid_weight
             adv, w = lam * adv[:, None] + (1.0 - lam) * a_sd, 1.0
             metrics["hybrid/sdpo_advantage_mean"] = float((a_sd * rmask).sum() / rmask.sum().clamp(min=1))
-        assert data.old_logprobs is not None  # with_old_logprobs fills it for the GRPO ratio
-        l_pg, m_pg = grpo_loss(lp, data.old_logprobs[rows].to(device), adv, rmask,
+        l_pg, m_pg = grpo_loss(lp, rows_needed(data.old_logprobs), adv, rmask,
                                clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
                                clip_ratio_c=cfg.clip_ratio_c, loss_agg_mode=sd.loss_agg_mode,
                                loss_scale_factor=sd.loss_scale_factor, rollout_is_weights=rcw)
@@ -536,7 +545,7 @@ def micro_batch_loss(model, teacher, data: UpdateTensors, micro: MicroBatch, cfg
     if cfg.loss == "srpo":
         t_out, t_head_w = _teacher_output(teacher, tb, fused)
         l_sr, m_sr = srpo_loss(student, t_out, ids, rmask, data.sample_mask[rows].to(device),
-                               data.advantages[rows].to(device), data.old_logprobs[rows].to(device), sd,
+                               data.advantages[rows].to(device), rows_needed(data.old_logprobs), sd,
                                entropy_weights=rows_of(data.token_weights), temperature=cfg.temperature,
                                head_weight=head_w, teacher_head_weight=t_head_w, old_logprobs_sd=old_sd,
                                rollout_is_weights=rcw, **clips)
@@ -545,17 +554,17 @@ def micro_batch_loss(model, teacher, data: UpdateTensors, micro: MicroBatch, cfg
     if cfg.loss == "sdpg":
         t_out, t_head_w = _teacher_output(teacher, tb, fused)
         l_pg, m_pg = sdpg_loss(student, t_out, ids, rmask, data.advantages[rows].to(device),
-                               data.old_logprobs[rows].to(device), sd, opd_mask=data.sample_mask[rows].to(device),
-                               beta=beta, ref_logprobs=rows_of(data.ref_logprobs), kl_coef=cfg.kl_coef,
-                               kl_estimator=cfg.kl_estimator, temperature=cfg.temperature, head_weight=head_w,
+                               rows_needed(data.old_logprobs), sd, opd_mask=data.sample_mask[rows].to(device),
+                               beta=beta, ref_logprobs=rows_of(data.ref_logprobs), kl_coef=kl_coef,
+                               kl_estimator=kl_estimator, temperature=cfg.temperature, head_weight=head_w,
                                teacher_head_weight=t_head_w, old_logprobs_sd=old_sd, rollout_is_weights=rcw,
                                **clips)
         total = total + micro.scales["sdpg"] * l_pg
         metrics.update({k: v for k, v in m_pg.items() if k != "sdpg/gate_fraction"})  # batch-level
     if cfg.kl_coef and cfg.loss != "sdpg":
         lp = lp if lp is not None else _token_logprobs(student, head_w, ids, cfg.temperature)
-        l_kl, m_kl = reference_kl_loss(lp, data.ref_logprobs[rows].to(device), rmask, estimator=cfg.kl_estimator,
-                                       old_logprobs=data.old_logprobs[rows].to(device),
+        l_kl, m_kl = reference_kl_loss(lp, rows_needed(data.ref_logprobs), rmask, estimator=kl_estimator,
+                                       old_logprobs=rows_needed(data.old_logprobs),
                                        loss_agg_mode=sd.loss_agg_mode, loss_scale_factor=sd.loss_scale_factor)
         total = total + cfg.kl_coef * micro.scales["kl"] * l_kl
         metrics.update(m_kl)
@@ -661,7 +670,7 @@ def _logprobs(source, batch: ResponseBatch, ids: Tensor, passes: list[Tensor | N
     device = model_device(source.student)
     for rows in passes:
         dummy = rows is None
-        rows = torch.tensor([0]) if dummy else rows
+        rows = torch.tensor([0]) if rows is None else rows
         mb = batch.rows(rows).trimmed().to(device)
         if fused:
             hidden, head = source.hidden(mb)

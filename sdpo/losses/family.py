@@ -318,8 +318,8 @@ def sc_sdpo_weights(rewards: Tensor, group_ids: Tensor | Sequence[Hashable], dis
     p = pass_rates(rewards, group_ids, success_threshold)
     s = sc_sdpo_scales(p)
     if normaliser is None:
-        normaliser = sc_sdpo_normaliser_parts(s, group_ids, distill_mask)
-        normaliser = normaliser[0] / normaliser[1] if normaliser[1] else 0.0
+        total, count = sc_sdpo_normaliser_parts(s, group_ids, distill_mask)
+        normaliser = total / count if count else 0.0
     if normaliser <= 0.0:
         return torch.zeros_like(s), 0.0
     return s / normaliser, float(normaliser)

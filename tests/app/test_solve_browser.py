@@ -31,7 +31,9 @@ PICK = "Count the vowels"
 FIRST_ATTEMPT_S = 150
 # Seconds from pressing Cancel while the job generates to `cancelled` on screen.
 CANCEL_S = 10
-# The second job generates this many tokens per attempt, so that it is still generating when cancelled.
+# The second job generates rounds of this many attempts of up to this many tokens, so that it is still
+# generating when cancelled (a round ends when its longest attempt does; the tiny model rarely stops early).
+LONG_N = 16
 LONG_TOKENS = 4000
 
 
@@ -147,6 +149,7 @@ def test_first_click_solve_inspect_cancel_and_history(server, page):
     fill(page, "solve-model", str(server.tiny))
     page.get_by_text("Advanced (SDPO settings)").click()
     fill(page, "solve-adv-max_new_tokens", str(LONG_TOKENS))
+    fill(page, "solve-adv-n", str(LONG_N))
     page.click("#solve-submit")
     box = "document.querySelector('#solve-job-id input, #solve-job-id textarea')"
     page.wait_for_function(f"() => {box}.value !== '{first}'")  # the view opens the new job

@@ -575,29 +575,28 @@ def write_line(fd: int, obj) -> None:
         view = view[n:]
 
 
-def error_info(exc: BaseException) -> dict:
-    """Type, line and (guarded, truncated) message of an untrusted exception."""
-    info = _describe(exc)
+def _message(exc: BaseException) -> str:
+    """The (truncated) message of an untrusted exception, whose __str__ may raise or return a non-string."""
     try:
         msg = str(exc)
         if not isinstance(msg, str):
             msg = "<unprintable>"
     except BaseException:
         msg = "<unprintable>"
-    info["message"] = msg[:2000]
+    return msg[:2000]
+
+
+def error_info(exc: BaseException) -> dict:
+    """Type, line and (guarded, truncated) message of an untrusted exception."""
+    info = _describe(exc)
+    info["message"] = _message(exc)
     return info
 
 
 def _report_error(chan: int, exc: BaseException) -> None:
     info = _describe(exc)
     _report(chan, {"error": info})  # the type first: a hostile __str__ may never return
-    try:
-        msg = str(exc)
-        if not isinstance(msg, str):
-            msg = "<unprintable>"
-    except BaseException:
-        msg = "<unprintable>"
-    info["message"] = msg[:2000]
+    info["message"] = _message(exc)
     _report(chan, {"error": info})
 
 

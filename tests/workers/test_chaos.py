@@ -27,16 +27,11 @@ from backend.services import jobs as J
 from backend.services import progress as P
 from backend.services.problems import create_problem
 from backend.text import RESPONSE_CHARS, storable
+from tests.workers.problems import DOUBLE as PROBLEM
 from workers.engine import parse_problem, validate_config
 
 pytestmark = pytest.mark.slow
 
-PROBLEM = {
-    "title": "Double",
-    "statement": "Read an integer n from standard input and print 2*n.",
-    "tests": {"inputs": ["2\n", "5\n"], "outputs": ["4\n", "10\n"], "testtype": "stdin"},
-    "hidden_tests": {"inputs": ["7\n"], "outputs": ["14\n"], "testtype": "stdin"},
-}
 # Long enough generations that a job runs for a while (tens of seconds on a loaded CPU) and NUL bytes occur:
 # temperature 1.0, top_p 1.0, top_k None, the whole vocabulary, where the tiny model samples the NUL byte about
 # once every 2,500-3,500 tokens. Wide rounds are cheap on a CPU (a batch of 8 costs little more than one of 2),

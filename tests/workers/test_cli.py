@@ -8,16 +8,11 @@ import os
 import pytest
 from typer.testing import CliRunner
 
+from tests.workers.problems import DOUBLE as PROBLEM
 from workers.cli import app
 
 runner = CliRunner()
 
-PROBLEM = {
-    "title": "Double",
-    "statement": "Read an integer n and print 2*n.",
-    "tests": {"inputs": ["2\n", "5\n"], "outputs": ["4\n", "10\n"], "testtype": "stdin"},
-    "hidden_tests": {"inputs": ["7\n"], "outputs": ["14\n"], "testtype": "stdin"},
-}
 
 
 @pytest.fixture

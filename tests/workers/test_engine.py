@@ -13,14 +13,8 @@ from sdpo.callbacks import Attempt
 from sdpo.sizing import CPU_SOLVE, CPU_TRAIN
 from sdpo.trainer import TrainConfig
 from sdpo.ttt import SolveConfig
+from tests.workers.problems import DOUBLE as PROBLEM
 from workers.engine import TRAIN_RUNTIME_KEYS, attempt_in, parse_problem, validate_config
-
-PROBLEM = {
-    "title": "Double",
-    "statement": "Read an integer n and print 2*n.",
-    "tests": {"inputs": ["2\n", "5\n"], "outputs": ["4\n", "10\n"], "testtype": "stdin"},
-    "hidden_tests": {"inputs": ["7\n"], "outputs": ["14\n"], "testtype": "stdin"},
-}
 
 
 def test_solve_config_is_normalized_by_the_engine_dataclass(settings_env):

@@ -20,16 +20,11 @@ from backend.errors import InvalidInput
 from backend.services import jobs as J
 from backend.services import progress as P
 from backend.services.problems import create_problem
+from tests.workers.problems import DOUBLE as PROBLEM
 from workers.engine import parse_problem, validate_config
 
 pytestmark = pytest.mark.slow
 
-PROBLEM = {
-    "title": "Double",
-    "statement": "Read an integer n from standard input and print 2*n.",
-    "tests": {"inputs": ["2\n", "5\n"], "outputs": ["4\n", "10\n"], "testtype": "stdin"},
-    "hidden_tests": {"inputs": ["7\n"], "outputs": ["14\n"], "testtype": "stdin"},
-}
 TINY_SOLVE = {"strategy": "sdpo", "n": 2, "max_new_tokens": 8, "device": "cpu"}
 TINY_TRAIN = {"dataset": "humaneval", "train_batch_size": 1, "n": 2, "max_new_tokens": 8, "micro_batch_size": 2,
               "save_every": 1, "val_max_questions": 1, "val_k": 1, "progress": False, "device": "cpu"}

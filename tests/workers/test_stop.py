@@ -28,15 +28,11 @@ from backend.services import progress as P
 from backend.services.problems import create_problem
 from tests.app.conftest import free_port
 from tests.workers.conftest import ROOT
+from tests.workers.problems import DOUBLE as PROBLEM
 from workers.engine import parse_problem, validate_config
 
 pytestmark = pytest.mark.slow
 
-PROBLEM = {
-    "title": "Double",
-    "statement": "Read an integer n from standard input and print 2*n.",
-    "tests": {"inputs": ["2\n", "5\n"], "outputs": ["4\n", "10\n"], "testtype": "stdin"},
-}
 # The tiny model rarely emits EOS: a round of this config generates for minutes unless it is stopped.
 LONG_SOLVE = {"strategy": "sdpo", "n": 2, "budget": 4, "max_new_tokens": 12000, "context_budget": 14000,
               "device": "cpu"}

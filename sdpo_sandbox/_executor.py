@@ -947,7 +947,7 @@ def codec_source() -> str:
     """The few helpers the fresh solution interpreter of an ``assert`` test needs, as source text."""
     import inspect
 
-    parts: list = [encode_value, Opaque, _float, decode_value, write_line, _describe, error_info, _std_streams,
+    parts: list = [encode_value, Opaque, _float, decode_value, write_line, _describe, _message, error_info, _std_streams,
                    _thread_stack]
     head = "import builtins, json, os, sys, traceback\n\n_STREAMS = []\n\n"
     return head + "\n\n".join(inspect.getsource(f) for f in parts)

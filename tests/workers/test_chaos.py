@@ -35,14 +35,14 @@ pytestmark = pytest.mark.slow
 # Long enough generations that a job runs for a while (tens of seconds on a loaded CPU) and NUL bytes occur:
 # temperature 1.0, top_p 1.0, top_k None, the whole vocabulary, where the tiny model samples the NUL byte about
 # once every 2,500-3,500 tokens. Wide rounds are cheap on a CPU (a batch of 8 costs little more than one of 2),
-# so 13,000 tokens in all: sdpo 4 x 12 x 96, best_of_k 4 x 16 x 96, multiturn 4 x 4 x 96, train 2 x 3 x 4 x 48.
+# so 13,800 tokens in all: sdpo 4 x 12 x 96, best_of_k 4 x 16 x 96, multiturn 4 x 4 x 96, train 2 x 5 x 4 x 48.
 SAMPLING = {"max_new_tokens": 96, "temperature": 1.0, "top_p": 1.0, "device": "cpu"}
 SOLVE = {"sdpo": {**SAMPLING, "n": 4, "budget": 12}, "best_of_k": {**SAMPLING, "n": 8, "budget": 16},
          "multiturn": {**SAMPLING, "budget": 4}}
 STRATEGIES = ("sdpo", "best_of_k", "multiturn")
 SOLVE_PER_STRATEGY = 4
 TRAIN = {"dataset": "humaneval", "train_batch_size": 1, "n": 4, "max_new_tokens": 48, "micro_batch_size": 4,
-         "save_every": 1, "val_max_questions": 1, "val_k": 1, "progress": False, "device": "cpu", "max_steps": 3,
+         "save_every": 1, "val_max_questions": 1, "val_k": 1, "progress": False, "device": "cpu", "max_steps": 5,
          "temperature": 1.0, "top_p": 1.0}
 TRAIN_JOBS = 2
 KILLS = 4  # kill events; the last kills every worker running a job
@@ -162,7 +162,12 @@ def test_chaos_every_job_succeeds_complete_through_kills_and_hostile_text(stack)
         workers = [w for w in workers if w.poll() is None]
         while len(workers) < 2:
             workers.append(stack.start_worker(wait=False))
-        time.sleep(4.0)  # let the jobs move on before the next kill
+        # let the jobs move on before the next kill, but not past a train job's window: on an idle machine a
+        # train job can checkpoint and end within the pause, and one of them must be hit
+        pause_until = time.monotonic() + 4.0
+        while time.monotonic() < pause_until and not (
+                "train" not in hit and any(v.kind == "train" and v.progress >= 1 for v in running_jobs(stack, workers))):
+            time.sleep(0.3)
         both_by = time.monotonic() + 30  # the last event waits up to 30 s for both workers to be busy
     for p in workers:
         stack.wait_started(p)
